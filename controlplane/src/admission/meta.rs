@@ -1,0 +1,136 @@
+//! Validation of object metadata shared by every kind: names, labels and
+//! annotations, with the messages kube-apiserver gives.
+
+use serde_json::Value;
+
+use crate::error::Cause;
+use crate::object;
+use crate::resources::Resource;
+
+fn dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+pub fn dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(dns1123_label)
+}
+
+fn dns1035_label(s: &str) -> bool {
+    dns1123_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
+}
+
+const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const DNS1035_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+
+/// Checks `name` by the rule kube-apiserver applies to `kind`.
+pub fn check_name(kind: &str, name: &str) -> Option<&'static str> {
+    match kind {
+        "Service" => (!dns1035_label(name)).then_some(DNS1035_MSG),
+        "Namespace" => (!dns1123_label(name)).then_some(LABEL_MSG),
+        _ => (!dns1123_subdomain(name)).then_some(SUBDOMAIN_MSG),
+    }
+}
+
+pub fn is_dns1123_label(s: &str) -> bool {
+    dns1123_label(s)
+}
+
+fn qualified_name_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// `[prefix/]name` as label and annotation keys are written.
+pub fn qualified_name(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((prefix, name)) => dns1123_subdomain(prefix) && qualified_name_part(name),
+        None => qualified_name_part(key),
+    }
+}
+
+pub fn label_value(v: &str) -> bool {
+    v.is_empty() || qualified_name_part(v)
+}
+
+/// Field errors in `obj`'s metadata.
+pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let name = object::name(obj);
+    if name.is_empty() {
+        causes.push(Cause::required("metadata.name"));
+    } else if let Some(msg) = check_name(res.kind, name) {
+        causes.push(Cause::invalid("metadata.name", format!("\"{name}\""), msg));
+    }
+    if let Some(labels) = object::labels(obj) {
+        for (k, v) in labels {
+            if !qualified_name(k) {
+                causes.push(Cause::invalid(
+                    "metadata.labels",
+                    format!("\"{k}\""),
+                    "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+                ));
+            }
+            match v.as_str() {
+                Some(s) if label_value(s) => {}
+                _ => causes.push(Cause::invalid(
+                    "metadata.labels",
+                    v,
+                    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+                )),
+            }
+        }
+    }
+    if let Some(annotations) = object::metadata(obj)
+        .and_then(|m| m.get("annotations"))
+        .and_then(Value::as_object)
+    {
+        let mut total = 0usize;
+        for (k, v) in annotations {
+            total += k.len() + v.as_str().map_or(0, str::len);
+            if !qualified_name(k) {
+                causes.push(Cause::invalid(
+                    "metadata.annotations",
+                    format!("\"{k}\""),
+                    "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+                ));
+            }
+        }
+        if total > 256 * 1024 {
+            causes.push(Cause {
+                reason: "FieldValueTooLong",
+                field: "metadata.annotations".into(),
+                message: "Too long: must have at most 262144 bytes".into(),
+            });
+        }
+    }
+    causes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("Service", "web-1").is_none());
+        assert!(check_name("Service", "1web").is_some());
+        assert!(check_name("Namespace", "a.b").is_some());
+        assert!(check_name("ConfigMap", "a.b").is_none());
+        assert!(check_name("Pod", "A").is_some());
+        assert!(check_name("Pod", "-a").is_some());
+        assert!(qualified_name("app.kubernetes.io/name"));
+        assert!(!qualified_name("bad/key/x"));
+        assert!(label_value(""));
+        assert!(!label_value("-x"));
+    }
+}

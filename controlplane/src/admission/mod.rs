@@ -1,0 +1,226 @@
+//! Admission: decoding into the kind's schema, defaulting and validation as
+//! kube-apiserver does for the served kinds, and allocation of Service IPs
+//! and ports. Everything here is pure computation on the object; the
+//! registry decides when it runs and commits the result.
+
+pub mod meta;
+pub mod networking;
+pub mod service;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Event, Namespace, Node, Pod, Service, ServiceAccount,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::config::ClusterConfig;
+use crate::error::{ApiError, Cause};
+use crate::object;
+use crate::resources::Resource;
+pub use service::ServiceAllocators;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Update,
+}
+
+/// What admission may read and allocate from.
+#[derive(Debug)]
+pub struct Context<'a> {
+    pub config: &'a ClusterConfig,
+    pub allocs: &'a mut ServiceAllocators,
+}
+
+/// Decodes into the kind's schema; unknown fields are dropped, as the real
+/// apiserver prunes them for built-in kinds.
+fn decode<T: DeserializeOwned>(res: &Resource, value: Value) -> Result<T, ApiError> {
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            res.kind, res.version, res.kind
+        ))
+    })
+}
+
+fn encode<T: Serialize>(obj: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(obj).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn roundtrip<T: DeserializeOwned + Serialize>(
+    res: &Resource,
+    value: Value,
+) -> Result<Value, ApiError> {
+    encode(&decode::<T>(res, value)?)
+}
+
+/// Decodes `value` as the kind of `res` and encodes it back: the object as
+/// the schema sees it.
+pub fn normalize(res: &Resource, value: Value) -> Result<Value, ApiError> {
+    match res.kind {
+        "Namespace" => roundtrip::<Namespace>(res, value),
+        "Node" => roundtrip::<Node>(res, value),
+        "Pod" => roundtrip::<Pod>(res, value),
+        "Service" => roundtrip::<Service>(res, value),
+        "Endpoints" => roundtrip::<Endpoints>(res, value),
+        "ConfigMap" => roundtrip::<ConfigMap>(res, value),
+        "ServiceAccount" => roundtrip::<ServiceAccount>(res, value),
+        "Event" => roundtrip::<Event>(res, value),
+        "EndpointSlice" => roundtrip::<EndpointSlice>(res, value),
+        "NetworkPolicy" => roundtrip::<NetworkPolicy>(res, value),
+        "Lease" => roundtrip::<Lease>(res, value),
+        _ => Ok(value),
+    }
+}
+
+/// Defaults and validates `obj` (already normalized) for `op`; `old` is the
+/// stored object on update.
+pub fn admit(
+    res: &Resource,
+    op: Op,
+    obj: Value,
+    old: Option<&Value>,
+    ctx: &mut Context<'_>,
+) -> Result<Value, ApiError> {
+    let name = object::name(&obj).to_string();
+    let invalid = |causes: Vec<Cause>| ApiError::invalid(res, &name, causes);
+    let mut causes = meta::validate(res, &obj);
+    let obj = match res.kind {
+        "Service" => {
+            let svc: Service = decode(res, obj)?;
+            let old: Option<Service> = old.map(|o| decode(res, o.clone())).transpose()?;
+            if !causes.is_empty() {
+                return Err(invalid(causes));
+            }
+            let svc =
+                service::admit(op, svc, old.as_ref(), ctx.config, ctx.allocs).map_err(invalid)?;
+            encode(&svc)?
+        }
+        "Namespace" => namespace(obj),
+        "Pod" => pod(op, obj, &mut causes),
+        "NetworkPolicy" => {
+            let mut np: NetworkPolicy = decode(res, obj)?;
+            causes.extend(networking::admit_network_policy(&mut np));
+            encode(&np)?
+        }
+        "EndpointSlice" => {
+            let mut slice: EndpointSlice = decode(res, obj)?;
+            causes.extend(networking::admit_endpoint_slice(&mut slice));
+            encode(&slice)?
+        }
+        _ => obj,
+    };
+    if causes.is_empty() {
+        Ok(obj)
+    } else {
+        Err(invalid(causes))
+    }
+}
+
+fn namespace(mut obj: Value) -> Value {
+    let name = object::name(&obj).to_string();
+    if let Some(m) = object::metadata_mut(&mut obj) {
+        let labels = m.entry("labels").or_insert_with(|| json!({}));
+        if let Some(l) = labels.as_object_mut() {
+            l.insert("kubernetes.io/metadata.name".into(), json!(name));
+        }
+    }
+    if obj.pointer("/spec/finalizers").is_none() {
+        obj["spec"] = json!({ "finalizers": ["kubernetes"] });
+    }
+    if object::deletion_timestamp(&obj).is_none() && obj.pointer("/status/phase").is_none() {
+        obj["status"] = json!({ "phase": "Active" });
+    }
+    obj
+}
+
+/// Pod defaults kube-apiserver applies that clients read back, and the
+/// structural checks on containers.
+fn pod(op: Op, mut obj: Value, causes: &mut Vec<Cause>) -> Value {
+    let spec = &mut obj["spec"];
+    for (field, default) in [
+        ("restartPolicy", json!("Always")),
+        ("dnsPolicy", json!("ClusterFirst")),
+        ("schedulerName", json!("default-scheduler")),
+        ("terminationGracePeriodSeconds", json!(30)),
+        ("serviceAccountName", json!("default")),
+        ("enableServiceLinks", json!(true)),
+        ("securityContext", json!({})),
+    ] {
+        if spec.get(field).is_none() {
+            spec[field] = default;
+        }
+    }
+    let containers = spec.get_mut("containers").and_then(Value::as_array_mut);
+    match containers {
+        None => causes.push(Cause::required("spec.containers")),
+        Some(cs) if cs.is_empty() => causes.push(Cause::required("spec.containers")),
+        Some(cs) => {
+            let mut names = std::collections::BTreeSet::new();
+            for (i, c) in cs.iter_mut().enumerate() {
+                let name = c
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                if name.is_empty() {
+                    causes.push(Cause::required(format!("spec.containers[{i}].name")));
+                } else if !meta::is_dns1123_label(&name) {
+                    causes.push(Cause::invalid(format!("spec.containers[{i}].name"), format!("\"{name}\""), "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"));
+                } else if !names.insert(name) {
+                    causes.push(Cause::duplicate(
+                        format!("spec.containers[{i}].name"),
+                        "name",
+                    ));
+                }
+                let image = c
+                    .get("image")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                if image.is_empty() {
+                    causes.push(Cause::required(format!("spec.containers[{i}].image")));
+                }
+                if c.get("imagePullPolicy").is_none() {
+                    let tag = image
+                        .rsplit('/')
+                        .next()
+                        .and_then(|s| s.split_once(':'))
+                        .map(|(_, t)| t);
+                    c["imagePullPolicy"] = json!(if tag.is_none_or(|t| t == "latest") {
+                        "Always"
+                    } else {
+                        "IfNotPresent"
+                    });
+                }
+                for key in ["terminationMessagePath", "terminationMessagePolicy"] {
+                    if c.get(key).is_none() {
+                        c[key] = json!(if key == "terminationMessagePath" {
+                            "/dev/termination-log"
+                        } else {
+                            "File"
+                        });
+                    }
+                }
+                for p in c
+                    .get_mut("ports")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if p.get("protocol").is_none() {
+                        p["protocol"] = json!("TCP");
+                    }
+                }
+            }
+        }
+    }
+    if op == Op::Create && obj.pointer("/status/phase").is_none() {
+        obj["status"] = json!({ "phase": "Pending", "qosClass": "BestEffort" });
+    }
+    obj
+}

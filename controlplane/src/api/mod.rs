@@ -1,0 +1,696 @@
+//! The HTTPS front: TLS, bearer-token authentication, routing of Kubernetes
+//! REST paths to the registry's verbs, and the JSON/Table/watch framing of
+//! responses.
+
+pub mod discovery;
+pub mod protobuf;
+pub mod table;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::auth::TokenAuth;
+use crate::error::ApiError;
+use crate::patch::PatchType;
+use crate::registry::{DeleteOptions, Registry, WriteOptions};
+use crate::resources::{self, Resource};
+use crate::selector::{FieldSelector, LabelSelector};
+use table::Include;
+use watch::{Start, WatchRequest};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Largest request body accepted, as kube-apiserver's 3 MiB limit.
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Shared state of the HTTP front.
+#[derive(Debug)]
+pub struct Api {
+    pub registry: Arc<Registry>,
+    pub auth: Arc<TokenAuth>,
+    /// host:port advertised in discovery.
+    pub advertise: String,
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_response(err: &ApiError) -> Response<Body> {
+    let code = StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(code, &err.status())
+}
+
+/// Where a request path points.
+#[derive(Debug)]
+enum Route {
+    Version,
+    Health,
+    CoreVersions,
+    GroupList,
+    Group(String),
+    ResourceList(String, String),
+    OpenApiV3Root,
+    OpenApiV3(String, String),
+    Object(Target),
+}
+
+/// A resource path: the kind, and optionally namespace, name, subresource.
+#[derive(Debug)]
+struct Target {
+    res: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn route(path: &str) -> Option<Route> {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["version"] => return Some(Route::Version),
+        ["healthz" | "livez" | "readyz", ..] => return Some(Route::Health),
+        ["api"] => return Some(Route::CoreVersions),
+        ["apis"] => return Some(Route::GroupList),
+        ["apis", g] => return Some(Route::Group((*g).to_string())),
+        ["openapi", "v3"] => return Some(Route::OpenApiV3Root),
+        ["openapi", "v3", "api", v] => {
+            return Some(Route::OpenApiV3(String::new(), (*v).to_string()));
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            return Some(Route::OpenApiV3((*g).to_string(), (*v).to_string()));
+        }
+        ["api", v] => return Some(Route::ResourceList(String::new(), (*v).to_string())),
+        ["apis", g, v] => return Some(Route::ResourceList((*g).to_string(), (*v).to_string())),
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let target = match rest {
+        ["namespaces", ns, plural, tail @ ..]
+            if resources::lookup(group, version, plural).is_some_and(|r| r.namespaced) =>
+        {
+            let res = resources::lookup(group, version, plural)?;
+            Target {
+                res,
+                namespace: Some((*ns).to_string()),
+                name: tail.first().map(|s| (*s).to_string()),
+                sub: match tail {
+                    [_, sub] => Some((*sub).to_string()),
+                    [_] | [] => None,
+                    _ => return None,
+                },
+            }
+        }
+        [plural, tail @ ..] => {
+            let res = resources::lookup(group, version, plural)?;
+            Target {
+                res,
+                namespace: None,
+                name: tail.first().map(|s| (*s).to_string()),
+                sub: match tail {
+                    [_, sub] => Some((*sub).to_string()),
+                    [_] | [] => None,
+                    _ => return None,
+                },
+            }
+        }
+        [] => return None,
+    };
+    if let Some(sub) = &target.sub
+        && !target.res.subresources.contains(&sub.as_str())
+    {
+        return None;
+    }
+    Some(Route::Object(target))
+}
+
+type Query = HashMap<String, String>;
+
+fn query(req: &Request<Incoming>) -> Query {
+    req.uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn flag(q: &Query, key: &str) -> bool {
+    matches!(q.get(key).map(String::as_str), Some("true" | "1"))
+}
+
+fn dry_run(q: &Query) -> Result<bool, ApiError> {
+    match q.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "unsupported dryRun value {other:?}: only All is supported"
+        ))),
+    }
+}
+
+/// The Table request in an Accept header, if any.
+fn wants_table(accept: &str) -> bool {
+    accept.split(',').any(|part| {
+        let p: Vec<&str> = part.split(';').map(str::trim).collect();
+        p.contains(&"as=Table")
+            && p.contains(&"g=meta.k8s.io")
+            && (p.contains(&"v=v1") || p.contains(&"v=v1beta1"))
+    })
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    rv: u64,
+    ns: String,
+    name: String,
+}
+
+fn encode_continue(rv: u64, key: &(String, String)) -> String {
+    let t = ContinueToken {
+        rv,
+        ns: key.0.clone(),
+        name: key.1.clone(),
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&t).unwrap_or_default())
+}
+
+fn decode_continue(s: &str) -> Result<ContinueToken, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| ApiError::bad_request("continue key is not valid: illegal base64 data"))
+}
+
+impl Api {
+    /// Serves HTTPS on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+        let acceptor = TlsAcceptor::from(tls);
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let api = self.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let stream = match acceptor.accept(tcp).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "tls handshake failed");
+                        return;
+                    }
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let api = api.clone();
+                    async move { Ok::<_, Infallible>(api.handle(req, peer).await) }
+                });
+                if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let started = std::time::Instant::now();
+        let resp = match self.dispatch(req).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+        tracing::debug!(%peer, %method, %path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+        resp
+    }
+
+    fn authenticate(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
+        let token = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match token.and_then(|t| self.auth.authenticate(t)) {
+            Some(_) => Ok(()),
+            None => Err(ApiError::unauthorized()),
+        }
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let route = route(req.uri().path()).ok_or_else(ApiError::path_not_found)?;
+        match route {
+            Route::Version => return Ok(json_response(StatusCode::OK, &discovery::version())),
+            Route::Health => {
+                let mut r = Response::new(full("ok"));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                return Ok(r);
+            }
+            _ => {}
+        }
+        self.authenticate(&req)?;
+        let accept = req
+            .headers()
+            .get(ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let get_only = |m: &Method| {
+            if *m == Method::GET {
+                Ok(())
+            } else {
+                Err(ApiError::method_not_allowed(m.as_str()))
+            }
+        };
+        match route {
+            Route::CoreVersions | Route::GroupList => {
+                get_only(req.method())?;
+                let core = matches!(route, Route::CoreVersions);
+                if discovery::wants_aggregated(&accept) {
+                    let mut r = json_response(StatusCode::OK, &discovery::aggregated(core));
+                    r.headers_mut().insert(
+                        CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(discovery::AGGREGATED_CT),
+                    );
+                    return Ok(r);
+                }
+                let doc = if core {
+                    discovery::api_versions(&self.advertise)
+                } else {
+                    discovery::api_group_list()
+                };
+                Ok(json_response(StatusCode::OK, &doc))
+            }
+            Route::Group(g) => {
+                get_only(req.method())?;
+                let doc = discovery::api_group(&g).ok_or_else(ApiError::path_not_found)?;
+                Ok(json_response(StatusCode::OK, &doc))
+            }
+            Route::ResourceList(g, v) => {
+                get_only(req.method())?;
+                let doc = discovery::resource_list(&g, &v).ok_or_else(ApiError::path_not_found)?;
+                Ok(json_response(StatusCode::OK, &doc))
+            }
+            Route::OpenApiV3Root => {
+                Ok(json_response(StatusCode::OK, &discovery::openapi_v3_root()))
+            }
+            Route::OpenApiV3(g, v) => {
+                let doc = discovery::openapi_v3(&g, &v).ok_or_else(ApiError::path_not_found)?;
+                Ok(json_response(StatusCode::OK, &doc))
+            }
+            Route::Object(target) => self.resource(req, target, &accept).await,
+            Route::Version | Route::Health => Err(ApiError::path_not_found()),
+        }
+    }
+
+    async fn resource(
+        &self,
+        req: Request<Incoming>,
+        t: Target,
+        accept: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let q = query(&req);
+        let method = req.method().clone();
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = Limited::new(req.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| ApiError::too_large(format!("request body: {e}")))?
+            .to_bytes();
+        let ns = t.namespace.clone().unwrap_or_default();
+        let parse_body = |body: &[u8]| -> Result<Value, ApiError> {
+            match content_type.split(';').next().unwrap_or("").trim() {
+                "" | "application/json" => parse_json(body),
+                "application/vnd.kubernetes.protobuf" => protobuf::decode(t.res.kind, body),
+                other => Err(ApiError::unsupported_media_type(other)),
+            }
+        };
+        let table = wants_table(accept);
+        let include = Include::parse(q.get("includeObject").map(String::as_str))
+            .ok_or_else(|| ApiError::bad_request("unrecognized includeObject value"))?;
+        if t.res.namespaced && t.namespace.is_none() && !matches!(method, Method::GET) {
+            return Err(ApiError::method_not_allowed(method.as_str()));
+        }
+        let opts = WriteOptions {
+            dry_run: dry_run(&q)?,
+            field_manager: q.get("fieldManager").cloned(),
+        };
+        let registry = self.registry.clone();
+        let res = t.res;
+        match (method, t.name.clone()) {
+            (Method::GET, None) if flag(&q, "watch") => {
+                self.watch(res, t.namespace, &q, table.then_some(include))
+            }
+            (Method::GET, None) => {
+                self.list(res, t.namespace.as_deref(), &q, table.then_some(include))
+            }
+            (Method::GET, Some(name)) => {
+                let obj = registry
+                    .store
+                    .get(res, &ns, &name)?
+                    .ok_or_else(|| ApiError::not_found(res, &name))?;
+                Ok(self.object_response(StatusCode::OK, res, &obj, table.then_some(include)))
+            }
+            (Method::POST, None) => {
+                let body = parse_body(&body)?;
+                let obj = blocking(move || registry.create(res, &ns, body, &opts)).await?;
+                Ok(self.object_response(StatusCode::CREATED, res, &obj, None))
+            }
+            (Method::PUT, Some(name)) => {
+                let body = parse_body(&body)?;
+                let sub = t.sub.clone();
+                let (obj, created) =
+                    blocking(move || registry.update(res, &ns, &name, sub.as_deref(), body, &opts))
+                        .await?;
+                let code = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                Ok(self.object_response(code, res, &obj, None))
+            }
+            (Method::PATCH, Some(name)) => {
+                let ty = PatchType::from_content_type(&content_type)
+                    .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
+                let sub = t.sub.clone();
+                let obj = blocking(move || {
+                    registry.patch(res, &ns, &name, sub.as_deref(), ty, &body, &opts)
+                })
+                .await?;
+                Ok(self.object_response(StatusCode::OK, res, &obj, None))
+            }
+            (Method::DELETE, name) => {
+                let del = delete_options(&q, &body)?;
+                match name {
+                    Some(name) => {
+                        let obj = blocking(move || registry.delete(res, &ns, &name, &del)).await?;
+                        Ok(self.object_response(StatusCode::OK, res, &obj, None))
+                    }
+                    None => {
+                        let labels = LabelSelector::parse(
+                            q.get("labelSelector").map_or("", String::as_str),
+                        )?;
+                        let fields = FieldSelector::parse(
+                            q.get("fieldSelector").map_or("", String::as_str),
+                            res,
+                        )?;
+                        let scope = t.namespace.clone();
+                        let deleted = blocking(move || {
+                            let page =
+                                registry.store.list(res, scope.as_deref(), None, 0, |o| {
+                                    labels.matches(o) && fields.matches(o)
+                                })?;
+                            let mut out = Vec::new();
+                            for obj in page.items {
+                                match registry.delete(
+                                    res,
+                                    crate::object::namespace(&obj),
+                                    crate::object::name(&obj),
+                                    &del,
+                                ) {
+                                    Ok(v) => out.push(v),
+                                    Err(e) if e.code == 404 => {}
+                                    Err(e) => return Err(e),
+                                }
+                            }
+                            Ok(out)
+                        })
+                        .await?;
+                        let items: Vec<&Value> = deleted.iter().map(|v| v.as_ref()).collect();
+                        Ok(json_response(
+                            StatusCode::OK,
+                            &json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": {}, "items": items}),
+                        ))
+                    }
+                }
+            }
+            (m, _) => Err(ApiError::method_not_allowed(m.as_str())),
+        }
+    }
+
+    fn object_response(
+        &self,
+        code: StatusCode,
+        res: &Resource,
+        obj: &Value,
+        table: Option<Include>,
+    ) -> Response<Body> {
+        match table {
+            Some(include) => {
+                let meta =
+                    json!({"resourceVersion": crate::object::resource_version(obj).to_string()});
+                json_response(code, &table::table(res, [obj], meta, include, true))
+            }
+            None => json_response(code, obj),
+        }
+    }
+
+    fn list(
+        &self,
+        res: &'static Resource,
+        ns: Option<&str>,
+        q: &Query,
+        table: Option<Include>,
+    ) -> Result<Response<Body>, ApiError> {
+        if flag(q, "sendInitialEvents") {
+            return Err(ApiError::invalid(
+                &resources::NAMESPACES,
+                "",
+                vec![crate::error::Cause::forbidden(
+                    "sendInitialEvents",
+                    "sendInitialEvents is forbidden for list",
+                )],
+            ));
+        }
+        let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?;
+        let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), res)?;
+        let limit: usize = match q.get("limit") {
+            Some(l) => l
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+            None => 0,
+        };
+        let after = match q.get("continue").filter(|c| !c.is_empty()) {
+            Some(c) => {
+                let tok = decode_continue(c)?;
+                Some((tok.ns, tok.name))
+            }
+            None => None,
+        };
+        let page = self
+            .registry
+            .store
+            .list(res, ns, after.as_ref(), limit, |o| {
+                labels.matches(o) && fields.matches(o)
+            })?;
+        let mut meta = json!({"resourceVersion": page.revision.to_string()});
+        if let Some(next) = &page.next {
+            meta["continue"] = json!(encode_continue(page.revision, next));
+        }
+        if let Some(include) = table {
+            let items = page.items.iter().map(|v| v.as_ref());
+            return Ok(json_response(
+                StatusCode::OK,
+                &table::table(res, items, meta, include, true),
+            ));
+        }
+        // Lists can be large: write the items straight into one buffer.
+        let mut buf = Vec::with_capacity(256 + page.items.len() * 512);
+        buf.extend_from_slice(
+            format!(
+                r#"{{"kind":"{}","apiVersion":"{}","metadata":"#,
+                res.list_kind(),
+                res.api_version()
+            )
+            .as_bytes(),
+        );
+        serde_json::to_writer(&mut buf, &meta).map_err(|e| ApiError::internal(e.to_string()))?;
+        buf.extend_from_slice(br#","items":["#);
+        for (i, item) in page.items.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            serde_json::to_writer(&mut buf, item.as_ref())
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+        buf.extend_from_slice(b"]}");
+        let mut r = Response::new(full(buf));
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        Ok(r)
+    }
+
+    fn watch(
+        &self,
+        res: &'static Resource,
+        ns: Option<String>,
+        q: &Query,
+        table: Option<Include>,
+    ) -> Result<Response<Body>, ApiError> {
+        let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?;
+        let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), res)?;
+        let send_initial = flag(q, "sendInitialEvents");
+        let rv_match = q
+            .get("resourceVersionMatch")
+            .map(String::as_str)
+            .unwrap_or("");
+        let invalid = |msg: &str| {
+            ApiError::invalid(
+                &resources::NAMESPACES,
+                "",
+                vec![crate::error::Cause::forbidden("resourceVersionMatch", msg)],
+            )
+        };
+        if send_initial && rv_match != "NotOlderThan" {
+            return Err(invalid(
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            ));
+        }
+        if !send_initial && !rv_match.is_empty() {
+            return Err(invalid(
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            ));
+        }
+        let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
+        let start =
+            match (rv, send_initial) {
+                ("" | "0", _) | (_, true) => Start::Current,
+                (n, false) => Start::After(n.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version: {n:?}"))
+                })?),
+            };
+        let timeout = match q.get("timeoutSeconds") {
+            Some(s) => Duration::from_secs(
+                s.parse()
+                    .map_err(|_| ApiError::bad_request("invalid timeoutSeconds"))?,
+            ),
+            // As kube-apiserver: a random time between 30 and 60 minutes.
+            None => Duration::from_secs(rand::rng().random_range(1800..3600)),
+        };
+        let req = WatchRequest {
+            resource: res,
+            namespace: ns,
+            labels,
+            fields,
+            start,
+            send_initial_events: send_initial,
+            bookmarks: flag(q, "allowWatchBookmarks"),
+            timeout,
+            table,
+        };
+        let rx = watch::start(self.registry.clone(), req);
+        let stream = ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        Ok(r)
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+fn delete_options(q: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    let b: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        parse_json(body)?
+    };
+    let grace = match q.get("gracePeriodSeconds") {
+        Some(g) => Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request("invalid gracePeriodSeconds"))?,
+        ),
+        None => b.get("gracePeriodSeconds").and_then(Value::as_i64),
+    };
+    let body_dry = b
+        .get("dryRun")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|v| v == "All"));
+    Ok(DeleteOptions {
+        dry_run: dry_run(q)? || body_dry,
+        grace_period_seconds: grace,
+        propagation_policy: q.get("propagationPolicy").cloned().or_else(|| {
+            b.get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(String::from)
+        }),
+        precondition_uid: b
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from),
+        precondition_resource_version: b
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from),
+    })
+}
+
+/// Runs a synchronous store write off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("write task failed: {e}")))?
+}

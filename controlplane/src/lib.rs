@@ -1,0 +1,24 @@
+//! Ferry's compact Kubernetes-compatible control plane: `ferry-apiserver`
+//! serves a real subset of the Kubernetes REST API (so kubectl and kube-rs
+//! work against it) from an embedded SQLite store, and runs the controllers
+//! that feed the networking dataplane.
+//!
+//! This crate owns the API objects and their storage. It must not touch the
+//! host network or any BPF state: nodes act on what it stores through their
+//! own agents.
+
+pub mod admission;
+pub mod alloc;
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod object;
+pub mod patch;
+pub mod registry;
+pub mod resources;
+pub mod selector;
+pub mod server;
+pub mod storage;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,557 @@
+//! The API verbs with kube-apiserver's semantics on top of the object store:
+//! create, update, patch and delete, with metadata rules, subresources,
+//! finalizers, optimistic concurrency, dry-run and admission.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::Rng;
+use serde_json::{Value, json};
+
+use crate::admission::{self, Context, Op, ServiceAllocators};
+use crate::config::ClusterConfig;
+use crate::error::ApiError;
+use crate::object;
+use crate::patch::{self, PatchType};
+use crate::resources::{self, NAMESPACES, Resource};
+use crate::store::{Mutation, Store};
+
+/// Options every write takes.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    pub field_manager: Option<String>,
+}
+
+/// Options of a delete, from the query and the DeleteOptions body.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    pub dry_run: bool,
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub precondition_resource_version: Option<String>,
+}
+
+pub struct Registry {
+    pub store: Store,
+    pub config: ClusterConfig,
+    allocs: Mutex<ServiceAllocators>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+/// Kinds whose metadata.generation tracks spec changes.
+fn tracks_generation(res: &Resource) -> bool {
+    matches!(res.kind, "NetworkPolicy")
+}
+
+/// Kinds a PUT may create, as kube-apiserver allows.
+fn create_on_update(res: &Resource) -> bool {
+    matches!(res.kind, "Endpoints" | "Event" | "Lease")
+}
+
+/// A name `generateName` makes: the prefix and five random characters from
+/// the alphabet apimachinery uses (no vowels, no confusable digits).
+fn generated_name(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    let suffix: String = (0..5)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect();
+    let keep = prefix.len().min(58);
+    format!("{}{suffix}", &prefix[..keep])
+}
+
+fn check_type_meta(res: &Resource, body: &Value) -> Result<(), ApiError> {
+    let kind = body.get("kind").and_then(Value::as_str).unwrap_or(res.kind);
+    let api_version = body.get("apiVersion").and_then(Value::as_str);
+    if kind != res.kind || api_version.is_some_and(|v| v != res.api_version()) {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({}) does not match the expected API version ({})",
+            api_version.unwrap_or(""),
+            res.api_version()
+        )));
+    }
+    if !body.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    Ok(())
+}
+
+fn with_type_meta(res: &Resource, mut obj: Value) -> Value {
+    if let Value::Object(m) = &mut obj {
+        m.insert("apiVersion".into(), json!(res.api_version()));
+        m.insert("kind".into(), json!(res.kind));
+    }
+    obj
+}
+
+/// Metadata fields the server owns: an update keeps the stored values.
+const SYSTEM_METADATA: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generation",
+];
+
+/// Builds the object an update stores from the client's `new` and the
+/// stored `old`, for the main resource or a subresource.
+fn merge_update(res: &Resource, sub: Option<&str>, old: &Value, mut new: Value) -> Value {
+    match sub {
+        Some("status") => {
+            let mut out = old.clone();
+            out["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+            if out["status"].is_null() {
+                if let Value::Object(m) = &mut out {
+                    m.remove("status");
+                }
+            }
+            out
+        }
+        Some("finalize") => {
+            let mut out = old.clone();
+            out["spec"]["finalizers"] = new
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or_else(|| json!([]));
+            out
+        }
+        _ => {
+            if let (Some(old_meta), Some(new_meta)) =
+                (object::metadata(old), object::metadata_mut(&mut new))
+            {
+                for field in SYSTEM_METADATA {
+                    match old_meta.get(*field) {
+                        Some(v) => new_meta.insert((*field).to_string(), v.clone()),
+                        None => new_meta.remove(*field),
+                    };
+                }
+            }
+            if res.has_status() {
+                match old.get("status") {
+                    Some(st) => new["status"] = st.clone(),
+                    None => {
+                        if let Value::Object(m) = &mut new {
+                            m.remove("status");
+                        }
+                    }
+                }
+            }
+            if tracks_generation(res) && new.get("spec") != old.get("spec") {
+                let generation = old
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                if let Some(m) = object::metadata_mut(&mut new) {
+                    m.insert("generation".into(), json!(generation + 1));
+                }
+            }
+            new
+        }
+    }
+}
+
+/// True when an object marked for deletion has nothing left holding it.
+fn ready_to_remove(res: &Resource, obj: &Value) -> bool {
+    object::deletion_timestamp(obj).is_some()
+        && object::finalizers(obj).is_empty()
+        && !(res.kind == "Namespace"
+            && obj
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty()))
+}
+
+/// The same object, ignoring the resource version.
+fn unchanged(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        object::clear_resource_version(&mut v);
+        v
+    };
+    strip(a) == strip(b)
+}
+
+impl Registry {
+    /// Wraps `store`, seeding the allocators from the stored Services.
+    pub fn new(store: Store, config: ClusterConfig) -> Result<Self, ApiError> {
+        let mut allocs = ServiceAllocators::new(&config);
+        let page = store.list(&resources::SERVICES, None, None, 0, |_| true)?;
+        for svc in &page.items {
+            allocs.seed(svc);
+        }
+        Ok(Self {
+            store,
+            config,
+            allocs: Mutex::new(allocs),
+        })
+    }
+
+    fn allocs(&self) -> Result<MutexGuard<'_, ServiceAllocators>, ApiError> {
+        self.allocs
+            .lock()
+            .map_err(|_| ApiError::internal("allocator lock poisoned"))
+    }
+
+    /// Creates the namespaces every cluster has and the `kubernetes`
+    /// Service, when missing.
+    pub fn bootstrap(&self) -> Result<(), ApiError> {
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            if self.store.get(&NAMESPACES, "", ns)?.is_none() {
+                self.create(
+                    &NAMESPACES,
+                    "",
+                    json!({"metadata": {"name": ns}}),
+                    &WriteOptions::default(),
+                )?;
+            }
+        }
+        if self
+            .store
+            .get(&resources::SERVICES, "default", "kubernetes")?
+            .is_none()
+        {
+            let allocs = self.allocs()?;
+            let families: Vec<&str> = self
+                .config
+                .service_cidrs
+                .iter()
+                .map(crate::config::family_of)
+                .collect();
+            let ips: Vec<String> = families
+                .iter()
+                .filter_map(|f| allocs.first_ip(f))
+                .map(|ip| ip.to_string())
+                .collect();
+            drop(allocs);
+            let svc = json!({
+                "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {
+                    "clusterIP": ips.first(), "clusterIPs": ips, "ipFamilies": families,
+                    "ipFamilyPolicy": if families.len() > 1 { "RequireDualStack" } else { "SingleStack" },
+                    "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]
+                }
+            });
+            self.create(
+                &resources::SERVICES,
+                "default",
+                svc,
+                &WriteOptions::default(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Runs a mutation with the allocators held, committing or rolling back
+    /// their journal with the write.
+    fn write(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        dry_run: bool,
+        decide: impl FnOnce(Option<&Value>, &mut Context<'_>) -> Result<Mutation, ApiError>,
+    ) -> Result<Option<Arc<Value>>, ApiError> {
+        let mut allocs = self.allocs()?;
+        let result = {
+            let mut ctx = Context {
+                config: &self.config,
+                allocs: &mut allocs,
+            };
+            self.store
+                .mutate(res, ns, name, dry_run, |cur| decide(cur, &mut ctx))
+        };
+        match &result {
+            Ok(_) if !dry_run => allocs.commit(),
+            _ => allocs.rollback(),
+        }
+        result.map_err(ApiError::from)
+    }
+
+    fn check_namespace(&self, res: &Resource, ns: &str) -> Result<(), ApiError> {
+        if !res.namespaced {
+            return Ok(());
+        }
+        match self.store.get(&NAMESPACES, "", ns)? {
+            None => Err(ApiError::not_found(&NAMESPACES, ns)),
+            Some(n) if object::deletion_timestamp(&n).is_some() => Err(ApiError::forbidden(
+                res,
+                "",
+                format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                ),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub fn create(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        body: Value,
+        opts: &WriteOptions,
+    ) -> Result<Arc<Value>, ApiError> {
+        check_type_meta(res, &body)?;
+        let mut obj = admission::normalize(res, body)?;
+        let body_ns = object::namespace(&obj).to_string();
+        if res.namespaced && !body_ns.is_empty() && body_ns != ns {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        self.check_namespace(res, ns)?;
+        let generate = object::metadata(&obj)
+            .and_then(|m| m.get("generateName"))
+            .and_then(Value::as_str)
+            .map(String::from);
+        if object::metadata(&obj)
+            .and_then(|m| m.get("resourceVersion"))
+            .is_some()
+        {
+            return Err(ApiError::bad_request(
+                "resourceVersion should not be set on objects to be created",
+            ));
+        }
+        let Some(meta) = object::metadata_mut(&mut obj) else {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        };
+        if res.namespaced {
+            meta.insert("namespace".into(), json!(ns));
+        } else {
+            meta.remove("namespace");
+        }
+        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("creationTimestamp".into(), json!(object::now()));
+        for f in [
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            meta.remove(f);
+        }
+        if tracks_generation(res) {
+            meta.insert("generation".into(), json!(1));
+        } else {
+            meta.remove("generation");
+        }
+        // Status set by a client on create is dropped for kinds whose status
+        // the system owns.
+        if matches!(res.kind, "Pod" | "Service")
+            && let Value::Object(m) = &mut obj
+        {
+            m.remove("status");
+        }
+        let attempts = if generate.is_some() { 3 } else { 1 };
+        let mut last_err = None;
+        for _ in 0..attempts {
+            let mut candidate = obj.clone();
+            if let (Some(prefix), Some(meta)) = (&generate, object::metadata_mut(&mut candidate))
+                && meta
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+            {
+                meta.insert("name".into(), json!(generated_name(prefix)));
+            }
+            let name = object::name(&candidate).to_string();
+            if name.is_empty() {
+                return Err(ApiError::invalid(
+                    res,
+                    "",
+                    vec![crate::error::Cause::required("metadata.name")],
+                ));
+            }
+            let result = self.write(res, ns, &name, opts.dry_run, |cur, ctx| {
+                if cur.is_some() {
+                    return Err(ApiError::already_exists(res, &name));
+                }
+                let admitted =
+                    admission::admit(res, Op::Create, with_type_meta(res, candidate), None, ctx)?;
+                Ok(Mutation::Put(admitted))
+            });
+            match result {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => return Err(ApiError::internal("create stored nothing")),
+                Err(e) if e.reason == "AlreadyExists" && generate.is_some() => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ApiError::internal("could not generate a unique name")))
+    }
+
+    /// Replaces the object (or a subresource of it) with `body`.
+    pub fn update(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        sub: Option<&str>,
+        body: Value,
+        opts: &WriteOptions,
+    ) -> Result<(Arc<Value>, bool), ApiError> {
+        check_type_meta(res, &body)?;
+        if object::name(&body) != name {
+            return Err(ApiError::bad_request(
+                "the name of the object does not match the name on the URL",
+            ));
+        }
+        let body = admission::normalize(res, body)?;
+        if self.store.get(res, ns, name)?.is_none() && create_on_update(res) && sub.is_none() {
+            let mut body = body;
+            object::clear_resource_version(&mut body);
+            return self.create(res, ns, body, opts).map(|v| (v, true));
+        }
+        let wanted_rv = object::resource_version(&body);
+        let obj = self.write(res, ns, name, opts.dry_run, |cur, ctx| {
+            let Some(cur) = cur else {
+                return Err(ApiError::not_found(res, name));
+            };
+            if wanted_rv != 0 && wanted_rv != object::resource_version(cur) {
+                return Err(ApiError::conflict(
+                    res,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+            self.decide_update(res, sub, cur, body, ctx)
+        })?;
+        obj.map(|v| (v, false))
+            .ok_or_else(|| ApiError::not_found(res, name))
+    }
+
+    /// The common tail of update and patch: merge with the stored object,
+    /// admit, and decide between keeping, storing and removing.
+    fn decide_update(
+        &self,
+        res: &'static Resource,
+        sub: Option<&str>,
+        cur: &Value,
+        new: Value,
+        ctx: &mut Context<'_>,
+    ) -> Result<Mutation, ApiError> {
+        let merged = merge_update(res, sub, cur, with_type_meta(res, new));
+        let admitted = admission::admit(res, Op::Update, merged, Some(cur), ctx)?;
+        if ready_to_remove(res, &admitted) {
+            return Ok(Mutation::Delete);
+        }
+        if unchanged(&admitted, cur) {
+            return Ok(Mutation::Keep);
+        }
+        Ok(Mutation::Put(admitted))
+    }
+
+    pub fn patch(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        sub: Option<&str>,
+        ty: PatchType,
+        body: &[u8],
+        opts: &WriteOptions,
+    ) -> Result<Arc<Value>, ApiError> {
+        let obj = self.write(res, ns, name, opts.dry_run, |cur, ctx| {
+            let Some(cur) = cur else {
+                return Err(ApiError::not_found(res, name));
+            };
+            let patched = patch::apply(res.kind, cur, ty, body)?;
+            check_type_meta(res, &patched)?;
+            if object::name(&patched) != name {
+                return Err(ApiError::bad_request("metadata.name may not be changed by a patch"));
+            }
+            let wanted_rv = object::resource_version(&patched);
+            if wanted_rv != 0 && wanted_rv != object::resource_version(cur) {
+                return Err(ApiError::conflict(
+                    res,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+            let patched = admission::normalize(res, patched)?;
+            self.decide_update(res, sub, cur, patched, ctx)
+        })?;
+        obj.ok_or_else(|| ApiError::not_found(res, name))
+    }
+
+    /// Deletes the object, or marks it for deletion while finalizers (or a
+    /// namespace's contents) hold it. Returns the last state.
+    pub fn delete(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Arc<Value>, ApiError> {
+        let removed = self.write(res, ns, name, opts.dry_run, |cur, _ctx| {
+            let Some(cur) = cur else {
+                return Err(ApiError::not_found(res, name));
+            };
+            if let Some(uid) = &opts.precondition_uid
+                && uid != object::uid(cur)
+            {
+                return Err(ApiError::conflict(
+                    res,
+                    name,
+                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", object::uid(cur)),
+                ));
+            }
+            if let Some(rv) = &opts.precondition_resource_version
+                && rv.parse::<u64>().ok() != Some(object::resource_version(cur))
+            {
+                return Err(ApiError::conflict(
+                    res,
+                    name,
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        object::resource_version(cur)
+                    ),
+                ));
+            }
+            let mut next = cur.clone();
+            let mut finalizers = object::finalizers(cur);
+            match opts.propagation_policy.as_deref() {
+                Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
+                    finalizers.push("foregroundDeletion".into());
+                }
+                Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => {
+                    finalizers.push("orphan".into());
+                }
+                _ => {}
+            }
+            let held = !finalizers.is_empty()
+                || (res.kind == "Namespace"
+                    && cur
+                        .pointer("/spec/finalizers")
+                        .and_then(Value::as_array)
+                        .is_some_and(|f| !f.is_empty()));
+            if !held {
+                return Ok(Mutation::Delete);
+            }
+            if object::deletion_timestamp(cur).is_some() {
+                return Ok(Mutation::Keep);
+            }
+            if let Some(m) = object::metadata_mut(&mut next) {
+                m.insert("deletionTimestamp".into(), json!(object::now()));
+                m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                m.insert("finalizers".into(), json!(finalizers));
+            }
+            if res.kind == "Namespace" {
+                next["status"]["phase"] = json!("Terminating");
+            }
+            Ok(Mutation::Put(next))
+        })?;
+        let last = removed.ok_or_else(|| ApiError::not_found(res, name))?;
+        if res.kind == "Service" && object::deletion_timestamp(&last).is_none() && !opts.dry_run {
+            self.allocs()?.release_service(&last);
+        }
+        Ok(last)
+    }
+}

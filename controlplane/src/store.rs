@@ -1,0 +1,366 @@
+//! The object store: a durable backend plus the in-memory watch cache that
+//! serves every read, list and watch.
+//!
+//! Writes are serialized by one writer lock: the current object is read from
+//! the cache, the caller's mutation decides the new state, the backend commits
+//! it (and assigns the revision), then the cache and the event history are
+//! updated together under the cache lock. Watchers wake on a revision signal
+//! and read the events past the last one they sent from the history ring, so
+//! a slow watcher never blocks a writer; one that falls behind the ring gets
+//! `410 Gone` and re-lists, as with kube-apiserver.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+use crate::object;
+use crate::resources::{RESOURCES, Resource};
+use crate::storage::{Backend, StorageError, Write};
+
+/// Kind of change a watch event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One committed change.
+#[derive(Debug)]
+pub struct Event {
+    pub revision: u64,
+    pub resource: &'static Resource,
+    pub namespace: String,
+    pub kind: EventType,
+    /// The new state; for a deletion, the last state at the deletion revision.
+    pub object: Arc<Value>,
+    /// The state before, so selector watches can turn a change that leaves
+    /// the selection into DELETED and one that enters it into ADDED.
+    pub previous: Option<Arc<Value>>,
+    /// The event as sent on a watch stream, serialized once for all watchers.
+    pub line: Bytes,
+}
+
+/// What a mutation decides.
+#[derive(Debug)]
+pub enum Mutation {
+    /// Store this object (metadata.resourceVersion is ignored).
+    Put(Value),
+    /// Remove the object.
+    Delete,
+    /// Change nothing: the write would not alter the object.
+    Keep,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("stored object {key} is not valid JSON: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Api(a) => a,
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+type Objects = BTreeMap<(String, String), Arc<Value>>;
+
+#[derive(Debug, Default)]
+struct Cache {
+    revision: u64,
+    /// Objects per kind, keyed by (namespace, name); cluster-scoped kinds use
+    /// an empty namespace.
+    objects: HashMap<&'static str, Objects>,
+    history: VecDeque<Arc<Event>>,
+    /// Highest revision no longer in `history`: a watch must start after it.
+    compacted: u64,
+}
+
+pub struct Store {
+    backend: Box<dyn Backend>,
+    cache: RwLock<Cache>,
+    writer: Mutex<()>,
+    history_limit: usize,
+    revision_tx: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// A page of a list.
+#[derive(Debug)]
+pub struct Page {
+    pub revision: u64,
+    pub items: Vec<Arc<Value>>,
+    /// Key of the last item returned when more remain.
+    pub next: Option<(String, String)>,
+}
+
+fn lock_err() -> ApiError {
+    ApiError::internal("object store lock poisoned")
+}
+
+fn resource_for_key(key: &str) -> Option<(&'static Resource, String, String)> {
+    RESOURCES.iter().find_map(|r| {
+        let rest = key.strip_prefix(&r.prefix())?.strip_prefix('/')?;
+        if r.namespaced {
+            let (ns, name) = rest.split_once('/')?;
+            Some((r, ns.to_string(), name.to_string()))
+        } else {
+            Some((r, String::new(), rest.to_string()))
+        }
+    })
+}
+
+impl Store {
+    /// Loads everything from `backend` into the cache.
+    pub fn open(backend: Box<dyn Backend>, history_limit: usize) -> Result<Self, StoreError> {
+        let snapshot = backend.load()?;
+        let mut cache = Cache {
+            revision: snapshot.revision,
+            compacted: snapshot.revision,
+            ..Default::default()
+        };
+        for stored in snapshot.objects {
+            let Some((res, ns, name)) = resource_for_key(&stored.key) else {
+                tracing::warn!(key = %stored.key, "skipping stored object of an unknown kind");
+                continue;
+            };
+            let mut value: Value =
+                serde_json::from_slice(&stored.value).map_err(|source| StoreError::Corrupt {
+                    key: stored.key.clone(),
+                    source,
+                })?;
+            object::set_resource_version(&mut value, stored.revision);
+            cache
+                .objects
+                .entry(res.plural)
+                .or_default()
+                .insert((ns, name), Arc::new(value));
+        }
+        let (revision_tx, _) = watch::channel(snapshot.revision);
+        Ok(Self {
+            backend,
+            cache: RwLock::new(cache),
+            writer: Mutex::new(()),
+            history_limit,
+            revision_tx,
+        })
+    }
+
+    pub fn revision(&self) -> u64 {
+        *self.revision_tx.borrow()
+    }
+
+    pub fn get(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<Arc<Value>>, ApiError> {
+        let cache = self.cache.read().map_err(|_| lock_err())?;
+        Ok(cache
+            .objects
+            .get(res.plural)
+            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+            .cloned())
+    }
+
+    /// Lists objects of `res` (in `ns` when given) after `after`, keeping those
+    /// `keep` accepts, at most `limit` of them (0: all).
+    pub fn list(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        after: Option<&(String, String)>,
+        limit: usize,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Result<Page, ApiError> {
+        use std::ops::Bound;
+        let cache = self.cache.read().map_err(|_| lock_err())?;
+        let mut page = Page {
+            revision: cache.revision,
+            items: Vec::new(),
+            next: None,
+        };
+        let Some(objects) = cache.objects.get(res.plural) else {
+            return Ok(page);
+        };
+        let lower = match (after, ns) {
+            (Some(k), _) => Bound::Excluded(k.clone()),
+            (None, Some(ns)) => Bound::Included((ns.to_string(), String::new())),
+            (None, None) => Bound::Unbounded,
+        };
+        for ((ons, oname), obj) in objects.range((lower, Bound::Unbounded)) {
+            if let Some(ns) = ns
+                && ons != ns
+            {
+                break;
+            }
+            if !keep(obj) {
+                continue;
+            }
+            if limit > 0 && page.items.len() == limit {
+                // Only report a continuation when something is left to send.
+                page.next = page.items.last().map(|last| {
+                    (
+                        object::namespace(last).to_string(),
+                        object::name(last).to_string(),
+                    )
+                });
+                break;
+            }
+            page.items.push(obj.clone());
+            let _ = oname;
+        }
+        Ok(page)
+    }
+
+    /// Applies `decide` to the current object (None when absent) and commits
+    /// what it returns. Returns the stored result (for a delete: the last
+    /// state), or None when `decide` asked to delete an absent object.
+    ///
+    /// With `dry_run`, everything runs but nothing is committed.
+    pub fn mutate(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        dry_run: bool,
+        decide: impl FnOnce(Option<&Value>) -> Result<Mutation, ApiError>,
+    ) -> Result<Option<Arc<Value>>, StoreError> {
+        let _writer = self.writer.lock().map_err(|_| lock_err())?;
+        let current = self.get(res, ns, name)?;
+        let mutation = decide(current.as_deref())?;
+        let key = res.key(Some(ns), name);
+        let (write, new_value) = match mutation {
+            Mutation::Keep => return Ok(current),
+            Mutation::Put(mut value) => {
+                object::clear_resource_version(&mut value);
+                let bytes =
+                    serde_json::to_vec(&value).map_err(|e| ApiError::internal(e.to_string()))?;
+                (Write::Put { key, value: bytes }, Some(value))
+            }
+            Mutation::Delete => {
+                if current.is_none() {
+                    return Ok(None);
+                }
+                (Write::Delete { key }, None)
+            }
+        };
+        if dry_run {
+            return Ok(match new_value {
+                Some(mut v) => {
+                    if let Some(c) = &current {
+                        object::set_resource_version(&mut v, object::resource_version(c));
+                    }
+                    Some(Arc::new(v))
+                }
+                None => current,
+            });
+        }
+        let revision = self.backend.commit(&write)?;
+        let (kind, object) = match new_value {
+            Some(mut v) => {
+                object::set_resource_version(&mut v, revision);
+                let kind = if current.is_some() {
+                    EventType::Modified
+                } else {
+                    EventType::Added
+                };
+                (kind, Arc::new(v))
+            }
+            None => {
+                let mut last = current.as_deref().cloned().unwrap_or(Value::Null);
+                object::set_resource_version(&mut last, revision);
+                (EventType::Deleted, Arc::new(last))
+            }
+        };
+        let line = event_line(kind.as_str(), &object);
+        let event = Arc::new(Event {
+            revision,
+            resource: res,
+            namespace: ns.to_string(),
+            kind,
+            object: object.clone(),
+            previous: current,
+            line,
+        });
+        {
+            let mut cache = self.cache.write().map_err(|_| lock_err())?;
+            let objects = cache.objects.entry(res.plural).or_default();
+            let k = (ns.to_string(), name.to_string());
+            match kind {
+                EventType::Deleted => {
+                    objects.remove(&k);
+                }
+                _ => {
+                    objects.insert(k, object.clone());
+                }
+            }
+            cache.revision = revision;
+            cache.history.push_back(event);
+            while cache.history.len() > self.history_limit {
+                if let Some(old) = cache.history.pop_front() {
+                    cache.compacted = old.revision;
+                }
+            }
+        }
+        self.revision_tx.send_replace(revision);
+        Ok(Some(object))
+    }
+
+    /// A receiver that changes whenever a write commits.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revision_tx.subscribe()
+    }
+
+    /// The events after `revision`, or 410 when history no longer holds them.
+    pub fn events_after(&self, revision: u64) -> Result<Vec<Arc<Event>>, ApiError> {
+        let cache = self.cache.read().map_err(|_| lock_err())?;
+        if revision < cache.compacted {
+            return Err(ApiError::gone(format!(
+                "too old resource version: {revision} ({})",
+                cache.compacted + 1
+            )));
+        }
+        let start = cache.history.partition_point(|e| e.revision <= revision);
+        Ok(cache.history.range(start..).cloned().collect())
+    }
+}
+
+/// `{"type":T,"object":O}\n`, the framing of a JSON watch stream.
+pub fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut line =
+        serde_json::to_vec(&json!({ "type": kind, "object": object })).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}

@@ -1,0 +1,148 @@
+//! `cargo xtask`: the project's own developer commands.
+//!
+//! This crate owns two things and nothing else:
+//! - `setup`: turning a fresh Debian machine (as root) into one that can build
+//!   and test Ferry — Debian packages, the nightly `rust-src`, a `bpf-linker`
+//!   built against the nightly's own LLVM, and a mounted bpffs. Every step
+//!   checks first, so a rerun on a ready machine takes well under a second.
+//! - `test`: the single entry point that runs every test, so the README, CI and
+//!   developers all run the same thing.
+//!
+//! It shells out with `std::process::Command` rather than pulling in crates, so
+//! it builds quickly on a machine that has nothing yet.
+
+mod setup;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Ferry developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install everything the project needs (idempotent; run as root on Debian).
+    Setup,
+    /// Run every test in the workspace; extra arguments go to `cargo test`.
+    Test {
+        /// Passed on unchanged, e.g. `-p ferry-controlplane -- --nocapture`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Setup => setup::all(),
+        Cmd::Test { .. } => test(&raw_args_after("test")),
+    };
+    // Print the error chain ourselves: anyhow's `Debug` adds a backtrace
+    // whenever RUST_BACKTRACE is set, which buries a failed command's message.
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The arguments after the subcommand exactly as given. clap drops the first
+/// `--`, which would turn `cargo xtask test -- --nocapture` into a cargo flag.
+fn raw_args_after(subcommand: &str) -> Vec<OsString> {
+    std::env::args_os()
+        .skip(1)
+        .skip_while(|arg| arg != subcommand)
+        .skip(1)
+        .collect()
+}
+
+fn test(args: &[OsString]) -> Result<()> {
+    // Later this also builds the eBPF programs first, so the userspace tests
+    // that load them find fresh objects.
+    let mut cmd = cargo();
+    cmd.arg("test");
+    // Cargo ignores `-p` next to `--workspace`, so only test everything when
+    // no package was named.
+    let names_package = args
+        .iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a == "-p" || a == "--package" || a.to_string_lossy().starts_with("--package="));
+    if !names_package {
+        cmd.arg("--workspace");
+    }
+    run(cmd.args(args))
+}
+
+/// The workspace root, so commands behave the same from any directory.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// The cargo that launched us (cargo sets `CARGO` for `cargo run`), so nested
+/// builds use the same toolchain as the outer one.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+/// Runs a command with inherited stdio after echoing it, failing on non-zero exit.
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {}", display(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{}`", display(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed: {status}", display(cmd));
+    }
+    Ok(())
+}
+
+/// Whether a command exits 0, with its output discarded: used for the
+/// "is it already there?" checks, which should stay silent.
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Stdout of a command that must succeed, trimmed.
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start `{}`", display(cmd)))?;
+    if !out.status.success() {
+        bail!("`{}` failed: {}", display(cmd), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn display(cmd: &Command) -> String {
+    let mut parts = Vec::new();
+    for (key, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            parts.push(format!(
+                "{}={}",
+                key.to_string_lossy(),
+                value.to_string_lossy()
+            ));
+        }
+    }
+    parts.push(cmd.get_program().to_string_lossy().into_owned());
+    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}

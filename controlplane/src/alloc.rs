@@ -30,6 +30,9 @@ pub enum AllocError {
 pub struct IpAllocator {
     net: IpNet,
     used: BTreeSet<IpAddr>,
+    /// Whether the network and broadcast addresses may be given out (pools
+    /// of routed addresses, not subnets).
+    edges: bool,
 }
 
 fn to_u128(ip: IpAddr) -> u128 {
@@ -52,7 +55,13 @@ impl IpAllocator {
         Self {
             net: net.trunc(),
             used: BTreeSet::new(),
+            edges: false,
         }
+    }
+
+    /// Lets the first and last address of the range be allocated too.
+    pub fn include_edges(&mut self) {
+        self.edges = true;
     }
 
     pub fn net(&self) -> IpNet {
@@ -72,6 +81,9 @@ impl IpAllocator {
         } else {
             1u128 << host_bits
         };
+        if self.edges {
+            return (0, size.saturating_sub(1));
+        }
         let last = if self.is_v4() {
             size.saturating_sub(2)
         } else {

@@ -135,10 +135,15 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// Node CIDR size for an IPv6 cluster CIDR: /64 per node, or 16 bits
-    /// below a cluster CIDR longer than /48.
+    /// Node CIDR size for an IPv6 cluster CIDR: /64 per node (as
+    /// kube-controller-manager's default), or 8 bits below a cluster CIDR of
+    /// /64 or longer.
     pub fn node_mask_v6(&self, cidr: &IpNet) -> u8 {
-        64u8.max(cidr.prefix_len().saturating_add(16)).min(128)
+        if cidr.prefix_len() < 64 {
+            64
+        } else {
+            cidr.prefix_len().saturating_add(8).min(128)
+        }
     }
 }
 

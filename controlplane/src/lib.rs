@@ -12,6 +12,7 @@ pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod controllers;
 pub mod error;
 pub mod object;
 pub mod patch;

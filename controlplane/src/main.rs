@@ -42,6 +42,10 @@ struct Cli {
     /// Storage backend.
     #[arg(long, value_parser = ["sqlite"], default_value = "sqlite")]
     storage: String,
+    /// Controllers to run: `*` for all, `name` to add, `-name` to remove
+    /// (namespace, garbagecollector, endpointslice, nodeipam, lbipam, podgc).
+    #[arg(long, default_value = "*")]
+    controllers: String,
     /// Watch events kept for resuming watches.
     #[arg(long, default_value_t = DEFAULT_HISTORY)]
     watch_history: usize,
@@ -98,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         kubeconfig_out: cli.kubeconfig_out.clone(),
         cluster,
         history: cli.watch_history,
+        controllers: ferry_controlplane::controllers::parse_enabled(&cli.controllers)?,
     })
     .await?;
     if let Some(k) = &cli.kubeconfig_out {

@@ -87,10 +87,14 @@ pub fn path<'a>(obj: &'a Value, dotted: &str) -> Option<&'a Value> {
 
 /// The current time as Kubernetes writes timestamps (RFC 3339, seconds).
 pub fn now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default()
+    seconds_from_now(0)
+}
+
+/// The time `secs` from now, formatted as [`now`] is.
+pub fn seconds_from_now(secs: i64) -> String {
+    let t = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second().saturating_add(secs))
+        .unwrap_or_else(|_| jiff::Timestamp::now());
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// Seconds since an RFC 3339 timestamp; None when unparsable.

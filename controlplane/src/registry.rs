@@ -108,10 +108,10 @@ fn merge_update(res: &Resource, sub: Option<&str>, old: &Value, mut new: Value) 
         Some("status") => {
             let mut out = old.clone();
             out["status"] = new.get("status").cloned().unwrap_or(Value::Null);
-            if out["status"].is_null() {
-                if let Value::Object(m) = &mut out {
-                    m.remove("status");
-                }
+            if out["status"].is_null()
+                && let Value::Object(m) = &mut out
+            {
+                m.remove("status");
             }
             out
         }
@@ -155,6 +155,39 @@ fn merge_update(res: &Resource, sub: Option<&str>, old: &Value, mut new: Value) 
             }
             new
         }
+    }
+}
+
+/// The grace period a pod's deletion waits, as a kubelet would take to stop
+/// it: None when it goes at once (unscheduled, finished, grace 0, or a
+/// second delete that does not shorten the first).
+fn pod_grace(res: &Resource, pod: &Value, opts: &DeleteOptions) -> Option<i64> {
+    if res.kind != "Pod"
+        || pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        || matches!(
+            pod.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        )
+    {
+        return None;
+    }
+    let grace = opts
+        .grace_period_seconds
+        .or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(30);
+    let current = pod
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64);
+    match current {
+        _ if grace <= 0 => None,
+        Some(c) if grace >= c => Some(c),
+        _ => Some(grace),
     }
 }
 
@@ -454,8 +487,7 @@ impl Registry {
         ns: &str,
         name: &str,
         sub: Option<&str>,
-        ty: PatchType,
-        body: &[u8],
+        (ty, body): (PatchType, &[u8]),
         opts: &WriteOptions,
     ) -> Result<Arc<Value>, ApiError> {
         let obj = self.write(res, ns, name, opts.dry_run, |cur, ctx| {
@@ -533,7 +565,18 @@ impl Registry {
                         .and_then(Value::as_array)
                         .is_some_and(|f| !f.is_empty()));
             if !held {
-                return Ok(Mutation::Delete);
+                let current_grace = cur.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
+                return Ok(match pod_grace(res, cur, opts) {
+                    Some(grace) if object::deletion_timestamp(cur).is_some() && current_grace == Some(grace) => Mutation::Keep,
+                    Some(grace) => {
+                        if let Some(m) = object::metadata_mut(&mut next) {
+                            m.insert("deletionTimestamp".into(), json!(object::seconds_from_now(grace)));
+                            m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                        }
+                        Mutation::Put(next)
+                    }
+                    None => Mutation::Delete,
+                });
             }
             if object::deletion_timestamp(cur).is_some() {
                 return Ok(Mutation::Keep);

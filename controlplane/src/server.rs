@@ -26,6 +26,8 @@ pub struct Settings {
     pub kubeconfig_out: Option<PathBuf>,
     pub cluster: ClusterConfig,
     pub history: usize,
+    /// Controllers to run (names from [`crate::controllers::ALL`]).
+    pub controllers: std::collections::BTreeSet<&'static str>,
 }
 
 /// A running apiserver.
@@ -109,6 +111,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         advertise: addr.to_string(),
     });
     let serve = tokio::spawn(api.serve(listener, tls));
+    crate::controllers::start(
+        &registry,
+        &settings.controllers,
+        &tokio::runtime::Handle::current(),
+    )
+    .context("starting controllers")?;
     tracing::info!(%url, "ferry-apiserver serving");
     Ok(Running {
         addr,

@@ -210,6 +210,20 @@ fn default_spec(spec: &mut ServiceSpec, old: Option<&ServiceSpec>, config: &Clus
         if spec.health_check_node_port == old.health_check_node_port {
             spec.health_check_node_port = None;
         }
+        if spec.external_traffic_policy == old.external_traffic_policy {
+            spec.external_traffic_policy = None;
+        }
+    }
+    if let Some(old) = old
+        && type_of(old) == "LoadBalancer"
+        && ty != "LoadBalancer"
+    {
+        if spec.allocate_load_balancer_node_ports == old.allocate_load_balancer_node_ports {
+            spec.allocate_load_balancer_node_ports = None;
+        }
+        if spec.load_balancer_class == old.load_balancer_class {
+            spec.load_balancer_class = None;
+        }
     }
     if spec.session_affinity.is_none() {
         spec.session_affinity = Some("None".into());
@@ -248,6 +262,20 @@ fn default_spec(spec: &mut ServiceSpec, old: Option<&ServiceSpec>, config: &Clus
     if ty == "LoadBalancer" {
         spec.allocate_load_balancer_node_ports.get_or_insert(true);
     }
+    // A change to clusterIP alone (clusterIPs as stored) is a change of
+    // clusterIPs[0], which validation then refuses as immutable.
+    if let Some(old) = old
+        && spec.cluster_ip != old.cluster_ip
+        && spec.cluster_ips == old.cluster_ips
+        && let Some(ip) = spec.cluster_ip.clone().filter(|ip| !ip.is_empty())
+    {
+        let mut ips = spec.cluster_ips.clone().unwrap_or_default();
+        match ips.first_mut() {
+            Some(first) => *first = ip,
+            None => ips.push(ip),
+        }
+        spec.cluster_ips = Some(ips);
+    }
     // clusterIP and clusterIPs[0] mirror each other.
     match (&spec.cluster_ip, &mut spec.cluster_ips) {
         (Some(ip), None) if !ip.is_empty() => spec.cluster_ips = Some(vec![ip.clone()]),
@@ -285,9 +313,8 @@ fn default_spec(spec: &mut ServiceSpec, old: Option<&ServiceSpec>, config: &Clus
     if spec.ip_family_policy.is_none() {
         let families = spec.ip_families.as_ref().map_or(0, Vec::len);
         spec.ip_family_policy = Some(
-            if headless && spec.selector.as_ref().is_none_or(BTreeMap::is_empty) && families < 2 {
-                "RequireDualStack"
-            } else if families == 2 {
+            if families == 2 || (headless && spec.selector.as_ref().is_none_or(BTreeMap::is_empty))
+            {
                 "RequireDualStack"
             } else {
                 "SingleStack"

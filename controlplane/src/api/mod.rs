@@ -428,7 +428,7 @@ impl Api {
                     .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
                 let sub = t.sub.clone();
                 let obj = blocking(move || {
-                    registry.patch(res, &ns, &name, sub.as_deref(), ty, &body, &opts)
+                    registry.patch(res, &ns, &name, sub.as_deref(), (ty, &body), &opts)
                 })
                 .await?;
                 Ok(self.object_response(StatusCode::OK, res, &obj, None))

@@ -275,10 +275,7 @@ fn utf8(b: &[u8]) -> Result<String, ApiError> {
 
 fn map_entry(data: &[u8], bytes_value: bool) -> Result<(String, Value), ApiError> {
     let mut rd = Reader { buf: data };
-    let (mut k, mut v) = (
-        String::new(),
-        if bytes_value { json!("") } else { json!("") },
-    );
+    let (mut k, mut v) = (String::new(), json!(""));
     while let Some((num, w)) = rd.next()? {
         match (num, w) {
             (1, Wire::Bytes(b)) => k = utf8(b)?,

@@ -1,0 +1,525 @@
+//! The EndpointSlice controller, with the legacy Endpoints object mirrored
+//! beside it: Services with a selector get slices listing the matching pods'
+//! addresses, ports (named target ports resolved per pod) and conditions.
+//! Slices of Services without a selector belong to their users and are left
+//! alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Map, Value, json};
+
+use super::{Controller, delete, list_all, log_failure, write_opts};
+use crate::object;
+use crate::registry::Registry;
+use crate::resources::{ENDPOINTS, ENDPOINTSLICES, NODES, PODS, Resource, SERVICES};
+use crate::store::Event;
+
+pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+pub const CONTROLLER: &str = "endpointslice-controller.k8s.io";
+pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Endpoints per slice, as kube-controller-manager's default.
+pub const MAX_PER_SLICE: usize = 100;
+
+#[derive(Debug, Default)]
+pub struct EndpointsController {
+    /// Services to reconcile, by (namespace, name).
+    queue: BTreeSet<(String, String)>,
+}
+
+fn selector(svc: &Value) -> Option<&Map<String, Value>> {
+    svc.pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .filter(|m| !m.is_empty())
+}
+
+fn selects(sel: &Map<String, Value>, pod: &Value) -> bool {
+    sel.iter().all(|(k, v)| object::label(pod, k) == v.as_str())
+}
+
+fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
+    v.pointer(ptr).and_then(Value::as_str).unwrap_or("")
+}
+
+/// The pod's addresses of `family`.
+fn pod_ips(pod: &Value, family: &str) -> Vec<String> {
+    let mut ips: Vec<String> = pod
+        .pointer("/status/podIPs")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.get("ip")?.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    if ips.is_empty() && !s(pod, "/status/podIP").is_empty() {
+        ips.push(s(pod, "/status/podIP").to_string());
+    }
+    ips.into_iter()
+        .filter(|ip| {
+            ip.parse::<std::net::IpAddr>()
+                .is_ok_and(|a| (family == "IPv6") == a.is_ipv6())
+        })
+        .collect()
+}
+
+fn pod_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| s(c, "/type") == "Ready" && s(c, "/status") == "True")
+}
+
+/// Resolves a service port's targetPort for one pod; None when a named port
+/// is not declared by any of its containers.
+fn target_port(port: &Value, pod: &Value) -> Option<i64> {
+    match port.get("targetPort") {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(name)) => {
+            let proto = port
+                .get("protocol")
+                .and_then(Value::as_str)
+                .unwrap_or("TCP");
+            pod.pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|c| {
+                    c.get("ports")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                })
+                .find(|p| {
+                    s(p, "/name") == name
+                        && p.get("protocol").and_then(Value::as_str).unwrap_or("TCP") == proto
+                })
+                .and_then(|p| p.get("containerPort")?.as_i64())
+        }
+        _ => port.get("port").and_then(Value::as_i64),
+    }
+}
+
+/// The slice ports for one pod: a pod missing a named port is left out.
+fn ports_for(svc: &Value, pod: &Value) -> Option<Vec<Value>> {
+    svc.pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let mut out = json!({
+                "name": p.get("name").and_then(Value::as_str).unwrap_or(""),
+                "port": target_port(p, pod)?,
+                "protocol": p.get("protocol").and_then(Value::as_str).unwrap_or("TCP"),
+            });
+            if let Some(ap) = p.get("appProtocol") {
+                out["appProtocol"] = ap.clone();
+            }
+            Some(out)
+        })
+        .collect()
+}
+
+/// Slice content for one address type and one set of resolved ports.
+struct Group {
+    ports: Vec<Value>,
+    endpoints: Vec<Value>,
+}
+
+/// One subset of the legacy Endpoints object.
+struct Subset {
+    ports: Vec<Value>,
+    ready: Vec<Value>,
+    not_ready: Vec<Value>,
+}
+
+struct Desired {
+    /// (addressType, ports) -> endpoints, in pod name order.
+    groups: BTreeMap<(String, String), Group>,
+    /// Endpoints-object subsets by ports.
+    subsets: BTreeMap<String, Subset>,
+}
+
+fn desired(reg: &Registry, svc: &Value, sel: &Map<String, Value>) -> Desired {
+    let ns = object::namespace(svc);
+    let families: Vec<String> = svc
+        .pointer("/spec/ipFamilies")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect()
+        })
+        .filter(|v: &Vec<String>| !v.is_empty())
+        .unwrap_or_else(|| vec!["IPv4".into()]);
+    let publish_not_ready = svc
+        .pointer("/spec/publishNotReadyAddresses")
+        .and_then(Value::as_bool)
+        == Some(true);
+    let svc_name = object::name(svc);
+    let mut zones: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut out = Desired {
+        groups: BTreeMap::new(),
+        subsets: BTreeMap::new(),
+    };
+    let pods = reg
+        .store
+        .list(&PODS, Some(ns), None, 0, |p| selects(sel, p))
+        .map(|p| p.items)
+        .unwrap_or_default();
+    for pod in pods {
+        if matches!(s(&pod, "/status/phase"), "Succeeded" | "Failed") {
+            continue;
+        }
+        let Some(ports) = ports_for(svc, &pod) else {
+            continue;
+        };
+        let terminating = object::deletion_timestamp(&pod).is_some();
+        let serving = pod_ready(&pod) || publish_not_ready;
+        let ready = serving && (!terminating || publish_not_ready);
+        let node = s(&pod, "/spec/nodeName").to_string();
+        let zone = zones
+            .entry(node.clone())
+            .or_insert_with(|| {
+                reg.store
+                    .get(&NODES, "", &node)
+                    .ok()
+                    .flatten()
+                    .and_then(|n| {
+                        object::label(&n, "topology.kubernetes.io/zone").map(String::from)
+                    })
+            })
+            .clone();
+        let ports_key = serde_json::to_string(&ports).unwrap_or_default();
+        let hostname = (s(&pod, "/spec/subdomain") == svc_name
+            && !s(&pod, "/spec/hostname").is_empty())
+        .then(|| s(&pod, "/spec/hostname").to_string());
+        let target_ref = json!({"kind": "Pod", "namespace": ns, "name": object::name(&pod), "uid": object::uid(&pod)});
+        for family in &families {
+            for ip in pod_ips(&pod, family) {
+                let mut ep = json!({
+                    "addresses": [ip],
+                    "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+                    "targetRef": target_ref,
+                });
+                if let Some(h) = &hostname {
+                    ep["hostname"] = json!(h);
+                }
+                if !node.is_empty() {
+                    ep["nodeName"] = json!(node);
+                }
+                if let Some(z) = &zone {
+                    ep["zone"] = json!(z);
+                }
+                let group = out
+                    .groups
+                    .entry((family.clone(), ports_key.clone()))
+                    .or_insert_with(|| Group {
+                        ports: ports.clone(),
+                        endpoints: Vec::new(),
+                    });
+                group.endpoints.push(ep);
+                let mut addr = json!({"ip": ip, "targetRef": target_ref});
+                if !node.is_empty() {
+                    addr["nodeName"] = json!(node);
+                }
+                if let Some(h) = &hostname {
+                    addr["hostname"] = json!(h);
+                }
+                let subset = out
+                    .subsets
+                    .entry(ports_key.clone())
+                    .or_insert_with(|| Subset {
+                        ports: ports.clone(),
+                        ready: Vec::new(),
+                        not_ready: Vec::new(),
+                    });
+                if ready {
+                    subset.ready.push(addr);
+                } else if !terminating {
+                    subset.not_ready.push(addr);
+                }
+            }
+        }
+    }
+    // A service with no endpoints still gets one empty slice per family.
+    if out.groups.is_empty() {
+        let ports: Vec<Value> = svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|p| json!({"name": p.get("name").and_then(Value::as_str).unwrap_or(""), "port": target_port(p, &json!({})), "protocol": p.get("protocol").and_then(Value::as_str).unwrap_or("TCP")}))
+            .filter(|p| !p["port"].is_null())
+            .collect();
+        for family in &families {
+            out.groups.insert(
+                (family.clone(), String::new()),
+                Group {
+                    ports: ports.clone(),
+                    endpoints: Vec::new(),
+                },
+            );
+        }
+    }
+    out
+}
+
+fn owner_ref(svc: &Value) -> Value {
+    json!([{"apiVersion": "v1", "kind": "Service", "name": object::name(svc), "uid": object::uid(svc), "controller": true, "blockOwnerDeletion": true}])
+}
+
+impl EndpointsController {
+    fn sync(&self, reg: &Registry, ns: &str, name: &str) {
+        let svc = reg.store.get(&SERVICES, ns, name).ok().flatten();
+        let sel = svc.as_deref().and_then(selector);
+        let existing: Vec<_> = list_all(reg, &ENDPOINTSLICES, Some(ns))
+            .into_iter()
+            .filter(|sl| {
+                object::label(sl, SERVICE_NAME) == Some(name)
+                    && object::label(sl, MANAGED_BY) == Some(CONTROLLER)
+            })
+            .collect();
+        let (Some(svc), Some(sel)) = (svc.as_deref(), sel) else {
+            // Gone or selectorless: its managed slices and Endpoints go.
+            for sl in existing {
+                delete(reg, self.name(), &ENDPOINTSLICES, ns, object::name(&sl));
+            }
+            if let Ok(Some(ep)) = reg.store.get(&ENDPOINTS, ns, name)
+                && object::label(&ep, "endpoints.kubernetes.io/managed-by")
+                    == Some("endpoint-controller")
+            {
+                delete(reg, self.name(), &ENDPOINTS, ns, name);
+            }
+            return;
+        };
+        let want = desired(reg, svc, sel);
+        let mut labels = object::labels(svc).cloned().unwrap_or_default();
+        labels.insert(SERVICE_NAME.into(), json!(name));
+        labels.insert(MANAGED_BY.into(), json!(CONTROLLER));
+        if svc.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None") {
+            labels.insert("service.kubernetes.io/headless".into(), json!(""));
+        }
+        let mut slices: Vec<Value> = Vec::new();
+        for ((family, _), Group { ports, endpoints }) in &want.groups {
+            let chunks: Vec<&[Value]> = if endpoints.is_empty() {
+                vec![&[][..]]
+            } else {
+                endpoints.chunks(MAX_PER_SLICE).collect()
+            };
+            for chunk in chunks {
+                slices.push(json!({
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "kind": "EndpointSlice",
+                    "metadata": {"namespace": ns, "labels": labels, "ownerReferences": owner_ref(svc)},
+                    "addressType": family,
+                    "endpoints": chunk,
+                    "ports": ports,
+                }));
+            }
+        }
+        // Reuse existing slices in order (same address type first) so that a
+        // change rewrites slices in place instead of deleting and recreating.
+        let mut spare: Vec<_> = existing;
+        for mut slice in slices {
+            let family = slice["addressType"].as_str().unwrap_or("").to_string();
+            let reuse = spare
+                .iter()
+                .position(|e| s(e, "/addressType") == family)
+                .map(|i| spare.remove(i));
+            match reuse {
+                Some(cur) => {
+                    let unchanged = cur.get("endpoints").unwrap_or(&json!([]))
+                        == slice.get("endpoints").unwrap_or(&json!([]))
+                        && cur.get("ports") == slice.get("ports")
+                        && object::labels(&cur) == object::labels(&slice);
+                    if unchanged {
+                        continue;
+                    }
+                    slice["metadata"]["name"] = json!(object::name(&cur));
+                    slice["metadata"]["resourceVersion"] =
+                        json!(object::resource_version(&cur).to_string());
+                    if let Err(e) = reg.update(
+                        &ENDPOINTSLICES,
+                        ns,
+                        object::name(&cur),
+                        None,
+                        slice,
+                        &write_opts(),
+                    ) {
+                        log_failure(self.name(), name, &e);
+                    }
+                }
+                None => {
+                    slice["metadata"]["generateName"] = json!(format!("{name}-"));
+                    if let Err(e) = reg.create(&ENDPOINTSLICES, ns, slice, &write_opts()) {
+                        log_failure(self.name(), name, &e);
+                    }
+                }
+            }
+        }
+        for extra in spare {
+            delete(reg, self.name(), &ENDPOINTSLICES, ns, object::name(&extra));
+        }
+        self.sync_endpoints(reg, svc, &want);
+    }
+
+    /// The legacy Endpoints object, for clients that still read it.
+    fn sync_endpoints(&self, reg: &Registry, svc: &Value, want: &Desired) {
+        let (ns, name) = (object::namespace(svc), object::name(svc));
+        let subsets: Vec<Value> = want
+            .subsets
+            .values()
+            .filter(|ss| !ss.ready.is_empty() || !ss.not_ready.is_empty())
+            .map(
+                |Subset {
+                     ports,
+                     ready,
+                     not_ready,
+                 }| {
+                    let ports: Vec<Value> = ports
+                        .iter()
+                        .map(|p| {
+                            let mut p = p.clone();
+                            if p["name"] == ""
+                                && let Some(m) = p.as_object_mut()
+                            {
+                                m.remove("name");
+                            }
+                            p
+                        })
+                        .collect();
+                    let mut ss = json!({ "ports": ports });
+                    if !ready.is_empty() {
+                        ss["addresses"] = json!(ready);
+                    }
+                    if !not_ready.is_empty() {
+                        ss["notReadyAddresses"] = json!(not_ready);
+                    }
+                    ss
+                },
+            )
+            .collect();
+        let mut labels = object::labels(svc).cloned().unwrap_or_default();
+        labels.insert(
+            "endpoints.kubernetes.io/managed-by".into(),
+            json!("endpoint-controller"),
+        );
+        let mut body = json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+        });
+        if !subsets.is_empty() {
+            body["subsets"] = json!(subsets);
+        }
+        match reg.store.get(&ENDPOINTS, ns, name) {
+            Ok(Some(cur)) => {
+                if cur.get("subsets") == body.get("subsets")
+                    && object::labels(&cur) == object::labels(&body)
+                {
+                    return;
+                }
+                body["metadata"]["resourceVersion"] =
+                    json!(object::resource_version(&cur).to_string());
+                if let Err(e) = reg.update(&ENDPOINTS, ns, name, None, body, &write_opts()) {
+                    log_failure(self.name(), name, &e);
+                }
+            }
+            _ => {
+                if let Err(e) = reg.create(&ENDPOINTS, ns, body, &write_opts()) {
+                    log_failure(self.name(), name, &e);
+                }
+            }
+        }
+    }
+
+    /// Services in `ns` whose selector matches `pod`.
+    fn services_selecting(&mut self, reg: &Registry, pod: &Value) {
+        let ns = object::namespace(pod);
+        for svc in list_all(reg, &SERVICES, Some(ns)) {
+            if selector(&svc).is_some_and(|sel| selects(sel, pod)) {
+                self.queue
+                    .insert((ns.to_string(), object::name(&svc).to_string()));
+            }
+        }
+    }
+}
+
+impl Controller for EndpointsController {
+    fn name(&self) -> &'static str {
+        "endpointslice"
+    }
+
+    fn watches(&self, res: &Resource) -> bool {
+        matches!(res.kind, "Service" | "Pod" | "EndpointSlice" | "Node")
+    }
+
+    fn resync(&mut self, reg: &Registry) {
+        for svc in list_all(reg, &SERVICES, None) {
+            self.queue.insert((
+                object::namespace(&svc).to_string(),
+                object::name(&svc).to_string(),
+            ));
+        }
+    }
+
+    fn observe(&mut self, reg: &Registry, ev: &Event) {
+        match ev.resource.kind {
+            "Service" => {
+                self.queue
+                    .insert((ev.namespace.clone(), object::name(&ev.object).to_string()));
+            }
+            "Pod" => {
+                // Only changes that matter to endpoints: labels, addresses,
+                // readiness, deletion.
+                let relevant = |p: &Value| {
+                    json!([
+                        object::labels(p),
+                        p.pointer("/status/podIPs"),
+                        p.pointer("/status/podIP"),
+                        pod_ready(p),
+                        object::deletion_timestamp(p),
+                        p.pointer("/status/phase"),
+                        p.pointer("/spec/nodeName"),
+                        p.pointer("/spec/hostname"),
+                        p.pointer("/spec/subdomain")
+                    ])
+                };
+                if ev.previous.as_deref().map(relevant) == Some(relevant(&ev.object))
+                    && ev.kind != crate::store::EventType::Deleted
+                {
+                    return;
+                }
+                self.services_selecting(reg, &ev.object);
+                if let Some(prev) = &ev.previous {
+                    self.services_selecting(reg, prev);
+                }
+            }
+            "EndpointSlice" => {
+                // Someone changed or removed a managed slice: put it right.
+                if object::label(&ev.object, MANAGED_BY) == Some(CONTROLLER)
+                    && let Some(svc) = object::label(&ev.object, SERVICE_NAME)
+                {
+                    self.queue.insert((ev.namespace.clone(), svc.to_string()));
+                }
+            }
+            // A node's zone label feeds every endpoint on it.
+            _ => {
+                if ev
+                    .previous
+                    .as_deref()
+                    .map(|p| object::label(p, "topology.kubernetes.io/zone"))
+                    != Some(object::label(&ev.object, "topology.kubernetes.io/zone"))
+                {
+                    self.resync(reg);
+                }
+            }
+        }
+    }
+
+    fn reconcile(&mut self, reg: &Registry) {
+        for (ns, name) in std::mem::take(&mut self.queue) {
+            self.sync(reg, &ns, &name);
+        }
+    }
+}

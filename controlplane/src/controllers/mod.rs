@@ -1,0 +1,198 @@
+//! The controllers that run inside ferry-apiserver, each on a thread of its
+//! own, fed by the store's event history the same way a watch is. Each can be
+//! turned off with `--controllers` (kube-controller-manager's syntax:
+//! `*,-nodeipam`).
+
+pub mod endpoints;
+pub mod gc;
+pub mod ipam;
+pub mod namespace;
+pub mod podgc;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::error::ApiError;
+use crate::registry::{DeleteOptions, Registry, WriteOptions};
+use crate::resources::Resource;
+use crate::store::Event;
+
+/// Every controller, by the name `--controllers` uses.
+pub const ALL: &[&str] = &[
+    "namespace",
+    "garbagecollector",
+    "endpointslice",
+    "nodeipam",
+    "lbipam",
+    "podgc",
+];
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("--controllers: unknown controller {0:?}; known: {known}", known = ALL.join(", "))]
+pub struct UnknownController(pub String);
+
+/// Parses `*`, `name`, `-name` lists into the enabled set.
+pub fn parse_enabled(spec: &str) -> Result<BTreeSet<&'static str>, UnknownController> {
+    let mut on = BTreeSet::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (enable, name) = match item.strip_prefix('-') {
+            Some(n) => (false, n),
+            None => (true, item),
+        };
+        if name == "*" {
+            on.extend(ALL.iter().copied());
+            continue;
+        }
+        let known = ALL
+            .iter()
+            .copied()
+            .find(|k| *k == name)
+            .ok_or_else(|| UnknownController(name.into()))?;
+        if enable {
+            on.insert(known);
+        } else {
+            on.remove(known);
+        }
+    }
+    Ok(on)
+}
+
+/// A controller's logic; the runner feeds it events and calls reconcile.
+pub trait Controller: Send {
+    fn name(&self) -> &'static str;
+    /// Whether events of `res` concern this controller.
+    fn watches(&self, res: &Resource) -> bool;
+    /// Rebuilds state from a full read (at start, and when events were lost).
+    fn resync(&mut self, reg: &Registry);
+    /// Takes note of one committed change.
+    fn observe(&mut self, reg: &Registry, ev: &Event);
+    /// Does the pending work.
+    fn reconcile(&mut self, reg: &Registry);
+    /// When the controller wants to run again without any event (timers).
+    fn next_wakeup(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// Runs `ctrl` on a thread of its own until the process ends.
+pub fn spawn(
+    reg: Arc<Registry>,
+    mut ctrl: Box<dyn Controller>,
+    rt: tokio::runtime::Handle,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("ctrl-{}", ctrl.name()))
+        .spawn(move || {
+            let mut changes = reg.store.subscribe();
+            let mut last = reg.store.revision();
+            ctrl.resync(&reg);
+            loop {
+                ctrl.reconcile(&reg);
+                let wait = ctrl
+                    .next_wakeup()
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+                    .unwrap_or(Duration::from_secs(300));
+                let closed = rt.block_on(async {
+                    match tokio::time::timeout(wait, changes.changed()).await {
+                        Ok(r) => r.is_err(),
+                        Err(_) => false,
+                    }
+                });
+                if closed {
+                    return;
+                }
+                match reg.store.events_after(last) {
+                    Ok(events) => {
+                        for ev in events {
+                            last = ev.revision;
+                            if ctrl.watches(ev.resource) {
+                                ctrl.observe(&reg, &ev);
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        // Fell behind the history: start over from a full read.
+                        tracing::warn!(controller = ctrl.name(), "event history lost; resyncing");
+                        last = reg.store.revision();
+                        ctrl.resync(&reg);
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Starts the enabled controllers.
+pub fn start(
+    reg: &Arc<Registry>,
+    enabled: &BTreeSet<&'static str>,
+    rt: &tokio::runtime::Handle,
+) -> std::io::Result<()> {
+    for name in enabled {
+        let ctrl: Box<dyn Controller> = match *name {
+            "namespace" => Box::new(namespace::NamespaceController::default()),
+            "garbagecollector" => Box::new(gc::GarbageCollector::default()),
+            "endpointslice" => Box::new(endpoints::EndpointsController::default()),
+            "nodeipam" => Box::new(ipam::NodeIpam::new(&reg.config)),
+            "lbipam" => Box::new(ipam::LoadBalancerIpam::new(&reg.config)),
+            "podgc" => Box::new(podgc::PodGc::default()),
+            _ => continue,
+        };
+        tracing::info!(controller = name, "starting controller");
+        spawn(reg.clone(), ctrl, rt.clone())?;
+    }
+    Ok(())
+}
+
+/// Controllers write as a system user: plain options.
+pub(crate) fn write_opts() -> WriteOptions {
+    WriteOptions {
+        dry_run: false,
+        field_manager: None,
+    }
+}
+
+/// Logs a failed controller write; NotFound and Conflict are expected races
+/// that the next event resolves.
+pub(crate) fn log_failure(controller: &str, what: &str, err: &ApiError) {
+    if matches!(err.code, 404 | 409) {
+        tracing::debug!(controller, what, error = %err, "write raced; will retry on the next event");
+    } else {
+        tracing::warn!(controller, what, error = %err, "controller write failed");
+    }
+}
+
+/// Deletes an object, ignoring "already gone".
+pub(crate) fn delete(reg: &Registry, ctrl: &str, res: &'static Resource, ns: &str, name: &str) {
+    if let Err(e) = reg.delete(res, ns, name, &DeleteOptions::default())
+        && e.code != 404
+    {
+        log_failure(ctrl, name, &e);
+    }
+}
+
+/// Every object of `res` (in `ns` when given).
+pub(crate) fn list_all(reg: &Registry, res: &Resource, ns: Option<&str>) -> Vec<Arc<Value>> {
+    reg.store
+        .list(res, ns, None, 0, |_| true)
+        .map(|p| p.items)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enabled_sets() {
+        assert_eq!(parse_enabled("*").expect("ok").len(), ALL.len());
+        let s = parse_enabled("*,-nodeipam").expect("ok");
+        assert!(!s.contains("nodeipam") && s.contains("lbipam"));
+        assert_eq!(parse_enabled("namespace").expect("ok").len(), 1);
+        assert!(parse_enabled("bogus").is_err());
+    }
+}

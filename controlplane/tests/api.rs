@@ -1,0 +1,487 @@
+//! kube-rs against the real ferry-apiserver: the verbs' semantics, watches,
+//! allocation, and optimistic concurrency.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{ApiServer, eventually};
+use futures_util::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use serde_json::json;
+
+fn svc(name: &str, spec: serde_json::Value) -> Service {
+    serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec}),
+    )
+    .expect("service")
+}
+
+fn cm(name: &str, labels: serde_json::Value) -> ConfigMap {
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}),
+    )
+    .expect("configmap")
+}
+
+fn status_code(e: &kube::Error) -> u16 {
+    match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cluster_ips_are_allocated_honoured_rejected_and_released() {
+    let api = ApiServer::start(&["--service-cluster-ip-range", "10.96.0.0/24,fd00:96::/120"]);
+    let svcs: Api<Service> = Api::default_namespaced(api.client().await);
+    let pp = PostParams::default();
+
+    let a = svcs
+        .create(&pp, &svc("a", json!({"ports": [{"port": 80}]})))
+        .await
+        .expect("create a");
+    let spec = a.spec.expect("spec");
+    assert_eq!(spec.ip_families.as_deref(), Some(&["IPv4".to_string()][..]));
+    assert!(
+        spec.cluster_ip
+            .as_deref()
+            .is_some_and(|ip| ip.starts_with("10.96.0."))
+    );
+
+    let dual = svcs
+        .create(
+            &pp,
+            &svc(
+                "dual",
+                json!({"ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]}),
+            ),
+        )
+        .await
+        .expect("create dual");
+    let ips = dual.spec.and_then(|s| s.cluster_ips).expect("clusterIPs");
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    assert!(ips[1].starts_with("fd00:96::"), "{ips:?}");
+
+    let v6 = svcs
+        .create(
+            &pp,
+            &svc(
+                "v6",
+                json!({"ipFamilies": ["IPv6"], "ports": [{"port": 80}]}),
+            ),
+        )
+        .await
+        .expect("create v6");
+    assert!(
+        v6.spec
+            .and_then(|s| s.cluster_ip)
+            .is_some_and(|ip| ip.contains(':'))
+    );
+
+    let fixed = json!({"clusterIP": "10.96.0.50", "ports": [{"port": 80}]});
+    svcs.create(&pp, &svc("fixed", fixed.clone()))
+        .await
+        .expect("requested IP honoured");
+    let err = svcs
+        .create(&pp, &svc("fixed2", fixed.clone()))
+        .await
+        .expect_err("duplicate IP");
+    assert_eq!(status_code(&err), 422);
+    assert!(
+        err.to_string().contains("provided IP is already allocated"),
+        "{err}"
+    );
+    let err = svcs
+        .create(
+            &pp,
+            &svc(
+                "outside",
+                json!({"clusterIP": "10.97.0.1", "ports": [{"port": 80}]}),
+            ),
+        )
+        .await
+        .expect_err("out of range");
+    assert_eq!(status_code(&err), 422);
+    assert!(err.to_string().contains("not in the valid range"), "{err}");
+
+    // Dry run allocates nothing and stores nothing.
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    svcs.create(
+        &dry,
+        &svc(
+            "dry",
+            json!({"clusterIP": "10.96.0.60", "ports": [{"port": 80}]}),
+        ),
+    )
+    .await
+    .expect("dry run");
+    assert!(svcs.get_opt("dry").await.expect("get").is_none());
+    svcs.create(
+        &pp,
+        &svc(
+            "after-dry",
+            json!({"clusterIP": "10.96.0.60", "ports": [{"port": 80}]}),
+        ),
+    )
+    .await
+    .expect("dry run released its IP");
+
+    // Delete releases the IP; a restart rebuilds the allocator from storage.
+    svcs.delete("fixed", &DeleteParams::default())
+        .await
+        .expect("delete");
+    svcs.create(&pp, &svc("fixed3", fixed.clone()))
+        .await
+        .expect("IP released on delete");
+    drop(svcs);
+    let mut api = api;
+    api.restart();
+    let svcs: Api<Service> = Api::default_namespaced(api.client().await);
+    let err = svcs
+        .create(&pp, &svc("fixed4", fixed))
+        .await
+        .expect_err("still allocated after restart");
+    assert_eq!(status_code(&err), 422);
+
+    // Every allocated address is distinct.
+    let all = svcs.list(&ListParams::default()).await.expect("list");
+    let mut seen = BTreeSet::new();
+    for s in &all.items {
+        for ip in s
+            .spec
+            .as_ref()
+            .and_then(|s| s.cluster_ips.clone())
+            .unwrap_or_default()
+        {
+            assert!(seen.insert(ip.clone()), "{ip} handed out twice");
+        }
+    }
+}
+
+#[tokio::test]
+async fn node_ports_follow_type_changes() {
+    let api = ApiServer::start(&["--service-node-port-range", "30000-30005"]);
+    let svcs: Api<Service> = Api::default_namespaced(api.client().await);
+    let pp = PostParams::default();
+    let mut ports = BTreeSet::new();
+    for i in 0..3 {
+        let s = svcs
+            .create(&pp, &svc(&format!("np{i}"), json!({"type": "NodePort", "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]})))
+            .await
+            .expect("create");
+        for p in s.spec.and_then(|s| s.ports).unwrap_or_default() {
+            assert!(ports.insert(p.node_port.expect("node port")));
+        }
+    }
+    let err = svcs
+        .create(
+            &pp,
+            &svc("full", json!({"type": "NodePort", "ports": [{"port": 80}]})),
+        )
+        .await
+        .expect_err("range exhausted");
+    assert_eq!(status_code(&err), 422);
+    // NodePort -> ClusterIP frees the ports of np0.
+    let patch = json!({"spec": {"type": "ClusterIP"}});
+    let s = svcs
+        .patch("np0", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .expect("to ClusterIP");
+    assert!(
+        s.spec
+            .and_then(|s| s.ports)
+            .unwrap_or_default()
+            .iter()
+            .all(|p| p.node_port.is_none())
+    );
+    svcs.create(
+        &pp,
+        &svc(
+            "again",
+            json!({"type": "NodePort", "ports": [{"port": 80}]}),
+        ),
+    )
+    .await
+    .expect("freed port reused");
+}
+
+#[tokio::test]
+async fn optimistic_concurrency_gives_409() {
+    let api = ApiServer::start(&[]);
+    let cms: Api<ConfigMap> = Api::default_namespaced(api.client().await);
+    let created = cms
+        .create(&PostParams::default(), &cm("c", json!({})))
+        .await
+        .expect("create");
+    let mut first = created.clone();
+    first.data = Some([("k".to_string(), "one".to_string())].into());
+    let mut second = created.clone();
+    second.data = Some([("k".to_string(), "two".to_string())].into());
+    cms.replace("c", &PostParams::default(), &first)
+        .await
+        .expect("first update");
+    let err = cms
+        .replace("c", &PostParams::default(), &second)
+        .await
+        .expect_err("stale update");
+    assert_eq!(status_code(&err), 409);
+    assert!(
+        err.to_string().contains("the object has been modified"),
+        "{err}"
+    );
+    // A no-op update does not bump the resource version.
+    let cur = cms.get("c").await.expect("get");
+    let same = cms
+        .replace("c", &PostParams::default(), &cur)
+        .await
+        .expect("no-op update");
+    assert_eq!(
+        cur.metadata.resource_version,
+        same.metadata.resource_version
+    );
+}
+
+#[tokio::test]
+async fn list_paging_and_selectors() {
+    let api = ApiServer::start(&[]);
+    let client = api.client().await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    for i in 0..25 {
+        let tier = if i % 2 == 0 { "even" } else { "odd" };
+        cms.create(
+            &PostParams::default(),
+            &cm(&format!("c{i:02}"), json!({"tier": tier})),
+        )
+        .await
+        .expect("create");
+    }
+    let mut names = Vec::new();
+    let mut pages = 0;
+    let mut lp = ListParams::default().limit(10);
+    loop {
+        let page = cms.list(&lp).await.expect("page");
+        pages += 1;
+        names.extend(page.items.iter().filter_map(|c| c.metadata.name.clone()));
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names.len(), 25);
+    let even = cms
+        .list(&ListParams::default().labels("tier=even"))
+        .await
+        .expect("labels");
+    assert_eq!(even.items.len(), 13);
+    let one = cms
+        .list(&ListParams::default().fields("metadata.name=c03"))
+        .await
+        .expect("fields");
+    assert_eq!(one.items.len(), 1);
+    let err = cms
+        .list(&ListParams::default().fields("spec.bogus=1"))
+        .await
+        .expect_err("bad field");
+    assert_eq!(status_code(&err), 400);
+    let all: Api<ConfigMap> = Api::all(client);
+    assert!(
+        all.list(&ListParams::default())
+            .await
+            .expect("all")
+            .items
+            .len()
+            >= 25
+    );
+}
+
+#[tokio::test]
+async fn watch_resumes_and_expired_versions_get_410() {
+    let api = ApiServer::start(&["--watch-history", "10"]);
+    let client = api.client().await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let first = cms
+        .create(&PostParams::default(), &cm("w0", json!({})))
+        .await
+        .expect("create");
+    let start_rv = first.metadata.resource_version.clone().expect("rv");
+    for i in 1..4 {
+        cms.create(&PostParams::default(), &cm(&format!("w{i}"), json!({})))
+            .await
+            .expect("create");
+    }
+    // Resuming from start_rv delivers exactly the later writes.
+    let mut stream = cms
+        .watch(&WatchParams::default().timeout(5), &start_rv)
+        .await
+        .expect("watch")
+        .boxed();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        match stream.try_next().await.expect("event") {
+            Some(WatchEvent::Added(c)) => got.push(c.metadata.name.expect("name")),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => break,
+        }
+    }
+    assert_eq!(got, ["w1", "w2", "w3"]);
+
+    // Selector transitions: an object leaving the selection is DELETED.
+    let mut sel = cms
+        .watch(&WatchParams::default().labels("pick=yes").timeout(5), "0")
+        .await
+        .expect("watch")
+        .boxed();
+    let patch = |v: &str| json!({"metadata": {"labels": {"pick": v}}});
+    cms.patch("w1", &PatchParams::default(), &Patch::Merge(&patch("yes")))
+        .await
+        .expect("patch");
+    cms.patch("w1", &PatchParams::default(), &Patch::Merge(&patch("no")))
+        .await
+        .expect("patch");
+    assert!(matches!(
+        sel.try_next().await.expect("ev"),
+        Some(WatchEvent::Added(_))
+    ));
+    assert!(matches!(
+        sel.try_next().await.expect("ev"),
+        Some(WatchEvent::Deleted(_))
+    ));
+
+    // Push the start version out of the 10-event history.
+    for i in 0..20 {
+        cms.create(&PostParams::default(), &cm(&format!("x{i}"), json!({})))
+            .await
+            .expect("create");
+    }
+    let mut stale = cms
+        .watch(&WatchParams::default().timeout(5), &start_rv)
+        .await
+        .expect("watch starts")
+        .boxed();
+    match stale.try_next().await.expect("event") {
+        Some(WatchEvent::Error(e)) => {
+            assert_eq!(e.code, 410);
+            assert_eq!(e.reason, "Expired");
+        }
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+
+    // The kube-runtime watcher re-lists after a 410 and converges.
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let rf = reflector(writer, watcher(cms.clone(), watcher::Config::default()))
+        .applied_objects()
+        .for_each(|_| async {});
+    let handle = tokio::spawn(rf);
+    eventually(10, || {
+        let n = reader.state().len();
+        async move { (n == 24).then_some(()) }
+    })
+    .await;
+    cms.delete("x0", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(10, || {
+        let n = reader.state().len();
+        async move { (n == 23).then_some(()) }
+    })
+    .await;
+    handle.abort();
+}
+
+#[tokio::test]
+async fn streaming_list_watch_ends_initial_events_with_a_bookmark() {
+    let api = ApiServer::start(&[]);
+    let cms: Api<ConfigMap> = Api::default_namespaced(api.client().await);
+    for i in 0..5 {
+        cms.create(&PostParams::default(), &cm(&format!("s{i}"), json!({})))
+            .await
+            .expect("create");
+    }
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let rf = reflector(
+        writer,
+        watcher(cms.clone(), watcher::Config::default().streaming_lists()),
+    )
+    .applied_objects()
+    .for_each(|_| async {});
+    let handle = tokio::spawn(rf);
+    reader.wait_until_ready().await.expect("initial events end");
+    // kube-root-ca.crt is not published: exactly the five.
+    assert_eq!(reader.state().len(), 5);
+    cms.create(&PostParams::default(), &cm("s5", json!({})))
+        .await
+        .expect("create");
+    eventually(10, || {
+        let n = reader.state().len();
+        async move { (n == 6).then_some(()) }
+    })
+    .await;
+    handle.abort();
+}
+
+#[tokio::test]
+async fn finalizers_namespaces_and_errors() {
+    let api = ApiServer::start(&[]);
+    let client = api.client().await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let held: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}),
+    )
+    .expect("cm");
+    cms.create(&PostParams::default(), &held)
+        .await
+        .expect("create");
+    cms.delete("held", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let marked = cms.get("held").await.expect("still there");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    let clear = json!({"metadata": {"finalizers": null}});
+    cms.patch("held", &PatchParams::default(), &Patch::Merge(&clear))
+        .await
+        .expect("clear finalizers");
+    assert!(cms.get_opt("held").await.expect("get").is_none());
+
+    let generated: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"generateName": "gen-"}})).expect("cm");
+    let g = cms
+        .create(&PostParams::default(), &generated)
+        .await
+        .expect("generateName");
+    let name = g.metadata.name.expect("name");
+    assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
+    assert!(g.metadata.uid.is_some() && g.metadata.creation_timestamp.is_some());
+
+    let missing: Api<ConfigMap> = Api::namespaced(client.clone(), "nope");
+    let err = missing
+        .create(&PostParams::default(), &cm("x", json!({})))
+        .await
+        .expect_err("no namespace");
+    assert_eq!(status_code(&err), 404);
+    let err = cms
+        .create(&PostParams::default(), &cm("Bad_Name", json!({})))
+        .await
+        .expect_err("bad name");
+    assert_eq!(status_code(&err), 422);
+
+    let nss: Api<Namespace> = Api::all(client);
+    let ns = nss.get("default").await.expect("default ns");
+    assert_eq!(
+        ns.metadata
+            .labels
+            .and_then(|l| l.get("kubernetes.io/metadata.name").cloned())
+            .as_deref(),
+        Some("default")
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}

@@ -209,6 +209,18 @@ impl ApiError {
         )
     }
 
+    /// A server-side apply that would take fields other managers own.
+    pub fn apply_conflict(message: String, causes: Vec<Cause>) -> Self {
+        let mut err = Self::new(409, "Conflict", message);
+        err.details = Some(json!({
+            "causes": causes
+                .iter()
+                .map(|c| json!({ "reason": c.reason, "message": c.message, "field": c.field }))
+                .collect::<Vec<_>>(),
+        }));
+        err
+    }
+
     /// A patch that cannot be applied to the object.
     pub fn invalid_patch(message: impl Into<String>) -> Self {
         Self::new(422, "Invalid", message)
@@ -220,6 +232,12 @@ impl ApiError {
 
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(413, "RequestEntityTooLarge", message)
+    }
+
+    /// Replaces the message, keeping code, reason and details.
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
     }
 
     /// The `Status` object sent as the body.

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod controllers;
 pub mod error;
+pub mod managed;
 pub mod object;
 pub mod patch;
 pub mod registry;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ferry_controlplane::config::{self, ClusterConfig};
-use ferry_controlplane::server::{self, DEFAULT_HISTORY, Settings};
+use ferry_controlplane::server::{self, DEFAULT_HISTORY, Settings, Storage};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,9 +39,15 @@ struct Cli {
     /// Pools LoadBalancer services take ingress IPs from.
     #[arg(long, default_value = "")]
     loadbalancer_ip_pool: String,
-    /// Storage backend.
-    #[arg(long, value_parser = ["sqlite"], default_value = "sqlite")]
+    /// Storage backend: the embedded SQLite store, or etcd.
+    #[arg(long, value_parser = ["sqlite", "etcd"], default_value = "sqlite")]
     storage: String,
+    /// etcd client URLs, comma-separated (with --storage etcd).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    etcd_endpoints: String,
+    /// Key prefix in etcd.
+    #[arg(long, default_value = "/registry")]
+    etcd_prefix: String,
     /// Controllers to run: `*` for all, `name` to add, `-name` to remove
     /// (namespace, garbagecollector, endpointslice, nodeipam, lbipam, podgc).
     #[arg(long, default_value = "*")]
@@ -96,7 +102,21 @@ async fn main() -> anyhow::Result<()> {
         !cluster.service_cidrs.is_empty(),
         "--service-cluster-ip-range: at least one CIDR is required"
     );
+    let storage = match cli.storage.as_str() {
+        "etcd" => Storage::Etcd {
+            endpoints: cli
+                .etcd_endpoints
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            prefix: cli.etcd_prefix.clone(),
+        },
+        _ => Storage::Sqlite,
+    };
     let running = server::start(Settings {
+        storage,
         data_dir: cli.data_dir.clone(),
         bind: cli.bind,
         kubeconfig_out: cli.kubeconfig_out.clone(),

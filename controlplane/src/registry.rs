@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::admission::{self, Context, Op, ServiceAllocators};
 use crate::config::ClusterConfig;
 use crate::error::ApiError;
+use crate::managed;
 use crate::object;
 use crate::patch::{self, PatchType};
 use crate::resources::{self, NAMESPACES, Resource};
@@ -19,7 +20,16 @@ use crate::store::{Mutation, Store};
 #[derive(Debug, Clone, Default)]
 pub struct WriteOptions {
     pub dry_run: bool,
+    /// Who makes the change, for managedFields; required for apply.
     pub field_manager: Option<String>,
+    /// Server-side apply: take fields from other managers.
+    pub force: bool,
+}
+
+impl WriteOptions {
+    fn manager(&self) -> &str {
+        self.field_manager.as_deref().unwrap_or("unknown")
+    }
 }
 
 /// Options of a delete, from the query and the DeleteOptions body.
@@ -406,8 +416,16 @@ impl Registry {
                 if cur.is_some() {
                     return Err(ApiError::already_exists(res, &name));
                 }
-                let admitted =
+                let mut admitted =
                     admission::admit(res, Op::Create, with_type_meta(res, candidate), None, ctx)?;
+                managed::track_update(
+                    res.kind,
+                    &res.api_version(),
+                    None,
+                    &mut admitted,
+                    opts.manager(),
+                    None,
+                );
                 Ok(Mutation::Put(admitted))
             });
             match result {
@@ -454,7 +472,7 @@ impl Registry {
                     "the object has been modified; please apply your changes to the latest version and try again",
                 ));
             }
-            self.decide_update(res, sub, cur, body, ctx)
+            self.decide_update(res, sub, cur, body, opts, ctx)
         })?;
         obj.map(|v| (v, false))
             .ok_or_else(|| ApiError::not_found(res, name))
@@ -468,10 +486,19 @@ impl Registry {
         sub: Option<&str>,
         cur: &Value,
         new: Value,
+        opts: &WriteOptions,
         ctx: &mut Context<'_>,
     ) -> Result<Mutation, ApiError> {
         let merged = merge_update(res, sub, cur, with_type_meta(res, new));
-        let admitted = admission::admit(res, Op::Update, merged, Some(cur), ctx)?;
+        let mut admitted = admission::admit(res, Op::Update, merged, Some(cur), ctx)?;
+        managed::track_update(
+            res.kind,
+            &res.api_version(),
+            Some(cur),
+            &mut admitted,
+            opts.manager(),
+            sub,
+        );
         if ready_to_remove(res, &admitted) {
             return Ok(Mutation::Delete);
         }
@@ -508,9 +535,75 @@ impl Registry {
                 ));
             }
             let patched = admission::normalize(res, patched)?;
-            self.decide_update(res, sub, cur, patched, ctx)
+            self.decide_update(res, sub, cur, patched, opts, ctx)
         })?;
         obj.ok_or_else(|| ApiError::not_found(res, name))
+    }
+
+    /// Server-side apply of the configuration in `body`: creates the object
+    /// when missing, otherwise merges it with field ownership and conflicts.
+    pub fn apply(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        sub: Option<&str>,
+        body: &[u8],
+        opts: &WriteOptions,
+    ) -> Result<(Arc<Value>, bool), ApiError> {
+        let Some(manager) = opts.field_manager.as_deref().filter(|m| !m.is_empty()) else {
+            return Err(ApiError::invalid(
+                &resources::NAMESPACES,
+                "",
+                vec![crate::error::Cause::required("fieldManager")],
+            )
+            .with_message("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
+        };
+        let applied: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "error decoding the apply configuration (send it as JSON): {e}"
+            ))
+        })?;
+        check_type_meta(res, &applied)?;
+        if applied.get("apiVersion").is_none() || applied.get("kind").is_none() {
+            return Err(ApiError::bad_request(
+                "apiVersion and kind must be set in an apply configuration",
+            ));
+        }
+        if object::name(&applied) != name {
+            return Err(ApiError::bad_request(
+                "the name of the object does not match the name on the URL",
+            ));
+        }
+        let applied = admission::normalize(res, applied)?;
+        let apiv = res.api_version();
+        if sub.is_none() && self.store.get(res, ns, name)?.is_none() {
+            let created =
+                managed::apply(res.kind, &apiv, None, &applied, manager, opts.force, None)?;
+            match self.create(res, ns, created, opts) {
+                Ok(v) => return Ok((v, true)),
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let obj = self.write(res, ns, name, opts.dry_run, |cur, ctx| {
+            let Some(cur) = cur else {
+                return Err(ApiError::not_found(res, name));
+            };
+            let merged = managed::apply(
+                res.kind,
+                &apiv,
+                Some(cur),
+                &applied,
+                manager,
+                opts.force,
+                sub,
+            )?;
+            let merged = admission::normalize(res, merged)?;
+            self.decide_update(res, sub, cur, merged, opts, ctx)
+        })?;
+        obj.map(|v| (v, false))
+            .ok_or_else(|| ApiError::not_found(res, name))
     }
 
     /// Deletes the object, or marks it for deletion while finalizers (or a

@@ -19,8 +19,24 @@ use crate::tls::Pki;
 /// Events kept for watches to resume from; older resource versions get 410.
 pub const DEFAULT_HISTORY: usize = 100_000;
 
+/// Where objects are stored.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// The embedded SQLite store in the data dir.
+    Sqlite,
+    /// etcd v3 at these endpoints, keys under `prefix`.
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+}
+
+/// How often etcd's history is compacted, as kube-apiserver's default.
+const COMPACTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
 #[derive(Debug, Clone)]
 pub struct Settings {
+    pub storage: Storage,
     pub data_dir: PathBuf,
     pub bind: SocketAddr,
     pub kubeconfig_out: Option<PathBuf>,
@@ -57,10 +73,17 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .context("invalid cluster settings")?;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
-    let backend = SqliteBackend::open(&settings.data_dir.join("state.db"))
-        .context("opening the sqlite store")?;
-    let store =
-        Store::open(Box::new(backend), settings.history).context("loading the object store")?;
+    let backend: Box<dyn crate::storage::Backend> = match &settings.storage {
+        Storage::Sqlite => Box::new(
+            SqliteBackend::open(&settings.data_dir.join("state.db"))
+                .context("opening the sqlite store")?,
+        ),
+        Storage::Etcd { endpoints, prefix } => Box::new(
+            crate::storage::etcd::EtcdBackend::connect(endpoints, prefix)
+                .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?,
+        ),
+    };
+    let store = Store::open(backend, settings.history).context("loading the object store")?;
     let registry =
         Arc::new(Registry::new(store, settings.cluster.clone()).context("seeding allocators")?);
     registry
@@ -111,6 +134,25 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         advertise: addr.to_string(),
     });
     let serve = tokio::spawn(api.serve(listener, tls));
+    if matches!(settings.storage, Storage::Etcd { .. }) {
+        let reg = registry.clone();
+        tokio::spawn(async move {
+            // Each tick compacts to the revision seen at the tick before, so
+            // the last interval of history always remains.
+            let mut previous = 0;
+            loop {
+                tokio::time::sleep(COMPACTION_INTERVAL).await;
+                let reg = reg.clone();
+                let target = previous;
+                previous = reg.store.revision();
+                let done =
+                    tokio::task::spawn_blocking(move || reg.store.compact_backend(target)).await;
+                if let Ok(Err(e)) = done {
+                    tracing::warn!(revision = target, error = %e, "etcd compaction failed");
+                }
+            }
+        });
+    }
     crate::controllers::start(
         &registry,
         &settings.controllers,

@@ -338,6 +338,12 @@ impl Store {
         Ok(Some(object))
     }
 
+    /// Drops backend history older than `revision` (the watch cache serves
+    /// watches; the backend's history only costs space).
+    pub fn compact_backend(&self, revision: u64) -> Result<(), StorageError> {
+        self.backend.compact(revision)
+    }
+
     /// A receiver that changes whenever a write commits.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.revision_tx.subscribe()

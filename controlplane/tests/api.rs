@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{ApiServer, eventually};
+use common::{ApiServer, Backend, eventually};
 use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use kube::api::{
@@ -36,9 +36,11 @@ fn status_code(e: &kube::Error) -> u16 {
     }
 }
 
-#[tokio::test]
-async fn cluster_ips_are_allocated_honoured_rejected_and_released() {
-    let api = ApiServer::start(&["--service-cluster-ip-range", "10.96.0.0/24,fd00:96::/120"]);
+async fn cluster_ips_are_allocated_honoured_rejected_and_released(backend: Backend) {
+    let api = ApiServer::start_on(
+        backend,
+        &["--service-cluster-ip-range", "10.96.0.0/24,fd00:96::/120"],
+    );
     let svcs: Api<Service> = Api::default_namespaced(api.client().await);
     let pp = PostParams::default();
 
@@ -167,9 +169,8 @@ async fn cluster_ips_are_allocated_honoured_rejected_and_released() {
     }
 }
 
-#[tokio::test]
-async fn node_ports_follow_type_changes() {
-    let api = ApiServer::start(&["--service-node-port-range", "30000-30005"]);
+async fn node_ports_follow_type_changes(backend: Backend) {
+    let api = ApiServer::start_on(backend, &["--service-node-port-range", "30000-30005"]);
     let svcs: Api<Service> = Api::default_namespaced(api.client().await);
     let pp = PostParams::default();
     let mut ports = BTreeSet::new();
@@ -214,9 +215,8 @@ async fn node_ports_follow_type_changes() {
     .expect("freed port reused");
 }
 
-#[tokio::test]
-async fn optimistic_concurrency_gives_409() {
-    let api = ApiServer::start(&[]);
+async fn optimistic_concurrency_gives_409(backend: Backend) {
+    let api = ApiServer::start_on(backend, &[]);
     let cms: Api<ConfigMap> = Api::default_namespaced(api.client().await);
     let created = cms
         .create(&PostParams::default(), &cm("c", json!({})))
@@ -250,9 +250,8 @@ async fn optimistic_concurrency_gives_409() {
     );
 }
 
-#[tokio::test]
-async fn list_paging_and_selectors() {
-    let api = ApiServer::start(&[]);
+async fn list_paging_and_selectors(backend: Backend) {
+    let api = ApiServer::start_on(backend, &[]);
     let client = api.client().await;
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     for i in 0..25 {
@@ -304,9 +303,8 @@ async fn list_paging_and_selectors() {
     );
 }
 
-#[tokio::test]
-async fn watch_resumes_and_expired_versions_get_410() {
-    let api = ApiServer::start(&["--watch-history", "10"]);
+async fn watch_resumes_and_expired_versions_get_410(backend: Backend) {
+    let api = ApiServer::start_on(backend, &["--watch-history", "10"]);
     let client = api.client().await;
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     let first = cms
@@ -398,9 +396,8 @@ async fn watch_resumes_and_expired_versions_get_410() {
     handle.abort();
 }
 
-#[tokio::test]
-async fn streaming_list_watch_ends_initial_events_with_a_bookmark() {
-    let api = ApiServer::start(&[]);
+async fn streaming_list_watch_ends_initial_events_with_a_bookmark(backend: Backend) {
+    let api = ApiServer::start_on(backend, &[]);
     let cms: Api<ConfigMap> = Api::default_namespaced(api.client().await);
     for i in 0..5 {
         cms.create(&PostParams::default(), &cm(&format!("s{i}"), json!({})))
@@ -429,9 +426,8 @@ async fn streaming_list_watch_ends_initial_events_with_a_bookmark() {
     handle.abort();
 }
 
-#[tokio::test]
-async fn finalizers_namespaces_and_errors() {
-    let api = ApiServer::start(&[]);
+async fn finalizers_namespaces_and_errors(backend: Backend) {
+    let api = ApiServer::start_on(backend, &[]);
     let client = api.client().await;
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     let held: ConfigMap = serde_json::from_value(
@@ -485,3 +481,81 @@ async fn finalizers_namespaces_and_errors() {
     );
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+async fn server_side_apply_with_kube_rs(backend: Backend) {
+    let api = ApiServer::start_on(backend, &[]);
+    let cms: Api<ConfigMap> = Api::default_namespaced(api.client().await);
+    let config = |v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"mode": v, "a": "1"}});
+    let created = cms
+        .patch(
+            "ssa",
+            &PatchParams::apply("operator-a"),
+            &Patch::Apply(&config("fast")),
+        )
+        .await
+        .expect("apply creates");
+    let managers: Vec<String> = created
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(managers, ["operator-a"]);
+    let err = cms
+        .patch(
+            "ssa",
+            &PatchParams::apply("operator-b"),
+            &Patch::Apply(&config("slow")),
+        )
+        .await
+        .expect_err("conflict");
+    match &err {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
+            let causes = s
+                .details
+                .as_ref()
+                .map(|d| d.causes.clone())
+                .unwrap_or_default();
+            assert_eq!(causes.len(), 1, "{causes:?}");
+            assert_eq!(
+                (causes[0].reason.as_str(), causes[0].field.as_str()),
+                ("FieldManagerConflict", ".data.mode")
+            );
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let forced = cms
+        .patch(
+            "ssa",
+            &PatchParams::apply("operator-b").force(),
+            &Patch::Apply(&config("slow")),
+        )
+        .await
+        .expect("forced");
+    assert_eq!(
+        forced
+            .data
+            .as_ref()
+            .and_then(|d| d.get("mode"))
+            .map(String::as_str),
+        Some("slow")
+    );
+    let err = cms
+        .patch("ssa", &PatchParams::default(), &Patch::Apply(&config("x")))
+        .await
+        .expect_err("no field manager");
+    assert_eq!(status_code(&err), 422);
+}
+
+on_both_backends!(
+    server_side_apply_with_kube_rs,
+    cluster_ips_are_allocated_honoured_rejected_and_released,
+    node_ports_follow_type_changes,
+    optimistic_concurrency_gives_409,
+    list_paging_and_selectors,
+    watch_resumes_and_expired_versions_get_410,
+    streaming_list_watch_ends_initial_events_with_a_bookmark,
+    finalizers_namespaces_and_errors
+);

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{ApiServer, eventually};
+use common::{ApiServer, Backend, eventually};
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -65,9 +65,8 @@ fn endpoint_states(slices: &[EndpointSlice]) -> Vec<(String, bool, bool, bool)> 
     out
 }
 
-#[tokio::test]
-async fn endpointslices_follow_pods() {
-    let api = ApiServer::start(&[]);
+async fn endpointslices_follow_pods(backend: Backend) {
+    let api = ApiServer::start_on(backend, &[]);
     let client = api.client().await;
     let nodes: Api<Node> = Api::all(client.clone());
     nodes
@@ -238,9 +237,8 @@ async fn endpointslices_follow_pods() {
     .await;
 }
 
-#[tokio::test]
-async fn large_services_split_into_slices_of_100_and_user_slices_are_kept() {
-    let api = ApiServer::start(&[]);
+async fn large_services_split_into_slices_of_100_and_user_slices_are_kept(backend: Backend) {
+    let api = ApiServer::start_on(backend, &[]);
     let client = api.client().await;
     let svcs: Api<Service> = Api::default_namespaced(client.clone());
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
@@ -285,14 +283,16 @@ async fn large_services_split_into_slices_of_100_and_user_slices_are_kept() {
     assert_eq!(manual[0].endpoints[0].addresses, ["192.0.2.1"]);
 }
 
-#[tokio::test]
-async fn node_and_loadbalancer_ipam() {
-    let api = ApiServer::start(&[
-        "--cluster-cidr",
-        "10.244.0.0/22,fd00:244::/56",
-        "--loadbalancer-ip-pool",
-        "192.0.2.0/30,2001:db8::/126",
-    ]);
+async fn node_and_loadbalancer_ipam(backend: Backend) {
+    let api = ApiServer::start_on(
+        backend,
+        &[
+            "--cluster-cidr",
+            "10.244.0.0/22,fd00:244::/56",
+            "--loadbalancer-ip-pool",
+            "192.0.2.0/30,2001:db8::/126",
+        ],
+    );
     let client = api.client().await;
     let nodes: Api<Node> = Api::all(client.clone());
     let mut cidrs = BTreeSet::new();
@@ -421,9 +421,8 @@ async fn node_and_loadbalancer_ipam() {
     assert_eq!(eventually(10, || ingress("again")).await, ["192.0.2.2"]);
 }
 
-#[tokio::test]
-async fn namespace_deletion_and_owner_garbage_collection() {
-    let api = ApiServer::start(&[]);
+async fn namespace_deletion_and_owner_garbage_collection(backend: Backend) {
+    let api = ApiServer::start_on(backend, &[]);
     let client = api.client().await;
     let nss: Api<Namespace> = Api::all(client.clone());
     nss.create(
@@ -532,3 +531,10 @@ async fn namespace_deletion_and_owner_garbage_collection() {
             .is_empty()
     );
 }
+
+on_both_backends!(
+    endpointslices_follow_pods,
+    large_services_split_into_slices_of_100_and_user_slices_are_kept,
+    node_and_loadbalancer_ipam,
+    namespace_deletion_and_owner_garbage_collection
+);

@@ -5,14 +5,13 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::ApiServer;
+use common::{ApiServer, Backend};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
-#[tokio::test]
-async fn acknowledged_writes_survive_kill_9() {
-    let mut api = ApiServer::start(&[]);
+async fn acknowledged_writes_survive_kill_9(backend: Backend) {
+    let mut api = ApiServer::start_on(backend, &[]);
     let cms: Api<ConfigMap> = Api::default_namespaced(api.client().await);
     let acked = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
     let mut writers = Vec::new();
@@ -92,3 +91,5 @@ async fn acknowledged_writes_survive_kill_9() {
         .expect("rv");
     assert!(next_rv > max);
 }
+
+on_both_backends!(acknowledged_writes_survive_kill_9);

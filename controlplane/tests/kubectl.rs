@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ApiServer, have_kubectl};
+use common::{ApiServer, Backend, have_kubectl};
 
 const SEED_SERVICES: &str = r#"
 apiVersion: v1
@@ -75,12 +75,11 @@ fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-#[test]
-fn seed_service_manifests_with_create_get_describe_delete() {
+fn seed_service_manifests_with_create_get_describe_delete(backend: Backend) {
     if !have_kubectl() {
         return;
     }
-    let api = ApiServer::start(&[]);
+    let api = ApiServer::start_on(backend, &[]);
     let out = api.kubectl_apply_stdin(&["create", "-f", "-"], Some(SEED_SERVICES));
     for name in [
         "service-test",
@@ -190,12 +189,11 @@ fn seed_service_manifests_with_create_get_describe_delete() {
     );
 }
 
-#[test]
-fn generators_apply_label_annotate_patch_and_wait() {
+fn generators_apply_label_annotate_patch_and_wait(backend: Backend) {
     if !have_kubectl() {
         return;
     }
-    let api = ApiServer::start(&[]);
+    let api = ApiServer::start_on(backend, &[]);
     // Typed generators send protobuf bodies.
     api.kubectl_ok(&["create", "namespace", "team-a"]);
     api.kubectl_ok(&[
@@ -367,3 +365,111 @@ fn unauthenticated_requests_get_401_status() {
         "{err}"
     );
 }
+
+/// The server-side apply walkthrough from the study notes: a client-side
+/// apply, an imperative change by another manager, then server-side applies
+/// that conflict, are forced, and conflict again under another manager name.
+fn server_side_apply_field_managers_and_conflicts(backend: Backend) {
+    if !have_kubectl() {
+        return;
+    }
+    let api = ApiServer::start_on(backend, &[]);
+    let pod = |image: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: sample-pod\nspec:\n  containers:\n  - name: nginx-container\n    image: {image}\n"
+        )
+    };
+    let out = api.kubectl_apply_stdin(&["apply", "-f", "-"], Some(&pod("nginx:1.16")));
+    assert!(out.contains("pod/sample-pod created"), "{out}");
+    api.kubectl_ok(&[
+        "set",
+        "image",
+        "pod",
+        "sample-pod",
+        "nginx-container=nginx:1.17",
+    ]);
+    let err = api.kubectl_err(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&pod("nginx:1.16")),
+    );
+    assert!(
+        err.contains(r#"conflict with "kubectl-set" using v1: .spec.containers[name="nginx-container"].image"#),
+        "{err}"
+    );
+    let image = |api: &ApiServer| {
+        api.kubectl_ok(&[
+            "get",
+            "pod",
+            "sample-pod",
+            "-o",
+            "jsonpath={.spec.containers[0].image}",
+        ])
+    };
+    assert_eq!(image(&api), "nginx:1.17");
+    let out = api.kubectl_apply_stdin(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(&pod("nginx:1.16")),
+    );
+    assert!(out.contains("serverside-applied"), "{out}");
+    assert_eq!(image(&api), "nginx:1.16");
+    let err = api.kubectl_err(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "ci-tool",
+            "-f",
+            "-",
+        ],
+        Some(&pod("nginx:1.18")),
+    );
+    assert!(err.contains(r#"conflict with "kubectl""#), "{err}");
+    // The same value is shared ownership, not a conflict.
+    api.kubectl_apply_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "ci-tool",
+            "-f",
+            "-",
+        ],
+        Some(&pod("nginx:1.16")),
+    );
+    let fields = api.kubectl_ok(&[
+        "get",
+        "pod",
+        "sample-pod",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
+    assert!(
+        fields.contains("ci-tool") && fields.contains("kubectl"),
+        "{fields}"
+    );
+
+    // Server-side apply creates, and dropping a field from the applied
+    // configuration removes it.
+    let svc = |extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: ssa\n{extra}spec:\n  ports:\n  - port: 80\n  selector:\n    app: x\n"
+        )
+    };
+    let out = api.kubectl_apply_stdin(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&svc("  labels:\n    team: a\n")),
+    );
+    assert!(out.contains("service/ssa serverside-applied"), "{out}");
+    api.kubectl_apply_stdin(&["apply", "--server-side", "-f", "-"], Some(&svc("")));
+    let labels = api.kubectl_ok(&["get", "svc", "ssa", "-o", "jsonpath={.metadata.labels}"]);
+    assert!(!labels.contains("team"), "{labels}");
+    let ports = api.kubectl_ok(&["get", "svc", "ssa", "-o", "jsonpath={.spec.ports[*].port}"]);
+    assert_eq!(ports, "80");
+}
+
+on_both_backends_sync!(
+    seed_service_manifests_with_create_get_describe_delete,
+    generators_apply_label_annotate_patch_and_wait,
+    server_side_apply_field_managers_and_conflicts,
+);

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cargo, output, run, succeeds, workspace_root};
 
-/// Debian packages the dataplane, its tests and the benchmarks use.
+/// Debian packages the build, the dataplane, its tests and the benchmarks use.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
@@ -32,6 +32,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "etcd-client",
     "containernetworking-plugins",
     "sqlite3",
+    // `protoc`: etcd-client generates its gRPC code from .proto files at build time.
+    "protobuf-compiler",
     "jq",
 ];
 

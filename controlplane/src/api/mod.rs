@@ -360,6 +360,13 @@ impl Api {
     ) -> Result<Response<Body>, ApiError> {
         let q = query(&req);
         let method = req.method().clone();
+        let user_agent = req
+            .headers()
+            .get(hyper::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split('/').next())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
         let content_type = req
             .headers()
             .get(CONTENT_TYPE)
@@ -387,7 +394,10 @@ impl Api {
         }
         let opts = WriteOptions {
             dry_run: dry_run(&q)?,
-            field_manager: q.get("fieldManager").cloned(),
+            // Without fieldManager, the user agent's product names the
+            // manager, as kube-apiserver does.
+            field_manager: q.get("fieldManager").cloned().or(user_agent),
+            force: flag(&q, "force"),
         };
         let registry = self.registry.clone();
         let res = t.res;
@@ -427,6 +437,18 @@ impl Api {
                 let ty = PatchType::from_content_type(&content_type)
                     .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
                 let sub = t.sub.clone();
+                if ty == PatchType::Apply {
+                    let (obj, created) = blocking(move || {
+                        registry.apply(res, &ns, &name, sub.as_deref(), &body, &opts)
+                    })
+                    .await?;
+                    let code = if created {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::OK
+                    };
+                    return Ok(self.object_response(code, res, &obj, None));
+                }
                 let obj = blocking(move || {
                     registry.patch(res, &ns, &name, sub.as_deref(), (ty, &body), &opts)
                 })

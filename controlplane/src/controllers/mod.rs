@@ -152,7 +152,8 @@ pub fn start(
 pub(crate) fn write_opts() -> WriteOptions {
     WriteOptions {
         dry_run: false,
-        field_manager: None,
+        field_manager: Some("ferry-controlplane".into()),
+        force: false,
     }
 }
 

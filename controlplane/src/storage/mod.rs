@@ -5,6 +5,7 @@
 //! revision a backend returns *is* the resource version, injected on read, as
 //! the real apiserver does with etcd's `mod_revision`.
 
+pub mod etcd;
 pub mod sqlite;
 
 use thiserror::Error;
@@ -36,6 +37,8 @@ pub enum Write {
 pub enum StorageError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd::EtcdError),
     #[error("storage backend: {0}")]
     Backend(String),
 }
@@ -50,4 +53,8 @@ pub trait Backend: Send + Sync {
     fn load(&self) -> Result<Snapshot, StorageError>;
     /// Commits `write` as the next revision and returns that revision.
     fn commit(&self, write: &Write) -> Result<u64, StorageError>;
+    /// Drops history older than `revision`, for backends that keep it.
+    fn compact(&self, _revision: u64) -> Result<(), StorageError> {
+        Ok(())
+    }
 }

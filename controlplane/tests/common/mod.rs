@@ -2,6 +2,8 @@
 //! data dir of its own, and drives it with kubectl and kube-rs.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -12,27 +14,109 @@ pub struct ApiServer {
     pub dir: tempfile::TempDir,
     pub port: u16,
     extra: Vec<String>,
+    /// The etcd behind this apiserver, when it runs on etcd; dropped after
+    /// the apiserver (fields drop in order, and Drop kills the server first).
+    etcd: Option<etcd::Etcd>,
 }
 
-fn free_port() -> u16 {
+/// The storage a test's apiserver runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Etcd,
+}
+
+impl Backend {
+    /// etcd, or None (with a skip message) when it is not installed.
+    pub fn etcd() -> Option<Self> {
+        (!etcd::etcd_missing()).then_some(Self::Etcd)
+    }
+}
+
+/// Generates `NAME::sqlite` and `NAME::etcd` tests from `async fn NAME(Backend)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::common::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn etcd() {
+                if let Some(b) = super::common::Backend::etcd() {
+                    super::$name(b).await
+                }
+            }
+        }
+    )*};
+}
+
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
 }
 
+/// The same for synchronous `fn NAME(Backend)` tests.
+#[macro_export]
+macro_rules! on_both_backends_sync {
+($($name:ident),* $(,)?) => {$(
+    mod $name {
+        #[test]
+        fn sqlite() {
+            super::$name(super::common::Backend::Sqlite)
+        }
+        #[test]
+        fn etcd() {
+            if let Some(b) = super::common::Backend::etcd() {
+                super::$name(b)
+            }
+        }
+    }
+)*};
+}
+
 impl ApiServer {
-    /// Starts the apiserver with `extra` flags and waits until it answers.
+    /// Starts the apiserver on SQLite with `extra` flags and waits until it
+    /// answers.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_on(Backend::Sqlite, extra)
+    }
+
+    /// Starts the apiserver on `backend` (etcd: a fresh one of its own).
+    pub fn start_on(backend: Backend, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let etcd = (backend == Backend::Etcd).then(|| etcd::Etcd::start(&[]));
+        if let Some(e) = &etcd {
+            extra.extend([
+                "--storage".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                e.endpoint(),
+            ]);
+        }
         let mut s = Self {
             child: None,
             dir,
             port: free_port(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
+            etcd,
         };
         s.spawn();
         s
+    }
+
+    /// The apiserver's log, appended across restarts.
+    fn log_file(&self) -> Stdio {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("apiserver.log"))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null())
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -53,7 +137,7 @@ impl ApiServer {
             .arg(self.kubeconfig())
             .args(&self.extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(self.log_file())
             .spawn()
             .expect("start ferry-apiserver");
         self.child = Some(child);

@@ -226,6 +226,14 @@ impl ApiError {
         Self::new(422, "Invalid", message)
     }
 
+    pub fn not_acceptable(supported: &str) -> Self {
+        Self::new(
+            406,
+            "NotAcceptable",
+            format!("only the following media types are accepted: {supported}"),
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
     }

@@ -549,7 +549,192 @@ async fn server_side_apply_with_kube_rs(backend: Backend) {
     assert_eq!(status_code(&err), 422);
 }
 
+async fn network_policy_defaults_validation_and_deletecollection(backend: Backend) {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let api = ApiServer::start_on(backend, &[]);
+    let client = api.client().await;
+    let nps: Api<NetworkPolicy> = Api::default_namespaced(client.clone());
+    let np = |name: &str, spec: serde_json::Value| -> NetworkPolicy {
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {"set": "a"}}, "spec": spec}),
+        )
+        .expect("np")
+    };
+    let ingress_only = nps
+        .create(
+            &PostParams::default(),
+            &np(
+                "in",
+                json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}),
+            ),
+        )
+        .await
+        .expect("create");
+    let spec = ingress_only.spec.expect("spec");
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_string()][..])
+    );
+    let port = &spec.ingress.expect("ingress")[0]
+        .ports
+        .clone()
+        .expect("ports")[0];
+    assert_eq!(port.protocol.as_deref(), Some("TCP"));
+    assert_eq!(ingress_only.metadata.generation, Some(1));
+    let both = nps
+        .create(&PostParams::default(), &np("both", json!({"podSelector": {"matchLabels": {"app": "db"}},
+            "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}], "ports": [{"port": 5000, "endPort": 5100, "protocol": "UDP"}]}]})))
+        .await
+        .expect("create");
+    assert_eq!(
+        both.spec.and_then(|s| s.policy_types).as_deref(),
+        Some(&["Ingress".to_string(), "Egress".to_string()][..])
+    );
+    for (name, spec, field) in [
+        (
+            "end-lt",
+            json!({"podSelector": {}, "ingress": [{"ports": [{"port": 90, "endPort": 80}]}]}),
+            "spec.ingress[0].ports[0].endPort",
+        ),
+        (
+            "end-named",
+            json!({"podSelector": {}, "ingress": [{"ports": [{"port": "http", "endPort": 80}]}]}),
+            "spec.ingress[0].ports[0].endPort",
+        ),
+        (
+            "proto",
+            json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80, "protocol": "ICMP"}]}]}),
+            "spec.ingress[0].ports[0].protocol",
+        ),
+        (
+            "except",
+            json!({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.1.0.0/24"]}}]}]}),
+            "spec.egress[0].to[0].ipBlock.except[0]",
+        ),
+        (
+            "types",
+            json!({"podSelector": {}, "policyTypes": ["Sideways"]}),
+            "spec.policyTypes[0]",
+        ),
+    ] {
+        let err = nps
+            .create(&PostParams::default(), &np(name, spec))
+            .await
+            .expect_err(name);
+        assert_eq!(status_code(&err), 422, "{name}");
+        match err {
+            kube::Error::Api(s) => {
+                let fields: Vec<String> = s
+                    .details
+                    .map(|d| d.causes.into_iter().map(|c| c.field).collect())
+                    .unwrap_or_default();
+                assert!(fields.iter().any(|f| f == field), "{name}: {fields:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A spec change bumps the generation.
+    let patch = json!({"spec": {"podSelector": {"matchLabels": {"app": "web"}}}});
+    let patched = nps
+        .patch("in", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    assert_eq!(patched.metadata.generation, Some(2));
+
+    let deleted = nps
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("set=a"),
+        )
+        .await
+        .expect("deletecollection");
+    let n = deleted.left().map(|l| l.items.len()).unwrap_or(0);
+    assert_eq!(n, 2);
+    assert!(
+        nps.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+}
+
+async fn discovery_documents(backend: Backend) {
+    let api = ApiServer::start_on(backend, &[]);
+    let client = api.client().await;
+    let get = |path: &str, accept: &str| {
+        http::Request::get(path)
+            .header("Accept", accept)
+            .body(Vec::new())
+            .expect("request")
+    };
+    let version: serde_json::Value = client
+        .request(get("/version", "application/json"))
+        .await
+        .expect("version");
+    assert_eq!(version["minor"], "32");
+    let agg: serde_json::Value = client
+        .request(get(
+            "/apis",
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json",
+        ))
+        .await
+        .expect("aggregated");
+    assert_eq!(agg["kind"], "APIGroupDiscoveryList");
+    let groups: Vec<&str> = agg["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|g| g["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            "discovery.k8s.io",
+            "networking.k8s.io",
+            "coordination.k8s.io"
+        ]
+    );
+    let legacy: serde_json::Value = client
+        .request(get("/api/v1", "application/json"))
+        .await
+        .expect("resources");
+    let names: Vec<&str> = legacy["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    for want in [
+        "services",
+        "services/status",
+        "pods",
+        "pods/status",
+        "namespaces/finalize",
+        "endpoints",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let v3: serde_json::Value = client
+        .request(get("/openapi/v3", "application/json"))
+        .await
+        .expect("v3 root");
+    assert!(v3["paths"]["apis/discovery.k8s.io/v1"]["serverRelativeURL"].is_string());
+    let v2: serde_json::Value = client
+        .request(get("/openapi/v2", "application/json"))
+        .await
+        .expect("v2");
+    assert_eq!(v2["swagger"], "2.0");
+    let discovered = kube::Discovery::new(client)
+        .run()
+        .await
+        .expect("kube-rs discovery");
+    assert!(discovered.has_group("networking.k8s.io"));
+}
+
 on_both_backends!(
+    network_policy_defaults_validation_and_deletecollection,
+    discovery_documents,
     server_side_apply_with_kube_rs,
     cluster_ips_are_allocated_honoured_rejected_and_released,
     node_ports_follow_type_changes,

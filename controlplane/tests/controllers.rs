@@ -532,7 +532,49 @@ async fn namespace_deletion_and_owner_garbage_collection(backend: Backend) {
     );
 }
 
+async fn dual_stack_services_get_a_slice_per_family(backend: Backend) {
+    let api = ApiServer::start_on(
+        backend,
+        &["--service-cluster-ip-range", "10.96.0.0/16,fd00:96::/108"],
+    );
+    let client = api.client().await;
+    let svcs: Api<Service> = Api::default_namespaced(client.clone());
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let slices: Api<EndpointSlice> = Api::default_namespaced(client.clone());
+    svcs.create(&PostParams::default(), &obj(json!({"metadata": {"name": "dual"}, "spec": {
+        "ipFamilyPolicy": "RequireDualStack", "selector": {"app": "web"}, "ports": [{"port": 80}]}})))
+        .await
+        .expect("service");
+    let pod = json!({"metadata": {"name": "p", "labels": {"app": "web"}}, "spec": {"nodeName": "n", "containers": [{"name": "c", "image": "x"}]}});
+    pods.create(&PostParams::default(), &obj(pod))
+        .await
+        .expect("pod");
+    let status = json!({"status": {"podIP": "10.244.0.5", "podIPs": [{"ip": "10.244.0.5"}, {"ip": "fd00:244::5"}],
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status("p", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("status");
+    let got = eventually(10, || async {
+        let s = slices_of(&slices, "dual").await;
+        (s.len() == 2 && s.iter().all(|x| !x.endpoints.is_empty())).then_some(s)
+    })
+    .await;
+    let mut by_family: Vec<(String, String)> = got
+        .iter()
+        .map(|s| (s.address_type.clone(), s.endpoints[0].addresses[0].clone()))
+        .collect();
+    by_family.sort();
+    assert_eq!(
+        by_family,
+        [
+            ("IPv4".into(), "10.244.0.5".into()),
+            ("IPv6".into(), "fd00:244::5".into())
+        ]
+    );
+}
+
 on_both_backends!(
+    dual_stack_services_get_a_slice_per_family,
     endpointslices_follow_pods,
     large_services_split_into_slices_of_100_and_user_slices_are_kept,
     node_and_loadbalancer_ipam,

@@ -256,3 +256,37 @@ pub fn openapi_v3(group: &str, version: &str) -> Option<Value> {
         "components": {"schemas": schemas},
     }))
 }
+
+/// The OpenAPI v2 (Swagger) document, JSON only: a PATCH operation per object
+/// path with its group-version-kind, as the v3 documents carry.
+pub fn openapi_v2() -> Value {
+    let mut paths = serde_json::Map::new();
+    let mut definitions = serde_json::Map::new();
+    for r in resources::RESOURCES {
+        let base = format!("/{}", gv_path(r.group, r.version));
+        let path = if r.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+        } else {
+            format!("{base}/{}/{{name}}", r.plural)
+        };
+        let param = |name: &str, ty: &str| json!({"name": name, "in": "query", "type": ty, "uniqueItems": true});
+        paths.insert(
+            path,
+            json!({"patch": {
+                "x-kubernetes-group-version-kind": response_kind(r),
+                "x-kubernetes-action": "patch",
+                "consumes": ["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"],
+                "produces": ["application/json"],
+                "parameters": [param("dryRun", "string"), param("fieldManager", "string"), param("fieldValidation", "string"), param("force", "boolean")],
+                "responses": {"200": {"description": "OK", "schema": {"$ref": format!("#/definitions/{}", schema_name(r))}}},
+            }}),
+        );
+        definitions.insert(schema_name(r), json!({"type": "object"}));
+    }
+    json!({
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": KUBE_GIT_VERSION},
+        "paths": paths,
+        "definitions": definitions,
+    })
+}

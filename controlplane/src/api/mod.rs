@@ -80,6 +80,7 @@ enum Route {
     GroupList,
     Group(String),
     ResourceList(String, String),
+    OpenApiV2,
     OpenApiV3Root,
     OpenApiV3(String, String),
     Object(Target),
@@ -106,6 +107,7 @@ fn route(path: &str) -> Option<Route> {
         ["api"] => return Some(Route::CoreVersions),
         ["apis"] => return Some(Route::GroupList),
         ["apis", g] => return Some(Route::Group((*g).to_string())),
+        ["openapi", "v2"] => return Some(Route::OpenApiV2),
         ["openapi", "v3"] => return Some(Route::OpenApiV3Root),
         ["openapi", "v3", "api", v] => {
             return Some(Route::OpenApiV3(String::new(), (*v).to_string()));
@@ -339,6 +341,14 @@ impl Api {
                 get_only(req.method())?;
                 let doc = discovery::resource_list(&g, &v).ok_or_else(ApiError::path_not_found)?;
                 Ok(json_response(StatusCode::OK, &doc))
+            }
+            Route::OpenApiV2 => {
+                // Only JSON: kubectl asks for protobuf here only when the v3
+                // documents fail, and then does without.
+                if !accept.is_empty() && !accept.contains("json") && !accept.contains("*/*") {
+                    return Err(ApiError::not_acceptable("application/json"));
+                }
+                Ok(json_response(StatusCode::OK, &discovery::openapi_v2()))
             }
             Route::OpenApiV3Root => {
                 Ok(json_response(StatusCode::OK, &discovery::openapi_v3_root()))

@@ -4,7 +4,7 @@
 //! Slices of Services without a selector belong to their users and are left
 //! alone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Map, Value, json};
 
@@ -24,6 +24,9 @@ pub const MAX_PER_SLICE: usize = 100;
 pub struct EndpointsController {
     /// Services to reconcile, by (namespace, name).
     queue: BTreeSet<(String, String)>,
+    /// Managed slice names by (namespace, service), so a sync reads its own
+    /// slices instead of scanning the namespace.
+    slices: HashMap<(String, String), BTreeSet<String>>,
 }
 
 fn selector(svc: &Value) -> Option<&Map<String, Value>> {
@@ -270,11 +273,15 @@ fn owner_ref(svc: &Value) -> Value {
 }
 
 impl EndpointsController {
-    fn sync(&self, reg: &Registry, ns: &str, name: &str) {
+    fn sync(&mut self, reg: &Registry, ns: &str, name: &str) {
         let svc = reg.store.get(&SERVICES, ns, name).ok().flatten();
         let sel = svc.as_deref().and_then(selector);
-        let existing: Vec<_> = list_all(reg, &ENDPOINTSLICES, Some(ns))
+        let existing: Vec<_> = self
+            .slices
+            .get(&(ns.to_string(), name.to_string()))
             .into_iter()
+            .flatten()
+            .filter_map(|slice| reg.store.get(&ENDPOINTSLICES, ns, slice).ok().flatten())
             .filter(|sl| {
                 object::label(sl, SERVICE_NAME) == Some(name)
                     && object::label(sl, MANAGED_BY) == Some(CONTROLLER)
@@ -352,8 +359,11 @@ impl EndpointsController {
                 }
                 None => {
                     slice["metadata"]["generateName"] = json!(format!("{name}-"));
-                    if let Err(e) = reg.create(&ENDPOINTSLICES, ns, slice, &write_opts()) {
-                        log_failure(self.name(), name, &e);
+                    // Indexed at once: the next sync must see it even before
+                    // its event arrives.
+                    match reg.create(&ENDPOINTSLICES, ns, slice, &write_opts()) {
+                        Ok(created) => self.index_slice(&created, true),
+                        Err(e) => log_failure(self.name(), name, &e),
                     }
                 }
             }
@@ -433,6 +443,25 @@ impl EndpointsController {
         }
     }
 
+    fn index_slice(&mut self, slice: &Value, present: bool) {
+        if object::label(slice, MANAGED_BY) != Some(CONTROLLER) {
+            return;
+        }
+        let Some(svc) = object::label(slice, SERVICE_NAME) else {
+            return;
+        };
+        let key = (object::namespace(slice).to_string(), svc.to_string());
+        let names = self.slices.entry(key.clone()).or_default();
+        if present {
+            names.insert(object::name(slice).to_string());
+        } else {
+            names.remove(object::name(slice));
+            if names.is_empty() {
+                self.slices.remove(&key);
+            }
+        }
+    }
+
     /// Services in `ns` whose selector matches `pod`.
     fn services_selecting(&mut self, reg: &Registry, pod: &Value) {
         let ns = object::namespace(pod);
@@ -455,6 +484,10 @@ impl Controller for EndpointsController {
     }
 
     fn resync(&mut self, reg: &Registry) {
+        self.slices.clear();
+        for slice in list_all(reg, &ENDPOINTSLICES, None) {
+            self.index_slice(&slice, true);
+        }
         for svc in list_all(reg, &SERVICES, None) {
             self.queue.insert((
                 object::namespace(&svc).to_string(),
@@ -496,6 +529,10 @@ impl Controller for EndpointsController {
                 }
             }
             "EndpointSlice" => {
+                if let Some(prev) = &ev.previous {
+                    self.index_slice(prev, false);
+                }
+                self.index_slice(&ev.object, ev.kind != crate::store::EventType::Deleted);
                 // Someone changed or removed a managed slice: put it right.
                 if object::label(&ev.object, MANAGED_BY) == Some(CONTROLLER)
                     && let Some(svc) = object::label(&ev.object, SERVICE_NAME)

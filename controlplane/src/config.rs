@@ -49,20 +49,7 @@ impl Default for ClusterConfig {
 
 /// Parses `CIDR[,CIDR]` with at most one CIDR per family.
 pub fn parse_cidrs(flag: &'static str, value: &str) -> Result<Vec<IpNet>, ConfigError> {
-    let nets = value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<IpNet>()
-                .map(|n| n.trunc())
-                .map_err(|e| ConfigError::Cidr {
-                    flag,
-                    value: s.into(),
-                    detail: e.to_string(),
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let nets = parse_pools(flag, value)?;
     let v4 = nets.iter().filter(|n| matches!(n, IpNet::V4(_))).count();
     if v4 > 1 || nets.len() - v4 > 1 {
         return Err(ConfigError::Families {

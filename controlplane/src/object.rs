@@ -80,6 +80,14 @@ pub fn deletion_timestamp(obj: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
+/// A Service's `spec.ipFamilies`, in order.
+pub fn ip_families(svc: &Value) -> Vec<String> {
+    svc.pointer("/spec/ipFamilies")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|f| f.as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
 /// Reads a dotted path such as `spec.nodeName`.
 pub fn path<'a>(obj: &'a Value, dotted: &str) -> Option<&'a Value> {
     dotted.split('.').try_fold(obj, |v, seg| v.get(seg))

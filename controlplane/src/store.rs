@@ -219,7 +219,7 @@ impl Store {
             (None, Some(ns)) => Bound::Included((ns.to_string(), String::new())),
             (None, None) => Bound::Unbounded,
         };
-        for ((ons, oname), obj) in objects.range((lower, Bound::Unbounded)) {
+        for ((ons, _), obj) in objects.range((lower, Bound::Unbounded)) {
             if let Some(ns) = ns
                 && ons != ns
             {
@@ -239,7 +239,6 @@ impl Store {
                 break;
             }
             page.items.push(obj.clone());
-            let _ = oname;
         }
         Ok(page)
     }

@@ -54,7 +54,7 @@ impl WatchRequest {
     /// The type this watcher sees for `ev`, if any: a change that moves an
     /// object in or out of the selection reads as ADDED or DELETED.
     fn visible(&self, ev: &Event) -> Option<EventType> {
-        if !std::ptr::eq(ev.resource, self.resource) && ev.resource != self.resource {
+        if ev.resource != self.resource {
             return None;
         }
         if let Some(ns) = &self.namespace

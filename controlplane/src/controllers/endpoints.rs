@@ -145,16 +145,10 @@ struct Desired {
 
 fn desired(reg: &Registry, svc: &Value, sel: &Map<String, Value>) -> Desired {
     let ns = object::namespace(svc);
-    let families: Vec<String> = svc
-        .pointer("/spec/ipFamilies")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|f| f.as_str().map(String::from))
-                .collect()
-        })
-        .filter(|v: &Vec<String>| !v.is_empty())
-        .unwrap_or_else(|| vec!["IPv4".into()]);
+    let mut families = object::ip_families(svc);
+    if families.is_empty() {
+        families.push("IPv4".into());
+    }
     let publish_not_ready = svc
         .pointer("/spec/publishNotReadyAddresses")
         .and_then(Value::as_bool)

@@ -278,15 +278,7 @@ impl LoadBalancerIpam {
             return;
         }
         self.release(key);
-        let families: Vec<String> = svc
-            .pointer("/spec/ipFamilies")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|f| f.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let families = object::ip_families(&svc);
         let mut ips = Vec::new();
         for family in &families {
             let want = requested.filter(|r| (family == "IPv6") == r.is_ipv6());

@@ -163,7 +163,14 @@ async fn endpointslices_follow_pods(backend: Backend) {
             .await
             .ok()
             .flatten()
-            .filter(|e| e.subsets.as_ref().is_some_and(|s| !s.is_empty()))
+            // Both pods in: one ready, one not.
+            .filter(|e| {
+                e.subsets.as_ref().is_some_and(|s| {
+                    s.len() == 1
+                        && s[0].addresses.as_ref().is_some_and(|a| a.len() == 1)
+                        && s[0].not_ready_addresses.as_ref().is_some_and(|a| a.len() == 1)
+                })
+            })
     })
     .await;
     let subset = &ep.subsets.expect("subsets")[0];

@@ -17,7 +17,7 @@ use crate::store::Store;
 use crate::tls::Pki;
 
 /// Events kept for watches to resume from; older resource versions get 410.
-pub const DEFAULT_HISTORY: usize = 100_000;
+pub const DEFAULT_HISTORY: usize = 20_000;
 
 /// Where objects are stored.
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
@@ -364,8 +364,15 @@ impl Store {
 
 /// `{"type":T,"object":O}\n`, the framing of a JSON watch stream.
 pub fn event_line(kind: &str, object: &Value) -> Bytes {
-    let mut line =
-        serde_json::to_vec(&json!({ "type": kind, "object": object })).unwrap_or_default();
-    line.push(b'\n');
+    // Framed by hand so the object is serialized in place, not cloned into
+    // a wrapper value first.
+    let mut line = Vec::with_capacity(1024);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    if serde_json::to_writer(&mut line, object).is_err() {
+        line.extend_from_slice(b"null");
+    }
+    line.extend_from_slice(b"}\n");
     Bytes::from(line)
 }

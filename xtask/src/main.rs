@@ -1,12 +1,14 @@
 //! `cargo xtask`: the project's own developer commands.
 //!
-//! This crate owns two things and nothing else:
+//! This crate owns three things and nothing else:
 //! - `setup`: turning a fresh Debian machine (as root) into one that can build
 //!   and test Ferry — Debian packages, the nightly `rust-src`, a `bpf-linker`
 //!   built against the nightly's own LLVM, and a mounted bpffs. Every step
 //!   checks first, so a rerun on a ready machine takes well under a second.
 //! - `test`: the single entry point that runs every test, so the README, CI and
 //!   developers all run the same thing.
+//! - `bench`: building the release binaries a benchmark harness needs and
+//!   running it (the harnesses themselves live in `benches/`).
 //!
 //! It shells out with `std::process::Command` rather than pulling in crates, so
 //! it builds quickly on a machine that has nothing yet.
@@ -18,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "Ferry developer commands")]
@@ -37,12 +39,30 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Build release binaries and run a benchmark; extra arguments after `--`
+    /// go to the harness.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum, default_value_t = Bench::Apiserver)]
+        which: Bench,
+        /// Passed on unchanged, e.g. `-- --services 1000 --watchers 100`.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Bench {
+    /// ferry-apiserver against etcd: bulk creates, lists, watch fan-out and
+    /// memory; writes target/bench/apiserver.md.
+    Apiserver,
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Setup => setup::all(),
         Cmd::Test { .. } => test(&raw_args_after("test")),
+        Cmd::Bench { which, args } => bench(which, &args),
     };
     // Print the error chain ourselves: anyhow's `Debug` adds a backtrace
     // whenever RUST_BACKTRACE is set, which buries a failed command's message.
@@ -80,6 +100,46 @@ fn test(args: &[OsString]) -> Result<()> {
         cmd.arg("--workspace");
     }
     run(cmd.args(args))
+}
+
+fn bench(which: Bench, args: &[OsString]) -> Result<()> {
+    match which {
+        Bench::Apiserver => {
+            // Release builds: debug ones would measure the compiler's
+            // choices, not the servers'.
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "ferry-controlplane",
+                "--bin",
+                "ferry-apiserver",
+                "-p",
+                "ferry-benches",
+                "--bin",
+                "apiserver-bench",
+            ]))?;
+            let release = target_dir().join("release");
+            let out = target_dir().join("bench").join("apiserver.md");
+            let mut cmd = Command::new(release.join("apiserver-bench"));
+            cmd.current_dir(workspace_root())
+                .arg("--apiserver")
+                .arg(release.join("ferry-apiserver"))
+                .arg("--out")
+                .arg(out)
+                .args(args);
+            run(&mut cmd)
+        }
+    }
+}
+
+/// Where cargo puts build output: `CARGO_TARGET_DIR` when set, else the
+/// workspace's `target/`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
 }
 
 /// The workspace root, so commands behave the same from any directory.

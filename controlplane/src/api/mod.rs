@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,7 +25,6 @@ use rand::Rng;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::TokenAuth;
 use crate::error::ApiError;
@@ -666,8 +664,7 @@ impl Api {
             timeout,
             table,
         };
-        let rx = watch::start(self.registry.clone(), req);
-        let stream = ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
+        let stream = watch::WatchBody::new(self.registry.clone(), req);
         let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
         r.headers_mut().insert(
             CONTENT_TYPE,

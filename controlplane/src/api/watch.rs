@@ -7,7 +7,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use hyper::body::Frame;
+use tokio::time::Sleep;
+use tokio_stream::wrappers::WatchStream;
 
 use super::table::{self, Include};
 use crate::error::ApiError;
@@ -107,76 +116,146 @@ pub fn error_line(err: &ApiError) -> Bytes {
     event_line("ERROR", &err.status())
 }
 
-/// Starts the stream; the returned receiver yields framed events until the
-/// timeout, a compaction past the watcher, or the client going away.
-pub fn start(registry: Arc<Registry>, req: WatchRequest) -> mpsc::Receiver<Bytes> {
-    let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(async move {
-        if let Err(line) = run(&registry, &req, &tx).await
-            && let Some(line) = line
-        {
-            let _ = tx.send(line).await;
-        }
-    });
-    rx
+/// Largest frame a watch writes at once when it has a backlog.
+const MAX_BATCH: usize = 256 * 1024;
+
+/// A watch as the response body: polled directly by the connection, so an
+/// event goes from the store's history to the socket without a task hop.
+/// It ends at the timeout, after an in-stream error (e.g. 410 Expired), or
+/// when the client goes away and the body is dropped.
+pub struct WatchBody {
+    registry: Arc<Registry>,
+    req: WatchRequest,
+    /// Lines ready to send (initial state, bookmarks).
+    pending: VecDeque<Bytes>,
+    last: u64,
+    first_table: bool,
+    changes: WatchStream<u64>,
+    deadline: Pin<Box<Sleep>>,
+    bookmark: Pin<Box<Sleep>>,
+    done: bool,
 }
 
-/// Streams events; Err carries the final line to send (if any).
-async fn run(
-    registry: &Registry,
-    req: &WatchRequest,
-    tx: &mpsc::Sender<Bytes>,
-) -> Result<(), Option<Bytes>> {
-    let store = &registry.store;
-    let mut changes = store.subscribe();
-    let mut first_table = true;
-    let deadline = tokio::time::Instant::now() + req.timeout;
-    let send = |b: Bytes| async move { tx.send(b).await.map_err(|_| None::<Bytes>) };
-
-    let mut last = match req.start {
-        Start::After(rv) => rv,
-        Start::Current => {
-            let page = store
-                .list(req.resource, req.namespace.as_deref(), None, 0, |o| {
-                    req.selects(o)
-                })
-                .map_err(|e| Some(error_line(&e)))?;
-            for obj in &page.items {
-                send(req.frame(EventType::Added, obj, &mut first_table)).await?;
-            }
-            page.revision
-        }
-    };
-    if req.send_initial_events {
-        send(req.bookmark(last, true)).await?;
+impl std::fmt::Debug for WatchBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchBody").field("last", &self.last).finish_non_exhaustive()
     }
-    let mut bookmark_at = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
-    loop {
-        let events = store.events_after(last).map_err(|e| Some(error_line(&e)))?;
-        for ev in events {
-            last = ev.revision;
-            let Some(kind) = req.visible(&ev) else {
-                continue;
-            };
-            let line = if kind == ev.kind && req.table.is_none() {
-                ev.line.clone()
-            } else {
-                req.frame(kind, &ev.object, &mut first_table)
-            };
-            send(line).await?;
-        }
-        tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    return Ok(());
+}
+
+impl WatchBody {
+    /// Prepares the stream: for a watch from the current state, the
+    /// synthetic ADDED events (and the initial-events bookmark) are queued.
+    pub fn new(registry: Arc<Registry>, req: WatchRequest) -> Self {
+        let changes = WatchStream::from_changes(registry.store.subscribe());
+        let now = tokio::time::Instant::now();
+        let mut body = Self {
+            deadline: Box::pin(tokio::time::sleep_until(now + req.timeout)),
+            bookmark: Box::pin(tokio::time::sleep_until(now + BOOKMARK_INTERVAL)),
+            registry,
+            pending: VecDeque::new(),
+            last: 0,
+            first_table: true,
+            changes,
+            done: false,
+            req,
+        };
+        match body.req.start {
+            Start::After(rv) => body.last = rv,
+            Start::Current => {
+                let req = &body.req;
+                match body.registry.store.list(req.resource, req.namespace.as_deref(), None, 0, |o| req.selects(o)) {
+                    Ok(page) => {
+                        for obj in &page.items {
+                            let line = body.req.frame(EventType::Added, obj, &mut body.first_table);
+                            body.pending.push_back(line);
+                        }
+                        body.last = page.revision;
+                    }
+                    Err(e) => {
+                        body.pending.push_back(error_line(&e));
+                        body.done = true;
+                    }
                 }
             }
-            () = tokio::time::sleep_until(deadline) => return Ok(()),
-            () = tokio::time::sleep_until(bookmark_at), if req.bookmarks => {
-                bookmark_at = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
-                send(req.bookmark(last, false)).await?;
+        }
+        if body.req.send_initial_events && !body.done {
+            body.pending.push_back(body.req.bookmark(body.last, true));
+        }
+        body
+    }
+
+    /// Moves visible events after `last` into `pending`.
+    fn collect(&mut self) -> Result<(), Bytes> {
+        let events = self.registry.store.events_after(self.last).map_err(|e| error_line(&e))?;
+        for ev in events {
+            self.last = ev.revision;
+            let Some(kind) = self.req.visible(&ev) else {
+                continue;
+            };
+            let line = if kind == ev.kind && self.req.table.is_none() {
+                ev.line.clone()
+            } else {
+                self.req.frame(kind, &ev.object, &mut self.first_table)
+            };
+            self.pending.push_back(line);
+        }
+        Ok(())
+    }
+
+    /// Everything pending, in one frame of at most [`MAX_BATCH`] (or one
+    /// larger line).
+    fn batch(&mut self) -> Option<Bytes> {
+        let first = self.pending.pop_front()?;
+        if self.pending.is_empty() {
+            return Some(first);
+        }
+        let mut buf = bytes::BytesMut::from(&first[..]);
+        while let Some(next) = self.pending.front() {
+            if buf.len() + next.len() > MAX_BATCH {
+                break;
             }
-            () = tx.closed() => return Ok(()),
+            if let Some(next) = self.pending.pop_front() {
+                buf.extend_from_slice(&next);
+            }
+        }
+        Some(buf.freeze())
+    }
+}
+
+impl Stream for WatchBody {
+    type Item = Result<Frame<Bytes>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(b) = this.batch() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if let Err(line) = this.collect() {
+                this.done = true;
+                this.pending.push_back(line);
+                continue;
+            }
+            if !this.pending.is_empty() {
+                continue;
+            }
+            if this.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            if this.req.bookmarks && this.bookmark.as_mut().poll(cx).is_ready() {
+                let next = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
+                this.bookmark.as_mut().reset(next);
+                this.pending.push_back(this.req.bookmark(this.last, false));
+                continue;
+            }
+            match Pin::new(&mut this.changes).poll_next(cx) {
+                Poll::Ready(Some(_)) => continue,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }

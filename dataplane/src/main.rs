@@ -103,18 +103,53 @@ async fn main() -> anyhow::Result<()> {
         .default_backoff()
         .touched_objects()
         .boxed();
+    // The stream is driven on its own task; the loop below only needs to
+    // know that something changed.
+    let (changed_tx, mut changed) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        while let Some(ev) = events.next().await {
+            if let Err(e) = ev {
+                tracing::warn!(error = %e, "node watch error");
+                continue;
+            }
+            let _ = changed_tx.try_send(());
+        }
+    });
+    reader
+        .wait_until_ready()
+        .await
+        .context("waiting for the initial list of Nodes")?;
     let mut resync = tokio::time::interval(Duration::from_secs(cli.resync_seconds.max(1)));
-    let mut ready = false;
     loop {
+        if mode.is_some() {
+            let infos: Vec<NodeInfo> = reader
+                .state()
+                .iter()
+                .map(|n| NodeInfo::from_node(n))
+                .collect();
+            match infos.iter().find(|n| n.name == cli.node_name) {
+                None => tracing::warn!(node = %cli.node_name, "this node has no Node object yet"),
+                Some(local) => match router.sync(local, &infos).await {
+                    Ok(stats) => tracing::debug!(
+                        routes = stats.routes,
+                        removed = stats.removed,
+                        "routes synced"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "route sync failed; retrying on the next event")
+                    }
+                },
+            }
+        }
         tokio::select! {
-            ev = events.next() => match ev {
-                Some(Ok(_)) => ready = true,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "node watch error");
-                    continue;
+            c = changed.recv() => {
+                if c.is_none() {
+                    anyhow::bail!("node watch ended");
                 }
-                None => anyhow::bail!("node watch ended"),
-            },
+                // Coalesce a burst of node events into one sync.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while changed.try_recv().is_ok() {}
+            }
             _ = resync.tick() => {}
             r = tokio::signal::ctrl_c() => {
                 r.context("waiting for a signal")?;
@@ -122,28 +157,6 @@ async fn main() -> anyhow::Result<()> {
                 tracing::info!("stopping; routes stay in place");
                 return Ok(());
             }
-        }
-        if !ready || mode.is_none() {
-            continue;
-        }
-        // Coalesce a burst of node events into one sync.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let infos: Vec<NodeInfo> = reader
-            .state()
-            .iter()
-            .map(|n| NodeInfo::from_node(n))
-            .collect();
-        let Some(local) = infos.iter().find(|n| n.name == cli.node_name) else {
-            tracing::warn!(node = %cli.node_name, "this node has no Node object yet");
-            continue;
-        };
-        match router.sync(local, &infos).await {
-            Ok(stats) => tracing::debug!(
-                routes = stats.routes,
-                removed = stats.removed,
-                "routes synced"
-            ),
-            Err(e) => tracing::warn!(error = %e, "route sync failed; retrying on the next event"),
         }
     }
 }

@@ -16,7 +16,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState,
+};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use thiserror::Error;
@@ -315,6 +317,9 @@ impl Router {
             self.handle
                 .neighbours()
                 .add_bridge(index, mac)
+                // NTF_SELF: the entry belongs to the VXLAN device itself, not
+                // to a bridge it is enslaved to.
+                .flags(NeighbourFlags::Own)
                 .destination(*remote)
                 .replace()
                 .execute()

@@ -414,7 +414,11 @@ impl Api {
                 self.watch(res, t.namespace, &q, table.then_some(include))
             }
             (Method::GET, None) => {
-                self.list(res, t.namespace.as_deref(), &q, table.then_some(include))
+                // Serializing a large list is CPU work: keep it off the
+                // async workers that drive every connection.
+                let ns = t.namespace.clone();
+                blocking(move || list(&registry, res, ns.as_deref(), &q, table.then_some(include)))
+                    .await
             }
             (Method::GET, Some(name)) => {
                 let obj = registry
@@ -529,83 +533,6 @@ impl Api {
         }
     }
 
-    fn list(
-        &self,
-        res: &'static Resource,
-        ns: Option<&str>,
-        q: &Query,
-        table: Option<Include>,
-    ) -> Result<Response<Body>, ApiError> {
-        if flag(q, "sendInitialEvents") {
-            return Err(ApiError::invalid(
-                &resources::NAMESPACES,
-                "",
-                vec![crate::error::Cause::forbidden(
-                    "sendInitialEvents",
-                    "sendInitialEvents is forbidden for list",
-                )],
-            ));
-        }
-        let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?;
-        let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), res)?;
-        let limit: usize = match q.get("limit") {
-            Some(l) => l
-                .parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
-            None => 0,
-        };
-        let after = match q.get("continue").filter(|c| !c.is_empty()) {
-            Some(c) => {
-                let tok = decode_continue(c)?;
-                Some((tok.ns, tok.name))
-            }
-            None => None,
-        };
-        let page = self
-            .registry
-            .store
-            .list(res, ns, after.as_ref(), limit, |o| {
-                labels.matches(o) && fields.matches(o)
-            })?;
-        let mut meta = json!({"resourceVersion": page.revision.to_string()});
-        if let Some(next) = &page.next {
-            meta["continue"] = json!(encode_continue(page.revision, next));
-        }
-        if let Some(include) = table {
-            let items = page.items.iter().map(|v| v.as_ref());
-            return Ok(json_response(
-                StatusCode::OK,
-                &table::table(res, items, meta, include, true),
-            ));
-        }
-        // Lists can be large: write the items straight into one buffer.
-        let mut buf = Vec::with_capacity(256 + page.items.len() * 512);
-        buf.extend_from_slice(
-            format!(
-                r#"{{"kind":"{}","apiVersion":"{}","metadata":"#,
-                res.list_kind(),
-                res.api_version()
-            )
-            .as_bytes(),
-        );
-        serde_json::to_writer(&mut buf, &meta).map_err(|e| ApiError::internal(e.to_string()))?;
-        buf.extend_from_slice(br#","items":["#);
-        for (i, item) in page.items.iter().enumerate() {
-            if i > 0 {
-                buf.push(b',');
-            }
-            serde_json::to_writer(&mut buf, item.as_ref())
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-        }
-        buf.extend_from_slice(b"]}");
-        let mut r = Response::new(full(buf));
-        r.headers_mut().insert(
-            CONTENT_TYPE,
-            hyper::header::HeaderValue::from_static("application/json"),
-        );
-        Ok(r)
-    }
-
     fn watch(
         &self,
         res: &'static Resource,
@@ -672,6 +599,80 @@ impl Api {
         );
         Ok(r)
     }
+}
+
+fn list(
+    registry: &Registry,
+    res: &'static Resource,
+    ns: Option<&str>,
+    q: &Query,
+    table: Option<Include>,
+) -> Result<Response<Body>, ApiError> {
+    if flag(q, "sendInitialEvents") {
+        return Err(ApiError::invalid(
+            &resources::NAMESPACES,
+            "",
+            vec![crate::error::Cause::forbidden(
+                "sendInitialEvents",
+                "sendInitialEvents is forbidden for list",
+            )],
+        ));
+    }
+    let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))?;
+    let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str), res)?;
+    let limit: usize = match q.get("limit") {
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        None => 0,
+    };
+    let after = match q.get("continue").filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let tok = decode_continue(c)?;
+            Some((tok.ns, tok.name))
+        }
+        None => None,
+    };
+    let page = registry.store.list(res, ns, after.as_ref(), limit, |o| {
+        labels.matches(o) && fields.matches(o)
+    })?;
+    let mut meta = json!({"resourceVersion": page.revision.to_string()});
+    if let Some(next) = &page.next {
+        meta["continue"] = json!(encode_continue(page.revision, next));
+    }
+    if let Some(include) = table {
+        let items = page.items.iter().map(|v| v.as_ref());
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(res, items, meta, include, true),
+        ));
+    }
+    // Lists can be large: write the items straight into one buffer.
+    let mut buf = Vec::with_capacity(256 + page.items.len() * 512);
+    buf.extend_from_slice(
+        format!(
+            r#"{{"kind":"{}","apiVersion":"{}","metadata":"#,
+            res.list_kind(),
+            res.api_version()
+        )
+        .as_bytes(),
+    );
+    serde_json::to_writer(&mut buf, &meta).map_err(|e| ApiError::internal(e.to_string()))?;
+    buf.extend_from_slice(br#","items":["#);
+    for (i, item) in page.items.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        serde_json::to_writer(&mut buf, item.as_ref())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    buf.extend_from_slice(b"]}");
+    let mut r = Response::new(full(buf));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {

@@ -138,7 +138,9 @@ pub struct WatchBody {
 
 impl std::fmt::Debug for WatchBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WatchBody").field("last", &self.last).finish_non_exhaustive()
+        f.debug_struct("WatchBody")
+            .field("last", &self.last)
+            .finish_non_exhaustive()
     }
 }
 
@@ -163,7 +165,13 @@ impl WatchBody {
             Start::After(rv) => body.last = rv,
             Start::Current => {
                 let req = &body.req;
-                match body.registry.store.list(req.resource, req.namespace.as_deref(), None, 0, |o| req.selects(o)) {
+                match body.registry.store.list(
+                    req.resource,
+                    req.namespace.as_deref(),
+                    None,
+                    0,
+                    |o| req.selects(o),
+                ) {
                     Ok(page) => {
                         for obj in &page.items {
                             let line = body.req.frame(EventType::Added, obj, &mut body.first_table);
@@ -186,7 +194,11 @@ impl WatchBody {
 
     /// Moves visible events after `last` into `pending`.
     fn collect(&mut self) -> Result<(), Bytes> {
-        let events = self.registry.store.events_after(self.last).map_err(|e| error_line(&e))?;
+        let events = self
+            .registry
+            .store
+            .events_after(self.last)
+            .map_err(|e| error_line(&e))?;
         for ev in events {
             self.last = ev.revision;
             let Some(kind) = self.req.visible(&ev) else {

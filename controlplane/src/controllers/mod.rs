@@ -10,7 +10,7 @@ pub mod namespace;
 pub mod podgc;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use crate::error::ApiError;
 use crate::registry::{DeleteOptions, Registry, WriteOptions};
-use crate::resources::Resource;
+use crate::resources::{RESOURCES, Resource};
 use crate::store::Event;
 
 /// Every controller, by the name `--controllers` uses.
@@ -78,17 +78,22 @@ pub trait Controller: Send {
     }
 }
 
-/// Runs `ctrl` on a thread of its own until the process ends.
-pub fn spawn(
+/// What the event pump hands a controller.
+enum Feed {
+    Event(Arc<Event>),
+    /// Events were lost (the history moved past the pump): rebuild.
+    Resync,
+}
+
+/// Runs `ctrl` on a thread of its own until the process ends, fed by `feed`.
+fn run(
     reg: Arc<Registry>,
     mut ctrl: Box<dyn Controller>,
-    rt: tokio::runtime::Handle,
+    feed: mpsc::Receiver<Feed>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name(format!("ctrl-{}", ctrl.name()))
         .spawn(move || {
-            let mut changes = reg.store.subscribe();
-            let mut last = reg.store.revision();
             ctrl.resync(&reg);
             loop {
                 ctrl.reconcile(&reg);
@@ -96,29 +101,25 @@ pub fn spawn(
                     .next_wakeup()
                     .map(|t| t.saturating_duration_since(Instant::now()))
                     .unwrap_or(Duration::from_secs(300));
-                let closed = rt.block_on(async {
-                    match tokio::time::timeout(wait, changes.changed()).await {
-                        Ok(r) => r.is_err(),
-                        Err(_) => false,
-                    }
-                });
-                if closed {
-                    return;
-                }
-                match reg.store.events_after(last) {
-                    Ok(events) => {
-                        for ev in events {
-                            last = ev.revision;
-                            if ctrl.watches(ev.resource) {
-                                ctrl.observe(&reg, &ev);
-                            }
+                let first = match feed.recv_timeout(wait) {
+                    Ok(f) => Some(f),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                };
+                // Take everything already queued before reconciling once.
+                for f in first
+                    .into_iter()
+                    .chain(std::iter::from_fn(|| feed.try_recv().ok()))
+                {
+                    match f {
+                        Feed::Event(ev) => ctrl.observe(&reg, &ev),
+                        Feed::Resync => {
+                            tracing::warn!(
+                                controller = ctrl.name(),
+                                "event history lost; resyncing"
+                            );
+                            ctrl.resync(&reg);
                         }
-                    }
-                    Err(_) => {
-                        // Fell behind the history: start over from a full read.
-                        tracing::warn!(controller = ctrl.name(), "event history lost; resyncing");
-                        last = reg.store.revision();
-                        ctrl.resync(&reg);
                     }
                 }
             }
@@ -126,12 +127,17 @@ pub fn spawn(
     Ok(())
 }
 
-/// Starts the enabled controllers.
+/// Starts the enabled controllers and the one thread that reads the event
+/// history for all of them, handing each only the kinds it watches, so a
+/// write wakes only the controllers it concerns.
 pub fn start(
     reg: &Arc<Registry>,
     enabled: &BTreeSet<&'static str>,
     rt: &tokio::runtime::Handle,
 ) -> std::io::Result<()> {
+    let mut changes = reg.store.subscribe();
+    let mut last = reg.store.revision();
+    let mut feeds: Vec<(Vec<&'static Resource>, mpsc::Sender<Feed>)> = Vec::new();
     for name in enabled {
         let ctrl: Box<dyn Controller> = match *name {
             "namespace" => Box::new(namespace::NamespaceController::default()),
@@ -143,8 +149,40 @@ pub fn start(
             _ => continue,
         };
         tracing::info!(controller = name, "starting controller");
-        spawn(reg.clone(), ctrl, rt.clone())?;
+        let kinds = RESOURCES.iter().filter(|r| ctrl.watches(r)).collect();
+        let (tx, rx) = mpsc::channel();
+        run(reg.clone(), ctrl, rx)?;
+        feeds.push((kinds, tx));
     }
+    let reg = reg.clone();
+    let rt = rt.clone();
+    std::thread::Builder::new()
+        .name("ctrl-events".into())
+        .spawn(move || {
+            loop {
+                if rt.block_on(changes.changed()).is_err() {
+                    return;
+                }
+                match reg.store.events_after(last) {
+                    Ok(events) => {
+                        for ev in events {
+                            last = ev.revision;
+                            for (kinds, tx) in &feeds {
+                                if kinds.contains(&ev.resource) {
+                                    let _ = tx.send(Feed::Event(ev.clone()));
+                                }
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        last = reg.store.revision();
+                        for (_, tx) in &feeds {
+                            let _ = tx.send(Feed::Resync);
+                        }
+                    }
+                }
+            }
+        })?;
     Ok(())
 }
 

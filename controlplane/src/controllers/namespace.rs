@@ -64,6 +64,13 @@ impl Controller for NamespaceController {
         }
     }
 
+    /// Content deletions are not fed to this controller (it would wake on
+    /// every namespaced write); while a namespace is emptying, it looks again
+    /// a few times a second instead.
+    fn next_wakeup(&self) -> Option<std::time::Instant> {
+        (!self.pending.is_empty()).then(|| std::time::Instant::now() + std::time::Duration::from_millis(200))
+    }
+
     fn reconcile(&mut self, reg: &Registry) {
         let pending: Vec<String> = self.pending.iter().cloned().collect();
         for ns in pending {

@@ -84,7 +84,11 @@ pub fn deletion_timestamp(obj: &Value) -> Option<&str> {
 pub fn ip_families(svc: &Value) -> Vec<String> {
     svc.pointer("/spec/ipFamilies")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|f| f.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -168,7 +168,10 @@ async fn endpointslices_follow_pods(backend: Backend) {
                 e.subsets.as_ref().is_some_and(|s| {
                     s.len() == 1
                         && s[0].addresses.as_ref().is_some_and(|a| a.len() == 1)
-                        && s[0].not_ready_addresses.as_ref().is_some_and(|a| a.len() == 1)
+                        && s[0]
+                            .not_ready_addresses
+                            .as_ref()
+                            .is_some_and(|a| a.len() == 1)
                 })
             })
     })

@@ -68,7 +68,8 @@ impl Controller for NamespaceController {
     /// every namespaced write); while a namespace is emptying, it looks again
     /// a few times a second instead.
     fn next_wakeup(&self) -> Option<std::time::Instant> {
-        (!self.pending.is_empty()).then(|| std::time::Instant::now() + std::time::Duration::from_millis(200))
+        (!self.pending.is_empty())
+            .then(|| std::time::Instant::now() + std::time::Duration::from_millis(200))
     }
 
     fn reconcile(&mut self, reg: &Registry) {

@@ -38,6 +38,26 @@ fn ptp() -> Cni {
     })
 }
 
+/// Ferry's own plugin, wired exactly as a runtime would call it.
+fn ferry_cni() -> Cni {
+    let dir = binary("ferry-cni", "ferry-cni");
+    let dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    Cni::new([dir], |node: &Node| {
+        let ranges: Vec<Value> = node
+            .pod_cidrs
+            .iter()
+            .map(|c| json!([{ "subnet": c.to_string() }]))
+            .collect();
+        json!({
+            "cniVersion": "1.1.0",
+            "name": "ferry",
+            "type": "ferry-cni",
+            "dataDir": node.state_dir.join("ferry-cni"),
+            "ipam": {"type": "host-local", "ranges": ranges, "dataDir": node.state_dir.join("ipam")},
+        })
+    })
+}
+
 /// A workspace binary, built on demand when a narrower `cargo test` did not.
 fn binary(package: &str, name: &str) -> PathBuf {
     let dir = target_profile_dir().expect("target dir");
@@ -195,11 +215,11 @@ fn reaches(from: &Netns, to: IpAddr, expect: &str, secs: u64) -> bool {
     }
 }
 
-fn run(routing: &str) {
+fn run(routing: &str, cni: Cni) {
     let world = World::builder()
         .nodes(3)
         .pods_per_node(1)
-        .cni(ptp())
+        .cni(cni)
         .route_pod_cidrs(false)
         .build()
         .expect("world");
@@ -236,6 +256,16 @@ fn run(routing: &str) {
                 world.node(from.node).name,
                 ferry_routes(world.node(from.node)),
                 agents[from.node].output()
+            );
+        }
+    }
+    for (from, to) in [(p0, p2), (p2, p1)] {
+        for ip in to.addrs() {
+            assert!(
+                tcp_reaches(&from.netns, ip, &to.name),
+                "TCP {} -> {} ({ip})",
+                from.name,
+                to.name
             );
         }
     }
@@ -295,7 +325,15 @@ fn run(routing: &str) {
         .expect("uninstall");
     assert!(status.success());
     assert_eq!(ferry_routes(world.node(0)).trim(), "");
-    let _ = Path::new("/");
+}
+
+/// TCP (HTTP /hostname) from one pod to another.
+fn tcp_reaches(from: &Netns, to: IpAddr, expect: &str) -> bool {
+    let addr = SocketAddr::new(to, ferry_testbed::NETEXEC_HTTP_PORT);
+    from.in_netns(|| ferry_testbed::http_get(addr, "/hostname", REQUEST))
+        .ok()
+        .and_then(Result::ok)
+        .is_some_and(|body| body.trim() == expect)
 }
 
 #[test]
@@ -303,7 +341,7 @@ fn direct_routing_between_nodes() {
     if skip_if_not_root() {
         return;
     }
-    run("direct");
+    run("direct", ptp());
 }
 
 #[test]
@@ -311,5 +349,15 @@ fn vxlan_overlay_between_nodes() {
     if skip_if_not_root() {
         return;
     }
-    run("vxlan");
+    run("vxlan", ptp());
+}
+
+/// Pods wired by ferry-cni on three nodes reach each other across nodes over
+/// UDP and TCP, IPv4 and IPv6, through the agents' routes.
+#[test]
+fn ferry_cni_pods_across_nodes() {
+    if skip_if_not_root() {
+        return;
+    }
+    run("direct", ferry_cni());
 }

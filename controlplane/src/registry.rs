@@ -14,7 +14,7 @@ use crate::managed;
 use crate::object;
 use crate::patch::{self, PatchType};
 use crate::resources::{self, NAMESPACES, Resource};
-use crate::store::{Mutation, Store};
+use crate::store::{Entry, Mutation, Store};
 
 /// Options every write takes.
 #[derive(Debug, Clone, Default)]
@@ -226,8 +226,7 @@ impl Registry {
     /// Wraps `store`, seeding the allocators from the stored Services.
     pub fn new(store: Store, config: ClusterConfig) -> Result<Self, ApiError> {
         let mut allocs = ServiceAllocators::new(&config);
-        let page = store.list(&resources::SERVICES, None, None, 0, |_| true)?;
-        for svc in &page.items {
+        for svc in &store.list(&resources::SERVICES, None, |_| true)? {
             allocs.seed(svc);
         }
         Ok(Self {
@@ -301,7 +300,7 @@ impl Registry {
         name: &str,
         dry_run: bool,
         decide: impl FnOnce(Option<&Value>, &mut Context<'_>) -> Result<Mutation, ApiError>,
-    ) -> Result<Option<Arc<Value>>, ApiError> {
+    ) -> Result<Option<Arc<Entry>>, ApiError> {
         let mut allocs = self.allocs()?;
         let result = {
             let mut ctx = Context {
@@ -341,7 +340,7 @@ impl Registry {
         ns: &str,
         body: Value,
         opts: &WriteOptions,
-    ) -> Result<Arc<Value>, ApiError> {
+    ) -> Result<Arc<Entry>, ApiError> {
         check_type_meta(res, &body)?;
         let mut obj = admission::normalize(res, body)?;
         let body_ns = object::namespace(&obj).to_string();
@@ -447,7 +446,7 @@ impl Registry {
         sub: Option<&str>,
         body: Value,
         opts: &WriteOptions,
-    ) -> Result<(Arc<Value>, bool), ApiError> {
+    ) -> Result<(Arc<Entry>, bool), ApiError> {
         check_type_meta(res, &body)?;
         if object::name(&body) != name {
             return Err(ApiError::bad_request(
@@ -516,7 +515,7 @@ impl Registry {
         sub: Option<&str>,
         (ty, body): (PatchType, &[u8]),
         opts: &WriteOptions,
-    ) -> Result<Arc<Value>, ApiError> {
+    ) -> Result<Arc<Entry>, ApiError> {
         let obj = self.write(res, ns, name, opts.dry_run, |cur, ctx| {
             let Some(cur) = cur else {
                 return Err(ApiError::not_found(res, name));
@@ -550,7 +549,7 @@ impl Registry {
         sub: Option<&str>,
         body: &[u8],
         opts: &WriteOptions,
-    ) -> Result<(Arc<Value>, bool), ApiError> {
+    ) -> Result<(Arc<Entry>, bool), ApiError> {
         let Some(manager) = opts.field_manager.as_deref().filter(|m| !m.is_empty()) else {
             return Err(ApiError::invalid(
                 &resources::NAMESPACES,
@@ -614,7 +613,7 @@ impl Registry {
         ns: &str,
         name: &str,
         opts: &DeleteOptions,
-    ) -> Result<Arc<Value>, ApiError> {
+    ) -> Result<Arc<Entry>, ApiError> {
         let removed = self.write(res, ns, name, opts.dry_run, |cur, _ctx| {
             let Some(cur) = cur else {
                 return Err(ApiError::not_found(res, name));
@@ -685,8 +684,11 @@ impl Registry {
             Ok(Mutation::Put(next))
         })?;
         let last = removed.ok_or_else(|| ApiError::not_found(res, name))?;
-        if res.kind == "Service" && object::deletion_timestamp(&last).is_none() && !opts.dry_run {
-            self.allocs()?.release_service(&last);
+        if res.kind == "Service" && !opts.dry_run {
+            let last = last.value()?;
+            if object::deletion_timestamp(&last).is_none() {
+                self.allocs()?.release_service(&last);
+            }
         }
         Ok(last)
     }

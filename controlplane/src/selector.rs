@@ -107,9 +107,9 @@ impl LabelSelector {
         self.0.is_empty()
     }
 
-    pub fn matches(&self, obj: &Value) -> bool {
+    pub fn matches(&self, attrs: &Attrs) -> bool {
         self.0.iter().all(|req| {
-            let get = |k: &str| object::label(obj, k);
+            let get = |k: &str| attrs.label(k);
             match req {
                 Requirement::Equals(k, v) => get(k) == Some(v.as_str()),
                 Requirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
@@ -188,19 +188,63 @@ impl FieldSelector {
         Ok(Self(reqs))
     }
 
-    pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(field, equal, want)| {
-            let have = match object::path(obj, field) {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Bool(b)) => b.to_string(),
-                Some(Value::Number(n)) => n.to_string(),
-                // Unset fields select as the empty string (and false for
-                // booleans such as spec.unschedulable), as the Go field sets do.
-                _ if field == "spec.unschedulable" || field == "spec.hostNetwork" => "false".into(),
-                _ => String::new(),
-            };
-            (have == *want) == *equal
-        })
+    pub fn matches(&self, attrs: &Attrs) -> bool {
+        self.0
+            .iter()
+            .all(|(field, equal, want)| (attrs.field(field) == want.as_str()) == *equal)
+    }
+}
+
+/// What selectors read of an object, taken once when it is stored: its
+/// labels and the values of its kind's selectable fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attrs {
+    labels: Vec<(String, String)>,
+    fields: Vec<(&'static str, String)>,
+}
+
+impl Attrs {
+    pub fn of(res: &Resource, obj: &Value) -> Self {
+        let labels = object::labels(obj)
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect();
+        let fields = ["metadata.name", "metadata.namespace"]
+            .iter()
+            .chain(selectable_fields(res))
+            .map(|field| {
+                let value = match object::path(obj, field) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Bool(b)) => b.to_string(),
+                    Some(Value::Number(n)) => n.to_string(),
+                    // Unset fields select as the empty string (and false for
+                    // booleans such as spec.unschedulable), as the Go field
+                    // sets do.
+                    _ if *field == "spec.unschedulable" || *field == "spec.hostNetwork" => {
+                        "false".into()
+                    }
+                    _ => String::new(),
+                };
+                (*field, value)
+            })
+            .collect();
+        Self { labels, fields }
+    }
+
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A selectable field's value; "" for fields the kind does not select on.
+    pub fn field(&self, name: &str) -> &str {
+        self.fields
+            .iter()
+            .find(|(f, _)| *f == name)
+            .map_or("", |(_, v)| v.as_str())
     }
 }
 
@@ -213,9 +257,13 @@ mod tests {
         json!({"metadata": {"name": "p", "namespace": "default", "labels": labels}, "spec": {"nodeName": "n1"}})
     }
 
+    fn attrs(v: &Value) -> Attrs {
+        Attrs::of(&crate::resources::PODS, v)
+    }
+
     #[test]
     fn label_selector_forms() {
-        let p = pod(json!({"app": "web", "tier": "fe"}));
+        let p = attrs(&pod(json!({"app": "web", "tier": "fe"})));
         for (sel, want) in [
             ("", true),
             ("app=web", true),
@@ -237,7 +285,7 @@ mod tests {
 
     #[test]
     fn field_selector_forms() {
-        let p = pod(json!({}));
+        let p = attrs(&pod(json!({})));
         let res = &crate::resources::PODS;
         assert!(
             FieldSelector::parse("spec.nodeName=n1", res)

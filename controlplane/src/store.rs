@@ -1,6 +1,11 @@
 //! The object store: a durable backend plus the in-memory watch cache that
 //! serves every read, list and watch.
 //!
+//! Objects are cached as their JSON bytes (with the resourceVersion) and the
+//! few attributes selectors read, not as parsed trees: a parsed
+//! `serde_json::Value` costs about twelve times the JSON, and lists and
+//! watches only need the bytes. Readers that need the object parse it.
+//!
 //! Writes are serialized by one writer lock: the current object is read from
 //! the cache, the caller's mutation decides the new state, the backend commits
 //! it (and assigns the revision), then the cache and the event history are
@@ -19,6 +24,7 @@ use tokio::sync::watch;
 use crate::error::ApiError;
 use crate::object;
 use crate::resources::{RESOURCES, Resource};
+use crate::selector::Attrs;
 use crate::storage::{Backend, StorageError, Write};
 
 /// Kind of change a watch event reports.
@@ -39,6 +45,31 @@ impl EventType {
     }
 }
 
+/// One stored object version: its JSON and what selectors read of it.
+#[derive(Debug)]
+pub struct Entry {
+    /// The object as JSON, resourceVersion included.
+    pub json: Bytes,
+    pub attrs: Attrs,
+}
+
+impl Entry {
+    /// Serializes `obj` (which carries its resourceVersion).
+    fn new(res: &Resource, obj: &Value) -> Result<Self, ApiError> {
+        let json = serde_json::to_vec(obj).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok(Self {
+            json: Bytes::from(json),
+            attrs: Attrs::of(res, obj),
+        })
+    }
+
+    /// The object, parsed.
+    pub fn value(&self) -> Result<Value, ApiError> {
+        serde_json::from_slice(&self.json)
+            .map_err(|e| ApiError::internal(format!("cached object is not valid JSON: {e}")))
+    }
+}
+
 /// One committed change.
 #[derive(Debug)]
 pub struct Event {
@@ -47,11 +78,11 @@ pub struct Event {
     pub namespace: String,
     pub kind: EventType,
     /// The new state; for a deletion, the last state at the deletion revision.
-    pub object: Arc<Value>,
+    pub object: Arc<Entry>,
     /// The state before, so selector watches can turn a change that leaves
     /// the selection into DELETED and one that enters it into ADDED.
-    pub previous: Option<Arc<Value>>,
-    /// The event as sent on a watch stream, serialized once for all watchers.
+    pub previous: Option<Arc<Entry>>,
+    /// The event as sent on a watch stream, framed once for all watchers.
     pub line: Bytes,
 }
 
@@ -88,7 +119,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-type Objects = BTreeMap<(String, String), Arc<Value>>;
+type Objects = BTreeMap<(String, String), Arc<Entry>>;
 
 #[derive(Debug, Default)]
 struct Cache {
@@ -119,7 +150,7 @@ impl std::fmt::Debug for Store {
 #[derive(Debug)]
 pub struct Page {
     pub revision: u64,
-    pub items: Vec<Arc<Value>>,
+    pub items: Vec<Arc<Entry>>,
     /// Key of the last item returned when more remain.
     pub next: Option<(String, String)>,
 }
@@ -138,6 +169,29 @@ fn resource_for_key(key: &str) -> Option<(&'static Resource, String, String)> {
             Some((r, String::new(), rest.to_string()))
         }
     })
+}
+
+/// `{"type":T,"object":O}\n`, the framing of a JSON watch stream.
+pub fn event_line(kind: &str, object: &Value) -> Bytes {
+    let json = serde_json::to_vec(object).unwrap_or_else(|_| b"null".to_vec());
+    frame(kind, &json)
+}
+
+/// Frames already-serialized object JSON as a watch event line.
+pub fn frame(kind: &str, json: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(json.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(json);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
+}
+
+/// The object JSON inside a line made by [`frame`], sharing its buffer.
+fn object_of(line: &Bytes, kind: &str) -> Bytes {
+    let start = b"{\"type\":\"".len() + kind.len() + b"\",\"object\":".len();
+    line.slice(start..line.len().saturating_sub(2).max(start))
 }
 
 impl Store {
@@ -164,7 +218,7 @@ impl Store {
                 .objects
                 .entry(res.plural)
                 .or_default()
-                .insert((ns, name), Arc::new(value));
+                .insert((ns, name), Arc::new(Entry::new(res, &value)?));
         }
         let (revision_tx, _) = watch::channel(snapshot.revision);
         Ok(Self {
@@ -180,12 +234,13 @@ impl Store {
         *self.revision_tx.borrow()
     }
 
-    pub fn get(
+    /// The cached entry of one object.
+    pub fn entry(
         &self,
         res: &Resource,
         ns: &str,
         name: &str,
-    ) -> Result<Option<Arc<Value>>, ApiError> {
+    ) -> Result<Option<Arc<Entry>>, ApiError> {
         let cache = self.cache.read().map_err(|_| lock_err())?;
         Ok(cache
             .objects
@@ -194,15 +249,27 @@ impl Store {
             .cloned())
     }
 
-    /// Lists objects of `res` (in `ns` when given) after `after`, keeping those
-    /// `keep` accepts, at most `limit` of them (0: all).
-    pub fn list(
+    /// One object, parsed.
+    pub fn get(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<Arc<Value>>, ApiError> {
+        self.entry(res, ns, name)?
+            .map(|e| e.value().map(Arc::new))
+            .transpose()
+    }
+
+    /// Lists entries of `res` (in `ns` when given) after `after`, keeping
+    /// those `keep` accepts, at most `limit` of them (0: all).
+    pub fn list_entries(
         &self,
         res: &Resource,
         ns: Option<&str>,
         after: Option<&(String, String)>,
         limit: usize,
-        keep: impl Fn(&Value) -> bool,
+        keep: impl Fn(&Entry) -> bool,
     ) -> Result<Page, ApiError> {
         use std::ops::Bound;
         let cache = self.cache.read().map_err(|_| lock_err())?;
@@ -219,7 +286,8 @@ impl Store {
             (None, Some(ns)) => Bound::Included((ns.to_string(), String::new())),
             (None, None) => Bound::Unbounded,
         };
-        for ((ons, _), obj) in objects.range((lower, Bound::Unbounded)) {
+        let mut last_key = None;
+        for ((ons, oname), obj) in objects.range((lower, Bound::Unbounded)) {
             if let Some(ns) = ns
                 && ons != ns
             {
@@ -230,17 +298,28 @@ impl Store {
             }
             if limit > 0 && page.items.len() == limit {
                 // Only report a continuation when something is left to send.
-                page.next = page.items.last().map(|last| {
-                    (
-                        object::namespace(last).to_string(),
-                        object::name(last).to_string(),
-                    )
-                });
+                page.next = last_key;
                 break;
             }
             page.items.push(obj.clone());
+            last_key = Some((ons.clone(), oname.clone()));
         }
         Ok(page)
+    }
+
+    /// Every object of `res` (in `ns` when given) whose labels and fields
+    /// `keep` accepts, parsed.
+    pub fn list(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        keep: impl Fn(&Attrs) -> bool,
+    ) -> Result<Vec<Arc<Value>>, ApiError> {
+        self.list_entries(res, ns, None, 0, |e| keep(&e.attrs))?
+            .items
+            .iter()
+            .map(|e| e.value().map(Arc::new))
+            .collect()
     }
 
     /// Applies `decide` to the current object (None when absent) and commits
@@ -255,13 +334,14 @@ impl Store {
         name: &str,
         dry_run: bool,
         decide: impl FnOnce(Option<&Value>) -> Result<Mutation, ApiError>,
-    ) -> Result<Option<Arc<Value>>, StoreError> {
+    ) -> Result<Option<Arc<Entry>>, StoreError> {
         let _writer = self.writer.lock().map_err(|_| lock_err())?;
-        let current = self.get(res, ns, name)?;
-        let mutation = decide(current.as_deref())?;
+        let current_entry = self.entry(res, ns, name)?;
+        let current = current_entry.as_ref().map(|e| e.value()).transpose()?;
+        let mutation = decide(current.as_ref())?;
         let key = res.key(Some(ns), name);
         let (write, new_value) = match mutation {
-            Mutation::Keep => return Ok(current),
+            Mutation::Keep => return Ok(current_entry),
             Mutation::Put(mut value) => {
                 object::clear_resource_version(&mut value);
                 let bytes =
@@ -281,36 +361,37 @@ impl Store {
                     if let Some(c) = &current {
                         object::set_resource_version(&mut v, object::resource_version(c));
                     }
-                    Some(Arc::new(v))
+                    Some(Arc::new(Entry::new(res, &v)?))
                 }
-                None => current,
+                None => current_entry,
             });
         }
         let revision = self.backend.commit(&write)?;
-        let (kind, object) = match new_value {
-            Some(mut v) => {
-                object::set_resource_version(&mut v, revision);
+        let (kind, mut object) = match new_value {
+            Some(v) => {
                 let kind = if current.is_some() {
                     EventType::Modified
                 } else {
                     EventType::Added
                 };
-                (kind, Arc::new(v))
+                (kind, v)
             }
-            None => {
-                let mut last = current.as_deref().cloned().unwrap_or(Value::Null);
-                object::set_resource_version(&mut last, revision);
-                (EventType::Deleted, Arc::new(last))
-            }
+            None => (EventType::Deleted, current.unwrap_or(Value::Null)),
         };
+        object::set_resource_version(&mut object, revision);
+        // One buffer for the watch line, the cached object and the reply.
         let line = event_line(kind.as_str(), &object);
+        let entry = Arc::new(Entry {
+            json: object_of(&line, kind.as_str()),
+            attrs: Attrs::of(res, &object),
+        });
         let event = Arc::new(Event {
             revision,
             resource: res,
             namespace: ns.to_string(),
             kind,
-            object: object.clone(),
-            previous: current,
+            object: entry.clone(),
+            previous: current_entry,
             line,
         });
         {
@@ -322,7 +403,7 @@ impl Store {
                     objects.remove(&k);
                 }
                 _ => {
-                    objects.insert(k, object.clone());
+                    objects.insert(k, entry.clone());
                 }
             }
             cache.revision = revision;
@@ -334,7 +415,7 @@ impl Store {
             }
         }
         self.revision_tx.send_replace(revision);
-        Ok(Some(object))
+        Ok(Some(entry))
     }
 
     /// Drops backend history older than `revision` (the watch cache serves
@@ -362,17 +443,34 @@ impl Store {
     }
 }
 
-/// `{"type":T,"object":O}\n`, the framing of a JSON watch stream.
-pub fn event_line(kind: &str, object: &Value) -> Bytes {
-    // Framed by hand so the object is serialized in place, not cloned into
-    // a wrapper value first.
-    let mut line = Vec::with_capacity(1024);
-    line.extend_from_slice(b"{\"type\":\"");
-    line.extend_from_slice(kind.as_bytes());
-    line.extend_from_slice(b"\",\"object\":");
-    if serde_json::to_writer(&mut line, object).is_err() {
-        line.extend_from_slice(b"null");
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn entries_share_the_event_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend =
+            crate::storage::sqlite::SqliteBackend::open(&dir.path().join("s.db")).expect("open");
+        let store = Store::open(Box::new(backend), 10).expect("store");
+        let res = &crate::resources::CONFIGMAPS;
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "d", "labels": {"x": "y"}}});
+        let e = store
+            .mutate(res, "d", "a", false, |_| Ok(Mutation::Put(obj.clone())))
+            .expect("put")
+            .expect("entry");
+        let v = e.value().expect("parse");
+        assert_eq!(v["metadata"]["resourceVersion"], "1");
+        assert_eq!(e.attrs.label("x"), Some("y"));
+        let events = store.events_after(0).expect("events");
+        assert_eq!(
+            events[0].line.len(),
+            e.json.len() + br#"{"type":"ADDED","object":}"#.len() + 1
+        );
+        let page = store
+            .list_entries(res, Some("d"), None, 0, |_| true)
+            .expect("list");
+        assert_eq!(page.items.len(), 1);
     }
-    line.extend_from_slice(b"}\n");
-    Bytes::from(line)
 }

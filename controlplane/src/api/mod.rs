@@ -32,6 +32,7 @@ use crate::patch::PatchType;
 use crate::registry::{DeleteOptions, Registry, WriteOptions};
 use crate::resources::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::Entry;
 use table::Include;
 use watch::{Start, WatchRequest};
 
@@ -55,6 +56,16 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 
 fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn json_bytes(code: StatusCode, body: Bytes) -> Response<Body> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = code;
     resp.headers_mut().insert(
@@ -423,7 +434,7 @@ impl Api {
             (Method::GET, Some(name)) => {
                 let obj = registry
                     .store
-                    .get(res, &ns, &name)?
+                    .entry(res, &ns, &name)?
                     .ok_or_else(|| ApiError::not_found(res, &name))?;
                 Ok(self.object_response(StatusCode::OK, res, &obj, table.then_some(include)))
             }
@@ -484,12 +495,16 @@ impl Api {
                         )?;
                         let scope = t.namespace.clone();
                         let deleted = blocking(move || {
-                            let page =
-                                registry.store.list(res, scope.as_deref(), None, 0, |o| {
-                                    labels.matches(o) && fields.matches(o)
-                                })?;
+                            let page = registry.store.list_entries(
+                                res,
+                                scope.as_deref(),
+                                None,
+                                0,
+                                |e| labels.matches(&e.attrs) && fields.matches(&e.attrs),
+                            )?;
                             let mut out = Vec::new();
                             for obj in page.items {
+                                let obj = obj.value()?;
                                 match registry.delete(
                                     res,
                                     crate::object::namespace(&obj),
@@ -504,7 +519,10 @@ impl Api {
                             Ok(out)
                         })
                         .await?;
-                        let items: Vec<&Value> = deleted.iter().map(|v| v.as_ref()).collect();
+                        let items = deleted
+                            .iter()
+                            .map(|e| e.value())
+                            .collect::<Result<Vec<_>, _>>()?;
                         Ok(json_response(
                             StatusCode::OK,
                             &json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": {}, "items": items}),
@@ -520,16 +538,18 @@ impl Api {
         &self,
         code: StatusCode,
         res: &Resource,
-        obj: &Value,
+        entry: &Entry,
         table: Option<Include>,
     ) -> Response<Body> {
         match table {
             Some(include) => {
+                let obj = entry.value().unwrap_or(Value::Null);
                 let meta =
-                    json!({"resourceVersion": crate::object::resource_version(obj).to_string()});
-                json_response(code, &table::table(res, [obj], meta, include, true))
+                    json!({"resourceVersion": crate::object::resource_version(&obj).to_string()});
+                json_response(code, &table::table(res, [&obj], meta, include, true))
             }
-            None => json_response(code, obj),
+            // The stored bytes are the reply: no re-serialization.
+            None => json_bytes(code, entry.json.clone()),
         }
     }
 
@@ -633,22 +653,30 @@ fn list(
         }
         None => None,
     };
-    let page = registry.store.list(res, ns, after.as_ref(), limit, |o| {
-        labels.matches(o) && fields.matches(o)
-    })?;
+    let page = registry
+        .store
+        .list_entries(res, ns, after.as_ref(), limit, |e| {
+            labels.matches(&e.attrs) && fields.matches(&e.attrs)
+        })?;
     let mut meta = json!({"resourceVersion": page.revision.to_string()});
     if let Some(next) = &page.next {
         meta["continue"] = json!(encode_continue(page.revision, next));
     }
     if let Some(include) = table {
-        let items = page.items.iter().map(|v| v.as_ref());
+        let values = page
+            .items
+            .iter()
+            .map(|e| e.value())
+            .collect::<Result<Vec<_>, _>>()?;
+        let items = values.iter();
         return Ok(json_response(
             StatusCode::OK,
             &table::table(res, items, meta, include, true),
         ));
     }
     // Lists can be large: write the items straight into one buffer.
-    let mut buf = Vec::with_capacity(256 + page.items.len() * 512);
+    let mut buf =
+        Vec::with_capacity(256 + page.items.iter().map(|e| e.json.len() + 1).sum::<usize>());
     buf.extend_from_slice(
         format!(
             r#"{{"kind":"{}","apiVersion":"{}","metadata":"#,
@@ -663,8 +691,7 @@ fn list(
         if i > 0 {
             buf.push(b',');
         }
-        serde_json::to_writer(&mut buf, item.as_ref())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        buf.extend_from_slice(&item.json);
     }
     buf.extend_from_slice(b"]}");
     let mut r = Response::new(full(buf));

@@ -23,7 +23,7 @@ use crate::error::ApiError;
 use crate::registry::Registry;
 use crate::resources::Resource;
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::store::{Event, EventType, event_line};
+use crate::store::{Entry, Event, EventType, event_line, frame};
 
 /// Where a watch starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +52,8 @@ pub struct WatchRequest {
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 
 impl WatchRequest {
-    fn selects(&self, obj: &Value) -> bool {
-        self.labels.matches(obj) && self.fields.matches(obj)
+    fn selects(&self, entry: &Entry) -> bool {
+        self.labels.matches(&entry.attrs) && self.fields.matches(&entry.attrs)
     }
 
     fn plain_selectors(&self) -> bool {
@@ -86,14 +86,15 @@ impl WatchRequest {
         }
     }
 
-    fn frame(&self, kind: EventType, obj: &Value, first: &mut bool) -> Bytes {
+    fn frame(&self, kind: EventType, entry: &Entry, first: &mut bool) -> Bytes {
         match self.table {
             Some(include) => {
-                let t = table::table(self.resource, [obj], json!({}), include, *first);
+                let obj = entry.value().unwrap_or(Value::Null);
+                let t = table::table(self.resource, [&obj], json!({}), include, *first);
                 *first = false;
                 event_line(kind.as_str(), &t)
             }
-            None => event_line(kind.as_str(), obj),
+            None => frame(kind.as_str(), &entry.json),
         }
     }
 
@@ -165,12 +166,12 @@ impl WatchBody {
             Start::After(rv) => body.last = rv,
             Start::Current => {
                 let req = &body.req;
-                match body.registry.store.list(
+                match body.registry.store.list_entries(
                     req.resource,
                     req.namespace.as_deref(),
                     None,
                     0,
-                    |o| req.selects(o),
+                    |e| req.selects(e),
                 ) {
                     Ok(page) => {
                         for obj in &page.items {

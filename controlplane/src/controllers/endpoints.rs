@@ -8,11 +8,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Map, Value, json};
 
-use super::{Controller, delete, list_all, log_failure, write_opts};
+use super::{Change, Controller, delete, list_all, log_failure, write_opts};
 use crate::object;
 use crate::registry::Registry;
 use crate::resources::{ENDPOINTS, ENDPOINTSLICES, NODES, PODS, Resource, SERVICES};
-use crate::store::Event;
 
 pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
 pub const CONTROLLER: &str = "endpointslice-controller.k8s.io";
@@ -35,8 +34,8 @@ fn selector(svc: &Value) -> Option<&Map<String, Value>> {
         .filter(|m| !m.is_empty())
 }
 
-fn selects(sel: &Map<String, Value>, pod: &Value) -> bool {
-    sel.iter().all(|(k, v)| object::label(pod, k) == v.as_str())
+fn selects<'a>(sel: &Map<String, Value>, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+    sel.iter().all(|(k, v)| label(k) == v.as_str())
 }
 
 fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
@@ -161,8 +160,7 @@ fn desired(reg: &Registry, svc: &Value, sel: &Map<String, Value>) -> Desired {
     };
     let pods = reg
         .store
-        .list(&PODS, Some(ns), None, 0, |p| selects(sel, p))
-        .map(|p| p.items)
+        .list(&PODS, Some(ns), |a| selects(sel, |k| a.label(k)))
         .unwrap_or_default();
     for pod in pods {
         if matches!(s(&pod, "/status/phase"), "Succeeded" | "Failed") {
@@ -356,7 +354,10 @@ impl EndpointsController {
                     // Indexed at once: the next sync must see it even before
                     // its event arrives.
                     match reg.create(&ENDPOINTSLICES, ns, slice, &write_opts()) {
-                        Ok(created) => self.index_slice(&created, true),
+                        Ok(created) => match created.value() {
+                            Ok(v) => self.index_slice(&v, true),
+                            Err(e) => log_failure(self.name(), name, &e),
+                        },
                         Err(e) => log_failure(self.name(), name, &e),
                     }
                 }
@@ -460,7 +461,7 @@ impl EndpointsController {
     fn services_selecting(&mut self, reg: &Registry, pod: &Value) {
         let ns = object::namespace(pod);
         for svc in list_all(reg, &SERVICES, Some(ns)) {
-            if selector(&svc).is_some_and(|sel| selects(sel, pod)) {
+            if selector(&svc).is_some_and(|sel| selects(sel, |k| object::label(pod, k))) {
                 self.queue
                     .insert((ns.to_string(), object::name(&svc).to_string()));
             }
@@ -490,7 +491,7 @@ impl Controller for EndpointsController {
         }
     }
 
-    fn observe(&mut self, reg: &Registry, ev: &Event) {
+    fn observe(&mut self, reg: &Registry, ev: &Change) {
         match ev.resource.kind {
             "Service" => {
                 self.queue

@@ -5,12 +5,12 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::{Value, json};
 
-use super::{Controller, delete, list_all, log_failure, write_opts};
+use super::{Change, Controller, delete, list_all, log_failure, write_opts};
 use crate::object;
 use crate::patch::PatchType;
 use crate::registry::Registry;
 use crate::resources::{RESOURCES, Resource};
-use crate::store::{Event, EventType};
+use crate::store::EventType;
 
 /// (kind, namespace, name) of a dependent.
 type Dependent = (&'static Resource, String, String);
@@ -177,7 +177,7 @@ impl Controller for GarbageCollector {
             .collect();
     }
 
-    fn observe(&mut self, _reg: &Registry, ev: &Event) {
+    fn observe(&mut self, _reg: &Registry, ev: &Change) {
         if let Some(prev) = &ev.previous {
             self.untrack_refs(ev.resource, prev);
         }

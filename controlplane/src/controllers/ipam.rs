@@ -7,14 +7,14 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
-use super::{Controller, list_all, log_failure, write_opts};
+use super::{Change, Controller, list_all, log_failure, write_opts};
 use crate::alloc::IpAllocator;
 use crate::config::{ClusterConfig, family_of};
 use crate::object;
 use crate::patch::PatchType;
 use crate::registry::Registry;
 use crate::resources::{NODES, Resource, SERVICES};
-use crate::store::{Event, EventType};
+use crate::store::EventType;
 
 /// Carves node-sized subnets out of one cluster CIDR.
 #[derive(Debug)]
@@ -115,7 +115,7 @@ impl Controller for NodeIpam {
         }
     }
 
-    fn observe(&mut self, _reg: &Registry, ev: &Event) {
+    fn observe(&mut self, _reg: &Registry, ev: &Change) {
         let name = object::name(&ev.object).to_string();
         if ev.kind == EventType::Deleted {
             self.release(&name);
@@ -344,7 +344,7 @@ impl Controller for LoadBalancerIpam {
         }
     }
 
-    fn observe(&mut self, _reg: &Registry, ev: &Event) {
+    fn observe(&mut self, _reg: &Registry, ev: &Change) {
         let key = (ev.namespace.clone(), object::name(&ev.object).to_string());
         if ev.kind == EventType::Deleted {
             self.release(&key);

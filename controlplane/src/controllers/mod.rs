@@ -19,7 +19,34 @@ use thiserror::Error;
 use crate::error::ApiError;
 use crate::registry::{DeleteOptions, Registry, WriteOptions};
 use crate::resources::{RESOURCES, Resource};
-use crate::store::Event;
+use crate::store::{Event, EventType};
+
+/// One committed change as controllers see it: parsed once by the event
+/// pump and shared by every controller it concerns.
+#[derive(Debug)]
+pub struct Change {
+    pub resource: &'static Resource,
+    pub namespace: String,
+    pub kind: EventType,
+    pub object: Arc<Value>,
+    pub previous: Option<Arc<Value>>,
+}
+
+impl Change {
+    fn of(ev: &Event) -> Result<Self, ApiError> {
+        Ok(Self {
+            resource: ev.resource,
+            namespace: ev.namespace.clone(),
+            kind: ev.kind,
+            object: Arc::new(ev.object.value()?),
+            previous: ev
+                .previous
+                .as_ref()
+                .map(|p| p.value().map(Arc::new))
+                .transpose()?,
+        })
+    }
+}
 
 /// Every controller, by the name `--controllers` uses.
 pub const ALL: &[&str] = &[
@@ -69,7 +96,7 @@ pub trait Controller: Send {
     /// Rebuilds state from a full read (at start, and when events were lost).
     fn resync(&mut self, reg: &Registry);
     /// Takes note of one committed change.
-    fn observe(&mut self, reg: &Registry, ev: &Event);
+    fn observe(&mut self, reg: &Registry, ev: &Change);
     /// Does the pending work.
     fn reconcile(&mut self, reg: &Registry);
     /// When the controller wants to run again without any event (timers).
@@ -80,7 +107,7 @@ pub trait Controller: Send {
 
 /// What the event pump hands a controller.
 enum Feed {
-    Event(Arc<Event>),
+    Change(Arc<Change>),
     /// Events were lost (the history moved past the pump): rebuild.
     Resync,
 }
@@ -112,7 +139,7 @@ fn run(
                     .chain(std::iter::from_fn(|| feed.try_recv().ok()))
                 {
                     match f {
-                        Feed::Event(ev) => ctrl.observe(&reg, &ev),
+                        Feed::Change(ev) => ctrl.observe(&reg, &ev),
                         Feed::Resync => {
                             tracing::warn!(
                                 controller = ctrl.name(),
@@ -167,9 +194,19 @@ pub fn start(
                     Ok(events) => {
                         for ev in events {
                             last = ev.revision;
+                            if !feeds.iter().any(|(kinds, _)| kinds.contains(&ev.resource)) {
+                                continue;
+                            }
+                            let change = match Change::of(&ev) {
+                                Ok(c) => Arc::new(c),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, revision = ev.revision, "unreadable event skipped");
+                                    continue;
+                                }
+                            };
                             for (kinds, tx) in &feeds {
                                 if kinds.contains(&ev.resource) {
-                                    let _ = tx.send(Feed::Event(ev.clone()));
+                                    let _ = tx.send(Feed::Change(change.clone()));
                                 }
                             }
                         }
@@ -216,10 +253,7 @@ pub(crate) fn delete(reg: &Registry, ctrl: &str, res: &'static Resource, ns: &st
 
 /// Every object of `res` (in `ns` when given).
 pub(crate) fn list_all(reg: &Registry, res: &Resource, ns: Option<&str>) -> Vec<Arc<Value>> {
-    reg.store
-        .list(res, ns, None, 0, |_| true)
-        .map(|p| p.items)
-        .unwrap_or_default()
+    reg.store.list(res, ns, |_| true).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -5,11 +5,11 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use super::{Controller, delete, list_all, log_failure, write_opts};
+use super::{Change, Controller, delete, list_all, log_failure, write_opts};
 use crate::object;
 use crate::registry::Registry;
 use crate::resources::{NAMESPACES, RESOURCES, Resource};
-use crate::store::{Event, EventType};
+use crate::store::EventType;
 
 #[derive(Debug, Default)]
 pub struct NamespaceController {
@@ -54,7 +54,7 @@ impl Controller for NamespaceController {
         res.kind == "Namespace"
     }
 
-    fn observe(&mut self, _reg: &Registry, ev: &Event) {
+    fn observe(&mut self, _reg: &Registry, ev: &Change) {
         // Pending namespaces are looked at again on every reconcile, so only
         // the namespaces' own events matter here.
         if ev.kind == EventType::Deleted {

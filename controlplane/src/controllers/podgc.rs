@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Controller, list_all, log_failure};
+use super::{Change, Controller, list_all, log_failure};
 use crate::object;
 use crate::registry::{DeleteOptions, Registry};
 use crate::resources::{PODS, Resource};
-use crate::store::{Event, EventType};
+use crate::store::EventType;
 
 #[derive(Debug, Default)]
 pub struct PodGc {
@@ -53,7 +53,7 @@ impl Controller for PodGc {
         }
     }
 
-    fn observe(&mut self, _reg: &Registry, ev: &Event) {
+    fn observe(&mut self, _reg: &Registry, ev: &Change) {
         if ev.kind == EventType::Deleted {
             self.deadlines
                 .remove(&(ev.namespace.clone(), object::name(&ev.object).to_string()));

@@ -19,13 +19,17 @@ use serde_json::{Value, json};
 
 const REQUEST: Duration = Duration::from_secs(2);
 
+/// host-local range sets: one per pod CIDR of the node.
+fn ranges(node: &Node) -> Vec<Value> {
+    node.pod_cidrs
+        .iter()
+        .map(|c| json!([{ "subnet": c.to_string() }]))
+        .collect()
+}
+
 fn ptp() -> Cni {
     Cni::new([REFERENCE_PLUGINS], |node: &Node| {
-        let ranges: Vec<Value> = node
-            .pod_cidrs
-            .iter()
-            .map(|c| json!([{ "subnet": c.to_string() }]))
-            .collect();
+        let ranges = ranges(node);
         json!({
             "cniVersion": "1.0.0",
             "name": "agent-routing",
@@ -43,11 +47,7 @@ fn ferry_cni() -> Cni {
     let dir = binary("ferry-cni", "ferry-cni");
     let dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
     Cni::new([dir], |node: &Node| {
-        let ranges: Vec<Value> = node
-            .pod_cidrs
-            .iter()
-            .map(|c| json!([{ "subnet": c.to_string() }]))
-            .collect();
+        let ranges = ranges(node);
         json!({
             "cniVersion": "1.1.0",
             "name": "ferry",

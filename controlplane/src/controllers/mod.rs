@@ -21,8 +21,7 @@ use crate::registry::{DeleteOptions, Registry, WriteOptions};
 use crate::resources::{RESOURCES, Resource};
 use crate::store::{Event, EventType};
 
-/// One committed change as controllers see it: parsed once by the event
-/// pump and shared by every controller it concerns.
+/// One committed change as controllers see it, parsed.
 #[derive(Debug)]
 pub struct Change {
     pub resource: &'static Resource,
@@ -107,7 +106,9 @@ pub trait Controller: Send {
 
 /// What the event pump hands a controller.
 enum Feed {
-    Change(Arc<Change>),
+    /// Kept as the stored bytes while queued; parsed by the controller's own
+    /// thread just before it looks at it, so a backlog costs little memory.
+    Event(Arc<Event>),
     /// Events were lost (the history moved past the pump): rebuild.
     Resync,
 }
@@ -139,7 +140,10 @@ fn run(
                     .chain(std::iter::from_fn(|| feed.try_recv().ok()))
                 {
                     match f {
-                        Feed::Change(ev) => ctrl.observe(&reg, &ev),
+                        Feed::Event(ev) => match Change::of(&ev) {
+                            Ok(change) => ctrl.observe(&reg, &change),
+                            Err(e) => tracing::warn!(controller = ctrl.name(), error = %e, revision = ev.revision, "unreadable event skipped"),
+                        },
                         Feed::Resync => {
                             tracing::warn!(
                                 controller = ctrl.name(),
@@ -194,19 +198,9 @@ pub fn start(
                     Ok(events) => {
                         for ev in events {
                             last = ev.revision;
-                            if !feeds.iter().any(|(kinds, _)| kinds.contains(&ev.resource)) {
-                                continue;
-                            }
-                            let change = match Change::of(&ev) {
-                                Ok(c) => Arc::new(c),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, revision = ev.revision, "unreadable event skipped");
-                                    continue;
-                                }
-                            };
                             for (kinds, tx) in &feeds {
                                 if kinds.contains(&ev.resource) {
-                                    let _ = tx.send(Feed::Change(change.clone()));
+                                    let _ = tx.send(Feed::Event(ev.clone()));
                                 }
                             }
                         }

@@ -494,8 +494,10 @@ impl Controller for EndpointsController {
     fn observe(&mut self, reg: &Registry, ev: &Change) {
         match ev.resource.kind {
             "Service" => {
-                self.queue
-                    .insert((ev.namespace.clone(), object::name(&ev.object).to_string()));
+                self.queue.insert((
+                    ev.namespace.clone(),
+                    object::name(ev.object_meta()).to_string(),
+                ));
             }
             "Pod" => {
                 // Only changes that matter to endpoints: labels, addresses,
@@ -513,24 +515,27 @@ impl Controller for EndpointsController {
                         p.pointer("/spec/subdomain")
                     ])
                 };
-                if ev.previous.as_deref().map(relevant) == Some(relevant(&ev.object))
+                if ev.previous().map(relevant) == Some(relevant(ev.object()))
                     && ev.kind != crate::store::EventType::Deleted
                 {
                     return;
                 }
-                self.services_selecting(reg, &ev.object);
-                if let Some(prev) = &ev.previous {
+                self.services_selecting(reg, ev.object());
+                if let Some(prev) = ev.previous() {
                     self.services_selecting(reg, prev);
                 }
             }
             "EndpointSlice" => {
-                if let Some(prev) = &ev.previous {
+                if let Some(prev) = ev.previous_meta() {
                     self.index_slice(prev, false);
                 }
-                self.index_slice(&ev.object, ev.kind != crate::store::EventType::Deleted);
+                self.index_slice(
+                    ev.object_meta(),
+                    ev.kind != crate::store::EventType::Deleted,
+                );
                 // Someone changed or removed a managed slice: put it right.
-                if object::label(&ev.object, MANAGED_BY) == Some(CONTROLLER)
-                    && let Some(svc) = object::label(&ev.object, SERVICE_NAME)
+                if ev.label(MANAGED_BY) == Some(CONTROLLER)
+                    && let Some(svc) = ev.label(SERVICE_NAME)
                 {
                     self.queue.insert((ev.namespace.clone(), svc.to_string()));
                 }
@@ -538,10 +543,9 @@ impl Controller for EndpointsController {
             // A node's zone label feeds every endpoint on it.
             _ => {
                 if ev
-                    .previous
-                    .as_deref()
+                    .previous_meta()
                     .map(|p| object::label(p, "topology.kubernetes.io/zone"))
-                    != Some(object::label(&ev.object, "topology.kubernetes.io/zone"))
+                    != Some(ev.label("topology.kubernetes.io/zone"))
                 {
                     self.resync(reg);
                 }

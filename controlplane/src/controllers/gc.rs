@@ -178,25 +178,25 @@ impl Controller for GarbageCollector {
     }
 
     fn observe(&mut self, _reg: &Registry, ev: &Change) {
-        if let Some(prev) = &ev.previous {
+        if let Some(prev) = ev.previous_meta() {
             self.untrack_refs(ev.resource, prev);
         }
         match ev.kind {
             EventType::Deleted => {
-                let uid = object::uid(&ev.object).to_string();
+                let uid = object::uid(ev.object_meta()).to_string();
                 self.live.remove(&uid);
                 self.gone.insert(uid);
-                self.untrack_refs(ev.resource, &ev.object);
+                self.untrack_refs(ev.resource, ev.object_meta());
             }
             _ => {
-                self.track(ev.resource, &ev.object);
+                self.track(ev.resource, ev.object_meta());
                 // A dependent pointing at an owner that is already gone.
-                if owner_uids(&ev.object)
+                if owner_uids(ev.object_meta())
                     .iter()
                     .any(|u| !self.live.contains(u))
                 {
                     self.gone.extend(
-                        owner_uids(&ev.object)
+                        owner_uids(ev.object_meta())
                             .into_iter()
                             .filter(|u| !self.live.contains(u)),
                     );

@@ -116,12 +116,12 @@ impl Controller for NodeIpam {
     }
 
     fn observe(&mut self, _reg: &Registry, ev: &Change) {
-        let name = object::name(&ev.object).to_string();
+        let name = object::name(ev.object_meta()).to_string();
         if ev.kind == EventType::Deleted {
             self.release(&name);
             return;
         }
-        let cidrs = node_cidrs(&ev.object);
+        let cidrs = node_cidrs(ev.object());
         if cidrs.is_empty() {
             self.queue.insert(name);
         } else {
@@ -345,7 +345,10 @@ impl Controller for LoadBalancerIpam {
     }
 
     fn observe(&mut self, _reg: &Registry, ev: &Change) {
-        let key = (ev.namespace.clone(), object::name(&ev.object).to_string());
+        let key = (
+            ev.namespace.clone(),
+            object::name(ev.object_meta()).to_string(),
+        );
         if ev.kind == EventType::Deleted {
             self.release(&key);
         } else {

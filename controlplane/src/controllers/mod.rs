@@ -10,7 +10,7 @@ pub mod namespace;
 pub mod podgc;
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -19,31 +19,85 @@ use thiserror::Error;
 use crate::error::ApiError;
 use crate::registry::{DeleteOptions, Registry, WriteOptions};
 use crate::resources::{RESOURCES, Resource};
-use crate::store::{Event, EventType};
+use crate::store::{Entry, Event, EventType};
 
-/// One committed change as controllers see it, parsed.
+/// One committed change as controllers see it. The object is parsed on
+/// first use, in full or (cheaper) just its metadata, since most controllers
+/// look at few of the events they are fed and at little of each.
 #[derive(Debug)]
 pub struct Change {
     pub resource: &'static Resource,
     pub namespace: String,
     pub kind: EventType,
-    pub object: Arc<Value>,
-    pub previous: Option<Arc<Value>>,
+    event: Arc<Event>,
+    object: OnceLock<Value>,
+    previous: OnceLock<Option<Value>>,
+    meta: OnceLock<Value>,
+    previous_meta: OnceLock<Option<Value>>,
+}
+
+/// An object with only its metadata parsed.
+#[derive(serde::Deserialize)]
+struct MetaOnly {
+    #[serde(default)]
+    metadata: Value,
+}
+
+fn parse(entry: &Entry) -> Value {
+    entry.value().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "unreadable cached object");
+        Value::Null
+    })
+}
+
+fn parse_meta(entry: &Entry) -> Value {
+    let meta = serde_json::from_slice::<MetaOnly>(&entry.json)
+        .map(|m| m.metadata)
+        .unwrap_or(Value::Null);
+    serde_json::json!({ "metadata": meta })
 }
 
 impl Change {
-    fn of(ev: &Event) -> Result<Self, ApiError> {
-        Ok(Self {
-            resource: ev.resource,
-            namespace: ev.namespace.clone(),
-            kind: ev.kind,
-            object: Arc::new(ev.object.value()?),
-            previous: ev
-                .previous
-                .as_ref()
-                .map(|p| p.value().map(Arc::new))
-                .transpose()?,
-        })
+    fn of(event: Arc<Event>) -> Self {
+        Self {
+            resource: event.resource,
+            namespace: event.namespace.clone(),
+            kind: event.kind,
+            event,
+            object: OnceLock::new(),
+            previous: OnceLock::new(),
+            meta: OnceLock::new(),
+            previous_meta: OnceLock::new(),
+        }
+    }
+
+    /// The new state (for a deletion, the last one).
+    pub fn object(&self) -> &Value {
+        self.object.get_or_init(|| parse(&self.event.object))
+    }
+
+    /// The state before the change.
+    pub fn previous(&self) -> Option<&Value> {
+        self.previous
+            .get_or_init(|| self.event.previous.as_deref().map(parse))
+            .as_ref()
+    }
+
+    /// `{"metadata": ...}` of the new state.
+    pub fn object_meta(&self) -> &Value {
+        self.meta.get_or_init(|| parse_meta(&self.event.object))
+    }
+
+    /// `{"metadata": ...}` of the state before.
+    pub fn previous_meta(&self) -> Option<&Value> {
+        self.previous_meta
+            .get_or_init(|| self.event.previous.as_deref().map(parse_meta))
+            .as_ref()
+    }
+
+    /// A label of the new state, without parsing it.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.event.object.attrs.label(key)
     }
 }
 
@@ -140,10 +194,7 @@ fn run(
                     .chain(std::iter::from_fn(|| feed.try_recv().ok()))
                 {
                     match f {
-                        Feed::Event(ev) => match Change::of(&ev) {
-                            Ok(change) => ctrl.observe(&reg, &change),
-                            Err(e) => tracing::warn!(controller = ctrl.name(), error = %e, revision = ev.revision, "unreadable event skipped"),
-                        },
+                        Feed::Event(ev) => ctrl.observe(&reg, &Change::of(ev)),
                         Feed::Resync => {
                             tracing::warn!(
                                 controller = ctrl.name(),

@@ -58,9 +58,9 @@ impl Controller for NamespaceController {
         // Pending namespaces are looked at again on every reconcile, so only
         // the namespaces' own events matter here.
         if ev.kind == EventType::Deleted {
-            self.pending.remove(object::name(&ev.object));
+            self.pending.remove(object::name(ev.object_meta()));
         } else {
-            self.check(&ev.object);
+            self.check(ev.object_meta());
         }
     }
 

@@ -1,7 +1,11 @@
 //! `ferry-benches`: Ferry's benchmark harnesses, run on purpose and never by
 //! `cargo test`.
 //!
-//! This crate owns the measurement of `ferry-apiserver` against etcd on the
+//! [`cni`] measures `ferry-cni` against Debian's reference `bridge` +
+//! `host-local` plugins (ADD and DEL latency, one at a time and concurrent)
+//! in network namespaces of its own; the `cni-bench` binary drives it.
+//!
+//! The rest measures `ferry-apiserver` against etcd on the
 //! same machine, in one run, so the two are compared under the same load:
 //! - [`process`]: starting each server on loopback with free ports and a
 //!   temporary data dir, reading its RSS, and killing it on drop or panic;
@@ -17,6 +21,7 @@
 //! release binaries and runs that. Everything talks to 127.0.0.1 only and
 //! every phase is bounded in count and time.
 
+pub mod cni;
 pub mod etcd;
 pub mod ferry;
 pub mod measure;

@@ -93,6 +93,56 @@ pub struct RunInfo {
     pub wall: Duration,
 }
 
+impl RunInfo {
+    /// This machine's cores, memory and kernel, the checkout's git revision,
+    /// and `wall`, the run's duration.
+    pub fn gather(wall: Duration) -> Self {
+        Self {
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            mem_total: mem_total(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            git_rev: git_rev(),
+            wall,
+        }
+    }
+}
+
+fn mem_total() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().strip_suffix("kB"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .map_or_else(
+            || "?".into(),
+            |kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0),
+        )
+}
+
+fn git_rev() -> String {
+    let describe = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let rev = describe(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
+    let dirty =
+        describe(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if dirty {
+        format!("{rev} (with uncommitted changes)")
+    } else {
+        rev
+    }
+}
+
 fn ms(d: Option<Duration>) -> String {
     match d {
         Some(d) if d >= Duration::from_secs(10) => format!("{:.1} s", d.as_secs_f64()),

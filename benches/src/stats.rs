@@ -79,10 +79,18 @@ impl Samples {
         self.percentile(100.0)
     }
 
+    /// The arithmetic mean; None without samples.
+    pub fn mean(&self) -> Option<Duration> {
+        let n = u128::try_from(self.nanos.len()).ok().filter(|&n| n > 0)?;
+        let total: u128 = self.nanos.iter().map(|&v| u128::from(v)).sum();
+        u64::try_from(total / n).ok().map(Duration::from_nanos)
+    }
+
     /// The percentiles a report shows.
     pub fn summary(mut self) -> Summary {
         Summary {
             count: self.len(),
+            mean: self.mean(),
             p50: self.p50(),
             p99: self.p99(),
             max: self.max(),
@@ -90,10 +98,11 @@ impl Samples {
     }
 }
 
-/// p50, p99 and max of a set of samples (None when there were none).
+/// p50, p99, max and mean of a set of samples (None when there were none).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Summary {
     pub count: usize,
+    pub mean: Option<Duration>,
     pub p50: Option<Duration>,
     pub p99: Option<Duration>,
     pub max: Option<Duration>,
@@ -113,10 +122,12 @@ mod tests {
         assert_eq!(s.p99(), Some(Duration::from_millis(99)));
         assert_eq!(s.max(), Some(Duration::from_millis(100)));
         assert_eq!(s.percentile(0.0), Some(Duration::from_millis(1)));
+        assert_eq!(s.mean(), Some(Duration::from_micros(50_500)));
     }
 
     #[test]
     fn empty_has_no_percentiles() {
         assert_eq!(Samples::new().p50(), None);
+        assert_eq!(Samples::new().mean(), None);
     }
 }

@@ -45,7 +45,8 @@ enum Cmd {
         /// Which benchmark.
         #[arg(value_enum, default_value_t = Bench::Apiserver)]
         which: Bench,
-        /// Passed on unchanged, e.g. `-- --services 1000 --watchers 100`.
+        /// Passed on unchanged, e.g. `-- --services 1000 --watchers 100`
+        /// (apiserver) or `-- --pods 40 --stacks v4` (cni).
         #[arg(last = true)]
         args: Vec<OsString>,
     },
@@ -56,6 +57,10 @@ enum Bench {
     /// ferry-apiserver against etcd: bulk creates, lists, watch fan-out and
     /// memory; writes target/bench/apiserver.md.
     Apiserver,
+    /// ferry-cni against Debian's bridge + host-local: ADD and DEL latency,
+    /// one at a time and concurrent, in network namespaces (root); writes
+    /// target/bench/cni.md.
+    Cni,
 }
 
 fn main() -> ExitCode {
@@ -125,6 +130,30 @@ fn bench(which: Bench, args: &[OsString]) -> Result<()> {
             cmd.current_dir(workspace_root())
                 .arg("--apiserver")
                 .arg(release.join("ferry-apiserver"))
+                .arg("--out")
+                .arg(out)
+                .args(args);
+            run(&mut cmd)
+        }
+        Bench::Cni => {
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "ferry-cni",
+                "--bin",
+                "ferry-cni",
+                "-p",
+                "ferry-benches",
+                "--bin",
+                "cni-bench",
+            ]))?;
+            let release = target_dir().join("release");
+            let out = target_dir().join("bench").join("cni.md");
+            let mut cmd = Command::new(release.join("cni-bench"));
+            cmd.current_dir(workspace_root())
+                .arg("--ferry-cni")
+                .arg(release.join("ferry-cni"))
                 .arg("--out")
                 .arg(out)
                 .args(args);

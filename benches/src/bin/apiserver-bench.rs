@@ -5,7 +5,7 @@
 //! binaries first; `--services 1000 --watchers 100` makes a quick check.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -168,15 +168,7 @@ async fn run(cli: &Cli) -> Result<()> {
         Some(run_etcd(&w, &cli.etcd, clock, template, services, slices).await?)
     };
 
-    let info = RunInfo {
-        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        mem_total: mem_total(),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default(),
-        git_rev: git_rev(),
-        wall: started.elapsed(),
-    };
+    let info = RunInfo::gather(started.elapsed());
     let table = report::markdown(&w, &info, &ferry, etcd.as_ref());
     if let Some(dir) = cli.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -305,38 +297,4 @@ fn check_open_files(w: &Workload) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn mem_total() -> String {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().strip_suffix("kB"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
-        .map_or_else(
-            || "?".into(),
-            |kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0),
-        )
-}
-
-fn git_rev() -> String {
-    let describe = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let rev = describe(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
-    let dirty =
-        describe(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    if dirty {
-        format!("{rev} (with uncommitted changes)")
-    } else {
-        rev
-    }
 }

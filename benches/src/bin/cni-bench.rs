@@ -1,0 +1,230 @@
+//! `cni-bench`: ADD and DEL latency of `ferry-cni` against Debian's
+//! reference `bridge` + `host-local` plugins, in one run on this machine,
+//! written as a markdown table (see `ferry_benches::cni`).
+//!
+//! Run it as root through `cargo xtask bench cni`, which builds the release
+//! `ferry-cni` first; `--pods 40 --concurrency 8` makes a quick check.
+//! Everything happens in network namespaces named `fcb-<pid>-…`, deleted
+//! at the end, on error, on ctrl-c and on SIGTERM (and swept by the next run
+//! when this one was killed outright).
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, ValueEnum};
+use ferry_benches::cni::lane::Binaries;
+use ferry_benches::cni::{self, Settings, Stack, lab};
+use ferry_benches::report::RunInfo;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StackArg {
+    /// One IPv4 address per pod from a /16.
+    V4,
+    /// An IPv4 address from the /16 and an IPv6 address from a /64.
+    Dual,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cni-bench",
+    about = "ferry-cni against bridge + host-local: ADD and DEL latency, one at a time and concurrent",
+    // A repeated option takes its last value, so `cargo xtask bench cni -- --out X` works.
+    args_override_self = true
+)]
+struct Cli {
+    /// The ferry-cni binary (default: target/release/ferry-cni next to this
+    /// binary).
+    #[arg(long)]
+    ferry_cni: Option<PathBuf>,
+    /// Where the reference plugins (`bridge`, `host-local`) are.
+    #[arg(long, default_value = ferry_testbed::REFERENCE_PLUGINS)]
+    reference_dir: PathBuf,
+    /// Pods per phase.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pods: u32,
+    /// Invocations in flight in the concurrent phases.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(2..=64))]
+    concurrency: u32,
+    /// Untimed ADD/DEL pairs per plugin before timing.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
+    warmup: u32,
+    /// Passes over every phase (samples are pooled; the plugins alternate
+    /// going first).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+    rounds: u32,
+    /// Address setups to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [StackArg::V4, StackArg::Dual])]
+    stacks: Vec<StackArg>,
+    /// `cniVersion` of both configs (Debian's plugins speak up to 1.0.0).
+    #[arg(long, default_value = "1.0.0")]
+    cni_version: String,
+    /// Pause, in milliseconds, before each timed phase.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    settle_ms: u64,
+    /// Time limit, in seconds, of one plugin invocation.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=600))]
+    call_timeout_secs: u64,
+    /// Time limit, in seconds, of the whole run.
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    timeout_secs: u64,
+    /// Where the markdown table goes.
+    #[arg(long, default_value = "target/bench/cni.md")]
+    out: PathBuf,
+}
+
+fn say(msg: &str) {
+    eprintln!("cni-bench: {msg}");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("cni-bench: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// target/release/ferry-cni: this binary's own directory when it was built
+/// there, else the workspace's.
+fn default_ferry_cni() -> PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("ferry-cni")));
+    match beside {
+        Some(p) if p.exists() => p,
+        _ => PathBuf::from("target/release/ferry-cni"),
+    }
+}
+
+fn settings(cli: &Cli) -> Settings {
+    let n = |v: u32| usize::try_from(v).unwrap_or(usize::MAX);
+    let mut stacks: Vec<Stack> = cli
+        .stacks
+        .iter()
+        .map(|s| match s {
+            StackArg::V4 => Stack::V4,
+            StackArg::Dual => Stack::Dual,
+        })
+        .collect();
+    stacks.sort();
+    stacks.dedup();
+    Settings {
+        pods: n(cli.pods),
+        concurrency: n(cli.concurrency),
+        warmup: n(cli.warmup),
+        rounds: n(cli.rounds),
+        stacks,
+        cni_version: cli.cni_version.clone(),
+        call_timeout: Duration::from_secs(cli.call_timeout_secs),
+        settle: Duration::from_millis(cli.settle_ms),
+    }
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    let started = Instant::now();
+    if !ferry_testbed::is_root() {
+        bail!("needs root: it makes network namespaces and runs CNI plugins in them");
+    }
+    let ferry = std::path::absolute(cli.ferry_cni.clone().unwrap_or_else(default_ferry_cni))
+        .context("resolving the ferry-cni path")?;
+    let bin = Binaries {
+        ferry,
+        reference_dir: cli.reference_dir.clone(),
+    };
+    if !bin.ferry.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p ferry-cni` or pass --ferry-cni",
+            bin.ferry.display()
+        );
+    }
+    for p in [bin.bridge(), bin.host_local()] {
+        if !p.is_file() {
+            bail!(
+                "{} not found: install Debian's containernetworking-plugins (`cargo xtask setup`) \
+                 or pass --reference-dir",
+                p.display()
+            );
+        }
+    }
+    let s = settings(cli);
+    let stop = Arc::new(AtomicBool::new(false));
+    let limit = Duration::from_secs(cli.timeout_secs);
+    let measured = {
+        let (s, bin, stop) = (s.clone(), bin.clone(), Arc::clone(&stop));
+        watch(
+            limit,
+            Arc::clone(&stop),
+            std::thread::Builder::new()
+                .name("cni-bench".into())
+                .spawn(move || cni::run(&s, &bin, &stop, &say))
+                .context("starting the benchmark thread")?,
+        )?
+    };
+    let result = measured.context("the benchmark")?;
+    let left = lab::leftovers();
+    if !left.is_empty() {
+        bail!("namespaces left behind: {}", left.join(", "));
+    }
+    let info = RunInfo::gather(started.elapsed());
+    let table = cni::report::markdown(&s, &bin, &info, &reference_version(), &result);
+    if let Some(dir) = cli.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&cli.out, &table).with_context(|| format!("writing {}", cli.out.display()))?;
+    println!("{table}");
+    say(&format!("wrote {}", cli.out.display()));
+    Ok(())
+}
+
+/// Waits for the benchmark thread; on ctrl-c, SIGTERM or the time limit,
+/// sets `stop` (the run then ends at its next step and deletes its
+/// namespaces) and still waits for it, so cleanup finishes before exit.
+fn watch<T: Send + 'static>(
+    limit: Duration,
+    stop: Arc<AtomicBool>,
+    worker: std::thread::JoinHandle<T>,
+) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal runtime")?;
+    let joined = runtime.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        let mut done = tokio::task::spawn_blocking(move || worker.join());
+        let why = tokio::select! {
+            r = &mut done => return Ok(r),
+            _ = tokio::signal::ctrl_c() => "interrupted",
+            _ = term.recv() => "terminated",
+            () = tokio::time::sleep(limit) => "out of time",
+        };
+        say(&format!("{why}: stopping and cleaning up"));
+        stop.store(true, Ordering::Relaxed);
+        let r = done.await;
+        anyhow::Ok(r)
+    })?;
+    match joined {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => bail!("waiting for the benchmark thread: {e}"),
+    }
+}
+
+/// The Debian package version of the reference plugins, best effort.
+fn reference_version() -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "containernetworking-plugins"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "(version unknown)".into())
+}

@@ -204,6 +204,8 @@ impl Lab {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => failures.push(format!("{}: {e}", self.state.display())),
         }
+        // The root too, unless another run still uses it.
+        let _ = fs::remove_dir(state_root());
         failures
     }
 

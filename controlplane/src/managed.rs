@@ -291,10 +291,15 @@ impl FieldSet {
                 // A member that is itself owned and has children carries ".".
                 let is_last = i + 1 == path.len();
                 if is_last {
+                    // Sorted: a path has children iff the next one extends it.
                     let has_children = self
                         .0
-                        .iter()
-                        .any(|p| p.len() > path.len() && p.starts_with(path));
+                        .range::<Path, _>((
+                            std::ops::Bound::Excluded(path),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .next()
+                        .is_some_and(|p| p.starts_with(path));
                     if has_children {
                         child_map.insert(".".into(), json!({}));
                     }

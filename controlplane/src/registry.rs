@@ -72,7 +72,10 @@ fn generated_name(prefix: &str) -> String {
     let suffix: String = (0..5)
         .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
         .collect();
-    let keep = prefix.len().min(58);
+    let mut keep = prefix.len().min(58);
+    while !prefix.is_char_boundary(keep) {
+        keep -= 1;
+    }
     format!("{}{suffix}", &prefix[..keep])
 }
 
@@ -203,7 +206,14 @@ fn pod_grace(res: &Resource, pod: &Value, opts: &DeleteOptions) -> Option<i64> {
 
 /// True when an object marked for deletion has nothing left holding it.
 fn ready_to_remove(res: &Resource, obj: &Value) -> bool {
+    // A pod in its grace period stays until the period ends (its
+    // deletionGracePeriodSeconds is above 0 until then).
+    let graceful = obj
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .is_some_and(|g| g > 0);
     object::deletion_timestamp(obj).is_some()
+        && !graceful
         && object::finalizers(obj).is_empty()
         && !(res.kind == "Namespace"
             && obj
@@ -236,10 +246,14 @@ impl Registry {
         })
     }
 
+    /// The allocators; after a panic in an earlier write, the lock is
+    /// recovered and that write's journal rolled back.
     fn allocs(&self) -> Result<MutexGuard<'_, ServiceAllocators>, ApiError> {
-        self.allocs
-            .lock()
-            .map_err(|_| ApiError::internal("allocator lock poisoned"))
+        Ok(self.allocs.lock().unwrap_or_else(|poisoned| {
+            let mut guard = poisoned.into_inner();
+            guard.rollback();
+            guard
+        }))
     }
 
     /// Creates the namespaces every cluster has and the `kubernetes`
@@ -311,7 +325,17 @@ impl Registry {
                 .mutate(res, ns, name, dry_run, |cur| decide(cur, &mut ctx))
         };
         match &result {
-            Ok(_) if !dry_run => allocs.commit(),
+            Ok(stored) if !dry_run => {
+                allocs.commit();
+                // However a Service went (a delete, or an update that removed
+                // its last finalizer), what it held goes back.
+                if res.kind == "Service"
+                    && let Some(last) = stored
+                    && self.store.entry(res, ns, name)?.is_none()
+                {
+                    allocs.release_service(&last.value()?);
+                }
+            }
             _ => allocs.rollback(),
         }
         result.map_err(ApiError::from)
@@ -684,12 +708,6 @@ impl Registry {
             Ok(Mutation::Put(next))
         })?;
         let last = removed.ok_or_else(|| ApiError::not_found(res, name))?;
-        if res.kind == "Service" && !opts.dry_run {
-            let last = last.value()?;
-            if object::deletion_timestamp(&last).is_none() {
-                self.allocs()?.release_service(&last);
-            }
-        }
         Ok(last)
     }
 }

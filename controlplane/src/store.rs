@@ -15,7 +15,7 @@
 //! `410 Gone` and re-lists, as with kube-apiserver.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -132,6 +132,9 @@ struct Cache {
     compacted: u64,
 }
 
+/// Locks are recovered after a panic elsewhere: the cache changes only in
+/// one block after a successful commit, so a panic cannot leave it half
+/// updated, and one bad request must not stop every later write.
 pub struct Store {
     backend: Box<dyn Backend>,
     cache: RwLock<Cache>,
@@ -153,10 +156,6 @@ pub struct Page {
     pub items: Vec<Arc<Entry>>,
     /// Key of the last item returned when more remain.
     pub next: Option<(String, String)>,
-}
-
-fn lock_err() -> ApiError {
-    ApiError::internal("object store lock poisoned")
 }
 
 fn resource_for_key(key: &str) -> Option<(&'static Resource, String, String)> {
@@ -241,7 +240,7 @@ impl Store {
         ns: &str,
         name: &str,
     ) -> Result<Option<Arc<Entry>>, ApiError> {
-        let cache = self.cache.read().map_err(|_| lock_err())?;
+        let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
         Ok(cache
             .objects
             .get(res.plural)
@@ -272,7 +271,7 @@ impl Store {
         keep: impl Fn(&Entry) -> bool,
     ) -> Result<Page, ApiError> {
         use std::ops::Bound;
-        let cache = self.cache.read().map_err(|_| lock_err())?;
+        let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
         let mut page = Page {
             revision: cache.revision,
             items: Vec::new(),
@@ -335,7 +334,7 @@ impl Store {
         dry_run: bool,
         decide: impl FnOnce(Option<&Value>) -> Result<Mutation, ApiError>,
     ) -> Result<Option<Arc<Entry>>, StoreError> {
-        let _writer = self.writer.lock().map_err(|_| lock_err())?;
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let current_entry = self.entry(res, ns, name)?;
         let current = current_entry.as_ref().map(|e| e.value()).transpose()?;
         let mutation = decide(current.as_ref())?;
@@ -395,7 +394,7 @@ impl Store {
             line,
         });
         {
-            let mut cache = self.cache.write().map_err(|_| lock_err())?;
+            let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
             let objects = cache.objects.entry(res.plural).or_default();
             let k = (ns.to_string(), name.to_string());
             match kind {
@@ -424,6 +423,14 @@ impl Store {
         self.backend.compact(revision)
     }
 
+    /// The highest revision the event history no longer holds.
+    pub fn compacted(&self) -> u64 {
+        self.cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .compacted
+    }
+
     /// A receiver that changes whenever a write commits.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.revision_tx.subscribe()
@@ -431,7 +438,7 @@ impl Store {
 
     /// The events after `revision`, or 410 when history no longer holds them.
     pub fn events_after(&self, revision: u64) -> Result<Vec<Arc<Event>>, ApiError> {
-        let cache = self.cache.read().map_err(|_| lock_err())?;
+        let cache = self.cache.read().unwrap_or_else(PoisonError::into_inner);
         if revision < cache.compacted {
             return Err(ApiError::gone(format!(
                 "too old resource version: {revision} ({})",

@@ -39,10 +39,15 @@ fn status_code(e: &kube::Error) -> u16 {
 async fn cluster_ips_are_allocated_honoured_rejected_and_released(backend: Backend) {
     let api = ApiServer::start_on(
         backend,
-        &["--service-cluster-ip-range", "10.96.0.0/24,fd00:96::/120"],
+        &["--service-cluster-ip-range", "10.96.0.0/16,fd00:96::/112"],
     );
     let svcs: Api<Service> = Api::default_namespaced(api.client().await);
     let pp = PostParams::default();
+    // Requested first, so no random allocation can have taken it.
+    let fixed = json!({"clusterIP": "10.96.0.50", "ports": [{"port": 80}]});
+    svcs.create(&pp, &svc("fixed", fixed.clone()))
+        .await
+        .expect("requested IP honoured");
 
     let a = svcs
         .create(&pp, &svc("a", json!({"ports": [{"port": 80}]})))
@@ -86,10 +91,6 @@ async fn cluster_ips_are_allocated_honoured_rejected_and_released(backend: Backe
             .is_some_and(|ip| ip.contains(':'))
     );
 
-    let fixed = json!({"clusterIP": "10.96.0.50", "ports": [{"port": 80}]});
-    svcs.create(&pp, &svc("fixed", fixed.clone()))
-        .await
-        .expect("requested IP honoured");
     let err = svcs
         .create(&pp, &svc("fixed2", fixed.clone()))
         .await
@@ -732,7 +733,106 @@ async fn discovery_documents(backend: Backend) {
     assert!(discovered.has_group("networking.k8s.io"));
 }
 
+async fn deletion_edge_cases(backend: Backend) {
+    use k8s_openapi::api::core::v1::Pod;
+    let api = ApiServer::start_on(backend, &[]);
+    let client = api.client().await;
+    // A pod in its grace period survives an update.
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let pod: Pod =
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n",
+        "terminationGracePeriodSeconds": 30, "containers": [{"name": "c", "image": "x"}]}}))
+        .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    pods.delete("p", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let patch = json!({"metadata": {"labels": {"touched": "yes"}}});
+    pods.patch("p", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch terminating pod");
+    let p = pods
+        .get("p")
+        .await
+        .expect("still there during its grace period");
+    assert!(p.metadata.deletion_timestamp.is_some());
+    assert_eq!(p.metadata.deletion_grace_period_seconds, Some(30));
+
+    // A Service removed by dropping its last finalizer gives its IP back.
+    let svcs: Api<Service> = Api::default_namespaced(client.clone());
+    let held: Service = serde_json::from_value(
+        json!({"metadata": {"name": "held", "finalizers": ["example.com/x"]},
+        "spec": {"clusterIP": "10.96.0.77", "ports": [{"port": 80}]}}),
+    )
+    .expect("svc");
+    svcs.create(&PostParams::default(), &held)
+        .await
+        .expect("create");
+    svcs.delete("held", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let clear = json!({"metadata": {"finalizers": null}});
+    svcs.patch("held", &PatchParams::default(), &Patch::Merge(&clear))
+        .await
+        .expect("clear finalizers");
+    assert!(svcs.get_opt("held").await.expect("get").is_none());
+    svcs.create(
+        &PostParams::default(),
+        &svc(
+            "again",
+            json!({"clusterIP": "10.96.0.77", "ports": [{"port": 80}]}),
+        ),
+    )
+    .await
+    .expect("the IP was released");
+
+    // An owner of a kind this server does not serve is never taken for gone.
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let owned: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "owned", "ownerReferences": [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d", "uid": "6b5d3c1e-0000-4000-8000-000000000001"}]}}))
+    .expect("cm");
+    cms.create(&PostParams::default(), &owned)
+        .await
+        .expect("create");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(cms.get_opt("owned").await.expect("get").is_some());
+
+    // A watch from a version the server has not reached ends with 410, so
+    // clients relist; a huge timeout is capped rather than overflowing.
+    let mut future = cms
+        .watch(&WatchParams::default().timeout(5), "999999999")
+        .await
+        .expect("watch")
+        .boxed();
+    match future.try_next().await.expect("event") {
+        Some(WatchEvent::Error(e)) => {
+            assert_eq!(e.code, 410);
+            assert!(
+                e.message.contains("Too large resource version"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("future resourceVersion accepted: {other:?}"),
+    }
+    let req = http::Request::get("/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=18446744073709551615&resourceVersion=0")
+        .body(Vec::new())
+        .expect("request");
+    let mut stream = client
+        .request_events::<ConfigMap>(req)
+        .await
+        .expect("watch with a huge timeout")
+        .boxed();
+    assert!(matches!(
+        stream.try_next().await.expect("event"),
+        Some(WatchEvent::Added(_))
+    ));
+}
+
 on_both_backends!(
+    deletion_edge_cases,
     network_policy_defaults_validation_and_deletecollection,
     discovery_documents,
     server_side_apply_with_kube_rs,

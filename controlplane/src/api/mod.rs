@@ -585,21 +585,35 @@ impl Api {
             ));
         }
         let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
-        let start =
-            match (rv, send_initial) {
-                ("" | "0", _) | (_, true) => Start::Current,
-                (n, false) => Start::After(n.parse().map_err(|_| {
+        let start = match (rv, send_initial) {
+            ("" | "0", _) | (_, true) => Start::Current,
+            (n, false) => {
+                let rv: u64 = n.parse().map_err(|_| {
                     ApiError::bad_request(format!("invalid resource version: {n:?}"))
-                })?),
-            };
-        let timeout = match q.get("timeoutSeconds") {
-            Some(s) => Duration::from_secs(
-                s.parse()
-                    .map_err(|_| ApiError::bad_request("invalid timeoutSeconds"))?,
-            ),
-            // As kube-apiserver: a random time between 30 and 60 minutes.
-            None => Duration::from_secs(rand::rng().random_range(1800..3600)),
+                })?;
+                // A version this server never reached (a client that talked
+                // to another store) gets 410 in the stream: clients relist on
+                // it, where an HTTP 504 makes kube-rs retry the same version.
+                let current = self.registry.store.revision();
+                if rv > current {
+                    Start::Refused(ApiError::too_large_resource_version(rv, current))
+                } else {
+                    Start::After(rv)
+                }
+            }
         };
+        let requested: u64 = match q.get("timeoutSeconds") {
+            Some(s) => s
+                .parse()
+                .map_err(|_| ApiError::bad_request("invalid timeoutSeconds"))?,
+            None => 0,
+        };
+        // 0 or unset: as kube-apiserver, a random time between 30 and 60
+        // minutes; anything longer is cut to an hour.
+        let timeout = Duration::from_secs(match requested {
+            0 => rand::rng().random_range(1800..3600),
+            n => n.min(3600),
+        });
         let req = WatchRequest {
             resource: res,
             namespace: ns,
@@ -649,18 +663,30 @@ fn list(
     let after = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
             let tok = decode_continue(c)?;
-            Some((tok.ns, tok.name))
+            if tok.rv < registry.store.compacted() {
+                return Err(ApiError::gone(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ));
+            }
+            Some((tok.rv, (tok.ns, tok.name)))
         }
         None => None,
+    };
+    // Later pages report the first page's resourceVersion, so a watch that
+    // follows the list replays every change made while it was paged.
+    let (first_rv, after) = match after {
+        Some((rv, key)) => (Some(rv), Some(key)),
+        None => (None, None),
     };
     let page = registry
         .store
         .list_entries(res, ns, after.as_ref(), limit, |e| {
             labels.matches(&e.attrs) && fields.matches(&e.attrs)
         })?;
-    let mut meta = json!({"resourceVersion": page.revision.to_string()});
+    let revision = first_rv.unwrap_or(page.revision);
+    let mut meta = json!({"resourceVersion": revision.to_string()});
     if let Some(next) = &page.next {
-        meta["continue"] = json!(encode_continue(page.revision, next));
+        meta["continue"] = json!(encode_continue(revision, next));
     }
     if let Some(include) = table {
         let values = page

@@ -26,12 +26,14 @@ use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{Entry, Event, EventType, event_line, frame};
 
 /// Where a watch starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Start {
     /// Synthetic ADDED events for the current state, then changes.
     Current,
     /// Changes after this resource version.
     After(u64),
+    /// Nothing: the stream carries this error (as 410, so clients relist).
+    Refused(ApiError),
 }
 
 /// What one watch selects and how it is framed.
@@ -162,8 +164,14 @@ impl WatchBody {
             done: false,
             req,
         };
-        match body.req.start {
+        match body.req.start.clone() {
             Start::After(rv) => body.last = rv,
+            Start::Refused(mut err) => {
+                err.code = 410;
+                err.reason = "Expired";
+                body.pending.push_back(error_line(&err));
+                body.done = true;
+            }
             Start::Current => {
                 let req = &body.req;
                 match body.registry.store.list_entries(

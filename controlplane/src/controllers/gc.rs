@@ -25,11 +25,21 @@ pub struct GarbageCollector {
     finalizing: BTreeSet<(usize, String, String)>,
 }
 
+/// UIDs of the owners this collector can judge: owners of a kind the
+/// server does not serve (a Deployment, a custom resource) are never taken
+/// for gone.
 fn owner_uids(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .map(|refs| {
             refs.iter()
+                .filter(|r| {
+                    let api_version = r.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+                    let kind = r.get("kind").and_then(Value::as_str).unwrap_or("");
+                    RESOURCES
+                        .iter()
+                        .any(|res| res.kind == kind && res.api_version() == api_version)
+                })
                 .filter_map(|r| r.get("uid")?.as_str().map(String::from))
                 .collect()
         })
@@ -211,7 +221,14 @@ impl Controller for GarbageCollector {
                 let Ok(Some(obj)) = reg.store.get(res, &ns, &name) else {
                     continue;
                 };
-                if owner_uids(&obj).iter().all(|u| !self.live.contains(u))
+                let refs = obj
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len);
+                let judged = owner_uids(&obj);
+                // Every owner must be one we can see, and gone.
+                if judged.len() == refs
+                    && judged.iter().all(|u| !self.live.contains(u))
                     && object::deletion_timestamp(&obj).is_none()
                 {
                     delete(reg, self.name(), res, &ns, &name);

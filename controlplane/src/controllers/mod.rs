@@ -101,6 +101,9 @@ impl Change {
     }
 }
 
+/// Events queued per controller before it is told to resync instead.
+const QUEUE: usize = 50_000;
+
 /// Every controller, by the name `--controllers` uses.
 pub const ALL: &[&str] = &[
     "namespace",
@@ -219,7 +222,7 @@ pub fn start(
 ) -> std::io::Result<()> {
     let mut changes = reg.store.subscribe();
     let mut last = reg.store.revision();
-    let mut feeds: Vec<(Vec<&'static Resource>, mpsc::Sender<Feed>)> = Vec::new();
+    let mut feeds: Vec<(Vec<&'static Resource>, mpsc::SyncSender<Feed>)> = Vec::new();
     for name in enabled {
         let ctrl: Box<dyn Controller> = match *name {
             "namespace" => Box::new(namespace::NamespaceController::default()),
@@ -232,7 +235,7 @@ pub fn start(
         };
         tracing::info!(controller = name, "starting controller");
         let kinds = RESOURCES.iter().filter(|r| ctrl.watches(r)).collect();
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
         run(reg.clone(), ctrl, rx)?;
         feeds.push((kinds, tx));
     }
@@ -241,7 +244,15 @@ pub fn start(
     std::thread::Builder::new()
         .name("ctrl-events".into())
         .spawn(move || {
+            // Controllers whose queue was full: they get a resync (a full
+            // read) as soon as there is room, instead of an unbounded queue.
+            let mut lagging = vec![false; feeds.len()];
             loop {
+                for (n, (_, tx)) in feeds.iter().enumerate() {
+                    if lagging[n] && tx.try_send(Feed::Resync).is_ok() {
+                        lagging[n] = false;
+                    }
+                }
                 if rt.block_on(changes.changed()).is_err() {
                     return;
                 }
@@ -249,18 +260,20 @@ pub fn start(
                     Ok(events) => {
                         for ev in events {
                             last = ev.revision;
-                            for (kinds, tx) in &feeds {
-                                if kinds.contains(&ev.resource) {
-                                    let _ = tx.send(Feed::Event(ev.clone()));
+                            for (n, (kinds, tx)) in feeds.iter().enumerate() {
+                                if kinds.contains(&ev.resource)
+                                    && !lagging[n]
+                                    && let Err(mpsc::TrySendError::Full(_)) =
+                                        tx.try_send(Feed::Event(ev.clone()))
+                                {
+                                    lagging[n] = true;
                                 }
                             }
                         }
                     }
                     Err(_) => {
                         last = reg.store.revision();
-                        for (_, tx) in &feeds {
-                            let _ = tx.send(Feed::Resync);
-                        }
+                        lagging.iter_mut().for_each(|l| *l = true);
                     }
                 }
             }

@@ -180,14 +180,15 @@ fn cpu_ratio(a: CpuUse, b: CpuUse) -> String {
     dur_ratio(Some(a.server), Some(b.server))
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+/// `a / b` to two places, or a dash when either is missing.
+pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "–".into(),
     }
 }
 
-fn dur_ratio(a: Option<Duration>, b: Option<Duration>) -> String {
+pub(crate) fn dur_ratio(a: Option<Duration>, b: Option<Duration>) -> String {
     ratio(a.map(|d| d.as_secs_f64()), b.map(|d| d.as_secs_f64()))
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::lane::{BRIDGE, Binaries, POD_RANGE_V4, POD_RANGE_V6};
 use super::phase::Phase;
 use super::{CniRun, Floor, LaneRun, Plugin, Settings, Stack};
-use crate::report::RunInfo;
+use crate::report::{RunInfo, dur_ratio};
 use crate::stats::Summary;
 
 fn msf(d: Duration) -> String {
@@ -19,17 +19,6 @@ fn triple(s: &Summary) -> String {
         (Some(a), Some(b), Some(c)) => format!("{} / {} / {} ms", msf(a), msf(b), msf(c)),
         _ => "–".into(),
     }
-}
-
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-        _ => "–".into(),
-    }
-}
-
-fn dur_ratio(a: Option<Duration>, b: Option<Duration>) -> String {
-    ratio(a.map(|d| d.as_secs_f64()), b.map(|d| d.as_secs_f64()))
 }
 
 fn triple_ratio(a: &Summary, b: &Summary) -> String {

@@ -1,11 +1,16 @@
 //! Ferry's node agent (`ferry-agent`): everything a node does with what the
-//! Kubernetes API says. Today it programs the routes that join the nodes'
-//! pod CIDRs (direct routing or a VXLAN overlay); the eBPF service dataplane
-//! joins it next.
+//! Kubernetes API says. It programs the routes that join the nodes' pod
+//! CIDRs (direct routing or a VXLAN overlay), and it is the kube-proxy
+//! replacement: it loads Ferry's eBPF programs, attaches them to its cgroup
+//! and keeps their service maps in step with Services and EndpointSlices.
 //!
-//! It owns the routes it installs (marked with its own route protocol) and
-//! the `ferry.vxlan` device, in the network namespace it runs in. It must not
-//! touch pod interfaces (the CNI plugin's) or routes it did not install.
+//! It owns the routes it installs (marked with its own route protocol), the
+//! `ferry.vxlan` device, and every pin under its bpffs root. It must not
+//! touch pod interfaces (the CNI plugin's), routes it did not install, or
+//! cgroups other than the one it is given.
 
+pub mod bpf;
+pub mod inspect;
 pub mod nodes;
 pub mod routing;
+pub mod service;

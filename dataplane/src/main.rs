@@ -1,13 +1,19 @@
 //! `ferry-agent`: the node agent. Watches Nodes and keeps this node's routes
-//! to every other node's pod CIDRs in step.
+//! to every other node's pod CIDRs in step, and, as the kube-proxy
+//! replacement, keeps the eBPF service maps in step with Services and
+//! EndpointSlices.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use ferry_dataplane::bpf::{self, Layout, MapSizes};
+use ferry_dataplane::inspect;
 use ferry_dataplane::nodes::NodeInfo;
 use ferry_dataplane::routing::{Mode, Router};
+use ferry_dataplane::service::programmer::Programmer;
+use ferry_dataplane::service::proxy;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -30,7 +36,7 @@ struct Cli {
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// This node's name (its Node object).
-    #[arg(long, env = "NODE_NAME")]
+    #[arg(long, env = "NODE_NAME", default_value = "")]
     node_name: String,
     /// How pod traffic crosses between nodes.
     #[arg(long, value_enum, default_value = "direct")]
@@ -45,14 +51,81 @@ struct Cli {
     /// agent's back.
     #[arg(long, default_value_t = 60)]
     resync_seconds: u64,
+    /// Where the maps and program links are pinned (a bpffs directory).
+    #[arg(long, default_value = "/sys/fs/bpf/ferry")]
+    bpffs_root: PathBuf,
+    /// The cgroup (v2) whose processes get socket-level load balancing:
+    /// the root cgroup in production; tests give a child cgroup of their
+    /// own. Default: the cgroup2 mount point.
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// Run without the service proxy (routes only).
+    #[arg(long)]
+    no_service_proxy: bool,
+    /// Service frontend map entries.
+    #[arg(long, default_value_t = MapSizes::default().services)]
+    map_services: u32,
+    /// Backend slot map entries (two per backend while a set is replaced).
+    #[arg(long, default_value_t = MapSizes::default().backends)]
+    map_backends: u32,
+    /// Session affinity map entries (LRU).
+    #[arg(long, default_value_t = MapSizes::default().affinity)]
+    map_affinity: u32,
+    /// Socket reverse-translation map entries (LRU).
+    #[arg(long, default_value_t = MapSizes::default().sock_revnat)]
+    map_sock_revnat: u32,
+    /// Backend groups with counters (and the most groups programmed).
+    #[arg(long, default_value_t = MapSizes::default().stats)]
+    map_stats: u32,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
+impl Cli {
+    fn sizes(&self) -> MapSizes {
+        MapSizes {
+            services: self.map_services,
+            backends: self.map_backends,
+            affinity: self.map_affinity,
+            sock_revnat: self.map_sock_revnat,
+            stats: self.map_stats,
+        }
+    }
+
+    fn layout(&self) -> anyhow::Result<Layout> {
+        let cgroup_root = match &self.cgroup_root {
+            Some(p) => p.clone(),
+            None => cgroup2_mount().context("finding the cgroup2 mount (pass --cgroup-root)")?,
+        };
+        Ok(Layout {
+            bpffs_root: self.bpffs_root.clone(),
+            cgroup_root,
+        })
+    }
+}
+
+/// The first cgroup2 mount point, from /proc/self/mountinfo.
+fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    info.lines()
+        .find_map(|line| {
+            let (pre, post) = line.split_once(" - ")?;
+            let fstype = post.split_whitespace().next()?;
+            (fstype == "cgroup2").then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .context("no cgroup2 file system is mounted")
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Remove every route and device the agent installed, then exit.
+    /// Remove every route, device, program and pin the agent installed, then
+    /// exit.
     Uninstall,
+    /// Print what the pinned maps hold.
+    Inspect {
+        #[arg(value_enum)]
+        what: inspect::What,
+    },
 }
 
 async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
@@ -79,8 +152,6 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let (connection, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
-    tokio::spawn(connection);
     let mode = match cli.routing {
         Routing::Vxlan => Some(Mode::Vxlan {
             vni: cli.vxlan_vni,
@@ -89,14 +160,80 @@ async fn main() -> anyhow::Result<()> {
         Routing::Direct => Some(Mode::Direct),
         Routing::None => None,
     };
-    let router = Router::new(handle, mode.unwrap_or(Mode::Direct));
-    if let Some(Command::Uninstall) = cli.command {
-        router.uninstall().await.context("removing routes")?;
-        tracing::info!("uninstalled");
-        return Ok(());
+    match &cli.command {
+        Some(Command::Inspect { what }) => {
+            let maps = bpf::open_pinned(&cli.layout()?).context("opening the pinned maps")?;
+            let mut out = std::io::stdout().lock();
+            return inspect::print(&maps, *what, &mut out).context("printing the maps");
+        }
+        Some(Command::Uninstall) => {
+            let router = router(mode)?;
+            router.uninstall().await.context("removing routes")?;
+            if !cli.no_service_proxy {
+                bpf::uninstall(&cli.layout()?).context("removing programs and pins")?;
+            }
+            tracing::info!("uninstalled");
+            return Ok(());
+        }
+        None => {}
     }
-
+    anyhow::ensure!(
+        !cli.node_name.is_empty(),
+        "--node-name (or NODE_NAME) is required"
+    );
     let client = client(cli.kubeconfig.as_ref()).await?;
+    let routes = routes(&cli, mode, client.clone());
+    let services = async {
+        if cli.no_service_proxy {
+            return std::future::pending().await;
+        }
+        let layout = cli.layout()?;
+        let sizes = cli.sizes();
+        let maps = bpf::install(&layout, &sizes).context("installing the eBPF programs")?;
+        tracing::info!(
+            bpffs = %layout.bpffs_root.display(),
+            cgroup = %layout.cgroup_root.display(),
+            "socket load balancing attached"
+        );
+        let programmer = Programmer::new(maps, sizes.stats).context("reading the pinned maps")?;
+        proxy::run(client.clone(), cli.node_name.clone(), programmer).await
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = routes => r,
+        r = services => r,
+        r = tokio::signal::ctrl_c() => {
+            r.context("waiting for a signal")?;
+            stopping();
+            Ok(())
+        }
+        _ = term.recv() => {
+            stopping();
+            Ok(())
+        }
+    }
+}
+
+fn stopping() {
+    // Routes, programs and maps stay: pods keep talking while the agent
+    // restarts or upgrades.
+    tracing::info!("stopping; routes, programs and maps stay in place");
+}
+
+fn router(mode: Option<Mode>) -> anyhow::Result<Router> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
+    tokio::spawn(connection);
+    Ok(Router::new(handle, mode.unwrap_or(Mode::Direct)))
+}
+
+/// Keeps the routes to the other nodes' pod CIDRs; never returns unless the
+/// Node watch ends.
+async fn routes(cli: &Cli, mode: Option<Mode>, client: Client) -> anyhow::Result<()> {
+    let Some(mode) = mode else {
+        return std::future::pending().await;
+    };
+    let router = router(Some(mode))?;
     let nodes: Api<Node> = Api::all(client);
     let (reader, writer) = reflector::store();
     let mut events = reflector(writer, watcher(nodes, watcher::Config::default()))
@@ -121,25 +258,23 @@ async fn main() -> anyhow::Result<()> {
         .context("waiting for the initial list of Nodes")?;
     let mut resync = tokio::time::interval(Duration::from_secs(cli.resync_seconds.max(1)));
     loop {
-        if mode.is_some() {
-            let infos: Vec<NodeInfo> = reader
-                .state()
-                .iter()
-                .map(|n| NodeInfo::from_node(n))
-                .collect();
-            match infos.iter().find(|n| n.name == cli.node_name) {
-                None => tracing::warn!(node = %cli.node_name, "this node has no Node object yet"),
-                Some(local) => match router.sync(local, &infos).await {
-                    Ok(stats) => tracing::debug!(
-                        routes = stats.routes,
-                        removed = stats.removed,
-                        "routes synced"
-                    ),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "route sync failed; retrying on the next event")
-                    }
-                },
-            }
+        let infos: Vec<NodeInfo> = reader
+            .state()
+            .iter()
+            .map(|n| NodeInfo::from_node(n))
+            .collect();
+        match infos.iter().find(|n| n.name == cli.node_name) {
+            None => tracing::warn!(node = %cli.node_name, "this node has no Node object yet"),
+            Some(local) => match router.sync(local, &infos).await {
+                Ok(stats) => tracing::debug!(
+                    routes = stats.routes,
+                    removed = stats.removed,
+                    "routes synced"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "route sync failed; retrying on the next event")
+                }
+            },
         }
         tokio::select! {
             c = changed.recv() => {
@@ -151,12 +286,6 @@ async fn main() -> anyhow::Result<()> {
                 while changed.try_recv().is_ok() {}
             }
             _ = resync.tick() => {}
-            r = tokio::signal::ctrl_c() => {
-                r.context("waiting for a signal")?;
-                // Routes stay: pods keep talking while the agent restarts.
-                tracing::info!("stopping; routes stay in place");
-                return Ok(());
-            }
         }
     }
 }

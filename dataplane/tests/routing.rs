@@ -7,25 +7,18 @@
 //! Needs root; prints `SKIP: needs root` otherwise.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{ControlPlane, binary, ferry_cni, node_object, ranges, start_agent};
 use ferry_testbed::{
     Cni, NETEXEC_UDP_PORT, Netns, Node, Process, REFERENCE_PLUGINS, World, skip_if_not_root,
-    start_netexec, target_profile_dir, udp_request,
+    start_netexec, udp_request,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 const REQUEST: Duration = Duration::from_secs(2);
-
-/// host-local range sets: one per pod CIDR of the node.
-fn ranges(node: &Node) -> Vec<Value> {
-    node.pod_cidrs
-        .iter()
-        .map(|c| json!([{ "subnet": c.to_string() }]))
-        .collect()
-}
 
 fn ptp() -> Cni {
     Cni::new([REFERENCE_PLUGINS], |node: &Node| {
@@ -40,148 +33,6 @@ fn ptp() -> Cni {
                      "dataDir": node.state_dir.join("ipam")},
         })
     })
-}
-
-/// Ferry's own plugin, wired exactly as a runtime would call it.
-fn ferry_cni() -> Cni {
-    let dir = binary("ferry-cni", "ferry-cni");
-    let dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-    Cni::new([dir], |node: &Node| {
-        let ranges = ranges(node);
-        json!({
-            "cniVersion": "1.1.0",
-            "name": "ferry",
-            "type": "ferry-cni",
-            "dataDir": node.state_dir.join("ferry-cni"),
-            "ipam": {"type": "host-local", "ranges": ranges, "dataDir": node.state_dir.join("ipam")},
-        })
-    })
-}
-
-/// A workspace binary, built on demand when a narrower `cargo test` did not.
-fn binary(package: &str, name: &str) -> PathBuf {
-    let dir = target_profile_dir().expect("target dir");
-    let path = dir.join(name);
-    if !path.exists() {
-        let release = dir.ends_with("release");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", package, "--bin", name]);
-        if release {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().expect("cargo build").success(),
-            "building {name}"
-        );
-    }
-    path
-}
-
-/// ferry-apiserver running in the underlay namespace, reachable by the nodes.
-struct ControlPlane {
-    _server: Process,
-    kubeconfig: PathBuf,
-    underlay: Netns,
-}
-
-impl ControlPlane {
-    fn start(world: &World) -> Self {
-        let underlay = world.underlay().clone();
-        let node = world.node(0);
-        let ip = std::net::Ipv4Addr::from(u32::from(node.underlay_v4.network()) + 250);
-        underlay
-            .exec([
-                "ip",
-                "addr",
-                "add",
-                &format!("{ip}/{}", node.underlay_v4.prefix_len()),
-                "dev",
-                "br0",
-            ])
-            .expect("address the underlay bridge");
-        let dir = world.state_dir().join("apiserver");
-        let kubeconfig = dir.join("admin.kubeconfig");
-        let server = underlay
-            .spawn([
-                binary("ferry-controlplane", "ferry-apiserver")
-                    .to_string_lossy()
-                    .into_owned(),
-                "--data-dir".into(),
-                dir.to_string_lossy().into_owned(),
-                "--bind".into(),
-                format!("{ip}:6443"),
-                "--kubeconfig-out".into(),
-                kubeconfig.to_string_lossy().into_owned(),
-                // The nodes' pod CIDRs are the world's, not allocated.
-                "--controllers".into(),
-                "*,-nodeipam".into(),
-            ])
-            .expect("start apiserver");
-        let cp = Self {
-            _server: server,
-            kubeconfig,
-            underlay,
-        };
-        cp.eventually("apiserver up", 20, || {
-            cp.kubectl(&["get", "ns", "default"]).is_ok()
-        });
-        cp
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Result<String, String> {
-        let mut all = vec!["kubectl", "--kubeconfig"];
-        let kc = self.kubeconfig.to_string_lossy().into_owned();
-        all.push(&kc);
-        all.extend_from_slice(args);
-        self.underlay.exec(all).map_err(|e| e.to_string())
-    }
-
-    fn apply(&self, obj: &Value) {
-        let file = self.kubeconfig.with_file_name(format!(
-            "obj-{}.json",
-            obj["metadata"]["name"].as_str().unwrap_or("x")
-        ));
-        std::fs::write(&file, obj.to_string()).expect("write manifest");
-        self.kubectl(&["apply", "-f", &file.to_string_lossy()])
-            .expect("kubectl apply");
-    }
-
-    fn eventually(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !f() {
-            assert!(Instant::now() < deadline, "{what}: not within {secs}s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-fn node_object(node: &Node) -> Value {
-    let cidrs: Vec<String> = node.pod_cidrs.iter().map(ToString::to_string).collect();
-    json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": node.name},
-        "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs},
-        "status": {"addresses": [
-            {"type": "InternalIP", "address": node.ipv4.to_string()},
-            {"type": "InternalIP", "address": node.ipv6.to_string()},
-        ]},
-    })
-}
-
-fn start_agent(cp: &ControlPlane, node: &Node, routing: &str) -> Process {
-    node.netns
-        .spawn([
-            binary("ferry-dataplane", "ferry-agent")
-                .to_string_lossy()
-                .into_owned(),
-            "--kubeconfig".into(),
-            cp.kubeconfig.to_string_lossy().into_owned(),
-            "--node-name".into(),
-            node.name.clone(),
-            "--routing".into(),
-            routing.into(),
-        ])
-        .expect("start agent")
 }
 
 fn ferry_routes(node: &Node) -> String {
@@ -244,7 +95,7 @@ fn run(routing: &str, cni: Cni) {
     let mut agents: Vec<Process> = world
         .nodes()
         .iter()
-        .map(|n| start_agent(&cp, n, routing))
+        .map(|n| start_agent(&cp, n, &["--routing", routing, "--no-service-proxy"]))
         .collect();
     for (from, to) in [(p0, p1), (p1, p2), (p2, p0)] {
         for ip in to.addrs() {
@@ -299,7 +150,11 @@ fn run(routing: &str, cni: Cni) {
         &p1.name,
         5
     ));
-    agents[0] = start_agent(&cp, world.node(0), routing);
+    agents[0] = start_agent(
+        &cp,
+        world.node(0),
+        &["--routing", routing, "--no-service-proxy"],
+    );
     cp.apply(&node_object(gone));
     assert!(reaches(
         &p0.netns,
@@ -319,6 +174,7 @@ fn run(routing: &str, cni: Cni) {
             &world.node(0).name,
             "--routing",
             routing,
+            "--no-service-proxy",
             "uninstall",
         ])
         .status()

@@ -21,7 +21,8 @@
 //!
 //! Every world has a unique prefix (`ft` + 6 characters, so interface and
 //! namespace names stay short) and a state directory under
-//! [`STATE_ROOT`] naming its owner process. Dropping the world, also during
+//! [`STATE_ROOT`] naming its owner process. Agents under test get a child
+//! cgroup and a bpffs directory of their own ([`AgentHooks`]). Dropping the world, also during
 //! a panic, runs CNI DEL for its pods and deletes everything it made;
 //! [`sweep`] (run whenever a world is created) removes what dead runs left.
 //!
@@ -38,6 +39,7 @@ mod client;
 mod cmd;
 mod cni;
 mod error;
+mod hooks;
 mod names;
 mod netns;
 mod world;
@@ -50,6 +52,7 @@ pub use cni::{
     Attachment, CNI_TIMEOUT, Cni, CniCommand, REFERENCE_PLUGINS, result_ips, target_profile_dir,
 };
 pub use error::{Error, Result};
+pub use hooks::{AgentHooks, BPFFS, cgroup2_root};
 pub use names::{
     PREFIX_TAG, STATE_ROOT, SweepReport, prefix_of, sweep, unique_prefix, write_fake_owner,
 };

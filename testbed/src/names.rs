@@ -154,6 +154,8 @@ pub struct SweepReport {
     pub namespaces: Vec<String>,
     /// State directories removed.
     pub state_dirs: Vec<PathBuf>,
+    /// Agent cgroups and bpffs pin directories removed.
+    pub hooks: Vec<PathBuf>,
     /// Things that could not be removed, with why.
     pub failures: Vec<String>,
 }
@@ -187,6 +189,21 @@ pub fn sweep() -> SweepReport {
                 Err(e) => report.failures.push(format!("netns {name}: {e}")),
             }
         }
+    }
+    // Agents' cgroups and pins (see `hooks`), named `<prefix>-...`.
+    for (name, path, is_cgroup) in crate::hooks::prefixed_entries() {
+        let Some(prefix) = prefix_of(&name) else {
+            continue;
+        };
+        if owner_alive(prefix) {
+            continue;
+        }
+        if is_cgroup {
+            crate::hooks::remove_cgroup(&path);
+        } else {
+            crate::hooks::remove_pins(&path);
+        }
+        report.hooks.push(path);
     }
     if let Ok(entries) = fs::read_dir(STATE_ROOT) {
         for entry in entries.flatten() {

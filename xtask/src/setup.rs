@@ -34,6 +34,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "sqlite3",
     // `protoc`: etcd-client generates its gRPC code from .proto files at build time.
     "protobuf-compiler",
+    // ...and the well-known types (google/protobuf/*.proto) it imports.
+    "libprotobuf-dev",
     "jq",
 ];
 

@@ -1,0 +1,68 @@
+//! Builds the eBPF object (`ebpf/programs`) with the nightly toolchain and
+//! bpf-linker, into `OUT_DIR/ferry-ebpf`, which the agent embeds with
+//! `aya::include_bytes_aligned!`. `cargo xtask setup` installs both tools.
+//!
+//! aya-build does the same for a crate inside the calling workspace; ours is
+//! a workspace of its own (it cannot build for the host), hence this script.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let ebpf = manifest_dir.join("../ebpf");
+    for dir in [
+        "programs/src",
+        "programs/Cargo.toml",
+        "common/src",
+        "common/Cargo.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", ebpf.join(dir).display());
+    }
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let target_dir = out_dir.join("ebpf-target");
+
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo", "build", "--release", "--locked"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--manifest-path")
+        .arg(ebpf.join("programs/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // BTF for the maps and programs; the unit separator is cargo's
+        // encoding for a flag list.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        );
+    // The outer build's toolchain and wrappers (clippy's, say) must not leak
+    // into the nightly BPF build.
+    for key in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+    ] {
+        cmd.env_remove(key);
+    }
+    let status = match cmd.status() {
+        Ok(s) => s,
+        Err(e) => panic!(
+            "running `rustup run nightly cargo` for the eBPF programs: {e}; run `cargo xtask setup` first"
+        ),
+    };
+    assert!(
+        status.success(),
+        "building the eBPF programs failed ({status}); `cargo xtask setup` installs the nightly rust-src and bpf-linker they need"
+    );
+    let object = target_dir.join("bpfel-unknown-none/release/ferry-ebpf");
+    std::fs::copy(&object, out_dir.join("ferry-ebpf"))
+        .unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
+}

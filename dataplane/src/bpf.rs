@@ -1,0 +1,368 @@
+//! Loading, attaching and pinning Ferry's eBPF object.
+//!
+//! Everything lives under one bpffs directory (`--bpffs-root`): the maps in
+//! `maps/`, the cgroup links in `links/`. Pins outlive the agent, so a
+//! restart or upgrade keeps every map entry and keeps the hooks attached; a
+//! new agent reuses the pinned maps by name and swaps each link for its own
+//! (new link first, then the old one goes), so no connect() ever runs
+//! without a hook. [`uninstall`] removes it all.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::service::programmer::{LbMaps, MapOpError};
+use ferry_ebpf_common::{
+    AffinityKey, AffinityValue, Backend, BackendKey, MAP_AFFINITY, MAP_BACKENDS, MAP_SERVICES,
+    MAP_SOCK_REVNAT, MAP_STATS, ServiceKey, ServiceStats, ServiceValue, SockRevNatKey,
+    SockRevNatValue,
+};
+
+/// The object built from `ebpf/programs` by this crate's build script.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry-ebpf"));
+
+/// The socket-level programs, each attached to the cgroup root.
+pub const SOCK_PROGRAMS: &[&str] = &[
+    "ferry_connect4",
+    "ferry_connect6",
+    "ferry_sendmsg4",
+    "ferry_sendmsg6",
+    "ferry_recvmsg4",
+    "ferry_recvmsg6",
+    "ferry_getpeername4",
+    "ferry_getpeername6",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("loading the eBPF object (maps pinned under {pins}): {source}")]
+    Load {
+        pins: PathBuf,
+        source: Box<aya::EbpfError>,
+    },
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("the eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: Box<aya::pin::PinError>,
+    },
+    #[error("link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        source: Box<aya::programs::links::LinkError>,
+    },
+}
+
+/// Map sizes (entries). Changing one on a live node means `uninstall`
+/// first: a pinned map keeps the size it was made with.
+#[derive(Debug, Clone, Copy)]
+pub struct MapSizes {
+    pub services: u32,
+    pub backends: u32,
+    pub affinity: u32,
+    pub sock_revnat: u32,
+    /// Backend groups that get counters.
+    pub stats: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            services: 65536,
+            backends: 262144,
+            affinity: 65536,
+            sock_revnat: 262144,
+            stats: 16384,
+        }
+    }
+}
+
+/// Where the agent keeps its pins and which cgroup it hooks.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub bpffs_root: PathBuf,
+    pub cgroup_root: PathBuf,
+}
+
+impl Layout {
+    pub fn maps_dir(&self) -> PathBuf {
+        self.bpffs_root.join("maps")
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.bpffs_root.join("links")
+    }
+}
+
+/// The maps the agent writes and reads.
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub backends: HashMap<MapData, BackendKey, Backend>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub sock_revnat: HashMap<MapData, SockRevNatKey, SockRevNatValue>,
+    pub stats: PerCpuArray<MapData, ServiceStats>,
+}
+
+impl std::fmt::Debug for Maps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Maps")
+    }
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BpfError {
+    let path = path.to_owned();
+    move |source| BpfError::Io { what, path, source }
+}
+
+/// Loads the object (reusing pinned maps), attaches every socket program to
+/// the cgroup and pins the links, replacing those of a previous agent.
+pub fn install(layout: &Layout, sizes: &MapSizes) -> Result<Maps, BpfError> {
+    let maps_dir = layout.maps_dir();
+    let links_dir = layout.links_dir();
+    for dir in [&maps_dir, &links_dir] {
+        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+    }
+    let cgroup =
+        File::open(&layout.cgroup_root).map_err(io_err("opening cgroup", &layout.cgroup_root))?;
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&maps_dir)
+        .map_max_entries(MAP_SERVICES, sizes.services)
+        .map_max_entries(MAP_BACKENDS, sizes.backends)
+        .map_max_entries(MAP_AFFINITY, sizes.affinity)
+        .map_max_entries(MAP_SOCK_REVNAT, sizes.sock_revnat)
+        .map_max_entries(MAP_STATS, sizes.stats)
+        .load(OBJECT)
+        .map_err(|source| BpfError::Load {
+            pins: maps_dir.clone(),
+            source: Box::new(source),
+        })?;
+    for &name in SOCK_PROGRAMS {
+        attach_sock(&mut ebpf, name, &cgroup, &links_dir)?;
+    }
+    take_maps(&mut ebpf)
+}
+
+fn attach_sock(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+    links_dir: &Path,
+) -> Result<(), BpfError> {
+    let prog_err = |source| BpfError::Program {
+        name,
+        source: Box::new(source),
+    };
+    let prog: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .ok_or(BpfError::MissingProgram(name))?
+        .try_into()
+        .map_err(prog_err)?;
+    prog.load().map_err(prog_err)?;
+    // A bpf_link (what aya makes on 5.7+) always shares the hook with other
+    // links and takes no flags, so the old agent's link keeps translating
+    // until the new one is in place.
+    let id = prog
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(prog_err)?;
+    let link: FdLink = prog
+        .take_link(id)
+        .map_err(prog_err)?
+        .try_into()
+        .map_err(|source| BpfError::Link {
+            path: links_dir.join(name),
+            source: Box::new(source),
+        })?;
+    let path = links_dir.join(name);
+    // bpffs refuses names with a dot.
+    let staged = links_dir.join(format!("{name}_new"));
+    remove_link(&staged)?;
+    link.pin(&staged).map_err(|source| BpfError::Pin {
+        path: staged.clone(),
+        source: Box::new(source),
+    })?;
+    remove_link(&path)?;
+    std::fs::rename(&staged, &path).map_err(io_err("renaming link pin", &staged))?;
+    Ok(())
+}
+
+/// Unpins (and so detaches) the link pinned at `path`, if any.
+fn remove_link(path: &Path) -> Result<(), BpfError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let pinned = PinnedLink::from_pin(path).map_err(|source| BpfError::Link {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })?;
+    // Dropping the unpinned link closes the last reference: detached.
+    drop(pinned.unpin().map_err(io_err("unpinning", path))?);
+    Ok(())
+}
+
+fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, BpfError> {
+    fn map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, BpfError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let m = ebpf.take_map(name).ok_or(BpfError::MissingMap(name))?;
+        T::try_from(m).map_err(|source| BpfError::Map {
+            name,
+            source: Box::new(source),
+        })
+    }
+    Ok(Maps {
+        services: map(ebpf, MAP_SERVICES)?,
+        backends: map(ebpf, MAP_BACKENDS)?,
+        affinity: map(ebpf, MAP_AFFINITY)?,
+        sock_revnat: map(ebpf, MAP_SOCK_REVNAT)?,
+        stats: map(ebpf, MAP_STATS)?,
+    })
+}
+
+/// Opens the pinned maps without loading anything (for `inspect`).
+pub fn open_pinned(layout: &Layout) -> Result<Maps, BpfError> {
+    fn open<T>(dir: &Path, name: &'static str) -> Result<T, BpfError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let err = |source| BpfError::Map {
+            name,
+            source: Box::new(source),
+        };
+        let data = MapData::from_pin(dir.join(name)).map_err(err)?;
+        let m = aya::maps::Map::from_map_data(data).map_err(err)?;
+        T::try_from(m).map_err(err)
+    }
+    let dir = layout.maps_dir();
+    Ok(Maps {
+        services: open(&dir, MAP_SERVICES)?,
+        backends: open(&dir, MAP_BACKENDS)?,
+        affinity: open(&dir, MAP_AFFINITY)?,
+        sock_revnat: open(&dir, MAP_SOCK_REVNAT)?,
+        stats: open(&dir, MAP_STATS)?,
+    })
+}
+
+/// Detaches every program and removes every pin under the bpffs root.
+pub fn uninstall(layout: &Layout) -> Result<(), BpfError> {
+    let links_dir = layout.links_dir();
+    if let Ok(entries) = std::fs::read_dir(&links_dir) {
+        for entry in entries.flatten() {
+            remove_link(&entry.path())?;
+        }
+    }
+    for dir in [links_dir, layout.maps_dir()] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(io_err("removing pin", &path))?;
+            }
+        }
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &dir)(e)),
+        }
+    }
+    match std::fs::remove_dir(&layout.bpffs_root) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("removing", &layout.bpffs_root)(e)),
+    }
+}
+
+fn op_err(op: &'static str) -> impl Fn(aya::maps::MapError) -> MapOpError {
+    move |e| MapOpError {
+        op,
+        message: e.to_string(),
+    }
+}
+
+impl LbMaps for Maps {
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapOpError> {
+        self.services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(op_err("reading the service map"))
+    }
+
+    fn backend_keys(&self) -> Result<Vec<BackendKey>, MapOpError> {
+        self.backends
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(op_err("reading the backend map"))
+    }
+
+    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), MapOpError> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(op_err("writing a service entry"))
+    }
+
+    fn del_service(&mut self, key: &ServiceKey) -> Result<(), MapOpError> {
+        match self.services.remove(key) {
+            Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(e) => Err(op_err("deleting a service entry")(e)),
+        }
+    }
+
+    fn set_backend(&mut self, key: &BackendKey, value: &Backend) -> Result<(), MapOpError> {
+        self.backends
+            .insert(key, value, 0)
+            .map_err(op_err("writing a backend entry"))
+    }
+
+    fn del_backend(&mut self, key: &BackendKey) -> Result<(), MapOpError> {
+        match self.backends.remove(key) {
+            Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(e) => Err(op_err("deleting a backend entry")(e)),
+        }
+    }
+
+    fn purge_affinity(
+        &mut self,
+        dead: &mut dyn FnMut(&AffinityKey, &AffinityValue) -> bool,
+    ) -> Result<usize, MapOpError> {
+        let mut doomed = Vec::new();
+        for entry in self.affinity.iter() {
+            // An LRU entry evicted mid-walk ends the walk early; the next
+            // purge catches the rest.
+            let Ok((k, v)) = entry else { break };
+            if dead(&k, &v) {
+                doomed.push(k);
+            }
+        }
+        let n = doomed.len();
+        for k in doomed {
+            match self.affinity.remove(&k) {
+                Err(aya::maps::MapError::KeyNotFound) | Ok(()) => {}
+                Err(e) => return Err(op_err("deleting an affinity entry")(e)),
+            }
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,163 @@
+//! `ferry-agent inspect`: what the pinned maps hold, in the shape of
+//! `cilium bpf lb list` — one line per frontend with its live backends,
+//! or the raw backend, affinity and socket translation entries.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+
+use ferry_ebpf_common::{
+    Backend, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SVC_FLAG_AFFINITY, ServiceKey,
+};
+
+use crate::bpf::Maps;
+use crate::service::programmer::words_addr;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum What {
+    /// Frontends and the backends they translate to.
+    Services,
+    /// Every backend slot.
+    Backends,
+    /// Session affinity entries.
+    Affinity,
+    /// Socket reverse translations (connected and UDP sockets).
+    Sockets,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("reading {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: Box<aya::maps::MapError>,
+    },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+fn read_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> InspectError {
+    move |e| InspectError::Map {
+        map,
+        source: Box::new(e),
+    }
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        PROTO_TCP => "TCP",
+        PROTO_UDP => "UDP",
+        PROTO_SCTP => "SCTP",
+        _ => "?",
+    }
+}
+
+fn sockaddr(addr: &[u32; 4], port_be: u16) -> SocketAddr {
+    SocketAddr::new(words_addr(addr), u16::from_be(port_be))
+}
+
+fn frontend(k: &ServiceKey) -> String {
+    let scope = if k.scope == SCOPE_EXTERNAL {
+        " (external)"
+    } else {
+        ""
+    };
+    format!(
+        "{} {}{scope}",
+        sockaddr(&k.addr, k.port),
+        proto_name(k.proto)
+    )
+}
+
+fn backend(b: &Backend) -> SocketAddr {
+    sockaddr(&b.addr, b.port)
+}
+
+pub fn print(maps: &Maps, what: What, out: &mut impl Write) -> Result<(), InspectError> {
+    match what {
+        What::Services => {
+            let mut slots: BTreeMap<(u32, u8, u16), SocketAddr> = BTreeMap::new();
+            for entry in maps.backends.iter() {
+                let (k, v) = entry.map_err(read_err("backends"))?;
+                slots.insert((k.id, k.rev, k.slot), backend(&v));
+            }
+            let mut rows: Vec<(String, String)> = Vec::new();
+            for entry in maps.services.iter() {
+                let (k, v) = entry.map_err(read_err("services"))?;
+                let backends: Vec<String> = (0..v.count)
+                    .map(|slot| match slots.get(&(v.id, v.rev, slot)) {
+                        Some(b) => b.to_string(),
+                        None => format!("<missing slot {slot}>"),
+                    })
+                    .collect();
+                let affinity = if v.flags & SVC_FLAG_AFFINITY != 0 {
+                    format!(" affinity={}s", v.affinity_timeout)
+                } else {
+                    String::new()
+                };
+                let list = if backends.is_empty() {
+                    "(no endpoints: reject)".to_owned()
+                } else {
+                    backends.join(", ")
+                };
+                rows.push((
+                    frontend(&k),
+                    format!("group={} rev={}{affinity} -> {list}", v.id, v.rev),
+                ));
+            }
+            rows.sort();
+            writeln!(out, "{:<48} BACKENDS", "FRONTEND")?;
+            for (f, b) in rows {
+                writeln!(out, "{f:<48} {b}")?;
+            }
+        }
+        What::Backends => {
+            writeln!(out, "{:<8} {:<4} {:<6} BACKEND", "GROUP", "REV", "SLOT")?;
+            let mut rows = Vec::new();
+            for entry in maps.backends.iter() {
+                let (k, v) = entry.map_err(read_err("backends"))?;
+                rows.push((k.id, k.rev, k.slot, backend(&v)));
+            }
+            rows.sort();
+            for (id, rev, slot, b) in rows {
+                writeln!(out, "{id:<8} {rev:<4} {slot:<6} {b}")?;
+            }
+        }
+        What::Affinity => {
+            writeln!(
+                out,
+                "{:<8} {:<40} {:<40} LAST USED (ns)",
+                "GROUP", "CLIENT", "BACKEND"
+            )?;
+            for entry in maps.affinity.iter() {
+                let (k, v) = entry.map_err(read_err("affinity"))?;
+                let client = if k.netns_cookie != 0 {
+                    format!("netns:{}", k.netns_cookie)
+                } else {
+                    IpAddr::to_string(&words_addr(&k.client))
+                };
+                writeln!(
+                    out,
+                    "{:<8} {client:<40} {:<40} {}",
+                    k.id,
+                    backend(&v.backend).to_string(),
+                    v.last_used_ns
+                )?;
+            }
+        }
+        What::Sockets => {
+            writeln!(out, "{:<20} {:<40} FRONTEND", "SOCKET", "BACKEND")?;
+            for entry in maps.sock_revnat.iter() {
+                let (k, v) = entry.map_err(read_err("socket translations"))?;
+                writeln!(
+                    out,
+                    "{:<20} {:<40} {}",
+                    k.cookie,
+                    backend(&k.backend).to_string(),
+                    sockaddr(&v.addr, v.port)
+                )?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! The kube-proxy replacement's user-space half: which frontends and
+//! backends each Service gets ([`model`]), writing them into the BPF maps
+//! without a window of dropped traffic ([`programmer`]), and the watch loop
+//! that drives both ([`proxy`]).
+
+pub mod model;
+pub mod programmer;
+pub mod proxy;

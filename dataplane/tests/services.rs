@@ -1,0 +1,600 @@
+//! The kube-proxy replacement through the kernel: ferry-agent attaches its
+//! socket programs to a child cgroup of the test's own, clients in pods
+//! (ferry-cni wired) join that cgroup and dial Services created through
+//! ferry-apiserver, whose EndpointSlice controller supplies the endpoints.
+//!
+//! Needs root; prints `SKIP: needs root` otherwise.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{ControlPlane, binary, ferry_cni, node_object, start_agent};
+use ferry_testbed::{
+    AgentHooks, NETEXEC_HTTP_PORT, NETEXEC_UDP_PORT, Netns, Pod, Process, World, skip_if_not_root,
+    start_netexec,
+};
+use serde_json::{Value, json};
+
+/// Backends the tests spread over.
+const BACKENDS: usize = 3;
+
+/// A world of one node: `BACKENDS` pods running ferry-netexec, one client
+/// pod, the control plane and an agent hooked to the node's own cgroup.
+struct Cluster {
+    // Field order is drop order: processes before the world they run in.
+    agent: Option<Process>,
+    _servers: Vec<Process>,
+    hooks: AgentHooks,
+    cp: ControlPlane,
+    world: World,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let world = World::builder()
+            .nodes(1)
+            .pods_per_node(BACKENDS + 1)
+            .cni(ferry_cni())
+            .build()
+            .expect("world");
+        let cp = ControlPlane::start_with(
+            &world,
+            &[
+                "--service-cluster-ip-range",
+                "10.96.0.0/16,fd00:10:96::/108",
+            ],
+        );
+        cp.apply(&node_object(world.node(0)));
+        let servers = world
+            .pods()
+            .iter()
+            .take(BACKENDS)
+            .map(|p| start_netexec(&p.netns, &["--hostname", &p.name]).expect("netexec"))
+            .collect();
+        let hooks = AgentHooks::create(&format!("{}-n0", world.prefix())).expect("agent hooks");
+        let mut cluster = Self {
+            agent: None,
+            _servers: servers,
+            hooks,
+            cp,
+            world,
+        };
+        for i in 0..BACKENDS {
+            cluster.add_backend_pod(i);
+        }
+        cluster.start_agent();
+        cluster
+    }
+
+    fn agent_args(&self) -> Vec<String> {
+        vec![
+            "--routing".into(),
+            "none".into(),
+            "--cgroup-root".into(),
+            self.hooks.cgroup.to_string_lossy().into_owned(),
+            "--bpffs-root".into(),
+            self.hooks.bpffs.to_string_lossy().into_owned(),
+        ]
+    }
+
+    fn start_agent(&mut self) {
+        let args = self.agent_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut agent = start_agent(&self.cp, self.world.node(0), &args);
+        agent
+            .wait_for_output("service maps in sync", Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("agent not in sync: {e}\n{}", agent.output()));
+        self.agent = Some(agent);
+    }
+
+    fn agent_output(&self) -> String {
+        self.agent.as_ref().map(Process::output).unwrap_or_default()
+    }
+
+    fn pod(&self, i: usize) -> &Pod {
+        self.world.pod(0, i)
+    }
+
+    fn client(&self) -> &Pod {
+        self.world.pod(0, BACKENDS)
+    }
+
+    /// The Pod object for backend pod `i`, Running and Ready, so the
+    /// EndpointSlice controller lists it.
+    fn add_backend_pod(&self, i: usize) {
+        let pod = self.pod(i);
+        let ips: Vec<Value> = pod
+            .addrs()
+            .iter()
+            .map(|ip| json!({"ip": ip.to_string()}))
+            .collect();
+        self.cp.apply(&json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod.name, "namespace": "default", "labels": {"app": "web"}},
+            "spec": {"nodeName": self.world.node(0).name, "containers": [{
+                "name": "netexec", "image": "ferry-netexec",
+                "ports": [
+                    {"name": "http", "containerPort": NETEXEC_HTTP_PORT, "protocol": "TCP"},
+                    {"name": "udp", "containerPort": NETEXEC_UDP_PORT, "protocol": "UDP"},
+                ],
+            }]},
+        }));
+        let status = json!({"status": {
+            "phase": "Running",
+            "podIP": ips[0]["ip"], "podIPs": ips,
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }});
+        self.cp
+            .kubectl(&[
+                "patch",
+                "pod",
+                &pod.name,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ])
+            .expect("pod status");
+    }
+
+    fn delete_pod(&self, i: usize) {
+        self.cp
+            .kubectl(&[
+                "delete",
+                "pod",
+                &self.pod(i).name,
+                "--grace-period=0",
+                "--force",
+            ])
+            .expect("delete pod");
+    }
+
+    /// A dual-stack Service `name` selecting `selector`, port 80 on both
+    /// TCP (to the HTTP port) and UDP (to the echo port); returns its
+    /// cluster IPs once allocated.
+    fn service(&self, name: &str, selector: &str, extra: Value) -> Vec<IpAddr> {
+        let mut svc = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "selector": {"app": selector},
+                "ipFamilyPolicy": "RequireDualStack",
+                "ports": [
+                    {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"},
+                    {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": "udp"},
+                ],
+            },
+        });
+        if let (Some(spec), Some(more)) = (svc["spec"].as_object_mut(), extra.as_object()) {
+            spec.extend(more.clone());
+        }
+        self.cp.apply(&svc);
+        let out = self
+            .cp
+            .kubectl(&["get", "svc", name, "-o", "json"])
+            .expect("get svc");
+        let obj: Value = serde_json::from_str(&out).expect("svc json");
+        obj["spec"]["clusterIPs"]
+            .as_array()
+            .expect("clusterIPs")
+            .iter()
+            .map(|ip| ip.as_str().expect("ip").parse().expect("parse ip"))
+            .collect()
+    }
+
+    fn patch_service(&self, name: &str, patch: Value) {
+        self.cp
+            .kubectl(&[
+                "patch",
+                "svc",
+                name,
+                "--type=merge",
+                "-p",
+                &patch.to_string(),
+            ])
+            .expect("patch svc");
+    }
+
+    /// `ferry-probe` from `netns`, inside the agent's cgroup.
+    fn probe(&self, netns: &Netns, addr: SocketAddr, args: &[&str]) -> Vec<String> {
+        let mut argv = vec![
+            binary("ferry-testbed", "ferry-probe")
+                .to_string_lossy()
+                .into_owned(),
+            addr.to_string(),
+            "--cgroup".into(),
+            self.hooks.cgroup.to_string_lossy().into_owned(),
+        ];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        netns
+            .exec_timeout(argv, Duration::from_secs(120))
+            .expect("ferry-probe")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn inspect(&self, what: &str) -> String {
+        let out = self
+            .world
+            .node(0)
+            .netns
+            .command(binary("ferry-dataplane", "ferry-agent"))
+            .args(["--bpffs-root"])
+            .arg(&self.hooks.bpffs)
+            .args(["inspect", what])
+            .output()
+            .expect("inspect");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until the maps show `addr` with `backends` backends.
+    fn wait_backends(&self, addr: SocketAddr, proto: &str, backends: usize) {
+        let front = format!("{addr} {proto}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let table = self.inspect("services");
+            let count = table
+                .lines()
+                .find(|l| l.starts_with(&format!("{front} ")))
+                .map(|l| {
+                    if l.contains("no endpoints") {
+                        0
+                    } else {
+                        l.split("-> ").nth(1).map_or(0, |b| b.split(", ").count())
+                    }
+                });
+            if count == Some(backends) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{front}: want {backends} backends\n{table}\nagent:\n{}",
+                self.agent_output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("agent output:\n{}", self.agent_output());
+        }
+    }
+}
+
+/// The names replies came from, counted; panics on a failed attempt.
+fn replies(lines: &[String]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for line in lines {
+        let rest = line
+            .strip_prefix("ok ")
+            .unwrap_or_else(|| panic!("attempt failed: {line}\nall: {lines:#?}"));
+        let name = rest.split_whitespace().next().unwrap_or_default();
+        *out.entry(name.to_owned()).or_default() += 1;
+    }
+    out
+}
+
+fn peers(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| l.split("peer=").nth(1).map(str::to_owned))
+        .collect()
+}
+
+fn vip(ips: &[IpAddr], v6: bool) -> IpAddr {
+    *ips.iter()
+        .find(|ip| ip.is_ipv6() == v6)
+        .expect("cluster IP of the family")
+}
+
+/// TCP and UDP on the same port, v4 and v6, spread over every backend;
+/// replies and getpeername() show the service address; the backend sees
+/// the client pod's own address; a pod reaches itself through its Service;
+/// a Service without endpoints refuses at once.
+#[test]
+fn cluster_ip_reachability() {
+    if skip_if_not_root() {
+        return;
+    }
+    let c = Cluster::start();
+    let ips = c.service("web", "web", json!({}));
+    let names: Vec<String> = (0..BACKENDS).map(|i| c.pod(i).name.clone()).collect();
+    for v6 in [false, true] {
+        let addr = SocketAddr::new(vip(&ips, v6), 80);
+        c.wait_backends(addr, "TCP", BACKENDS);
+        c.wait_backends(addr, "UDP", BACKENDS);
+        for udp in [false, true] {
+            let mut args = vec!["--count", "30"];
+            if udp {
+                args.push("--udp");
+            }
+            let lines = c.probe(&c.client().netns, addr, &args);
+            let got = replies(&lines);
+            assert!(
+                got.keys().all(|k| names.contains(k)) && got.len() >= 2,
+                "{addr} udp={udp}: spread over {got:?}"
+            );
+            assert!(
+                peers(&lines).iter().all(|p| p == &addr.to_string()),
+                "{addr} udp={udp}: replies must come from the service address: {lines:#?}"
+            );
+        }
+        // Connected UDP: the socket's peer is the service too.
+        let lines = c.probe(
+            &c.client().netns,
+            addr,
+            &["--udp", "--connected", "--count", "3"],
+        );
+        assert_eq!(replies(&lines).values().sum::<usize>(), 3);
+        assert!(
+            peers(&lines).iter().all(|p| p == &addr.to_string()),
+            "{lines:#?}"
+        );
+
+        // The client's own address reaches the backend: no SNAT.
+        let lines = c.probe(&c.client().netns, addr, &["--path", "/clientip"]);
+        let own = c
+            .client()
+            .addrs()
+            .into_iter()
+            .find(|a| a.is_ipv6() == v6)
+            .expect("client address");
+        let seen = lines[0]
+            .strip_prefix("ok ")
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_default();
+        let seen_ip: IpAddr = seen
+            .parse::<SocketAddr>()
+            .map(|s| s.ip())
+            .unwrap_or_else(|_| panic!("clientip reply {lines:?}"));
+        assert_eq!(seen_ip, own, "source address preserved");
+
+        // Hairpin: backend 0 through its own Service, sometimes to itself.
+        let lines = c.probe(&c.pod(0).netns, addr, &["--count", "30"]);
+        let got = replies(&lines);
+        assert!(got.contains_key(&names[0]), "hairpin {addr}: {got:?}");
+    }
+
+    // No endpoints: refused at once, on both protocols and families.
+    let empty = c.service("empty", "nothing", json!({}));
+    for v6 in [false, true] {
+        let addr = SocketAddr::new(vip(&empty, v6), 80);
+        c.wait_backends(addr, "TCP", 0);
+        for udp in [false, true] {
+            let mut args = vec!["--timeout-ms", "1000"];
+            if udp {
+                args.push("--udp");
+            }
+            let started = Instant::now();
+            let lines = c.probe(&c.client().netns, addr, &args);
+            assert!(
+                lines[0].starts_with("err ConnectionRefused"),
+                "{addr} udp={udp}: {lines:?}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "refused at once"
+            );
+        }
+    }
+    // Outside the cgroup nothing is translated: the hooks are the test's own.
+    let plain = c
+        .client()
+        .netns
+        .exec_output(
+            [
+                binary("ferry-testbed", "ferry-probe")
+                    .to_string_lossy()
+                    .into_owned(),
+                SocketAddr::new(vip(&ips, false), 80).to_string(),
+                "--timeout-ms".into(),
+                "300".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .expect("probe outside the cgroup");
+    assert!(
+        String::from_utf8_lossy(&plain.stdout).starts_with("err "),
+        "a process outside the agent's cgroup is not load balanced"
+    );
+}
+
+/// ClientIP affinity: sticks, expires after its timeout, switches off and
+/// on live; a UDP client stuck to a deleted backend moves within a second;
+/// backends come and go under continuous traffic with no failed request.
+#[test]
+fn affinity_and_endpoint_changes() {
+    if skip_if_not_root() {
+        return;
+    }
+    let c = Cluster::start();
+    let ips = c.service(
+        "web",
+        "web",
+        json!({"sessionAffinity": "ClientIP",
+               "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 1}}}),
+    );
+    let addr = SocketAddr::new(vip(&ips, false), 80);
+    c.wait_backends(addr, "TCP", BACKENDS);
+    c.wait_backends(addr, "UDP", BACKENDS);
+    for udp in [false, true] {
+        let mut args = vec!["--count", "15"];
+        if udp {
+            args.push("--udp");
+        }
+        let got = replies(&c.probe(&c.client().netns, addr, &args));
+        assert_eq!(got.len(), 1, "udp={udp}: 15 hits on one backend: {got:?}");
+    }
+    // Past the 1 s timeout every request chooses afresh.
+    let got = replies(&c.probe(
+        &c.client().netns,
+        addr,
+        &["--count", "10", "--interval-ms", "1300"],
+    ));
+    assert!(got.len() >= 2, "affinity expires: {got:?}");
+
+    // Off: spread; on again (long timeout): sticky.
+    c.patch_service("web", json!({"spec": {"sessionAffinity": "None"}}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.inspect("services").contains("affinity=") {
+        assert!(Instant::now() < deadline, "affinity off not programmed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = replies(&c.probe(&c.client().netns, addr, &["--count", "30"]));
+    assert!(got.len() >= 2, "affinity off spreads: {got:?}");
+    c.patch_service(
+        "web",
+        json!({"spec": {"sessionAffinity": "ClientIP",
+                        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.inspect("services").contains("affinity=600s") {
+        assert!(Instant::now() < deadline, "affinity on not programmed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = replies(&c.probe(&c.client().netns, addr, &["--udp", "--count", "15"]));
+    assert_eq!(got.len(), 1, "affinity back on: {got:?}");
+    let stuck = got.keys().next().cloned().unwrap_or_default();
+
+    // Delete the pod the UDP client sticks to: within a second of the
+    // deletion the client reaches another backend.
+    let idx = (0..BACKENDS)
+        .find(|&i| c.pod(i).name == stuck)
+        .expect("stuck backend");
+    c.delete_pod(idx);
+    let lines = c.probe(
+        &c.client().netns,
+        addr,
+        &[
+            "--udp",
+            "--count",
+            "40",
+            "--interval-ms",
+            "50",
+            "--timeout-ms",
+            "200",
+        ],
+    );
+    // ~2.5 s of traffic: everything after the first second avoids the gone pod.
+    let late: Vec<String> = lines[20..].to_vec();
+    let got = replies(&late);
+    assert!(!got.contains_key(&stuck), "moved off {stuck}: {lines:#?}");
+    c.wait_backends(addr, "UDP", BACKENDS - 1);
+
+    // Churn under continuous TCP traffic: add the pod back and remove
+    // another while a client connects every 20 ms; no request fails.
+    let other = (idx + 1) % BACKENDS;
+    let lines = std::thread::scope(|s| {
+        let traffic = s.spawn(|| {
+            c.probe(
+                &c.client().netns,
+                addr,
+                &["--count", "150", "--interval-ms", "20"],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        c.add_backend_pod(idx);
+        c.wait_backends(addr, "TCP", BACKENDS);
+        c.delete_pod(other);
+        c.wait_backends(addr, "TCP", BACKENDS - 1);
+        traffic.join().expect("traffic thread")
+    });
+    let got = replies(&lines);
+    assert_eq!(got.values().sum::<usize>(), 150, "{got:?}");
+}
+
+/// An open TCP connection survives an agent restart, new connections work
+/// after it, and uninstall removes every pin.
+#[test]
+fn agent_restart_keeps_connections() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut c = Cluster::start();
+    let ips = c.service("web", "web", json!({}));
+    let addr = SocketAddr::new(vip(&ips, false), 80);
+    c.wait_backends(addr, "TCP", BACKENDS);
+    let hold: PathBuf = c.world.state_dir().join("release-hold");
+    let mut argv = vec![
+        binary("ferry-testbed", "ferry-probe")
+            .to_string_lossy()
+            .into_owned(),
+        addr.to_string(),
+        "--cgroup".into(),
+        c.hooks.cgroup.to_string_lossy().into_owned(),
+        "--hold".into(),
+        hold.to_string_lossy().into_owned(),
+    ];
+    argv.push("--timeout-ms".into());
+    argv.push("5000".into());
+    let mut held = c.client().netns.spawn(argv).expect("held connection");
+    held.wait_for_output("connected", Duration::from_secs(10))
+        .expect("connected");
+
+    // SIGKILL: the agent gets no chance to tidy anything.
+    if let Some(mut agent) = c.agent.take() {
+        agent.kill().expect("kill agent");
+    }
+    // While it is down, the pinned programs and maps keep serving.
+    let got = replies(&c.probe(&c.client().netns, addr, &["--count", "5"]));
+    assert_eq!(got.values().sum::<usize>(), 5);
+    c.start_agent();
+    let got = replies(&c.probe(&c.client().netns, addr, &["--count", "10"]));
+    assert_eq!(
+        got.values().sum::<usize>(),
+        10,
+        "new connections after restart"
+    );
+
+    std::fs::write(&hold, "go").expect("release the held connection");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held
+        .output()
+        .lines()
+        .any(|l| l.starts_with("ok ") || l.starts_with("err "))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "held connection: {}",
+            held.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        held.output().lines().any(|l| l.starts_with("ok ")),
+        "the connection opened before the restart still works: {}",
+        held.output()
+    );
+
+    // Uninstall: the hooks and pins go; the service address is plain again.
+    if let Some(mut agent) = c.agent.take() {
+        agent.kill().expect("stop agent");
+    }
+    let status = c
+        .world
+        .node(0)
+        .netns
+        .command(binary("ferry-dataplane", "ferry-agent"))
+        .arg("--bpffs-root")
+        .arg(&c.hooks.bpffs)
+        .arg("--cgroup-root")
+        .arg(&c.hooks.cgroup)
+        .args(["--routing", "none", "uninstall"])
+        .status()
+        .expect("uninstall");
+    assert!(status.success());
+    assert!(!c.hooks.bpffs.exists(), "pins removed");
+    let lines = c.probe(&c.client().netns, addr, &["--timeout-ms", "300"]);
+    assert!(
+        lines[0].starts_with("err "),
+        "no translation after uninstall: {lines:?}"
+    );
+}

@@ -1,0 +1,199 @@
+//! The keys and values of the BPF maps that Ferry's eBPF programs read and
+//! the node agent writes, defined once for both sides.
+//!
+//! Owns the byte layout of every map entry (all `#[repr(C)]`, padding
+//! explicit, so the kernel, the programs and user space agree) and the map
+//! names. Must not hold logic: choosing backends, parsing Kubernetes objects
+//! and touching maps belong to the programs and the agent.
+//!
+//! Addresses are 16 bytes as four `u32` words holding the address bytes in
+//! network order (the way the kernel's `bpf_sock_addr` and IPv6 headers hold
+//! them); an IPv4 address is stored IPv4-mapped (`::ffff:a.b.c.d`), so one map
+//! serves both families and a v4-mapped connect() from an IPv6 socket finds
+//! the v4 service. Ports are in network byte order.
+
+#![no_std]
+
+/// IP protocol numbers as the kernel reports them.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+/// Who the entry serves. Socket hooks and pod-originated packets look up
+/// [`SCOPE_INTERNAL`]; packets arriving at a node from outside look up
+/// [`SCOPE_EXTERNAL`] (externalTrafficPolicy may give them other backends).
+pub const SCOPE_INTERNAL: u8 = 0;
+pub const SCOPE_EXTERNAL: u8 = 1;
+
+/// [`ServiceValue::flags`]: ClientIP session affinity is on.
+pub const SVC_FLAG_AFFINITY: u8 = 1;
+
+/// Pinned map names, shared by the programs' definitions and the agent.
+pub const MAP_SERVICES: &str = "FERRY_SERVICES";
+pub const MAP_BACKENDS: &str = "FERRY_BACKENDS";
+pub const MAP_AFFINITY: &str = "FERRY_AFFINITY";
+pub const MAP_SOCK_REVNAT: &str = "FERRY_SOCK_RNAT";
+pub const MAP_STATS: &str = "FERRY_STATS";
+
+/// The word that marks an IPv4-mapped address (`::ffff:0:0/96`), as stored.
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// A service frontend: address, port and protocol (what a client dials).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+}
+
+/// What a frontend translates to: a group of backends, by `id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// The backend group (one per service port, family and scope).
+    pub id: u32,
+    /// Backends in the active revision; 0 means reject (no endpoints).
+    pub count: u16,
+    pub flags: u8,
+    /// Which of the two backend revisions is live, so the agent can write
+    /// a whole new set before pointing the service at it.
+    pub rev: u8,
+    /// ClientIP affinity timeout, seconds.
+    pub affinity_timeout: u32,
+}
+
+/// One slot of a backend group's revision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct BackendKey {
+    pub id: u32,
+    pub slot: u16,
+    pub rev: u8,
+    pub _pad: u8,
+}
+
+/// A backend address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Backend {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+
+/// Whose choice an affinity entry remembers: socket hooks know the client's
+/// network namespace (its source address is not chosen yet at connect time),
+/// packet hooks know the source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AffinityKey {
+    /// The client's netns cookie; 0 for packet-level entries.
+    pub netns_cookie: u64,
+    /// The client's address; zero for socket-level entries.
+    pub client: [u32; 4],
+    pub id: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_ns()` of the last use (CLOCK_MONOTONIC).
+    pub last_used_ns: u64,
+    pub backend: Backend,
+    pub _pad: u32,
+}
+
+/// A socket's translated peer, so replies and getpeername() show the
+/// service address the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockRevNatKey {
+    pub cookie: u64,
+    pub backend: Backend,
+    pub _pad: u32,
+}
+
+/// The frontend a socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRevNatValue {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+
+/// Per backend group counters (a per-CPU array indexed by group id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceStats {
+    /// Socket-level translations (connect and sendmsg).
+    pub sock_translations: u64,
+    /// Connections refused because the service had no endpoints.
+    pub rejected: u64,
+    /// Packets translated at TC.
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Whether a stored address is IPv4-mapped, i.e. an IPv4 address.
+#[inline(always)]
+pub fn is_v4(addr: &[u32; 4]) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_WORD
+}
+
+/// The stored form of an IPv4 address given as the kernel holds it.
+#[inline(always)]
+pub fn v4_mapped(ip4: u32) -> [u32; 4] {
+    [0, 0, V4_MAPPED_WORD, ip4]
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: every type is `#[repr(C)]`, `Copy`, made only of integers with
+    // explicit padding fields, so any byte pattern is a valid value and none
+    // has uninitialised padding.
+    #![allow(unsafe_code)]
+    use super::*;
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for SockRevNatKey {}
+    unsafe impl aya::Pod for SockRevNatValue {}
+    unsafe impl aya::Pod for ServiceStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    /// The kernel sees raw bytes: sizes must have no implicit padding.
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<ServiceKey>(), 20);
+        assert_eq!(size_of::<ServiceValue>(), 12);
+        assert_eq!(size_of::<BackendKey>(), 8);
+        assert_eq!(size_of::<Backend>(), 20);
+        assert_eq!(size_of::<AffinityKey>(), 32);
+        assert_eq!(size_of::<AffinityValue>(), 32);
+        assert_eq!(size_of::<SockRevNatKey>(), 32);
+        assert_eq!(size_of::<SockRevNatValue>(), 20);
+        assert_eq!(size_of::<ServiceStats>(), 32);
+    }
+
+    #[test]
+    fn v4_mapping_round_trips() {
+        let ip = u32::from_ne_bytes([10, 96, 0, 1]);
+        let stored = v4_mapped(ip);
+        assert!(is_v4(&stored));
+        assert!(!is_v4(&[u32::from_ne_bytes([0xfd, 0, 0, 0]), 0, 0, 1]));
+    }
+}

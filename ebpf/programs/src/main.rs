@@ -1,0 +1,29 @@
+//! Ferry's eBPF programs, one object loaded by `ferry-agent`.
+//!
+//! Owns the per-connection decisions: which backend a service frontend
+//! translates to, session affinity, and making replies look as if they came
+//! from the frontend. Reads the maps in [`maps`]; it must never write the
+//! service or backend maps (the agent owns them), only the affinity,
+//! socket reverse-NAT and statistics maps.
+//!
+//! Every lookup is a hash or array lookup keyed by the packet or socket, so
+//! the cost does not grow with the number of services or endpoints.
+
+#![no_std]
+#![no_main]
+
+mod maps;
+mod service;
+mod sock;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here; it is never run.
+    loop {}
+}
+
+// GPL-compatible, so the kernel offers every helper the programs use.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

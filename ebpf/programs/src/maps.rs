@@ -1,0 +1,26 @@
+//! The maps, pinned by name under the agent's bpffs root so a restarted
+//! agent finds the same ones and forwarding never stops. Sizes here are
+//! defaults; the agent sets the real ones at load time.
+
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray};
+use ferry_ebpf_common::{
+    AffinityKey, AffinityValue, Backend, BackendKey, ServiceKey, ServiceStats, ServiceValue,
+    SockRevNatKey, SockRevNatValue,
+};
+
+#[map(name = "FERRY_SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(65536, 0);
+
+#[map(name = "FERRY_BACKENDS")]
+pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(262144, 0);
+
+#[map(name = "FERRY_AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(65536, 0);
+
+#[map(name = "FERRY_SOCK_RNAT")]
+pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
+    LruHashMap::pinned(262144, 0);
+
+#[map(name = "FERRY_STATS")]
+pub static STATS: PerCpuArray<ServiceStats> = PerCpuArray::pinned(16384, 0);

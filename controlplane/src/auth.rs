@@ -201,12 +201,16 @@ current-context: {user}@ferry
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
+    // Written aside and renamed into place: a client reading the file while
+    // a restarted server rewrites it sees the old or the new one, never half.
+    let staged = path.with_extension("kubeconfig-tmp");
     let mut f = fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .mode(0o600)
-        .open(path)
-        .map_err(io_err(path))?;
-    f.write_all(text.as_bytes()).map_err(io_err(path))
+        .open(&staged)
+        .map_err(io_err(&staged))?;
+    f.write_all(text.as_bytes()).map_err(io_err(&staged))?;
+    fs::rename(&staged, path).map_err(io_err(path))
 }

@@ -1,7 +1,7 @@
 //! Loading, attaching and pinning Ferry's eBPF object.
 //!
 //! Everything lives under one bpffs directory (`--bpffs-root`): the maps in
-//! `maps/`, the cgroup links in `links/`. Pins outlive the agent, so a
+//! `maps/`, the cgroup and TC links in `links/`. Pins outlive the agent, so a
 //! restart or upgrade keeps every map entry and keeps the hooks attached; a
 //! new agent reuses the pinned maps by name and swaps each link for its own
 //! (new link first, then the old one goes), so no connect() ever runs
@@ -13,18 +13,20 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
-use crate::service::programmer::{LbMaps, MapOpError};
+use crate::service::programmer::{LbMaps, MapOpError, addr_words};
 use ferry_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, MAP_AFFINITY, MAP_BACKENDS, MAP_SERVICES,
-    MAP_SOCK_REVNAT, MAP_STATS, ServiceKey, ServiceStats, ServiceValue, SockRevNatKey,
-    SockRevNatValue,
+    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, MAP_AFFINITY, MAP_BACKENDS,
+    MAP_CONNTRACK, MAP_NODE_ADDRS, MAP_SERVICES, MAP_SOCK_REVNAT, MAP_STATS, NodeAddrs, ServiceKey,
+    ServiceStats, ServiceValue, SockRevNatKey, SockRevNatValue,
 };
 
+use crate::devices::Device;
+
 /// The object built from `ebpf/programs` by this crate's build script.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry-ebpf"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry-ebpf"));
 
 /// The socket-level programs, each attached to the cgroup root.
 pub const SOCK_PROGRAMS: &[&str] = &[
@@ -37,6 +39,10 @@ pub const SOCK_PROGRAMS: &[&str] = &[
     "ferry_getpeername4",
     "ferry_getpeername6",
 ];
+
+/// The per-packet programs, attached to each of `--devices`.
+pub const TC_INGRESS: &str = "ferry_tc_ingress";
+pub const TC_EGRESS: &str = "ferry_tc_egress";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -87,6 +93,8 @@ pub struct MapSizes {
     pub sock_revnat: u32,
     /// Backend groups that get counters.
     pub stats: u32,
+    /// Tracked flows of per-packet translation (LRU), two to three each.
+    pub conntrack: u32,
 }
 
 impl Default for MapSizes {
@@ -97,6 +105,7 @@ impl Default for MapSizes {
             affinity: 65536,
             sock_revnat: 262144,
             stats: 16384,
+            conntrack: 262144,
         }
     }
 }
@@ -125,6 +134,8 @@ pub struct Maps {
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub sock_revnat: HashMap<MapData, SockRevNatKey, SockRevNatValue>,
     pub stats: PerCpuArray<MapData, ServiceStats>,
+    pub conntrack: HashMap<MapData, CtKey, CtValue>,
+    pub node_addrs: HashMap<MapData, u32, NodeAddrs>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -139,8 +150,10 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BpfError
 }
 
 /// Loads the object (reusing pinned maps), attaches every socket program to
-/// the cgroup and pins the links, replacing those of a previous agent.
-pub fn install(layout: &Layout, sizes: &MapSizes) -> Result<Maps, BpfError> {
+/// the cgroup and the packet programs to `devices`, and pins the links,
+/// replacing those of a previous agent (and dropping its links to devices
+/// no longer listed).
+pub fn install(layout: &Layout, sizes: &MapSizes, devices: &[Device]) -> Result<Maps, BpfError> {
     let maps_dir = layout.maps_dir();
     let links_dir = layout.links_dir();
     for dir in [&maps_dir, &links_dir] {
@@ -155,47 +168,104 @@ pub fn install(layout: &Layout, sizes: &MapSizes) -> Result<Maps, BpfError> {
         .map_max_entries(MAP_AFFINITY, sizes.affinity)
         .map_max_entries(MAP_SOCK_REVNAT, sizes.sock_revnat)
         .map_max_entries(MAP_STATS, sizes.stats)
+        .map_max_entries(MAP_CONNTRACK, sizes.conntrack)
         .load(OBJECT)
         .map_err(|source| BpfError::Load {
             pins: maps_dir.clone(),
             source: Box::new(source),
         })?;
+    let mut pinned = Vec::new();
     for &name in SOCK_PROGRAMS {
-        attach_sock(&mut ebpf, name, &cgroup, &links_dir)?;
+        let link = attach_sock(&mut ebpf, name, &cgroup)?;
+        pinned.push(swap_pin(link, &links_dir, name)?);
     }
-    take_maps(&mut ebpf)
+    if !devices.is_empty() {
+        for (name, kind) in [
+            (TC_INGRESS, TcAttachType::Ingress),
+            (TC_EGRESS, TcAttachType::Egress),
+        ] {
+            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+            prog.load().map_err(prog_err(name))?;
+            for dev in devices {
+                let id = prog.attach(&dev.name, kind).map_err(prog_err(name))?;
+                let link: FdLink = prog
+                    .take_link(id)
+                    .map_err(prog_err(name))?
+                    .try_into()
+                    .map_err(|source| BpfError::Link {
+                        path: links_dir.join(name),
+                        source: Box::new(source),
+                    })?;
+                // bpffs refuses dots, which device names may have.
+                let pin = format!("{name}_{}", dev.name.replace('.', "_"));
+                pinned.push(swap_pin(link, &links_dir, &pin)?);
+            }
+        }
+    }
+    // Links of a previous agent this one did not replace: devices no
+    // longer listed, or programs renamed by an upgrade.
+    if let Ok(entries) = std::fs::read_dir(&links_dir) {
+        for entry in entries.flatten() {
+            if !pinned.contains(&entry.path()) {
+                remove_link(&entry.path())?;
+            }
+        }
+    }
+    let mut maps = take_maps(&mut ebpf)?;
+    for dev in devices {
+        let addrs = NodeAddrs {
+            v4: dev.v4.map_or([0; 4], |a| addr_words(a.into())),
+            v6: dev.v6.map_or([0; 4], |a| addr_words(a.into())),
+        };
+        maps.node_addrs
+            .insert(dev.index, addrs, 0)
+            .map_err(|source| BpfError::Map {
+                name: MAP_NODE_ADDRS,
+                source: Box::new(source),
+            })?;
+    }
+    Ok(maps)
 }
 
-fn attach_sock(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    cgroup: &File,
-    links_dir: &Path,
-) -> Result<(), BpfError> {
-    let prog_err = |source| BpfError::Program {
+fn prog_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> BpfError {
+    move |source| BpfError::Program {
         name,
         source: Box::new(source),
-    };
-    let prog: &mut CgroupSockAddr = ebpf
-        .program_mut(name)
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, BpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
         .ok_or(BpfError::MissingProgram(name))?
         .try_into()
-        .map_err(prog_err)?;
-    prog.load().map_err(prog_err)?;
+        .map_err(prog_err(name))
+}
+
+fn attach_sock(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink, BpfError> {
+    let prog_err = prog_err(name);
+    let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+    prog.load().map_err(&prog_err)?;
     // A bpf_link (what aya makes on 5.7+) always shares the hook with other
     // links and takes no flags, so the old agent's link keeps translating
     // until the new one is in place.
     let id = prog
         .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(prog_err)?;
-    let link: FdLink = prog
-        .take_link(id)
-        .map_err(prog_err)?
+        .map_err(&prog_err)?;
+    prog.take_link(id)
+        .map_err(&prog_err)?
         .try_into()
         .map_err(|source| BpfError::Link {
-            path: links_dir.join(name),
+            path: PathBuf::from(name),
             source: Box::new(source),
-        })?;
+        })
+}
+
+/// Pins `link` as `name`, then removes the link pinned there before (which
+/// detaches it): the new program runs before the old one stops.
+fn swap_pin(link: FdLink, links_dir: &Path, name: &str) -> Result<PathBuf, BpfError> {
     let path = links_dir.join(name);
     // bpffs refuses names with a dot.
     let staged = links_dir.join(format!("{name}_new"));
@@ -206,7 +276,7 @@ fn attach_sock(
     })?;
     remove_link(&path)?;
     std::fs::rename(&staged, &path).map_err(io_err("renaming link pin", &staged))?;
-    Ok(())
+    Ok(path)
 }
 
 /// Unpins (and so detaches) the link pinned at `path`, if any.
@@ -240,6 +310,8 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, BpfError> {
         affinity: map(ebpf, MAP_AFFINITY)?,
         sock_revnat: map(ebpf, MAP_SOCK_REVNAT)?,
         stats: map(ebpf, MAP_STATS)?,
+        conntrack: map(ebpf, MAP_CONNTRACK)?,
+        node_addrs: map(ebpf, MAP_NODE_ADDRS)?,
     })
 }
 
@@ -264,6 +336,8 @@ pub fn open_pinned(layout: &Layout) -> Result<Maps, BpfError> {
         affinity: open(&dir, MAP_AFFINITY)?,
         sock_revnat: open(&dir, MAP_SOCK_REVNAT)?,
         stats: open(&dir, MAP_STATS)?,
+        conntrack: open(&dir, MAP_CONNTRACK)?,
+        node_addrs: open(&dir, MAP_NODE_ADDRS)?,
     })
 }
 
@@ -361,6 +435,47 @@ impl LbMaps for Maps {
             match self.affinity.remove(&k) {
                 Err(aya::maps::MapError::KeyNotFound) | Ok(()) => {}
                 Err(e) => return Err(op_err("deleting an affinity entry")(e)),
+            }
+        }
+        Ok(n)
+    }
+
+    fn read_stats(&self, id: u32) -> Result<Option<ServiceStats>, MapOpError> {
+        match self.stats.get(&id, 0) {
+            Ok(per_cpu) => {
+                let mut sum = ServiceStats::default();
+                for s in per_cpu.iter() {
+                    sum.connections += s.connections;
+                    sum.rejected += s.rejected;
+                    sum.packets += s.packets;
+                    sum.bytes += s.bytes;
+                }
+                Ok(Some(sum))
+            }
+            // Ids past the array have no counters.
+            Err(aya::maps::MapError::OutOfBounds { .. }) => Ok(None),
+            Err(e) => Err(op_err("reading service counters")(e)),
+        }
+    }
+
+    fn purge_flows(
+        &mut self,
+        dead: &mut dyn FnMut(&CtKey, &CtValue) -> bool,
+    ) -> Result<usize, MapOpError> {
+        let mut doomed = Vec::new();
+        for entry in self.conntrack.iter() {
+            // As for affinity: an eviction mid-walk ends it; the next GC
+            // pass goes on.
+            let Ok((k, v)) = entry else { break };
+            if dead(&k, &v) {
+                doomed.push(k);
+            }
+        }
+        let n = doomed.len();
+        for k in doomed {
+            match self.conntrack.remove(&k) {
+                Err(aya::maps::MapError::KeyNotFound) | Ok(()) => {}
+                Err(e) => return Err(op_err("deleting a conntrack entry")(e)),
             }
         }
         Ok(n)

@@ -7,7 +7,8 @@ use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 
 use ferry_ebpf_common::{
-    Backend, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SVC_FLAG_AFFINITY, ServiceKey,
+    Backend, CT_FLAG_CLOSING, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, SCOPE_EXTERNAL, SVC_FLAG_AFFINITY, ServiceKey,
 };
 
 use crate::bpf::Maps;
@@ -23,6 +24,8 @@ pub enum What {
     Affinity,
     /// Socket reverse translations (connected and UDP sockets).
     Sockets,
+    /// Flows tracked by per-packet translation.
+    Conntrack,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +158,54 @@ pub fn print(maps: &Maps, what: What, out: &mut impl Write) -> Result<(), Inspec
                     k.cookie,
                     backend(&k.backend).to_string(),
                     sockaddr(&v.addr, v.port)
+                )?;
+            }
+        }
+        What::Conntrack => {
+            writeln!(
+                out,
+                "{:<5} {:<46} {:<46} {:<24} GROUP",
+                "PROTO", "FLOW", "REWRITE", "KIND"
+            )?;
+            let now = crate::conntrack::now_ns();
+            for entry in maps.conntrack.iter() {
+                let (k, v) = entry.map_err(read_err("conntrack"))?;
+                let flow = format!(
+                    "{} -> {}",
+                    sockaddr(&k.src, k.sport),
+                    sockaddr(&k.dst, k.dport)
+                );
+                let (kind, rewrite) = match (
+                    v.flags & CT_FLAG_EGRESS != 0,
+                    v.flags & CT_FLAG_REPLY != 0,
+                    v.flags & CT_FLAG_SNAT != 0,
+                ) {
+                    (false, false, _) => ("forward", format!("dst={}", sockaddr(&v.addr, v.port))),
+                    (false, true, _) => (
+                        "reply(snat)",
+                        format!(
+                            "src={} dst={}",
+                            sockaddr(&v.addr, v.port),
+                            sockaddr(&v.nat_addr, v.nat_port)
+                        ),
+                    ),
+                    (true, true, _) => ("reply", format!("src={}", sockaddr(&v.addr, v.port))),
+                    (true, false, _) => {
+                        ("snat", format!("src={}", sockaddr(&v.nat_addr, v.nat_port)))
+                    }
+                };
+                let idle = now.saturating_sub(v.last_seen_ns) / 1_000_000_000;
+                let closing = if v.flags & CT_FLAG_CLOSING != 0 {
+                    ",closing"
+                } else {
+                    ""
+                };
+                writeln!(
+                    out,
+                    "{:<5} {flow:<46} {rewrite:<46} {:<24} {}",
+                    proto_name(k.proto),
+                    format!("{kind}{closing} idle={idle}s"),
+                    v.id
                 )?;
             }
         }

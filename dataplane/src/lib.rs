@@ -10,7 +10,10 @@
 //! cgroups other than the one it is given.
 
 pub mod bpf;
+pub mod conntrack;
+pub mod devices;
 pub mod inspect;
+pub mod metrics;
 pub mod nodes;
 pub mod routing;
 pub mod service;

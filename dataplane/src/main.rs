@@ -3,13 +3,18 @@
 //! replacement, keeps the eBPF service maps in step with Services and
 //! EndpointSlices.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_dataplane::bpf::{self, Layout, MapSizes};
+use ferry_dataplane::conntrack::Timeouts;
+use ferry_dataplane::devices;
 use ferry_dataplane::inspect;
+use ferry_dataplane::metrics::{self, Metrics};
 use ferry_dataplane::nodes::NodeInfo;
 use ferry_dataplane::routing::{Mode, Router};
 use ferry_dataplane::service::programmer::Programmer;
@@ -62,6 +67,23 @@ struct Cli {
     /// Run without the service proxy (routes only).
     #[arg(long)]
     no_service_proxy: bool,
+    /// Devices whose traffic gets per-packet service translation (TC),
+    /// e.g. the node's uplink; none: socket-level balancing only.
+    #[arg(long, value_delimiter = ',')]
+    devices: Vec<String>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served (kube-proxy's
+    /// metrics port); empty to turn them off.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind_address: String,
+    /// Idle TCP flows are forgotten after this many seconds.
+    #[arg(long, default_value_t = Timeouts::default().tcp.as_secs())]
+    conntrack_tcp_timeout: u64,
+    /// Idle UDP flows are forgotten after this many seconds.
+    #[arg(long, default_value_t = Timeouts::default().udp.as_secs())]
+    conntrack_udp_timeout: u64,
+    /// Conntrack garbage collection interval, seconds.
+    #[arg(long, default_value_t = 10)]
+    conntrack_gc_interval: u64,
     /// Service frontend map entries.
     #[arg(long, default_value_t = MapSizes::default().services)]
     map_services: u32,
@@ -77,6 +99,9 @@ struct Cli {
     /// Backend groups with counters (and the most groups programmed).
     #[arg(long, default_value_t = MapSizes::default().stats)]
     map_stats: u32,
+    /// Conntrack entries for per-packet translation (LRU).
+    #[arg(long, default_value_t = MapSizes::default().conntrack)]
+    map_conntrack: u32,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -89,6 +114,7 @@ impl Cli {
             affinity: self.map_affinity,
             sock_revnat: self.map_sock_revnat,
             stats: self.map_stats,
+            conntrack: self.map_conntrack,
         }
     }
 
@@ -189,14 +215,48 @@ async fn main() -> anyhow::Result<()> {
         }
         let layout = cli.layout()?;
         let sizes = cli.sizes();
-        let maps = bpf::install(&layout, &sizes).context("installing the eBPF programs")?;
+        let devices = if cli.devices.is_empty() {
+            Vec::new()
+        } else {
+            let (connection, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
+            tokio::spawn(connection);
+            devices::lookup(&handle, &cli.devices)
+                .await
+                .context("looking up --devices")?
+        };
+        let maps =
+            bpf::install(&layout, &sizes, &devices).context("installing the eBPF programs")?;
         tracing::info!(
             bpffs = %layout.bpffs_root.display(),
             cgroup = %layout.cgroup_root.display(),
-            "socket load balancing attached"
+            devices = ?cli.devices,
+            "service load balancing attached"
         );
         let programmer = Programmer::new(maps, sizes.stats).context("reading the pinned maps")?;
-        proxy::run(client.clone(), cli.node_name.clone(), programmer).await
+        let metrics = Arc::new(Metrics::new());
+        if !cli.metrics_bind_address.is_empty() {
+            let addr: SocketAddr = cli
+                .metrics_bind_address
+                .parse()
+                .context("--metrics-bind-address must be ADDRESS:PORT")?;
+            let m = metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(addr, m).await {
+                    tracing::error!(error = %e, "metrics server stopped");
+                }
+            });
+        }
+        let settings = proxy::Settings {
+            node_name: cli.node_name.clone(),
+            timeouts: Timeouts {
+                tcp: Duration::from_secs(cli.conntrack_tcp_timeout),
+                udp: Duration::from_secs(cli.conntrack_udp_timeout),
+                ..Timeouts::default()
+            },
+            gc_interval: Duration::from_secs(cli.conntrack_gc_interval),
+            sizes,
+        };
+        proxy::run(client.clone(), settings, programmer, metrics).await
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::{ControlPlane, binary, ferry_cni, node_object, start_agent};
 use ferry_testbed::{
-    AgentHooks, NETEXEC_HTTP_PORT, NETEXEC_UDP_PORT, Netns, Pod, Process, World, skip_if_not_root,
-    start_netexec,
+    AgentHooks, NETEXEC_HTTP_PORT, NETEXEC_UDP_PORT, Netns, Pod, Process, UNDERLAY_IF, World,
+    skip_if_not_root, start_netexec,
 };
 use serde_json::{Value, json};
 
@@ -31,9 +31,12 @@ struct Cluster {
     hooks: AgentHooks,
     cp: ControlPlane,
     world: World,
+    /// More agent flags.
+    extra: Vec<String>,
 }
 
 impl Cluster {
+    /// One node: `BACKENDS` pods labelled `app: web`, and a client pod.
     fn start() -> Self {
         let world = World::builder()
             .nodes(1)
@@ -41,6 +44,16 @@ impl Cluster {
             .cni(ferry_cni())
             .build()
             .expect("world");
+        let c = Self::with_world(world, &[]);
+        for i in 0..BACKENDS {
+            c.add_pod(0, i, "web");
+        }
+        c.started()
+    }
+
+    /// The control plane, every Node object, ferry-netexec in every pod,
+    /// and the hooks of node 0, whose agent `started` runs with `extra`.
+    fn with_world(world: World, extra: &[&str]) -> Self {
         let cp = ControlPlane::start_with(
             &world,
             &[
@@ -48,37 +61,41 @@ impl Cluster {
                 "10.96.0.0/16,fd00:10:96::/108",
             ],
         );
-        cp.apply(&node_object(world.node(0)));
+        for node in world.nodes() {
+            cp.apply(&node_object(node));
+        }
         let servers = world
             .pods()
             .iter()
-            .take(BACKENDS)
             .map(|p| start_netexec(&p.netns, &["--hostname", &p.name]).expect("netexec"))
             .collect();
         let hooks = AgentHooks::create(&format!("{}-n0", world.prefix())).expect("agent hooks");
-        let mut cluster = Self {
+        Self {
             agent: None,
             _servers: servers,
             hooks,
             cp,
             world,
-        };
-        for i in 0..BACKENDS {
-            cluster.add_backend_pod(i);
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         }
-        cluster.start_agent();
-        cluster
+    }
+
+    fn started(mut self) -> Self {
+        self.start_agent();
+        self
     }
 
     fn agent_args(&self) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "--routing".into(),
             "none".into(),
             "--cgroup-root".into(),
             self.hooks.cgroup.to_string_lossy().into_owned(),
             "--bpffs-root".into(),
             self.hooks.bpffs.to_string_lossy().into_owned(),
-        ]
+        ];
+        args.extend(self.extra.iter().cloned());
+        args
     }
 
     fn start_agent(&mut self) {
@@ -103,10 +120,10 @@ impl Cluster {
         self.world.pod(0, BACKENDS)
     }
 
-    /// The Pod object for backend pod `i`, Running and Ready, so the
-    /// EndpointSlice controller lists it.
-    fn add_backend_pod(&self, i: usize) {
-        let pod = self.pod(i);
+    /// The Pod object for pod `j` of node `node`, labelled `app`, Running
+    /// and Ready, so the EndpointSlice controller lists it.
+    fn add_pod(&self, node: usize, j: usize, app: &str) {
+        let pod = self.world.pod(node, j);
         let ips: Vec<Value> = pod
             .addrs()
             .iter()
@@ -114,8 +131,8 @@ impl Cluster {
             .collect();
         self.cp.apply(&json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod.name, "namespace": "default", "labels": {"app": "web"}},
-            "spec": {"nodeName": self.world.node(0).name, "containers": [{
+            "metadata": {"name": pod.name, "namespace": "default", "labels": {"app": app}},
+            "spec": {"nodeName": self.world.node(node).name, "containers": [{
                 "name": "netexec", "image": "ferry-netexec",
                 "ports": [
                     {"name": "http", "containerPort": NETEXEC_HTTP_PORT, "protocol": "TCP"},
@@ -141,15 +158,9 @@ impl Cluster {
             .expect("pod status");
     }
 
-    fn delete_pod(&self, i: usize) {
+    fn delete_pod(&self, name: &str) {
         self.cp
-            .kubectl(&[
-                "delete",
-                "pod",
-                &self.pod(i).name,
-                "--grace-period=0",
-                "--force",
-            ])
+            .kubectl(&["delete", "pod", name, "--grace-period=0", "--force"])
             .expect("delete pod");
     }
 
@@ -469,7 +480,7 @@ fn affinity_and_endpoint_changes() {
     let idx = (0..BACKENDS)
         .find(|&i| c.pod(i).name == stuck)
         .expect("stuck backend");
-    c.delete_pod(idx);
+    c.delete_pod(&c.pod(idx).name);
     let lines = c.probe(
         &c.client().netns,
         addr,
@@ -501,9 +512,9 @@ fn affinity_and_endpoint_changes() {
             )
         });
         std::thread::sleep(Duration::from_millis(300));
-        c.add_backend_pod(idx);
+        c.add_pod(0, idx, "web");
         c.wait_backends(addr, "TCP", BACKENDS);
-        c.delete_pod(other);
+        c.delete_pod(&c.pod(other).name);
         c.wait_backends(addr, "TCP", BACKENDS - 1);
         traffic.join().expect("traffic thread")
     });
@@ -596,5 +607,157 @@ fn agent_restart_keeps_connections() {
     assert!(
         lines[0].starts_with("err "),
         "no translation after uninstall: {lines:?}"
+    );
+}
+
+/// Per-packet translation at TC for traffic arriving from outside the
+/// node: a client in the underlay (no cgroup, no socket hooks) reaches an
+/// ExternalIP whose backends run on the other node (source-translated to
+/// the node, replies restored), an ExternalIP with a local backend (the
+/// client's address preserved) and a ClusterIP routed to the node; a
+/// tracked UDP flow keeps its backend until that backend is deleted, then
+/// moves within a second.
+#[test]
+fn external_traffic_through_tc() {
+    if skip_if_not_root() {
+        return;
+    }
+    let world = World::builder()
+        .nodes(2)
+        .pods_per_node(2)
+        .cni(ferry_cni())
+        .route_pod_cidrs(true)
+        .build()
+        .expect("world");
+    let c = Cluster::with_world(world, &["--devices", UNDERLAY_IF]);
+    c.add_pod(0, 0, "local");
+    c.add_pod(1, 0, "remote");
+    c.add_pod(1, 1, "remote");
+    let c = c.started();
+    let node0 = c.world.node(0);
+    let (remote_ip, local_ip) = ("192.0.2.100", "192.0.2.101");
+    let remote = c.service("remote", "remote", json!({"externalIPs": [remote_ip]}));
+    c.service("local", "local", json!({"externalIPs": [local_ip]}));
+    // The underlay reaches the service addresses through node 0.
+    let underlay = c.world.underlay();
+    for dst in [
+        format!("{remote_ip}/32"),
+        format!("{local_ip}/32"),
+        "10.96.0.0/16".to_owned(),
+    ] {
+        underlay
+            .exec(["ip", "route", "add", &dst, "via", &node0.ipv4.to_string()])
+            .expect("route via node 0");
+    }
+    let client_ip = underlay
+        .exec(["ip", "-4", "-o", "addr", "show", "dev", "br0"])
+        .expect("underlay address")
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.split('/').next())
+        .expect("br0 address")
+        .to_owned();
+    let ext = |ip: &str| SocketAddr::new(ip.parse().expect("ip"), 80);
+    c.wait_backends(ext(remote_ip), "TCP", 2);
+    c.wait_backends(ext(local_ip), "TCP", 1);
+    let names =
+        |node: usize| -> Vec<String> { c.world.pods_on(node).map(|p| p.name.clone()).collect() };
+    let plain_probe = |addr: SocketAddr, args: &[&str]| -> Vec<String> {
+        let mut argv = vec![
+            binary("ferry-testbed", "ferry-probe")
+                .to_string_lossy()
+                .into_owned(),
+            addr.to_string(),
+        ];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        underlay
+            .exec_timeout(argv, Duration::from_secs(60))
+            .expect("probe from the underlay")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+
+    // Remote backends, TCP and UDP, replies from the ExternalIP.
+    for udp in [false, true] {
+        let mut args = vec!["--count", "20"];
+        if udp {
+            args.push("--udp");
+        }
+        let lines = plain_probe(ext(remote_ip), &args);
+        let got = replies(&lines);
+        assert!(
+            got.keys().all(|k| names(1).contains(k)) && got.len() == 2,
+            "udp={udp}: {got:?}\n{}",
+            c.inspect("conntrack")
+        );
+        assert!(
+            peers(&lines)
+                .iter()
+                .all(|p| p == &ext(remote_ip).to_string())
+        );
+    }
+    // The remote backend sees node 0 (as kube-proxy masquerades)...
+    let lines = plain_probe(ext(remote_ip), &["--path", "/clientip"]);
+    assert!(
+        lines[0].starts_with(&format!("ok {}:", node0.ipv4)),
+        "remote backend sees the node: {lines:?}"
+    );
+    // ...a local one sees the client itself.
+    let lines = plain_probe(ext(local_ip), &["--path", "/clientip"]);
+    assert!(
+        lines[0].starts_with(&format!("ok {client_ip}:")),
+        "local backend sees the client {client_ip}: {lines:?}"
+    );
+    let got = replies(&plain_probe(ext(local_ip), &["--count", "5"]));
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        names(0)[..1].to_vec()
+    );
+
+    // The ClusterIP, arriving from another node's network.
+    let cluster = SocketAddr::new(vip(&remote, false), 80);
+    let got = replies(&plain_probe(cluster, &["--count", "10"]));
+    assert!(got.keys().all(|k| names(1).contains(k)), "{got:?}");
+
+    // A connected UDP socket is one tracked flow: one backend...
+    let flow = underlay
+        .spawn([
+            binary("ferry-testbed", "ferry-probe")
+                .to_string_lossy()
+                .into_owned(),
+            ext(remote_ip).to_string(),
+            "--udp".into(),
+            "--connected".into(),
+            "--count".into(),
+            "80".into(),
+            "--interval-ms".into(),
+            "50".into(),
+            "--timeout-ms".into(),
+            "200".into(),
+        ])
+        .expect("udp flow");
+    std::thread::sleep(Duration::from_millis(1000));
+    let early = replies(&flow.output().lines().map(str::to_owned).collect::<Vec<_>>());
+    assert_eq!(early.len(), 1, "one flow, one backend: {early:?}");
+    let stuck = early.keys().next().cloned().unwrap_or_default();
+    // ...until that backend goes: then the next datagrams find another.
+    c.delete_pod(&stuck);
+    let deleted = Instant::now();
+    let mut flow = flow;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flow.try_wait().expect("probe status").is_none() {
+        assert!(Instant::now() < deadline, "probe did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines: Vec<String> = flow.output().lines().map(str::to_owned).collect();
+    let after: Vec<&String> = lines.iter().skip(20 + 20).collect();
+    assert!(
+        !after.is_empty()
+            && after
+                .iter()
+                .all(|l| l.starts_with("ok ") && !l.contains(&stuck)),
+        "moved off {stuck} within a second of the deletion ({:?} ago): {lines:#?}",
+        deleted.elapsed()
     );
 }

@@ -106,6 +106,9 @@ pub struct Frontend {
 pub struct Backend {
     pub addr: IpAddr,
     pub port: u16,
+    /// The endpoint runs on this node (its `nodeName` is ours), so packets
+    /// translated to it need no source NAT for the reply to come back.
+    pub local: bool,
 }
 
 /// `namespace/name:portname` identity of one service port (port name may be empty).
@@ -468,13 +471,17 @@ fn port_endpoints(
                     continue;
                 };
                 let state = EndpointState::of(endpoint, node_name);
-                out.entry(Backend { addr, port })
-                    .and_modify(|kept| {
-                        if state.rank() > kept.rank() {
-                            *kept = state;
-                        }
-                    })
-                    .or_insert(state);
+                out.entry(Backend {
+                    addr,
+                    port,
+                    local: false,
+                })
+                .and_modify(|kept| {
+                    if state.rank() > kept.rank() {
+                        *kept = state;
+                    }
+                })
+                .or_insert(state);
             }
         }
     }
@@ -490,7 +497,10 @@ fn usable_backends(endpoints: &BTreeMap<Backend, EndpointState>, local_only: boo
         endpoints
             .iter()
             .filter(|(_, s)| (!local_only || s.local) && want(**s))
-            .map(|(b, _)| *b)
+            .map(|(b, s)| Backend {
+                local: s.local,
+                ..*b
+            })
             .collect()
     };
     let ready = pick(|s| s.ready);
@@ -584,6 +594,7 @@ mod tests {
         Backend {
             addr: sa.ip(),
             port: sa.port(),
+            local: false,
         }
     }
 
@@ -604,9 +615,48 @@ mod tests {
         }
     }
 
+    /// The entries with `local` cleared, so tests compare selections;
+    /// `backends_know_whether_they_are_local` checks the flag itself.
     fn entries(svc: &Service, slices: &[EndpointSlice], node: &str) -> Vec<ServicePortEntries> {
         let refs: Vec<&EndpointSlice> = slices.iter().collect();
-        service_entries(svc, &refs, node).expect("entries")
+        let mut out = service_entries(svc, &refs, node).expect("entries");
+        for e in &mut out {
+            for b in e
+                .cluster_backends
+                .iter_mut()
+                .chain(e.external_backends.iter_mut())
+            {
+                b.local = false;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn backends_know_whether_they_are_local() {
+        let svc = web(json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}));
+        let s = web_slice(
+            "web-1",
+            "IPv4",
+            json!([{"port": 8080}]),
+            json!([
+                {"addresses": ["10.244.0.5"], "nodeName": NODE, "conditions": {"ready": true}},
+                {"addresses": ["10.244.1.5"], "nodeName": "node-b", "conditions": {"ready": true}},
+            ]),
+        );
+        let got = service_entries(&svc, &[&s], NODE).expect("entries");
+        let local: Vec<(String, bool)> = got[0]
+            .cluster_backends
+            .iter()
+            .map(|b| (b.addr.to_string(), b.local))
+            .collect();
+        assert_eq!(
+            local,
+            vec![
+                ("10.244.0.5".to_owned(), true),
+                ("10.244.1.5".to_owned(), false)
+            ]
+        );
     }
 
     fn only(mut list: Vec<ServicePortEntries>) -> ServicePortEntries {

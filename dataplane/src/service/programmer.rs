@@ -16,8 +16,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use ferry_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_AFFINITY, ServiceKey, ServiceValue, v4_mapped,
+    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend, BackendKey, CtKey, CtValue,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_AFFINITY,
+    ServiceKey, ServiceStats, ServiceValue, v4_mapped,
 };
 
 use super::model::{self, FrontendKind, Protocol, ServicePortEntries, ServicePortName};
@@ -44,6 +45,20 @@ pub trait LbMaps {
         &mut self,
         dead: &mut dyn FnMut(&AffinityKey, &AffinityValue) -> bool,
     ) -> Result<usize, MapOpError>;
+    /// Removes the conntrack entries `dead` picks; returns how many went.
+    /// Maps without per-packet translation have none.
+    fn purge_flows(
+        &mut self,
+        dead: &mut dyn FnMut(&CtKey, &CtValue) -> bool,
+    ) -> Result<usize, MapOpError> {
+        let _ = dead;
+        Ok(0)
+    }
+    /// A backend group's counters summed over CPUs, where kept.
+    fn read_stats(&self, id: u32) -> Result<Option<ServiceStats>, MapOpError> {
+        let _ = id;
+        Ok(None)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +137,7 @@ pub struct ApplyStats {
     pub frontends_written: usize,
     pub frontends_removed: usize,
     pub affinity_purged: usize,
+    pub flows_purged: usize,
 }
 
 /// Stored form of an address (see `ferry-ebpf-common`).
@@ -161,7 +177,8 @@ fn backend(b: &model::Backend) -> Backend {
     Backend {
         addr: addr_words(b.addr),
         port: b.port.to_be(),
-        _pad: [0; 2],
+        flags: if b.local { BACKEND_FLAG_LOCAL } else { 0 },
+        _pad: 0,
     }
 }
 
@@ -235,6 +252,21 @@ impl<M: LbMaps> Programmer<M> {
     /// Number of frontends programmed.
     pub fn frontends(&self) -> usize {
         self.owners.len()
+    }
+
+    /// Backend slots that may be in the map (both revisions).
+    pub fn backend_slots(&self) -> usize {
+        self.groups
+            .values()
+            .map(|g| usize::from(g.slots[0]) + usize::from(g.slots[1]))
+            .sum()
+    }
+
+    /// Every group: id, service port, IPv6, serving external traffic.
+    pub fn group_labels(&self) -> impl Iterator<Item = (u32, &ServicePortName, bool, bool)> {
+        self.groups
+            .iter()
+            .map(|(k, g)| (g.id, &k.port, k.v6, k.external))
     }
 
     /// Brings the maps in line with `entries` for one Service (an empty
@@ -415,6 +447,14 @@ impl<M: LbMaps> Programmer<M> {
                     k.id == id && (affinity_toggled || removed.contains(&v.backend))
                 })?;
             }
+            if !removed.is_empty() {
+                // Likewise a tracked UDP flow; TCP flows end on their own.
+                stats.flows_purged += self.maps.purge_flows(&mut |k, v| {
+                    removed
+                        .iter()
+                        .any(|b| crate::conntrack::udp_flow_to(k, v, id, b))
+                })?;
+            }
         } else {
             let value = ServiceValue {
                 id: group.id,
@@ -476,6 +516,9 @@ impl<M: LbMaps> Programmer<M> {
         }
         let id = group.id;
         stats.affinity_purged += self.maps.purge_affinity(&mut |k, _| k.id == id)?;
+        stats.flows_purged += self
+            .maps
+            .purge_flows(&mut |k, v| v.id == id && k.proto == PROTO_UDP)?;
         self.groups.remove(gk);
         self.free_ids.push(id);
         Ok(())
@@ -575,3 +618,4 @@ fn desired_groups(entries: &[ServicePortEntries]) -> BTreeMap<GroupKey, Desired>
     }
     out
 }
+

@@ -4,7 +4,10 @@
 //! Service's map entries and nothing else.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use ferry_ebpf_common::ServiceStats;
 
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Service;
@@ -15,6 +18,9 @@ use tokio::sync::mpsc;
 
 use super::model::{self, LABEL_SERVICE_NAME, PROXIED_SELECTOR};
 use super::programmer::{LbMaps, Programmer, ServiceName};
+use crate::bpf::MapSizes;
+use crate::conntrack::{self, Timeouts};
+use crate::metrics::{Metrics, ServiceLabels};
 
 /// How often failed Services are retried.
 const RETRY: Duration = Duration::from_secs(1);
@@ -36,6 +42,9 @@ struct Cache {
     dirty: BTreeSet<ServiceName>,
     services_synced: bool,
     slices_synced: bool,
+    /// The trigger time last measured per slice, so each change is
+    /// observed once.
+    observed: HashMap<(String, String), String>,
 }
 
 fn service_name(svc: &Service) -> ServiceName {
@@ -127,6 +136,31 @@ impl Cache {
         }
     }
 
+    /// Programming latency for every slice of `key` whose trigger time is
+    /// new: from the change in the API to the maps holding it.
+    fn observe_programming(&mut self, key: &ServiceName, metrics: &Metrics) {
+        let Some(slices) = self.slices.get(key) else {
+            return;
+        };
+        let now = jiff::Timestamp::now();
+        for (name, slice) in slices {
+            let Some(trigger) = slice.annotations().get(TRIGGER_TIME) else {
+                continue;
+            };
+            let id = (key.0.clone(), name.clone());
+            if self.observed.get(&id) == Some(trigger) {
+                continue;
+            }
+            if let Ok(at) = trigger.parse::<jiff::Timestamp>() {
+                let secs = now.duration_since(at).as_secs_f64();
+                if secs >= 0.0 {
+                    metrics.programming_latency.observe(secs);
+                }
+            }
+            self.observed.insert(id, trigger.clone());
+        }
+    }
+
     fn entries(
         &self,
         key: &ServiceName,
@@ -144,11 +178,27 @@ impl Cache {
     }
 }
 
+/// What the proxy loop needs besides the API and the maps.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    pub timeouts: Timeouts,
+    /// How often idle conntrack entries are collected.
+    pub gc_interval: Duration,
+    /// Map capacities, for the fill-level gauges.
+    pub sizes: MapSizes,
+}
+
+/// The EndpointSlice annotation kube-proxy measures programming latency
+/// from: when the change that produced the slice happened.
+const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
 /// Watches the API and programs the maps until the watches end.
 pub async fn run<M: LbMaps>(
     client: Client,
-    node_name: String,
+    settings: Settings,
     mut programmer: Programmer<M>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Change>(1024);
     let config = watcher::Config::default().labels(PROXIED_SELECTOR);
@@ -189,6 +239,8 @@ pub async fn run<M: LbMaps>(
     let mut failed: HashSet<ServiceName> = HashSet::new();
     let mut initial_done = false;
     let mut retry = tokio::time::interval(RETRY);
+    let mut gc = tokio::time::interval(settings.gc_interval.max(Duration::from_secs(1)));
+    let mut counters = Counters::default();
     loop {
         tokio::select! {
             msg = rx.recv() => {
@@ -201,6 +253,11 @@ pub async fn run<M: LbMaps>(
             }
             _ = retry.tick() => {
                 cache.dirty.extend(failed.drain());
+                metrics.beat();
+            }
+            _ = gc.tick() => {
+                collect(&mut programmer, &settings, &metrics);
+                counters.update(&programmer, &metrics);
             }
         }
         // Program nothing until both lists are in: a Service seen before its
@@ -212,7 +269,7 @@ pub async fn run<M: LbMaps>(
         let dirty = std::mem::take(&mut cache.dirty);
         let count = dirty.len();
         for key in dirty {
-            let entries = match cache.entries(&key, &node_name) {
+            let entries = match cache.entries(&key, &settings.node_name) {
                 Ok(e) => e,
                 Err(e) => {
                     // A Service we cannot read keeps whatever it had.
@@ -220,15 +277,20 @@ pub async fn run<M: LbMaps>(
                     continue;
                 }
             };
-            if let Err(e) = programmer.apply(&key, &entries) {
-                tracing::warn!(namespace = %key.0, service = %key.1, error = %e, "programming service failed; will retry");
-                failed.insert(key);
+            match programmer.apply(&key, &entries) {
+                Ok(_) => cache.observe_programming(&key, &metrics),
+                Err(e) => {
+                    tracing::warn!(namespace = %key.0, service = %key.1, error = %e, "programming service failed; will retry");
+                    metrics.sync_errors.inc();
+                    failed.insert(key);
+                }
             }
         }
         if !initial_done {
             match programmer.finish_initial_sync() {
                 Ok(stale) => {
                     initial_done = true;
+                    metrics.set_ready();
                     tracing::info!(
                         services = cache.services.len(),
                         frontends = programmer.frontends(),
@@ -242,12 +304,87 @@ pub async fn run<M: LbMaps>(
             }
         }
         if count > 0 {
+            metrics.synced(started.elapsed());
+            metrics.set_map("services", programmer.frontends(), settings.sizes.services);
+            metrics.set_map(
+                "backends",
+                programmer.backend_slots(),
+                settings.sizes.backends,
+            );
             tracing::debug!(
                 services = count,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "services programmed"
             );
         }
+    }
+}
+
+/// Removes idle conntrack entries and reports the map's fill level.
+fn collect<M: LbMaps>(programmer: &mut Programmer<M>, settings: &Settings, metrics: &Metrics) {
+    let now = conntrack::now_ns();
+    let mut live = 0usize;
+    let result = programmer.maps_mut().purge_flows(&mut |k, v| {
+        let dead = conntrack::expired(k, v, now, &settings.timeouts);
+        if !dead {
+            live += 1;
+        }
+        dead
+    });
+    match result {
+        Ok(expired) => {
+            metrics.flows_expired.inc_by(expired as u64);
+            metrics.set_map("conntrack", live, settings.sizes.conntrack);
+        }
+        Err(e) => tracing::warn!(error = %e, "conntrack garbage collection failed"),
+    }
+}
+
+/// The last counter values read per group, to turn the maps' absolute
+/// counts into Prometheus increments.
+#[derive(Default)]
+struct Counters {
+    last: HashMap<u32, ServiceStats>,
+}
+
+impl Counters {
+    fn update<M: LbMaps>(&mut self, programmer: &Programmer<M>, metrics: &Metrics) {
+        let mut seen = HashMap::new();
+        for (id, port, v6, external) in programmer.group_labels() {
+            let Ok(Some(now)) = programmer.maps().read_stats(id) else {
+                continue;
+            };
+            let labels = ServiceLabels {
+                service: port.to_string(),
+                family: if v6 { "IPv6" } else { "IPv4" }.to_owned(),
+                traffic: if external { "external" } else { "internal" }.to_owned(),
+            };
+            // A reused id starts below the last reading: count from zero.
+            let before = self
+                .last
+                .get(&id)
+                .copied()
+                .filter(|b| b.connections <= now.connections && b.packets <= now.packets)
+                .unwrap_or_default();
+            metrics
+                .connections
+                .get_or_create(&labels)
+                .inc_by(now.connections - before.connections);
+            metrics
+                .rejected
+                .get_or_create(&labels)
+                .inc_by(now.rejected.saturating_sub(before.rejected));
+            metrics
+                .packets
+                .get_or_create(&labels)
+                .inc_by(now.packets - before.packets);
+            metrics
+                .bytes
+                .get_or_create(&labels)
+                .inc_by(now.bytes.saturating_sub(before.bytes));
+            seen.insert(id, now);
+        }
+        self.last = seen;
     }
 }
 

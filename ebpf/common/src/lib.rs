@@ -28,12 +28,27 @@ pub const SCOPE_EXTERNAL: u8 = 1;
 /// [`ServiceValue::flags`]: ClientIP session affinity is on.
 pub const SVC_FLAG_AFFINITY: u8 = 1;
 
+/// [`Backend::flags`]: the backend runs on this node, so per-packet
+/// translation needs no source NAT to bring its replies back.
+pub const BACKEND_FLAG_LOCAL: u8 = 1;
+
+/// [`CtValue::flags`]: the entry is a reply direction (reverse NAT).
+pub const CT_FLAG_REPLY: u8 = 1;
+/// The flow was source-translated to the node's address.
+pub const CT_FLAG_SNAT: u8 = 2;
+/// A FIN or RST was seen: the entry ages out quickly.
+pub const CT_FLAG_CLOSING: u8 = 4;
+/// Used by the egress program (the others by ingress).
+pub const CT_FLAG_EGRESS: u8 = 8;
+
 /// Pinned map names, shared by the programs' definitions and the agent.
 pub const MAP_SERVICES: &str = "FERRY_SERVICES";
 pub const MAP_BACKENDS: &str = "FERRY_BACKENDS";
 pub const MAP_AFFINITY: &str = "FERRY_AFFINITY";
 pub const MAP_SOCK_REVNAT: &str = "FERRY_SOCK_RNAT";
 pub const MAP_STATS: &str = "FERRY_STATS";
+pub const MAP_CONNTRACK: &str = "FERRY_CT";
+pub const MAP_NODE_ADDRS: &str = "FERRY_NODE_ADDRS";
 
 /// The word that marks an IPv4-mapped address (`::ffff:0:0/96`), as stored.
 pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
@@ -82,7 +97,8 @@ pub struct Backend {
     pub addr: [u32; 4],
     /// Network byte order.
     pub port: u16,
-    pub _pad: [u8; 2],
+    pub flags: u8,
+    pub _pad: u8,
 }
 
 /// Whose choice an affinity entry remembers: socket hooks know the client's
@@ -127,12 +143,58 @@ pub struct SockRevNatValue {
     pub _pad: [u8; 2],
 }
 
+/// A flow as one direction of its packets shows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Network byte order.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What to do with a tracked flow's packets. Forward entries (client to
+/// frontend) say where the packet goes; reply entries (backend to client)
+/// say what its source becomes again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns()` when last refreshed (at most once a second).
+    pub last_seen_ns: u64,
+    /// Forward: the backend. Reply: the frontend (new source).
+    pub addr: [u32; 4],
+    /// With [`CT_FLAG_SNAT`]. Forward: the node address and port the
+    /// source becomes. Reply: the client the destination becomes.
+    pub nat_addr: [u32; 4],
+    /// The backend group, so the agent can find a gone backend's flows.
+    pub id: u32,
+    pub port: u16,
+    pub nat_port: u16,
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+/// The node's own addresses on a device (keyed by ifindex), for source
+/// NAT toward backends on other nodes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodeAddrs {
+    /// IPv4-mapped; zero when the device has none.
+    pub v4: [u32; 4],
+    /// Zero when the device has none.
+    pub v6: [u32; 4],
+}
+
 /// Per backend group counters (a per-CPU array indexed by group id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceStats {
-    /// Socket-level translations (connect and sendmsg).
-    pub sock_translations: u64,
+    /// New connections translated (socket connect/sendmsg, and new flows
+    /// at TC).
+    pub connections: u64,
     /// Connections refused because the service had no endpoints.
     pub rejected: u64,
     /// Packets translated at TC.
@@ -168,6 +230,9 @@ mod user {
     unsafe impl aya::Pod for SockRevNatKey {}
     unsafe impl aya::Pod for SockRevNatValue {}
     unsafe impl aya::Pod for ServiceStats {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for NodeAddrs {}
 }
 
 #[cfg(test)]
@@ -187,6 +252,9 @@ mod tests {
         assert_eq!(size_of::<SockRevNatKey>(), 32);
         assert_eq!(size_of::<SockRevNatValue>(), 20);
         assert_eq!(size_of::<ServiceStats>(), 32);
+        assert_eq!(size_of::<CtKey>(), 40);
+        assert_eq!(size_of::<CtValue>(), 56);
+        assert_eq!(size_of::<NodeAddrs>(), 32);
     }
 
     #[test]

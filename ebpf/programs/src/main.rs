@@ -13,6 +13,7 @@
 #![no_main]
 
 mod maps;
+mod packet;
 mod service;
 mod sock;
 

@@ -4,9 +4,10 @@
 
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray};
+use ferry_ebpf_common::CtKey as Key;
 use ferry_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, ServiceKey, ServiceStats, ServiceValue,
-    SockRevNatKey, SockRevNatValue,
+    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, NodeAddrs, ServiceKey,
+    ServiceStats, ServiceValue, SockRevNatKey, SockRevNatValue,
 };
 
 #[map(name = "FERRY_SERVICES")]
@@ -24,3 +25,21 @@ pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
 
 #[map(name = "FERRY_STATS")]
 pub static STATS: PerCpuArray<ServiceStats> = PerCpuArray::pinned(16384, 0);
+
+#[map(name = "FERRY_CT")]
+pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0);
+
+/// ifindex to the node's addresses on that device.
+#[map(name = "FERRY_NODE_ADDRS")]
+pub static NODE_ADDRS: HashMap<u32, NodeAddrs> = HashMap::pinned(64, 0);
+
+/// Room for building conntrack entries: the BPF stack (512 bytes for a
+/// whole call chain) cannot hold several of them. Per CPU and never pinned.
+#[repr(C)]
+pub struct Scratch {
+    pub key: Key,
+    pub value: CtValue,
+}
+
+#[map(name = "FERRY_SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -11,26 +11,37 @@ use ferry_ebpf_common::{
 use crate::maps::{AFFINITY, BACKENDS, SERVICES, STATS};
 
 /// What a frontend lookup decided.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
 pub enum Verdict {
     /// Not a service address: leave it alone.
     Pass,
     /// A service with no usable endpoints: refuse the connection.
     Reject,
-    /// Translate to this backend.
-    To(Backend),
+    /// Translate to the [`Chosen`] backend.
+    To,
+}
+
+/// The backend picked, and its group.
+#[derive(Clone, Copy, Default)]
+pub struct Chosen {
+    pub backend: Backend,
+    pub id: u32,
 }
 
 /// Which statistic to count.
 #[derive(Clone, Copy)]
 pub enum Counter {
-    Sock,
+    Connection,
     Rejected,
 }
 
-/// Looks up `key` and picks a backend. `affinity` identifies the client for
-/// ClientIP affinity (netns cookie for sockets, source address for packets).
-#[inline(always)]
-pub fn select(key: &ServiceKey, affinity: AffinityKey) -> Verdict {
+/// Looks up `key` and picks a backend into `out`. `affinity` identifies the
+/// client for ClientIP affinity (netns cookie for sockets, source address
+/// for packets). A function of its own (a BPF subprogram) so its locals get
+/// their own stack frame.
+#[inline(never)]
+pub fn select(key: &ServiceKey, affinity: &AffinityKey, out: &mut Chosen) -> Verdict {
     // Copy the value out at once: a preallocated hash element may be reused
     // after a concurrent delete.
     let svc: ServiceValue = match SERVICES.get_ptr(key) {
@@ -44,7 +55,7 @@ pub fn select(key: &ServiceKey, affinity: AffinityKey) -> Verdict {
     let sticky = svc.flags & SVC_FLAG_AFFINITY != 0;
     let akey = AffinityKey {
         id: svc.id,
-        ..affinity
+        ..*affinity
     };
     let now = unsafe { bpf_ktime_get_ns() };
     if sticky {
@@ -57,8 +68,10 @@ pub fn select(key: &ServiceKey, affinity: AffinityKey) -> Verdict {
                     ..remembered
                 };
                 let _ = AFFINITY.insert(&akey, &value, 0);
-                count(svc.id, Counter::Sock);
-                return Verdict::To(remembered.backend);
+                count(svc.id, Counter::Connection);
+                out.backend = remembered.backend;
+                out.id = svc.id;
+                return Verdict::To;
             }
         }
     }
@@ -83,8 +96,10 @@ pub fn select(key: &ServiceKey, affinity: AffinityKey) -> Verdict {
         };
         let _ = AFFINITY.insert(&akey, &value, 0);
     }
-    count(svc.id, Counter::Sock);
-    Verdict::To(backend)
+    count(svc.id, Counter::Connection);
+    out.backend = backend;
+    out.id = svc.id;
+    Verdict::To
 }
 
 #[inline(always)]
@@ -94,7 +109,7 @@ pub fn count(id: u32, which: Counter) {
         let p: *mut ServiceStats = p;
         unsafe {
             match which {
-                Counter::Sock => (*p).sock_translations += 1,
+                Counter::Connection => (*p).connections += 1,
                 Counter::Rejected => (*p).rejected += 1,
             }
         }

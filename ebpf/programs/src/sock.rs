@@ -17,7 +17,7 @@ use ferry_ebpf_common::{
 };
 
 use crate::maps::SOCK_REVNAT;
-use crate::service::{Verdict, select};
+use crate::service::{Chosen, Verdict, select};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -138,7 +138,8 @@ fn translate(ctx: &SockAddrContext, family: Family) -> i32 {
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         ..AffinityKey::default()
     };
-    match select(&key, affinity) {
+    let mut chosen = Chosen::default();
+    match select(&key, &affinity, &mut chosen) {
         Verdict::Pass => ALLOW,
         Verdict::Reject => {
             // As kube-proxy's REJECT: the client sees "connection refused" at
@@ -146,7 +147,8 @@ fn translate(ctx: &SockAddrContext, family: Family) -> i32 {
             unsafe { bpf_set_retval(-ECONNREFUSED) };
             DENY
         }
-        Verdict::To(backend) => {
+        Verdict::To => {
+            let backend = chosen.backend;
             // An IPv6 socket can only reach a v4 backend through a mapped
             // address, which is how it is stored; a v4 socket never gets a v6
             // backend because groups are per family.
@@ -156,10 +158,11 @@ fn translate(ctx: &SockAddrContext, family: Family) -> i32 {
             set_user(sa, family, &backend.addr, backend.port);
             let rkey = SockRevNatKey {
                 cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+                // Flags are the agent's business, not part of the socket's peer.
                 backend: Backend {
                     addr: backend.addr,
                     port: backend.port,
-                    _pad: [0; 2],
+                    ..Backend::default()
                 },
                 _pad: 0,
             };
@@ -182,7 +185,7 @@ fn reverse(ctx: &SockAddrContext, family: Family) {
         backend: Backend {
             addr: user_addr(sa, family),
             port: user_port(sa),
-            _pad: [0; 2],
+            ..Backend::default()
         },
         _pad: 0,
     };

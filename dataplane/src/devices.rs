@@ -1,0 +1,87 @@
+//! The node devices the per-packet programs attach to (`--devices`), with
+//! the addresses flows to other nodes' backends are source-translated to.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures_util::TryStreamExt as _;
+use netlink_packet_route::address::AddressAttribute;
+use rtnetlink::Handle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("no device named {0} in this network namespace")]
+    Missing(String),
+    #[error("listing {what}: {source}")]
+    Netlink {
+        what: String,
+        source: Box<rtnetlink::Error>,
+    },
+}
+
+/// A device and its first address of each family (IPv6: the first that is
+/// not link-local).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub name: String,
+    pub index: u32,
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// Looks up each named device.
+pub async fn lookup(handle: &Handle, names: &[String]) -> Result<Vec<Device>, DeviceError> {
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let link = handle
+            .link()
+            .get()
+            .match_name(name.clone())
+            .execute()
+            .try_next()
+            .await;
+        let index = match link {
+            Ok(Some(l)) => l.header.index,
+            Ok(None) => return Err(DeviceError::Missing(name.clone())),
+            // ENODEV: no such link.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => {
+                return Err(DeviceError::Missing(name.clone()));
+            }
+            Err(e) => {
+                return Err(DeviceError::Netlink {
+                    what: format!("device {name}"),
+                    source: Box::new(e),
+                });
+            }
+        };
+        let addrs: Vec<IpAddr> = handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_filter_map(|m| async move {
+                Ok(m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                }))
+            })
+            .try_collect()
+            .await
+            .map_err(|e| DeviceError::Netlink {
+                what: format!("addresses of {name}"),
+                source: Box::new(e),
+            })?;
+        out.push(Device {
+            name: name.clone(),
+            index,
+            v4: addrs.iter().find_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            }),
+            v6: addrs.iter().find_map(|a| match a {
+                IpAddr::V6(v6) if !v6.is_unicast_link_local() => Some(*v6),
+                _ => None,
+            }),
+        });
+    }
+    Ok(out)
+}

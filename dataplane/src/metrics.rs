@@ -1,0 +1,270 @@
+//! `/healthz`, `/readyz` and `/metrics` (Prometheus text format) for the
+//! agent. Metric names follow kube-proxy's where one exists, so existing
+//! dashboards and alerts keep working; per-service counters and map fill
+//! levels come from the maps.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A service port's counters (`namespace/name:port`), per family.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+    pub family: String,
+    /// `internal` (in-cluster and socket-level) or `external` traffic.
+    pub traffic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: String,
+}
+
+/// Everything the agent reports, shared by the proxy loop and the server.
+pub struct Metrics {
+    registry: Registry,
+    pub sync_duration: Histogram,
+    pub programming_latency: Histogram,
+    pub last_sync: Gauge<f64, AtomicU64>,
+    pub sync_errors: Counter,
+    pub connections: Family<ServiceLabels, Counter>,
+    pub rejected: Family<ServiceLabels, Counter>,
+    pub packets: Family<ServiceLabels, Counter>,
+    pub bytes: Family<ServiceLabels, Counter>,
+    pub map_entries: Family<MapLabels, Gauge>,
+    pub map_capacity: Family<MapLabels, Gauge>,
+    pub flows_expired: Counter,
+    ready: AtomicBool,
+    /// Unix seconds of the proxy loop's last pass, for `/healthz`.
+    heartbeat: AtomicU64,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        // kube-proxy's buckets: 1 ms doubling to ~16 s.
+        let sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let programming_latency = Histogram::new(exponential_buckets(0.001, 2.0, 20));
+        let last_sync = Gauge::<f64, AtomicU64>::default();
+        let sync_errors = Counter::default();
+        let connections = Family::<ServiceLabels, Counter>::default();
+        let rejected = Family::<ServiceLabels, Counter>::default();
+        let packets = Family::<ServiceLabels, Counter>::default();
+        let bytes = Family::<ServiceLabels, Counter>::default();
+        let map_entries = Family::<MapLabels, Gauge>::default();
+        let map_capacity = Family::<MapLabels, Gauge>::default();
+        let flows_expired = Counter::default();
+        registry.register(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            sync_duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            programming_latency.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            last_sync.clone(),
+        );
+        registry.register(
+            "ferry_sync_errors",
+            "Service programming attempts that failed and will be retried",
+            sync_errors.clone(),
+        );
+        registry.register(
+            "ferry_service_connections",
+            "New connections translated to a backend (socket-level and per-packet)",
+            connections.clone(),
+        );
+        registry.register(
+            "ferry_service_rejected",
+            "Connections refused or dropped because the service had no endpoints",
+            rejected.clone(),
+        );
+        registry.register(
+            "ferry_service_packets",
+            "Packets translated per-packet at TC",
+            packets.clone(),
+        );
+        registry.register(
+            "ferry_service_bytes",
+            "Bytes translated per-packet at TC",
+            bytes.clone(),
+        );
+        registry.register(
+            "ferry_bpf_map_entries",
+            "Entries in each BPF map",
+            map_entries.clone(),
+        );
+        registry.register(
+            "ferry_bpf_map_capacity",
+            "Maximum entries of each BPF map",
+            map_capacity.clone(),
+        );
+        registry.register(
+            "ferry_conntrack_expired",
+            "Conntrack entries removed for idleness",
+            flows_expired.clone(),
+        );
+        Self {
+            registry,
+            sync_duration,
+            programming_latency,
+            last_sync,
+            sync_errors,
+            connections,
+            rejected,
+            packets,
+            bytes,
+            map_entries,
+            map_capacity,
+            flows_expired,
+            ready: AtomicBool::new(false),
+            heartbeat: AtomicU64::new(0),
+        }
+    }
+
+    /// The first full sync is done: `/readyz` turns 200.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// The proxy loop is alive.
+    pub fn beat(&self) {
+        self.heartbeat.store(unix_now() as u64, Ordering::Relaxed);
+    }
+
+    pub fn synced(&self, took: Duration) {
+        self.sync_duration.observe(took.as_secs_f64());
+        self.last_sync.set(unix_now());
+    }
+
+    pub fn set_map(&self, map: &str, entries: usize, capacity: u32) {
+        let labels = MapLabels {
+            map: map.to_owned(),
+        };
+        self.map_entries
+            .get_or_create(&labels)
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.map_capacity
+            .get_or_create(&labels)
+            .set(i64::from(capacity));
+    }
+
+    fn healthy(&self) -> bool {
+        // The loop wakes at least every second; a minute of silence means
+        // it is stuck.
+        let last = self.heartbeat.load(Ordering::Relaxed) as f64;
+        last > 0.0 && unix_now() - last < 60.0
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn route(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
+    let ok = |good: bool, what: &str| {
+        if good {
+            reply(StatusCode::OK, "ok\n".into())
+        } else {
+            reply(StatusCode::SERVICE_UNAVAILABLE, format!("{what}\n"))
+        }
+    };
+    match path {
+        "/healthz" | "/livez" => ok(metrics.healthy(), "proxy loop not running"),
+        "/readyz" => ok(
+            metrics.ready.load(Ordering::Relaxed) && metrics.healthy(),
+            "service maps not synced yet",
+        ),
+        "/metrics" => {
+            let mut resp = reply(StatusCode::OK, metrics.render());
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// Serves the endpoints on `addr` until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a metrics connection");
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let resp = route(&metrics, req.uri().path());
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics connection ended");
+            }
+        });
+    }
+}

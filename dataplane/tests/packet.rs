@@ -1,0 +1,456 @@
+//! The TC programs run on crafted packets with BPF_PROG_TEST_RUN: the
+//! kernel executes the real object on each packet and hands back the bytes
+//! it left, which are checked field by field, checksums included.
+//!
+//! Needs root (loading BPF); prints `SKIP: needs root` otherwise.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+use aya::maps::{HashMap, MapData};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::{Ebpf, EbpfLoader};
+use ferry_dataplane::bpf::{OBJECT, TC_EGRESS, TC_INGRESS};
+use ferry_dataplane::service::programmer::addr_words;
+use ferry_ebpf_common::{
+    BACKEND_FLAG_LOCAL, Backend, BackendKey, CtKey, CtValue, MAP_BACKENDS, MAP_CONNTRACK,
+    MAP_NODE_ADDRS, MAP_SERVICES, NodeAddrs, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, ServiceKey,
+    ServiceValue,
+};
+use ferry_testbed::{BPFFS, skip_if_not_root};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+/// BPF_PROG_TEST_RUN gives skbs the loopback device unless told otherwise.
+const LOOPBACK: u32 = 1;
+
+/// The object loaded with its maps pinned in a bpffs directory of the
+/// test's own, removed on drop.
+struct Loaded {
+    ebpf: Ebpf,
+    dir: PathBuf,
+}
+
+impl Loaded {
+    fn new(name: &str) -> Self {
+        let dir = PathBuf::from(BPFFS).join(format!("ferry-unit-{}-{name}", std::process::id()));
+        sweep_dead_dirs();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("bpffs dir");
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&dir)
+            .load(OBJECT)
+            .expect("load object");
+        for name in [TC_INGRESS, TC_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .expect("program")
+                .try_into()
+                .expect("classifier");
+            prog.load().expect("verifier accepts the program");
+        }
+        Self { ebpf, dir }
+    }
+
+    fn map<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
+        HashMap::try_from(self.ebpf.map_mut(name).expect("map")).expect("hash map")
+    }
+
+    /// A service with `backends` at frontend `front:port`.
+    fn service(&mut self, front: IpAddr, port: u16, proto: u8, id: u32, backends: &[Backend]) {
+        let key = ServiceKey {
+            addr: addr_words(front),
+            port: port.to_be(),
+            proto,
+            scope: SCOPE_EXTERNAL,
+        };
+        let value = ServiceValue {
+            id,
+            count: u16::try_from(backends.len()).expect("count"),
+            ..ServiceValue::default()
+        };
+        let mut slots = self.map::<BackendKey, Backend>(MAP_BACKENDS);
+        for (i, b) in backends.iter().enumerate() {
+            let k = BackendKey {
+                id,
+                slot: u16::try_from(i).expect("slot"),
+                rev: 0,
+                _pad: 0,
+            };
+            slots.insert(k, b, 0).expect("backend");
+        }
+        self.map::<ServiceKey, ServiceValue>(MAP_SERVICES)
+            .insert(key, value, 0)
+            .expect("service");
+    }
+
+    fn run(&mut self, program: &str, packet: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .expect("program")
+            .try_into()
+            .expect("classifier");
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn flows(&mut self) -> Vec<(CtKey, CtValue)> {
+        self.map::<CtKey, CtValue>(MAP_CONNTRACK)
+            .iter()
+            .map(|e| e.expect("conntrack entry"))
+            .collect()
+    }
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Pin directories of test processes that died before their drop ran.
+fn sweep_dead_dirs() {
+    let Ok(entries) = std::fs::read_dir(BPFFS) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("ferry-unit-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn backend(addr: &str, port: u16, local: bool) -> Backend {
+    Backend {
+        addr: addr_words(addr.parse().expect("ip")),
+        port: port.to_be(),
+        flags: if local { BACKEND_FLAG_LOCAL } else { 0 },
+        _pad: 0,
+    }
+}
+
+// --- packets --------------------------------------------------------------
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+fn sum16(bytes: &[u8]) -> u32 {
+    bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
+    let addr = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    sum16(&addr(src)) + sum16(&addr(dst)) + u32::from(proto) + len as u32
+}
+
+/// Ethernet + IPv4/IPv6 + TCP (SYN or ACK) or UDP, with valid checksums.
+fn packet(proto: u8, src: (IpAddr, u16), dst: (IpAddr, u16), syn: bool) -> Vec<u8> {
+    let payload = b"ferry";
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&src.1.to_be_bytes());
+    l4.extend_from_slice(&dst.1.to_be_bytes());
+    if proto == PROTO_TCP {
+        l4.extend_from_slice(&1u32.to_be_bytes()); // seq
+        l4.extend_from_slice(&0u32.to_be_bytes()); // ack
+        l4.push(5 << 4);
+        l4.push(if syn { 0x02 } else { 0x10 });
+        l4.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]); // window, csum, urg
+    } else {
+        let len = u16::try_from(8 + payload.len()).expect("len");
+        l4.extend_from_slice(&len.to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+    }
+    l4.extend_from_slice(payload);
+    let csum_at = if proto == PROTO_TCP { 16 } else { 6 };
+    let mut c = !fold(pseudo(src.0, dst.0, proto, l4.len()) + sum16(&l4));
+    if c == 0 && proto == PROTO_UDP {
+        c = 0xffff;
+    }
+    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+
+    let mut p = vec![0u8; 12];
+    let (ethertype, l3) = match (src.0, dst.0) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut h = vec![0x45, 0];
+            h.extend_from_slice(&u16::try_from(20 + l4.len()).expect("len").to_be_bytes());
+            h.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            let c = !fold(sum16(&h));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            (0x0800u16, h)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut h = vec![0x60, 0, 0, 0];
+            h.extend_from_slice(&u16::try_from(l4.len()).expect("len").to_be_bytes());
+            h.extend_from_slice(&[proto, 64]);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            (0x86dd, h)
+        }
+        _ => panic!("mixed families"),
+    };
+    p.extend_from_slice(&ethertype.to_be_bytes());
+    p.extend_from_slice(&l3);
+    p.extend_from_slice(&l4);
+    p
+}
+
+/// The addresses and ports of a packet, after checking every checksum.
+fn read(p: &[u8]) -> ((IpAddr, u16), (IpAddr, u16)) {
+    let ethertype = u16::from_be_bytes([p[12], p[13]]);
+    let (src, dst, proto, l4) = if ethertype == 0x0800 {
+        let h = &p[14..34];
+        assert_eq!(fold(sum16(h)), 0xffff, "IPv4 header checksum");
+        let s = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+        let d = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+        (IpAddr::V4(s), IpAddr::V4(d), h[9], &p[34..])
+    } else {
+        let h = &p[14..54];
+        let s: [u8; 16] = h[8..24].try_into().expect("src");
+        let d: [u8; 16] = h[24..40].try_into().expect("dst");
+        (
+            IpAddr::V6(Ipv6Addr::from(s)),
+            IpAddr::V6(Ipv6Addr::from(d)),
+            h[6],
+            &p[54..],
+        )
+    };
+    assert_eq!(
+        fold(pseudo(src, dst, proto, l4.len()) + sum16(l4)),
+        0xffff,
+        "L4 checksum after rewriting"
+    );
+    let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
+    ((src, port(0)), (dst, port(2)))
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+// --- tests ----------------------------------------------------------------
+
+/// A new TCP flow to an ExternalIP goes to a local backend; its reply
+/// leaving through egress comes from the ExternalIP again.
+#[test]
+fn dnat_to_local_backend_and_reverse_on_egress() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut l = Loaded::new("local");
+    let (ext, client, pod) = (ip("192.0.2.80"), ip("198.51.100.7"), ip("10.244.0.5"));
+    l.service(ext, 80, PROTO_TCP, 1, &[backend("10.244.0.5", 8080, true)]);
+
+    let syn = packet(PROTO_TCP, (client, 40000), (ext, 80), true);
+    let (rc, out) = l.run(TC_INGRESS, &syn);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(read(&out), ((client, 40000), (pod, 8080)));
+
+    let reply = packet(PROTO_TCP, (pod, 8080), (client, 40000), false);
+    let (rc, out) = l.run(TC_EGRESS, &reply);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(
+        read(&out),
+        ((ext, 80), (client, 40000)),
+        "reply from the frontend"
+    );
+    // Ingress never applies the egress entry, and vice versa.
+    let (_, out) = l.run(TC_INGRESS, &reply);
+    assert_eq!(out, reply);
+    assert_eq!(l.flows().len(), 2, "forward and reply entries");
+}
+
+/// Every packet of a tracked flow keeps its backend; new flows spread.
+#[test]
+fn established_flows_keep_their_backend() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut l = Loaded::new("sticky");
+    let ext = ip("192.0.2.81");
+    let backends = [
+        backend("10.244.0.5", 8080, true),
+        backend("10.244.0.6", 8080, true),
+        backend("10.244.0.7", 8080, true),
+    ];
+    l.service(ext, 80, PROTO_TCP, 2, &backends);
+    let mut chosen = std::collections::BTreeSet::new();
+    for sport in 41000..41030u16 {
+        let client = ip("198.51.100.8");
+        let (_, out) = l.run(
+            TC_INGRESS,
+            &packet(PROTO_TCP, (client, sport), (ext, 80), true),
+        );
+        let first = read(&out).1;
+        chosen.insert(first.0);
+        for _ in 0..10 {
+            let (_, out) = l.run(
+                TC_INGRESS,
+                &packet(PROTO_TCP, (client, sport), (ext, 80), false),
+            );
+            assert_eq!(read(&out).1, first, "flow {sport} changed backend");
+        }
+    }
+    assert!(
+        chosen.len() >= 2,
+        "30 flows spread over the backends: {chosen:?}"
+    );
+}
+
+/// A backend on another node: the flow leaves from the node's address so
+/// the reply comes back, and the reply is restored to frontend → client.
+#[test]
+fn remote_backend_is_source_translated_both_ways() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut l = Loaded::new("snat");
+    let (ext, client, node, pod) = (
+        ip("192.0.2.82"),
+        ip("198.51.100.9"),
+        ip("172.31.0.1"),
+        ip("10.244.1.5"),
+    );
+    l.service(ext, 53, PROTO_UDP, 3, &[backend("10.244.1.5", 5353, false)]);
+    // No node address on the device: the flow cannot be source-translated,
+    // so it is dropped rather than sent where its reply would be lost.
+    let dgram = packet(PROTO_UDP, (client, 50000), (ext, 53), false);
+    let (rc, out) = l.run(TC_INGRESS, &dgram);
+    assert_eq!((rc, read(&out)), (TC_ACT_SHOT, read(&dgram)));
+
+    l.map::<u32, NodeAddrs>(MAP_NODE_ADDRS)
+        .insert(
+            LOOPBACK,
+            NodeAddrs {
+                v4: addr_words(node),
+                v6: [0; 4],
+            },
+            0,
+        )
+        .expect("node addrs");
+    let (rc, out) = l.run(TC_INGRESS, &dgram);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(read(&out), ((client, 50000), (pod, 5353)));
+    let (rc, out) = l.run(TC_EGRESS, &out);
+    assert_eq!(rc, TC_ACT_OK);
+    let ((src, nat_port), dst) = read(&out);
+    assert_eq!(
+        (src, dst),
+        (node, (pod, 5353)),
+        "from the node toward the backend"
+    );
+    assert_eq!(nat_port, 50000, "the client's port when free");
+
+    let reply = packet(PROTO_UDP, (pod, 5353), (node, nat_port), false);
+    let (rc, out) = l.run(TC_INGRESS, &reply);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(read(&out), ((ext, 53), (client, 50000)));
+
+    // A second client using the same port gets another node port.
+    let other = ip("198.51.100.10");
+    let (_, out) = l.run(
+        TC_INGRESS,
+        &packet(PROTO_UDP, (other, 50000), (ext, 53), false),
+    );
+    let (_, out) = l.run(TC_EGRESS, &out);
+    let ((src, port), _) = read(&out);
+    assert_eq!(src, node);
+    assert_ne!(port, 50000, "clash resolved");
+}
+
+/// IPv6 has no header checksum, but TCP's covers the addresses.
+#[test]
+fn ipv6_dnat_keeps_checksums() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut l = Loaded::new("v6");
+    let (ext, client, pod) = (
+        ip("2001:db8::80"),
+        ip("2001:db8:1::7"),
+        ip("fd00:10:244::5"),
+    );
+    l.service(
+        ext,
+        443,
+        PROTO_TCP,
+        4,
+        &[backend("fd00:10:244::5", 8443, true)],
+    );
+    let (rc, out) = l.run(
+        TC_INGRESS,
+        &packet(PROTO_TCP, (client, 40001), (ext, 443), true),
+    );
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(read(&out), ((client, 40001), (pod, 8443)));
+    let (_, out) = l.run(
+        TC_EGRESS,
+        &packet(PROTO_TCP, (pod, 8443), (client, 40001), false),
+    );
+    assert_eq!(read(&out), ((ext, 443), (client, 40001)));
+}
+
+/// Same address and port on TCP and UDP are different services; a
+/// service without endpoints drops; everything else passes untouched.
+#[test]
+fn protocols_kept_apart_and_others_untouched() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut l = Loaded::new("misc");
+    let (ext, client) = (ip("192.0.2.83"), ip("198.51.100.11"));
+    l.service(ext, 80, PROTO_TCP, 5, &[backend("10.244.0.5", 8080, true)]);
+    l.service(ext, 80, PROTO_UDP, 6, &[backend("10.244.0.6", 8081, true)]);
+    let (_, out) = l.run(TC_INGRESS, &packet(PROTO_TCP, (client, 1), (ext, 80), true));
+    assert_eq!(read(&out).1, (ip("10.244.0.5"), 8080));
+    let (_, out) = l.run(
+        TC_INGRESS,
+        &packet(PROTO_UDP, (client, 1), (ext, 80), false),
+    );
+    assert_eq!(read(&out).1, (ip("10.244.0.6"), 8081));
+
+    l.service(ip("192.0.2.84"), 80, PROTO_TCP, 7, &[]);
+    let syn = packet(PROTO_TCP, (client, 2), (ip("192.0.2.84"), 80), true);
+    assert_eq!(l.run(TC_INGRESS, &syn).0, TC_ACT_SHOT, "no endpoints");
+
+    for p in [
+        packet(PROTO_TCP, (client, 3), (ip("192.0.2.85"), 80), true),
+        packet(PROTO_TCP, (client, 3), (ext, 81), true),
+        // ARP and a runt frame.
+        [vec![0u8; 12], vec![0x08, 0x06], vec![0u8; 28]].concat(),
+        vec![0u8; 20],
+    ] {
+        let (rc, out) = l.run(TC_INGRESS, &p);
+        assert_eq!((rc, &out), (TC_ACT_OK, &p));
+        let (rc, out) = l.run(TC_EGRESS, &p);
+        assert_eq!((rc, &out), (TC_ACT_OK, &p));
+    }
+}

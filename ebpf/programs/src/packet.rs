@@ -1,0 +1,396 @@
+//! Per-packet load balancing at TC on the node's devices, for traffic the
+//! socket hooks never see: packets arriving from other nodes or from
+//! outside the cluster for a ClusterIP, ExternalIP or LoadBalancer address.
+//!
+//! Ingress translates a new flow's destination to a backend and records
+//! the flow in the conntrack map, so later packets keep their backend.
+//! A backend on this node replies through the device's egress, where the
+//! source is turned back into the frontend. A backend on another node would
+//! answer the client directly, so such flows are also source-translated to
+//! the node's address on egress (as kube-proxy masquerades), and their
+//! replies come back through ingress, where both addresses are restored.
+//!
+//! Conntrack entries, one per direction that needs rewriting (keys are
+//! the packet's own tuple):
+//! - forward `client → frontend` (ingress): destination becomes the backend;
+//! - SNAT `client → backend` (egress, remote backends only): source becomes
+//!   node:port;
+//! - reply `backend → client` (egress, local backends): source becomes the
+//!   frontend;
+//! - reply `backend → node:port` (ingress, remote backends): source becomes
+//!   the frontend, destination the client.
+
+use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT, __sk_buff};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::macros::classifier;
+use aya_ebpf::programs::TcContext;
+use ferry_ebpf_common::{
+    AffinityKey, BACKEND_FLAG_LOCAL, CT_FLAG_CLOSING, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtKey, CtValue,
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, ServiceKey, is_v4, v4_mapped,
+};
+
+use crate::maps::{CONNTRACK, NODE_ADDRS, SCRATCH, STATS};
+use crate::service::{Chosen, Verdict, select};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const BPF_F_PSEUDO_HDR: u64 = 0x10;
+const BPF_F_MARK_MANGLED_0: u64 = 0x20;
+const BPF_NOEXIST: u64 = 1;
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+/// How often a flow's `last_seen_ns` is refreshed: a write per packet
+/// would bounce the entry's cache line between CPUs.
+const REFRESH_NS: u64 = 1_000_000_000;
+/// Source ports tried for a source-translated flow, after the client's own.
+const NAT_PORT_TRIES: u32 = 8;
+const NAT_PORT_MIN: u32 = 32768;
+const NAT_PORT_SPAN: u32 = 28232;
+
+/// Where the parsed fields sit in the packet.
+#[derive(Clone, Copy)]
+struct Packet {
+    v4: bool,
+    l3: usize,
+    l4: usize,
+    proto: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    len: u32,
+}
+
+impl Packet {
+    fn key(&self) -> CtKey {
+        CtKey {
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    fn csum_off(&self) -> usize {
+        if self.proto == PROTO_TCP {
+            self.l4 + 16
+        } else {
+            self.l4 + 6
+        }
+    }
+
+    fn csum_flags(&self) -> u64 {
+        if self.proto == PROTO_UDP {
+            BPF_F_MARK_MANGLED_0
+        } else {
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Packet> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+    let l3 = ETH_HLEN;
+    let (v4, proto, src, dst, l4) = match ethertype {
+        ETH_P_IP => {
+            let vihl: u8 = ctx.load(l3).ok()?;
+            let ihl = usize::from(vihl & 0x0f) * 4;
+            if ihl < 20 {
+                return None;
+            }
+            // Fragments carry no ports after the first; leave them alone.
+            let frag = u16::from_be(ctx.load::<u16>(l3 + 6).ok()?);
+            if frag & 0x3fff != 0 {
+                return None;
+            }
+            let proto: u8 = ctx.load(l3 + 9).ok()?;
+            let src: u32 = ctx.load(l3 + 12).ok()?;
+            let dst: u32 = ctx.load(l3 + 16).ok()?;
+            (true, proto, v4_mapped(src), v4_mapped(dst), l3 + ihl)
+        }
+        ETH_P_IPV6 => {
+            // Only TCP or UDP right after the fixed header: extension
+            // headers are rare on service traffic and passed untouched.
+            let proto: u8 = ctx.load(l3 + 6).ok()?;
+            let src: [u32; 4] = ctx.load(l3 + 8).ok()?;
+            let dst: [u32; 4] = ctx.load(l3 + 24).ok()?;
+            (false, proto, src, dst, l3 + 40)
+        }
+        _ => return None,
+    };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let sport: u16 = ctx.load(l4).ok()?;
+    let dport: u16 = ctx.load(l4 + 2).ok()?;
+    let tcp_flags = if proto == PROTO_TCP {
+        ctx.load::<u8>(l4 + 13).ok()?
+    } else {
+        0
+    };
+    Some(Packet {
+        v4,
+        l3,
+        l4,
+        proto,
+        src,
+        dst,
+        sport,
+        dport,
+        tcp_flags,
+        len: ctx.len(),
+    })
+}
+
+/// Rewrites the source (`src = true`) or destination address and port,
+/// keeping the IPv4 header and TCP/UDP checksums right. A subprogram, so
+/// its locals do not pile onto the callers' stack frames.
+#[inline(never)]
+fn rewrite(skb: *mut __sk_buff, p: &Packet, src: bool, addr: &[u32; 4], port: u16) -> i32 {
+    match rewrite_inner(&TcContext::new(skb), p, src, addr, port) {
+        Some(()) => 0,
+        None => -1,
+    }
+}
+
+#[inline(always)]
+fn rewrite_inner(ctx: &TcContext, p: &Packet, src: bool, addr: &[u32; 4], port: u16) -> Option<()> {
+    let csum = p.csum_off();
+    let flags = p.csum_flags();
+    let (old_addr, old_port) = if src { (&p.src, p.sport) } else { (&p.dst, p.dport) };
+    if p.v4 {
+        let off = p.l3 + if src { 12 } else { 16 };
+        let (old, new) = (old_addr[3], addr[3]);
+        ctx.l4_csum_replace(csum, old as u64, new as u64, flags | BPF_F_PSEUDO_HDR | 4)
+            .ok()?;
+        ctx.l3_csum_replace(p.l3 + 10, old as u64, new as u64, 4).ok()?;
+        ctx.store(off, &new, 0).ok()?;
+    } else {
+        let off = p.l3 + if src { 8 } else { 24 };
+        for i in 0..4 {
+            ctx.l4_csum_replace(
+                csum,
+                old_addr[i] as u64,
+                addr[i] as u64,
+                flags | BPF_F_PSEUDO_HDR | 4,
+            )
+            .ok()?;
+        }
+        ctx.store(off, addr, 0).ok()?;
+    }
+    let port_off = p.l4 + if src { 0 } else { 2 };
+    ctx.l4_csum_replace(csum, old_port as u64, port as u64, flags | 2)
+        .ok()?;
+    ctx.store(port_off, &port, 0).ok()?;
+    Some(())
+}
+
+/// Refreshes a hit entry's age and notes a closing TCP flow.
+#[inline(always)]
+fn touch(entry: *mut CtValue, p: &Packet, now: u64) {
+    unsafe {
+        if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            (*entry).flags |= CT_FLAG_CLOSING;
+            (*entry).last_seen_ns = now;
+        } else if now.saturating_sub((*entry).last_seen_ns) > REFRESH_NS {
+            (*entry).last_seen_ns = now;
+        }
+    }
+}
+
+#[inline(always)]
+fn count_packet(id: u32, len: u32) {
+    if let Some(s) = STATS.get_ptr_mut(id) {
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += u64::from(len);
+        }
+    }
+}
+
+#[classifier]
+pub fn ferry_tc_ingress(ctx: TcContext) -> i32 {
+    match ingress(&ctx) {
+        Some(verdict) => verdict,
+        None => TC_ACT_OK as i32,
+    }
+}
+
+#[classifier]
+pub fn ferry_tc_egress(ctx: TcContext) -> i32 {
+    let _ = egress(&ctx);
+    TC_ACT_OK as i32
+}
+
+#[inline(always)]
+fn ingress(ctx: &TcContext) -> Option<i32> {
+    let p = parse(ctx)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let skb = ctx.skb.skb;
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&p.key()) {
+        // Fields are read through the pointer rather than copied out: the
+        // call chain below shares one 512-byte stack.
+        let (flags, id) = unsafe { ((*entry).flags, (*entry).id) };
+        if flags & CT_FLAG_EGRESS != 0 {
+            return None;
+        }
+        touch(entry, &p, now);
+        count_packet(id, p.len);
+        let ct = unsafe { &*entry };
+        if flags & CT_FLAG_REPLY == 0 {
+            // A tracked flow keeps its backend.
+            ok(rewrite(skb, &p, false, &ct.addr, ct.port))?;
+        } else if flags & CT_FLAG_SNAT != 0 {
+            // A remote backend's reply to the node: back to the client,
+            // from the frontend.
+            ok(rewrite(skb, &p, true, &ct.addr, ct.port))?;
+            ok(rewrite(skb, &p, false, &ct.nat_addr, ct.nat_port))?;
+        }
+        return Some(TC_ACT_OK as i32);
+    }
+    Some(new_flow(skb, &p, now))
+}
+
+#[inline(always)]
+fn ok(rc: i32) -> Option<()> {
+    (rc == 0).then_some(())
+}
+
+/// A packet of no tracked flow: a frontend's first packet gets a backend
+/// and conntrack entries; anything else passes.
+#[inline(never)]
+fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
+    let svc = ServiceKey {
+        addr: p.dst,
+        port: p.dport,
+        proto: p.proto,
+        scope: SCOPE_EXTERNAL,
+    };
+    let affinity = AffinityKey {
+        client: p.src,
+        ..AffinityKey::default()
+    };
+    let mut chosen = Chosen::default();
+    match select(&svc, &affinity, &mut chosen) {
+        Verdict::Pass => return TC_ACT_OK as i32,
+        // kube-proxy rejects; dropping keeps the node from answering for
+        // a service with nothing behind it.
+        Verdict::Reject => return TC_ACT_SHOT as i32,
+        Verdict::To => {}
+    }
+    if is_v4(&chosen.backend.addr) != p.v4 {
+        return TC_ACT_OK as i32;
+    }
+    let ifindex = unsafe { (*skb).ifindex };
+    match track(p, &chosen, ifindex, now) {
+        Some(()) => {
+            count_packet(chosen.id, p.len);
+            let _ = rewrite(skb, p, false, &chosen.backend.addr, chosen.backend.port);
+            TC_ACT_OK as i32
+        }
+        None => TC_ACT_SHOT as i32,
+    }
+}
+
+/// Records a new flow to `chosen`: the forward entry, and the entries its
+/// replies (and, for a remote backend, its source translation) need. The
+/// entries are built in the per-CPU scratch map, not on the stack.
+#[inline(never)]
+fn track(p: &Packet, chosen: &Chosen, ifindex: u32, now: u64) -> Option<()> {
+    let s = SCRATCH.get_ptr_mut(0)?;
+    let backend = &chosen.backend;
+    let (key, value) = unsafe { (&mut (*s).key, &mut (*s).value) };
+    *key = CtKey {
+        src: backend.addr,
+        dst: p.src,
+        sport: backend.port,
+        dport: p.sport,
+        proto: p.proto,
+        _pad: [0; 3],
+    };
+    *value = CtValue {
+        last_seen_ns: now,
+        addr: p.dst,
+        port: p.dport,
+        id: chosen.id,
+        flags: CT_FLAG_REPLY | CT_FLAG_EGRESS,
+        ..CtValue::default()
+    };
+    let mut nat_port = 0u16;
+    if backend.flags & BACKEND_FLAG_LOCAL != 0 {
+        // The reply leaves through a device's egress: restore the source.
+        CONNTRACK.insert(&*key, &*value, 0).ok()?;
+    } else {
+        let node = NODE_ADDRS.get_ptr(&ifindex)?;
+        key.dst = unsafe {
+            if p.v4 { (*node).v4 } else { (*node).v6 }
+        };
+        if key.dst == [0; 4] {
+            return None;
+        }
+        // Claim a node port for the reply: the client's own if free.
+        value.nat_addr = p.src;
+        value.nat_port = p.sport;
+        value.flags = CT_FLAG_REPLY | CT_FLAG_SNAT;
+        let mut claimed = CONNTRACK.insert(&*key, &*value, BPF_NOEXIST).is_ok();
+        let mut i = 0;
+        while !claimed && i < NAT_PORT_TRIES {
+            let seed = u32::from(u16::from_be(p.sport)).wrapping_mul(2654435761) ^ (i * 40503);
+            key.dport = ((NAT_PORT_MIN + seed % NAT_PORT_SPAN) as u16).to_be();
+            claimed = CONNTRACK.insert(&*key, &*value, BPF_NOEXIST).is_ok();
+            i += 1;
+        }
+        if !claimed {
+            return None;
+        }
+        nat_port = key.dport;
+        // Toward the backend, from the node.
+        value.nat_addr = key.dst;
+        value.nat_port = nat_port;
+        value.addr = [0; 4];
+        value.port = 0;
+        value.flags = CT_FLAG_SNAT | CT_FLAG_EGRESS;
+        key.dst = backend.addr;
+        key.src = p.src;
+        key.sport = p.sport;
+        key.dport = backend.port;
+        CONNTRACK.insert(&*key, &*value, 0).ok()?;
+    }
+    // The forward entry; `value.nat_addr` already holds the node address
+    // when translating the source.
+    *key = p.key();
+    value.addr = backend.addr;
+    value.port = backend.port;
+    value.flags = if nat_port != 0 { CT_FLAG_SNAT } else { 0 };
+    if nat_port == 0 {
+        value.nat_addr = [0; 4];
+    }
+    value.nat_port = nat_port;
+    CONNTRACK.insert(&*key, &*value, 0).ok()
+}
+
+#[inline(always)]
+fn egress(ctx: &TcContext) -> Option<()> {
+    let p = parse(ctx)?;
+    let entry = CONNTRACK.get_ptr_mut(&p.key())?;
+    let ct: CtValue = unsafe { *entry };
+    if ct.flags & CT_FLAG_EGRESS == 0 {
+        return None;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    touch(entry, &p, now);
+    let skb = ctx.skb.skb;
+    if ct.flags & CT_FLAG_REPLY != 0 {
+        // A local backend's reply: from the frontend again.
+        count_packet(ct.id, p.len);
+        ok(rewrite(skb, &p, true, &ct.addr, ct.port))
+    } else {
+        // Toward a remote backend: from the node, so the reply comes back.
+        ok(rewrite(skb, &p, true, &ct.nat_addr, ct.nat_port))
+    }
+}

@@ -149,6 +149,37 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BpfError
     move |source| BpfError::Io { what, path, source }
 }
 
+/// Loads the object with its maps pinned under `maps_dir` and the packet
+/// programs loaded but attached nowhere: for running them on crafted
+/// packets (BPF_PROG_TEST_RUN) in tests and benchmarks.
+pub fn load_detached(maps_dir: &Path, sizes: &MapSizes) -> Result<Ebpf, BpfError> {
+    std::fs::create_dir_all(maps_dir).map_err(io_err("creating", maps_dir))?;
+    let mut ebpf = loader(maps_dir, sizes)
+        .load(OBJECT)
+        .map_err(|source| BpfError::Load {
+            pins: maps_dir.to_owned(),
+            source: Box::new(source),
+        })?;
+    for name in [TC_INGRESS, TC_EGRESS] {
+        let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+        prog.load().map_err(prog_err(name))?;
+    }
+    Ok(ebpf)
+}
+
+fn loader<'a>(maps_dir: &'a Path, sizes: &MapSizes) -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .default_map_pin_directory(maps_dir)
+        .map_max_entries(MAP_SERVICES, sizes.services)
+        .map_max_entries(MAP_BACKENDS, sizes.backends)
+        .map_max_entries(MAP_AFFINITY, sizes.affinity)
+        .map_max_entries(MAP_SOCK_REVNAT, sizes.sock_revnat)
+        .map_max_entries(MAP_STATS, sizes.stats)
+        .map_max_entries(MAP_CONNTRACK, sizes.conntrack);
+    loader
+}
+
 /// Loads the object (reusing pinned maps), attaches every socket program to
 /// the cgroup and the packet programs to `devices`, and pins the links,
 /// replacing those of a previous agent (and dropping its links to devices
@@ -161,14 +192,7 @@ pub fn install(layout: &Layout, sizes: &MapSizes, devices: &[Device]) -> Result<
     }
     let cgroup =
         File::open(&layout.cgroup_root).map_err(io_err("opening cgroup", &layout.cgroup_root))?;
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&maps_dir)
-        .map_max_entries(MAP_SERVICES, sizes.services)
-        .map_max_entries(MAP_BACKENDS, sizes.backends)
-        .map_max_entries(MAP_AFFINITY, sizes.affinity)
-        .map_max_entries(MAP_SOCK_REVNAT, sizes.sock_revnat)
-        .map_max_entries(MAP_STATS, sizes.stats)
-        .map_max_entries(MAP_CONNTRACK, sizes.conntrack)
+    let mut ebpf = loader(&maps_dir, sizes)
         .load(OBJECT)
         .map_err(|source| BpfError::Load {
             pins: maps_dir.clone(),

@@ -4,8 +4,8 @@
 //! levels come from the maps.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http_body_util::Full;
@@ -21,6 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, oneshot};
 
 /// A service port's counters (`namespace/name:port`), per family.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +54,9 @@ pub struct Metrics {
     ready: AtomicBool,
     /// Unix seconds of the proxy loop's last pass, for `/healthz`.
     heartbeat: AtomicU64,
+    /// Asks the proxy loop to read the maps' counters into the metrics, so
+    /// a scrape sees current values without the loop polling every group.
+    refresh: OnceLock<mpsc::Sender<oneshot::Sender<()>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -158,6 +162,23 @@ impl Metrics {
             flows_expired,
             ready: AtomicBool::new(false),
             heartbeat: AtomicU64::new(0),
+            refresh: OnceLock::new(),
+        }
+    }
+
+    /// Where scrapes ask for fresh counters (the proxy loop's side).
+    pub fn refresh_requests(&self) -> mpsc::Receiver<oneshot::Sender<()>> {
+        let (tx, rx) = mpsc::channel(8);
+        let _ = self.refresh.set(tx);
+        rx
+    }
+
+    /// Has the proxy loop read the counters; gives up after a second.
+    async fn refreshed(&self) {
+        let Some(tx) = self.refresh.get() else { return };
+        let (done, wait) = oneshot::channel();
+        if tx.try_send(done).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
         }
     }
 
@@ -210,7 +231,7 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     resp
 }
 
-fn route(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
+async fn route(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
     let ok = |good: bool, what: &str| {
         if good {
             reply(StatusCode::OK, "ok\n".into())
@@ -225,6 +246,7 @@ fn route(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
             "service maps not synced yet",
         ),
         "/metrics" => {
+            metrics.refreshed().await;
             let mut resp = reply(StatusCode::OK, metrics.render());
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
@@ -256,8 +278,8 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let resp = route(&metrics, req.uri().path());
-                async move { Ok::<_, std::convert::Infallible>(resp) }
+                let metrics = metrics.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&metrics, req.uri().path()).await) }
             });
             if let Err(e) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)

@@ -4,19 +4,20 @@
 //!
 //! Needs root (loading BPF); prints `SKIP: needs root` otherwise.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
+use aya::Ebpf;
 use aya::maps::{HashMap, MapData};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use aya::{Ebpf, EbpfLoader};
-use ferry_dataplane::bpf::{OBJECT, TC_EGRESS, TC_INGRESS};
+use ferry_dataplane::bpf::{MapSizes, TC_EGRESS, TC_INGRESS, load_detached};
 use ferry_dataplane::service::programmer::addr_words;
 use ferry_ebpf_common::{
     BACKEND_FLAG_LOCAL, Backend, BackendKey, CtKey, CtValue, MAP_BACKENDS, MAP_CONNTRACK,
     MAP_NODE_ADDRS, MAP_SERVICES, NodeAddrs, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, ServiceKey,
     ServiceValue,
 };
+use ferry_testbed::packet::{endpoints, frame};
 use ferry_testbed::{BPFFS, skip_if_not_root};
 
 const TC_ACT_OK: u32 = 0;
@@ -36,19 +37,8 @@ impl Loaded {
         let dir = PathBuf::from(BPFFS).join(format!("ferry-unit-{}-{name}", std::process::id()));
         sweep_dead_dirs();
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("bpffs dir");
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&dir)
-            .load(OBJECT)
-            .expect("load object");
-        for name in [TC_INGRESS, TC_EGRESS] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .expect("program")
-                .try_into()
-                .expect("classifier");
-            prog.load().expect("verifier accepts the program");
-        }
+        let ebpf =
+            load_detached(&dir, &MapSizes::default()).expect("the verifier accepts the programs");
         Self { ebpf, dir }
     }
 
@@ -146,110 +136,13 @@ fn backend(addr: &str, port: u16, local: bool) -> Backend {
     }
 }
 
-// --- packets --------------------------------------------------------------
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
-fn sum16(bytes: &[u8]) -> u32 {
-    bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
-    let addr = |ip: IpAddr| match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    };
-    sum16(&addr(src)) + sum16(&addr(dst)) + u32::from(proto) + len as u32
-}
-
-/// Ethernet + IPv4/IPv6 + TCP (SYN or ACK) or UDP, with valid checksums.
 fn packet(proto: u8, src: (IpAddr, u16), dst: (IpAddr, u16), syn: bool) -> Vec<u8> {
-    let payload = b"ferry";
-    let mut l4 = Vec::new();
-    l4.extend_from_slice(&src.1.to_be_bytes());
-    l4.extend_from_slice(&dst.1.to_be_bytes());
-    if proto == PROTO_TCP {
-        l4.extend_from_slice(&1u32.to_be_bytes()); // seq
-        l4.extend_from_slice(&0u32.to_be_bytes()); // ack
-        l4.push(5 << 4);
-        l4.push(if syn { 0x02 } else { 0x10 });
-        l4.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]); // window, csum, urg
-    } else {
-        let len = u16::try_from(8 + payload.len()).expect("len");
-        l4.extend_from_slice(&len.to_be_bytes());
-        l4.extend_from_slice(&[0, 0]);
-    }
-    l4.extend_from_slice(payload);
-    let csum_at = if proto == PROTO_TCP { 16 } else { 6 };
-    let mut c = !fold(pseudo(src.0, dst.0, proto, l4.len()) + sum16(&l4));
-    if c == 0 && proto == PROTO_UDP {
-        c = 0xffff;
-    }
-    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
-
-    let mut p = vec![0u8; 12];
-    let (ethertype, l3) = match (src.0, dst.0) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let mut h = vec![0x45, 0];
-            h.extend_from_slice(&u16::try_from(20 + l4.len()).expect("len").to_be_bytes());
-            h.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0]);
-            h.extend_from_slice(&s.octets());
-            h.extend_from_slice(&d.octets());
-            let c = !fold(sum16(&h));
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            (0x0800u16, h)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut h = vec![0x60, 0, 0, 0];
-            h.extend_from_slice(&u16::try_from(l4.len()).expect("len").to_be_bytes());
-            h.extend_from_slice(&[proto, 64]);
-            h.extend_from_slice(&s.octets());
-            h.extend_from_slice(&d.octets());
-            (0x86dd, h)
-        }
-        _ => panic!("mixed families"),
-    };
-    p.extend_from_slice(&ethertype.to_be_bytes());
-    p.extend_from_slice(&l3);
-    p.extend_from_slice(&l4);
-    p
+    frame(proto, src, dst, syn)
 }
 
 /// The addresses and ports of a packet, after checking every checksum.
 fn read(p: &[u8]) -> ((IpAddr, u16), (IpAddr, u16)) {
-    let ethertype = u16::from_be_bytes([p[12], p[13]]);
-    let (src, dst, proto, l4) = if ethertype == 0x0800 {
-        let h = &p[14..34];
-        assert_eq!(fold(sum16(h)), 0xffff, "IPv4 header checksum");
-        let s = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
-        let d = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
-        (IpAddr::V4(s), IpAddr::V4(d), h[9], &p[34..])
-    } else {
-        let h = &p[14..54];
-        let s: [u8; 16] = h[8..24].try_into().expect("src");
-        let d: [u8; 16] = h[24..40].try_into().expect("dst");
-        (
-            IpAddr::V6(Ipv6Addr::from(s)),
-            IpAddr::V6(Ipv6Addr::from(d)),
-            h[6],
-            &p[54..],
-        )
-    };
-    assert_eq!(
-        fold(pseudo(src, dst, proto, l4.len()) + sum16(l4)),
-        0xffff,
-        "L4 checksum after rewriting"
-    );
-    let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
-    ((src, port(0)), (dst, port(2)))
+    endpoints(p).unwrap_or_else(|e| panic!("{e}: {p:02x?}"))
 }
 
 fn ip(s: &str) -> IpAddr {

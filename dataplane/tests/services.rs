@@ -396,6 +396,77 @@ fn cluster_ip_reachability() {
             );
         }
     }
+    // Services kube-proxy would not handle get no frontends.
+    for (name, label) in [
+        ("other-proxy", "service.kubernetes.io/service-proxy-name"),
+        ("headless-label", "service.kubernetes.io/headless"),
+    ] {
+        let mut svc = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default", "labels": {label: "x"}},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+        });
+        c.cp.apply(&svc);
+        svc = serde_json::from_str(
+            &c.cp
+                .kubectl(&["get", "svc", name, "-o", "json"])
+                .expect("get svc"),
+        )
+        .expect("json");
+        let ip = svc["spec"]["clusterIP"]
+            .as_str()
+            .expect("cluster ip")
+            .to_owned();
+        // The "web" change after it is programmed, so this one was seen.
+        c.patch_service("web", json!({"metadata": {"labels": {"touched": name}}}));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !c.inspect("services").contains(&format!("{ip}:80 ")),
+            "{name} must be ignored"
+        );
+    }
+
+    // Metrics with kube-proxy's names and per-service counters; ready.
+    let metrics_addr: SocketAddr = "127.0.0.1:10249".parse().expect("addr");
+    let get = |path: &str| {
+        c.world
+            .node(0)
+            .netns
+            .in_netns(|| ferry_testbed::http_get_full(metrics_addr, path, Duration::from_secs(2)))
+            .expect("netns")
+            .expect("metrics endpoint")
+    };
+    assert_eq!(get("/readyz").0, 200);
+    assert_eq!(get("/healthz").0, 200);
+    let (status, text) = get("/metrics");
+    assert_eq!(status, 200);
+    for name in [
+        "kubeproxy_sync_proxy_rules_duration_seconds_count",
+        "kubeproxy_network_programming_duration_seconds_count",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+        "ferry_bpf_map_entries{map=\"services\"}",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    let connections: u64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("ferry_service_connections_total{")
+                && l.contains("service=\"default/web:http\"")
+                && l.contains("family=\"IPv4\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    // 30 spread + 1 /clientip + 30 hairpin connections over IPv4 TCP.
+    assert!(
+        connections >= 61,
+        "connection counter: {connections}\n{text}"
+    );
+    let rejected = text
+        .lines()
+        .any(|l| l.starts_with("ferry_service_rejected_total{") && l.contains("default/empty"));
+    assert!(rejected, "rejections counted:\n{text}");
+
     // Outside the cgroup nothing is translated: the hooks are the test's own.
     let plain = c
         .client()

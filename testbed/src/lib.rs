@@ -42,6 +42,7 @@ mod error;
 mod hooks;
 mod names;
 mod netns;
+pub mod packet;
 mod world;
 
 pub use client::{

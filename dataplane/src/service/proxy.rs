@@ -241,6 +241,7 @@ pub async fn run<M: LbMaps>(
     let mut retry = tokio::time::interval(RETRY);
     let mut gc = tokio::time::interval(settings.gc_interval.max(Duration::from_secs(1)));
     let mut counters = Counters::default();
+    let mut scrapes = metrics.refresh_requests();
     loop {
         tokio::select! {
             msg = rx.recv() => {
@@ -257,7 +258,11 @@ pub async fn run<M: LbMaps>(
             }
             _ = gc.tick() => {
                 collect(&mut programmer, &settings, &metrics);
+            }
+            Some(done) = scrapes.recv() => {
                 counters.update(&programmer, &metrics);
+                let _ = done.send(());
+                continue;
             }
         }
         // Program nothing until both lists are in: a Service seen before its

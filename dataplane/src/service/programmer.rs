@@ -126,9 +126,34 @@ struct Group {
     rev: u8,
     /// Slots that may exist per revision (written, not yet deleted).
     slots: [u16; 2],
-    /// What the live revision holds, and the flags frontends carry.
+    /// What the live revision holds, the flags frontends carry, and every
+    /// frontend the group wants (some may be served by another group that
+    /// claimed them later).
     live: Desired,
+    /// Taken over from a previous agent: its affinity entries and flows may
+    /// point at backends that went while no agent ran.
+    adopted: bool,
 }
+
+impl Group {
+    /// What this group's frontends hold in the service map.
+    fn value(&self) -> ServiceValue {
+        ServiceValue {
+            id: self.id,
+            count: u16::try_from(self.live.backends.len()).unwrap_or(u16::MAX),
+            flags: if self.live.flags == UNWRITTEN {
+                0
+            } else {
+                self.live.flags
+            },
+            rev: self.rev,
+            affinity_timeout: self.live.timeout,
+        }
+    }
+}
+
+/// `Desired::flags` of a group whose first set is not written yet.
+const UNWRITTEN: u8 = u8::MAX;
 
 /// What one [`Programmer::apply`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +213,9 @@ pub struct Programmer<M> {
     by_service: HashMap<ServiceName, BTreeSet<GroupKey>>,
     /// Every frontend key and the group serving it, across all services.
     owners: HashMap<KeyOrd, GroupKey>,
+    /// Frontends more than one group wants: the others, latest claim last,
+    /// to hand the frontend to when its owner lets go.
+    contested: HashMap<KeyOrd, Vec<GroupKey>>,
     free_ids: Vec<u32>,
     next_id: u32,
     max_id: u32,
@@ -228,6 +256,7 @@ impl<M: LbMaps> Programmer<M> {
             groups: HashMap::new(),
             by_service: HashMap::new(),
             owners: HashMap::new(),
+            contested: HashMap::new(),
             free_ids: Vec::new(),
             next_id,
             max_id: max_id.max(1),
@@ -270,8 +299,9 @@ impl<M: LbMaps> Programmer<M> {
     }
 
     /// Brings the maps in line with `entries` for one Service (an empty
-    /// slice removes it). On error the old state of the failed group stays
-    /// live and a later call retries.
+    /// slice removes it). Every wanted frontend is written before anything
+    /// unwanted is removed, so a frontend moving between groups is never
+    /// missing. On error what was live stays live and a later call retries.
     pub fn apply(
         &mut self,
         service: &ServiceName,
@@ -280,24 +310,42 @@ impl<M: LbMaps> Programmer<M> {
         let desired = desired_groups(entries);
         let mut stats = ApplyStats::default();
         let mut first_err = None;
-        // Frontends leaving a group first (they may move to another one).
         let old: BTreeSet<GroupKey> = self.by_service.get(service).cloned().unwrap_or_default();
-        for gk in &old {
-            if !desired.contains_key(gk)
-                && let Err(e) = self.remove_group(gk, &mut stats)
-            {
-                first_err.get_or_insert(e);
-            }
-        }
         for (gk, want) in &desired {
             if let Err(e) = self.write_group(gk, want, &mut stats) {
                 first_err.get_or_insert(e);
             }
         }
-        let now: BTreeSet<GroupKey> = self
-            .groups
-            .keys()
-            .filter(|gk| desired.contains_key(*gk) || old.contains(*gk))
+        // Then let go of what no group of this Service wants any more.
+        let none = BTreeSet::new();
+        for gk in old.iter().chain(desired.keys()) {
+            let Some(group) = self.groups.get(gk) else {
+                continue;
+            };
+            let wanted = desired.get(gk).map_or(&none, |d| &d.frontends);
+            let stale: Vec<KeyOrd> = group.live.frontends.difference(wanted).copied().collect();
+            for key in stale {
+                match self.release(&key, gk, &mut stats) {
+                    Ok(()) => {
+                        if let Some(g) = self.groups.get_mut(gk) {
+                            g.live.frontends.remove(&key);
+                        }
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        for gk in old.difference(&desired.keys().cloned().collect()) {
+            if let Err(e) = self.remove_group(gk, &mut stats) {
+                first_err.get_or_insert(e);
+            }
+        }
+        let now: BTreeSet<GroupKey> = old
+            .iter()
+            .chain(desired.keys())
+            .filter(|gk| self.groups.contains_key(*gk))
             .cloned()
             .collect();
         if now.is_empty() {
@@ -312,32 +360,43 @@ impl<M: LbMaps> Programmer<M> {
     }
 
     /// After the first full sync: drops whatever a previous agent left that
-    /// no current Service wants.
+    /// no current Service wants. Safe to call again after an error: what
+    /// was not removed yet is still known.
     pub fn finish_initial_sync(&mut self) -> Result<usize, ProgramError> {
         let mut removed = 0;
-        for key in std::mem::take(&mut self.adopted).into_keys() {
-            if !self.owners.contains_key(&key) {
-                self.maps.del_service(&key.into())?;
-                removed += 1;
-            }
+        let leftovers: Vec<KeyOrd> = self
+            .adopted
+            .keys()
+            .filter(|k| !self.owners.contains_key(*k))
+            .copied()
+            .collect();
+        for key in leftovers {
+            self.maps.del_service(&key.into())?;
+            self.adopted.remove(&key);
+            removed += 1;
         }
+        self.adopted.clear();
+        // No frontend points at a dead group any more: its slots can go.
         let live: HashSet<u32> = self.groups.values().map(|g| g.id).collect();
         for key in self.maps.backend_keys()? {
             if !live.contains(&key.id) {
                 self.maps.del_backend(&key)?;
             }
         }
-        for (id, _) in std::mem::take(&mut self.adopted_slots) {
-            if !live.contains(&id) {
-                self.free_ids.push(id);
-            }
-        }
         self.maps
             .purge_affinity(&mut |k, _| !live.contains(&k.id))?;
+        let dead: Vec<u32> = self
+            .adopted_slots
+            .keys()
+            .filter(|id| !live.contains(*id))
+            .copied()
+            .collect();
+        self.free_ids.extend(dead);
+        self.adopted_slots.clear();
         Ok(removed)
     }
 
-    fn alloc_id(&mut self, want: &Desired) -> Result<(u32, u8, [u16; 2]), ProgramError> {
+    fn alloc_id(&mut self, want: &Desired) -> Result<(u32, u8, [u16; 2], bool), ProgramError> {
         // Adopt a previous agent's group for the same frontend, keeping its
         // id, revision and affinity entries.
         let adopted = want
@@ -348,19 +407,56 @@ impl<M: LbMaps> Programmer<M> {
             .copied();
         if let Some(v) = adopted {
             let slots = self.adopted_slots.remove(&v.id).unwrap_or_default();
-            return Ok((v.id, v.rev & 1, slots));
+            return Ok((v.id, v.rev & 1, slots, true));
         }
         if let Some(id) = self.free_ids.pop() {
-            return Ok((id, 0, [0, 0]));
+            return Ok((id, 0, [0, 0], false));
         }
         while self.next_id <= self.max_id {
             let id = self.next_id;
             self.next_id += 1;
             if !self.adopted_slots.contains_key(&id) {
-                return Ok((id, 0, [0, 0]));
+                return Ok((id, 0, [0, 0], false));
             }
         }
         Err(ProgramError::IdsExhausted(self.max_id))
+    }
+
+    /// The group for `gk`, made on first use. An adopted group also takes
+    /// every frontend the previous agent pointed at it, so none is left
+    /// pointing at slots this agent rewrites.
+    fn group_for(&mut self, gk: &GroupKey, want: &Desired) -> Result<Group, ProgramError> {
+        if let Some(g) = self.groups.get(gk) {
+            return Ok(g.clone());
+        }
+        let (id, rev, slots, adopted) = self.alloc_id(want)?;
+        let mut group = Group {
+            id,
+            rev,
+            slots,
+            live: Desired {
+                flags: UNWRITTEN,
+                ..Desired::default()
+            },
+            adopted,
+        };
+        if adopted {
+            let theirs: Vec<KeyOrd> = self
+                .adopted
+                .iter()
+                .filter(|(_, v)| v.id == id)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in theirs {
+                self.adopted.remove(&key);
+                if let std::collections::hash_map::Entry::Vacant(e) = self.owners.entry(key) {
+                    e.insert(gk.clone());
+                    group.live.frontends.insert(key);
+                }
+            }
+        }
+        self.groups.insert(gk.clone(), group.clone());
+        Ok(group)
     }
 
     fn write_group(
@@ -369,145 +465,203 @@ impl<M: LbMaps> Programmer<M> {
         want: &Desired,
         stats: &mut ApplyStats,
     ) -> Result<(), ProgramError> {
-        let mut group = match self.groups.get(gk) {
-            Some(g) => g.clone(),
-            None => {
-                let (id, rev, slots) = self.alloc_id(want)?;
-                let group = Group {
-                    id,
-                    rev,
-                    slots,
-                    live: Desired {
-                        // Forces a write of the first set.
-                        flags: u8::MAX,
-                        ..Desired::default()
-                    },
-                };
-                self.groups.insert(gk.clone(), group.clone());
-                group
-            }
-        };
+        let mut group = self.group_for(gk, want)?;
         let set_changed = group.live.backends != want.backends
             || group.live.flags != want.flags
             || group.live.timeout != want.timeout;
-        if set_changed {
-            let next = group.rev ^ 1;
-            let n = u16::try_from(want.backends.len()).unwrap_or(u16::MAX);
-            // Record the slots before writing, so a failure midway still
-            // leaves them known for deletion later.
-            group.slots[usize::from(next)] = group.slots[usize::from(next)].max(n);
-            self.groups.insert(gk.clone(), group.clone());
-            for (slot, b) in want.backends.iter().take(usize::from(n)).enumerate() {
-                let key = backend_key(group.id, next, slot as u16);
-                self.maps.set_backend(&key, b)?;
-            }
-            // Everything live now points at the new revision.
-            let value = ServiceValue {
-                id: group.id,
-                count: n,
-                flags: want.flags,
-                rev: next,
-                affinity_timeout: want.timeout,
-            };
-            for key in &want.frontends {
-                self.set_frontend(key, gk, &value)?;
-                stats.frontends_written += 1;
-            }
-            group.rev = next;
-            let removed: HashSet<Backend> = group
-                .live
-                .backends
-                .iter()
-                .filter(|b| !want.backends.contains(b))
-                .copied()
-                .collect();
-            let affinity_toggled = group.live.flags != u8::MAX
-                && (group.live.flags ^ want.flags) & SVC_FLAG_AFFINITY != 0;
-            // Stale slots of the new revision, above the new count.
-            for slot in n..group.slots[usize::from(next)] {
-                self.maps.del_backend(&backend_key(group.id, next, slot))?;
-            }
-            group.slots[usize::from(next)] = n;
-            // Frontends this group no longer serves.
-            for key in group.live.frontends.difference(&want.frontends) {
-                if self.owners.get(key) == Some(gk) {
-                    self.maps.del_service(&(*key).into())?;
-                    self.owners.remove(key);
-                    stats.frontends_removed += 1;
-                }
-            }
-            group.live = want.clone();
-            let id = group.id;
-            self.groups.insert(gk.clone(), group);
-            stats.groups_written += 1;
-            if !removed.is_empty() || affinity_toggled {
-                // A client stuck to a gone backend must move at once (UDP
-                // has no connection to fail); a toggle starts afresh.
-                stats.affinity_purged += self.maps.purge_affinity(&mut |k, v| {
-                    k.id == id && (affinity_toggled || removed.contains(&v.backend))
-                })?;
-            }
-            if !removed.is_empty() {
-                // Likewise a tracked UDP flow; TCP flows end on their own.
-                stats.flows_purged += self.maps.purge_flows(&mut |k, v| {
-                    removed
-                        .iter()
-                        .any(|b| crate::conntrack::udp_flow_to(k, v, id, b))
-                })?;
-            }
-        } else {
-            let value = ServiceValue {
-                id: group.id,
-                count: u16::try_from(group.live.backends.len()).unwrap_or(u16::MAX),
-                flags: group.live.flags,
-                rev: group.rev,
-                affinity_timeout: group.live.timeout,
-            };
+        if !set_changed {
+            // Only frontends this group did not want before.
+            let value = group.value();
             for key in want.frontends.difference(&group.live.frontends) {
-                self.set_frontend(key, gk, &value)?;
+                self.maps.set_service(&(*key).into(), &value)?;
+                self.claim(*key, gk);
+                if let Some(g) = self.groups.get_mut(gk) {
+                    g.live.frontends.insert(*key);
+                }
                 stats.frontends_written += 1;
             }
-            for key in group.live.frontends.difference(&want.frontends) {
-                if self.owners.get(key) == Some(gk) {
-                    self.maps.del_service(&(*key).into())?;
-                    self.owners.remove(key);
-                    stats.frontends_removed += 1;
-                }
+            return Ok(());
+        }
+
+        let next = group.rev ^ 1;
+        let n = u16::try_from(want.backends.len()).unwrap_or(u16::MAX);
+        // Record the slots before writing, so a failure midway still leaves
+        // them known for deletion later.
+        group.slots[usize::from(next)] = group.slots[usize::from(next)].max(n);
+        self.groups.insert(gk.clone(), group.clone());
+        for (slot, b) in want.backends.iter().take(usize::from(n)).enumerate() {
+            let key = backend_key(group.id, next, slot as u16);
+            self.maps.set_backend(&key, b)?;
+        }
+        // Everything this group serves, and every frontend it newly wants
+        // (the latest claim wins), now points at the new revision.
+        let value = ServiceValue {
+            id: group.id,
+            count: n,
+            flags: want.flags,
+            rev: next,
+            affinity_timeout: want.timeout,
+        };
+        let mut targets: Vec<KeyOrd> = group
+            .live
+            .frontends
+            .iter()
+            .filter(|k| self.owners.get(*k) == Some(gk))
+            .copied()
+            .collect();
+        targets.extend(want.frontends.difference(&group.live.frontends).copied());
+        let mut flipped: Vec<(KeyOrd, Option<GroupKey>)> = Vec::with_capacity(targets.len());
+        for key in targets {
+            if let Err(e) = self.maps.set_service(&key.into(), &value) {
+                self.roll_back(&flipped, &group);
+                return Err(e.into());
             }
-            group.live.frontends = want.frontends.clone();
-            self.groups.insert(gk.clone(), group);
+            flipped.push((key, self.owners.get(&key).cloned()));
+            self.claim(key, gk);
+            stats.frontends_written += 1;
+        }
+        let removed: HashSet<Backend> = group
+            .live
+            .backends
+            .iter()
+            .filter(|b| !want.backends.contains(b))
+            .copied()
+            .collect();
+        let toggled = group.live.flags != UNWRITTEN
+            && (group.live.flags ^ want.flags) & SVC_FLAG_AFFINITY != 0;
+        let adopted = std::mem::take(&mut group.adopted);
+        group.rev = next;
+        group.live.backends = want.backends.clone();
+        group.live.flags = want.flags;
+        group.live.timeout = want.timeout;
+        group.live.frontends.extend(want.frontends.iter().copied());
+        let id = group.id;
+        self.groups.insert(gk.clone(), group.clone());
+        stats.groups_written += 1;
+        // Stale slots of the new revision, above the new count.
+        for slot in n..group.slots[usize::from(next)] {
+            self.maps.del_backend(&backend_key(id, next, slot))?;
+        }
+        if let Some(g) = self.groups.get_mut(gk) {
+            g.slots[usize::from(next)] = n;
+        }
+        if !removed.is_empty() || toggled || adopted {
+            // A client stuck to a gone backend must move at once (UDP has no
+            // connection to fail); a toggle starts afresh; an adopted group
+            // may remember backends that went while no agent ran.
+            let live = &want.backends;
+            stats.affinity_purged += self.maps.purge_affinity(&mut |k, v| {
+                k.id == id
+                    && (toggled
+                        || removed.contains(&v.backend)
+                        || (adopted && !live.contains(&v.backend)))
+            })?;
+            // Likewise a tracked UDP flow; TCP flows end on their own.
+            stats.flows_purged += self.maps.purge_flows(&mut |k, v| {
+                removed
+                    .iter()
+                    .any(|b| crate::conntrack::udp_flow_to(k, v, id, b))
+                    || (adopted
+                        && k.proto == PROTO_UDP
+                        && v.id == id
+                        && !live
+                            .iter()
+                            .any(|b| crate::conntrack::udp_flow_to(k, v, id, b)))
+            })?;
         }
         Ok(())
     }
 
-    fn set_frontend(
+    /// Points frontends flipped by a failed write back where they were.
+    /// Only keys that already existed change, which a full map allows.
+    fn roll_back(&mut self, flipped: &[(KeyOrd, Option<GroupKey>)], group: &Group) {
+        for (key, prev) in flipped.iter().rev() {
+            let restored = match prev {
+                Some(p) => match self.groups.get(p) {
+                    Some(g) if g.id == group.id => Some(group.value()),
+                    Some(g) => Some(g.value()),
+                    None => None,
+                },
+                None => None,
+            };
+            let result = match restored {
+                Some(v) => self.maps.set_service(&(*key).into(), &v),
+                None => self.maps.del_service(&(*key).into()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "restoring a frontend after a failed write");
+            }
+            match prev {
+                Some(p) => {
+                    self.owners.insert(*key, p.clone());
+                }
+                None => {
+                    self.owners.remove(key);
+                }
+            }
+        }
+    }
+
+    /// `gk` now serves `key`; a previous owner still wants it back later.
+    fn claim(&mut self, key: KeyOrd, gk: &GroupKey) {
+        let prev = self.owners.insert(key, gk.clone());
+        if let Some(others) = self.contested.get_mut(&key) {
+            others.retain(|g| g != gk);
+        }
+        if let Some(p) = prev
+            && &p != gk
+        {
+            self.contested.entry(key).or_default().push(p);
+        }
+    }
+
+    /// `gk` no longer wants `key`: the latest other claimant gets it, or it
+    /// goes from the map.
+    fn release(
         &mut self,
         key: &KeyOrd,
         gk: &GroupKey,
-        value: &ServiceValue,
+        stats: &mut ApplyStats,
     ) -> Result<(), ProgramError> {
-        self.maps.set_service(&(*key).into(), value)?;
-        // Two Services claiming one frontend: the latest write wins, as in
-        // kube-proxy's rule order, and the other loses it.
-        if let Some(prev) = self.owners.insert(*key, gk.clone())
-            && &prev != gk
-            && let Some(g) = self.groups.get_mut(&prev)
-        {
-            g.live.frontends.remove(key);
+        if self.owners.get(key) != Some(gk) {
+            if let Some(others) = self.contested.get_mut(key) {
+                others.retain(|g| g != gk);
+                if others.is_empty() {
+                    self.contested.remove(key);
+                }
+            }
+            return Ok(());
         }
+        while let Some(next) = self.contested.get_mut(key).and_then(Vec::pop) {
+            let Some(g) = self.groups.get(&next) else {
+                continue;
+            };
+            if !g.live.frontends.contains(key) {
+                continue;
+            }
+            let value = g.value();
+            self.maps.set_service(&(*key).into(), &value)?;
+            self.owners.insert(*key, next);
+            if self.contested.get(key).is_some_and(Vec::is_empty) {
+                self.contested.remove(key);
+            }
+            return Ok(());
+        }
+        self.contested.remove(key);
+        self.maps.del_service(&(*key).into())?;
+        self.owners.remove(key);
+        stats.frontends_removed += 1;
         Ok(())
     }
 
+    /// Deletes a group no desired state names (its frontends were released
+    /// already): its slots, affinity entries and UDP flows, and its id.
     fn remove_group(&mut self, gk: &GroupKey, stats: &mut ApplyStats) -> Result<(), ProgramError> {
         let Some(group) = self.groups.get(gk).cloned() else {
             return Ok(());
         };
         for key in &group.live.frontends {
-            if self.owners.get(key) == Some(gk) {
-                self.maps.del_service(&(*key).into())?;
-                self.owners.remove(key);
-                stats.frontends_removed += 1;
-            }
+            self.release(key, gk, stats)?;
         }
         for rev in 0..2u8 {
             for slot in 0..group.slots[usize::from(rev)] {
@@ -619,3 +773,6 @@ fn desired_groups(entries: &[ServicePortEntries]) -> BTreeMap<GroupKey, Desired>
     out
 }
 
+#[cfg(test)]
+#[path = "programmer_tests.rs"]
+mod tests;

@@ -445,23 +445,7 @@ impl LbMaps for Maps {
         &mut self,
         dead: &mut dyn FnMut(&AffinityKey, &AffinityValue) -> bool,
     ) -> Result<usize, MapOpError> {
-        let mut doomed = Vec::new();
-        for entry in self.affinity.iter() {
-            // An LRU entry evicted mid-walk ends the walk early; the next
-            // purge catches the rest.
-            let Ok((k, v)) = entry else { break };
-            if dead(&k, &v) {
-                doomed.push(k);
-            }
-        }
-        let n = doomed.len();
-        for k in doomed {
-            match self.affinity.remove(&k) {
-                Err(aya::maps::MapError::KeyNotFound) | Ok(()) => {}
-                Err(e) => return Err(op_err("deleting an affinity entry")(e)),
-            }
-        }
-        Ok(n)
+        purge(&mut self.affinity, dead, "an affinity entry")
     }
 
     fn read_stats(&self, id: u32) -> Result<Option<ServiceStats>, MapOpError> {
@@ -486,22 +470,36 @@ impl LbMaps for Maps {
         &mut self,
         dead: &mut dyn FnMut(&CtKey, &CtValue) -> bool,
     ) -> Result<usize, MapOpError> {
-        let mut doomed = Vec::new();
-        for entry in self.conntrack.iter() {
-            // As for affinity: an eviction mid-walk ends it; the next GC
-            // pass goes on.
-            let Ok((k, v)) = entry else { break };
-            if dead(&k, &v) {
-                doomed.push(k);
-            }
-        }
-        let n = doomed.len();
-        for k in doomed {
-            match self.conntrack.remove(&k) {
-                Err(aya::maps::MapError::KeyNotFound) | Ok(()) => {}
-                Err(e) => return Err(op_err("deleting a conntrack entry")(e)),
-            }
-        }
-        Ok(n)
+        purge(&mut self.conntrack, dead, "a conntrack entry")
     }
+}
+
+/// Deletes the entries of an (LRU) hash map that `dead` picks.
+fn purge<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    dead: &mut dyn FnMut(&K, &V) -> bool,
+    what: &'static str,
+) -> Result<usize, MapOpError> {
+    let mut doomed = Vec::new();
+    for entry in map.iter() {
+        // An LRU entry evicted mid-walk ends the walk early; the next pass
+        // catches the rest.
+        let Ok((k, v)) = entry else { break };
+        if dead(&k, &v) {
+            doomed.push(k);
+        }
+    }
+    let n = doomed.len();
+    for k in doomed {
+        match map.remove(&k) {
+            Err(aya::maps::MapError::KeyNotFound) | Ok(()) => {}
+            Err(e) => {
+                return Err(MapOpError {
+                    op: "deleting a map entry",
+                    message: format!("{what}: {e}"),
+                });
+            }
+        }
+    }
+    Ok(n)
 }

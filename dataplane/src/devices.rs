@@ -53,18 +53,7 @@ pub async fn lookup(handle: &Handle, names: &[String]) -> Result<Vec<Device>, De
                 });
             }
         };
-        let addrs: Vec<IpAddr> = handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_filter_map(|m| async move {
-                Ok(m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(ip) => Some(*ip),
-                    _ => None,
-                }))
-            })
-            .try_collect()
+        let addrs = addresses(handle, index)
             .await
             .map_err(|e| DeviceError::Netlink {
                 what: format!("addresses of {name}"),
@@ -84,4 +73,21 @@ pub async fn lookup(handle: &Handle, names: &[String]) -> Result<Vec<Device>, De
         });
     }
     Ok(out)
+}
+
+/// The addresses on the link with `index`.
+pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<IpAddr>, rtnetlink::Error> {
+    handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_filter_map(|m| async move {
+            Ok(m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            }))
+        })
+        .try_collect()
+        .await
 }

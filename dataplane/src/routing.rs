@@ -155,20 +155,10 @@ impl Router {
         self.handle.link().set(set).execute().await?;
         // The device's own address on each family: the first address of this
         // node's pod CIDR, which is what the peers route to.
-        let have: BTreeSet<IpAddr> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_filter_map(|m| async move {
-                Ok(m.attributes.iter().find_map(|a| match a {
-                    netlink_packet_route::address::AddressAttribute::Address(ip) => Some(*ip),
-                    _ => None,
-                }))
-            })
-            .try_collect()
-            .await?;
+        let have: BTreeSet<IpAddr> = crate::devices::addresses(&self.handle, index)
+            .await?
+            .into_iter()
+            .collect();
         for cidr in &local.pod_cidrs {
             let ip = cidr.network();
             if !have.contains(&ip) {

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{ControlPlane, binary, ferry_cni, node_object, start_agent};
@@ -212,21 +212,7 @@ impl Cluster {
 
     /// `ferry-probe` from `netns`, inside the agent's cgroup.
     fn probe(&self, netns: &Netns, addr: SocketAddr, args: &[&str]) -> Vec<String> {
-        let mut argv = vec![
-            binary("ferry-testbed", "ferry-probe")
-                .to_string_lossy()
-                .into_owned(),
-            addr.to_string(),
-            "--cgroup".into(),
-            self.hooks.cgroup.to_string_lossy().into_owned(),
-        ];
-        argv.extend(args.iter().map(|a| (*a).to_owned()));
-        netns
-            .exec_timeout(argv, Duration::from_secs(120))
-            .expect("ferry-probe")
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        probe(netns, addr, Some(&self.hooks.cgroup), args)
     }
 
     fn inspect(&self, what: &str) -> String {
@@ -278,6 +264,32 @@ impl Drop for Cluster {
             eprintln!("agent output:\n{}", self.agent_output());
         }
     }
+}
+
+/// `ferry-probe`'s command line: to `addr`, in `cgroup` if given.
+fn probe_argv(addr: SocketAddr, cgroup: Option<&Path>, args: &[&str]) -> Vec<String> {
+    let mut argv = vec![
+        binary("ferry-testbed", "ferry-probe")
+            .to_string_lossy()
+            .into_owned(),
+        addr.to_string(),
+    ];
+    if let Some(cg) = cgroup {
+        argv.push("--cgroup".into());
+        argv.push(cg.to_string_lossy().into_owned());
+    }
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    argv
+}
+
+/// Runs `ferry-probe` in `netns` and returns its lines.
+fn probe(netns: &Netns, addr: SocketAddr, cgroup: Option<&Path>, args: &[&str]) -> Vec<String> {
+    netns
+        .exec_timeout(probe_argv(addr, cgroup, args), Duration::from_secs(120))
+        .expect("ferry-probe")
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The names replies came from, counted; panics on a failed attempt.
@@ -468,23 +480,14 @@ fn cluster_ip_reachability() {
     assert!(rejected, "rejections counted:\n{text}");
 
     // Outside the cgroup nothing is translated: the hooks are the test's own.
-    let plain = c
-        .client()
-        .netns
-        .exec_output(
-            [
-                binary("ferry-testbed", "ferry-probe")
-                    .to_string_lossy()
-                    .into_owned(),
-                SocketAddr::new(vip(&ips, false), 80).to_string(),
-                "--timeout-ms".into(),
-                "300".into(),
-            ],
-            Duration::from_secs(10),
-        )
-        .expect("probe outside the cgroup");
+    let plain = probe(
+        &c.client().netns,
+        SocketAddr::new(vip(&ips, false), 80),
+        None,
+        &["--timeout-ms", "300"],
+    );
     assert!(
-        String::from_utf8_lossy(&plain.stdout).starts_with("err "),
+        plain[0].starts_with("err "),
         "a process outside the agent's cgroup is not load balanced"
     );
 }
@@ -605,18 +608,12 @@ fn agent_restart_keeps_connections() {
     let addr = SocketAddr::new(vip(&ips, false), 80);
     c.wait_backends(addr, "TCP", BACKENDS);
     let hold: PathBuf = c.world.state_dir().join("release-hold");
-    let mut argv = vec![
-        binary("ferry-testbed", "ferry-probe")
-            .to_string_lossy()
-            .into_owned(),
-        addr.to_string(),
-        "--cgroup".into(),
-        c.hooks.cgroup.to_string_lossy().into_owned(),
-        "--hold".into(),
-        hold.to_string_lossy().into_owned(),
-    ];
-    argv.push("--timeout-ms".into());
-    argv.push("5000".into());
+    let hold_arg = hold.to_string_lossy().into_owned();
+    let argv = probe_argv(
+        addr,
+        Some(&c.hooks.cgroup),
+        &["--hold", &hold_arg, "--timeout-ms", "5000"],
+    );
     let mut held = c.client().netns.spawn(argv).expect("held connection");
     held.wait_for_output("connected", Duration::from_secs(10))
         .expect("connected");
@@ -733,21 +730,7 @@ fn external_traffic_through_tc() {
     c.wait_backends(ext(local_ip), "TCP", 1);
     let names =
         |node: usize| -> Vec<String> { c.world.pods_on(node).map(|p| p.name.clone()).collect() };
-    let plain_probe = |addr: SocketAddr, args: &[&str]| -> Vec<String> {
-        let mut argv = vec![
-            binary("ferry-testbed", "ferry-probe")
-                .to_string_lossy()
-                .into_owned(),
-            addr.to_string(),
-        ];
-        argv.extend(args.iter().map(|a| (*a).to_owned()));
-        underlay
-            .exec_timeout(argv, Duration::from_secs(60))
-            .expect("probe from the underlay")
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    };
+    let plain_probe = |addr: SocketAddr, args: &[&str]| probe(underlay, addr, None, args);
 
     // Remote backends, TCP and UDP, replies from the ExternalIP.
     for udp in [false, true] {
@@ -793,20 +776,20 @@ fn external_traffic_through_tc() {
 
     // A connected UDP socket is one tracked flow: one backend...
     let flow = underlay
-        .spawn([
-            binary("ferry-testbed", "ferry-probe")
-                .to_string_lossy()
-                .into_owned(),
-            ext(remote_ip).to_string(),
-            "--udp".into(),
-            "--connected".into(),
-            "--count".into(),
-            "80".into(),
-            "--interval-ms".into(),
-            "50".into(),
-            "--timeout-ms".into(),
-            "200".into(),
-        ])
+        .spawn(probe_argv(
+            ext(remote_ip),
+            None,
+            &[
+                "--udp",
+                "--connected",
+                "--count",
+                "80",
+                "--interval-ms",
+                "50",
+                "--timeout-ms",
+                "200",
+            ],
+        ))
         .expect("udp flow");
     std::thread::sleep(Duration::from_millis(1000));
     let early = replies(&flow.output().lines().map(str::to_owned).collect::<Vec<_>>());

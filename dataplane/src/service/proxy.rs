@@ -202,38 +202,10 @@ pub async fn run<M: LbMaps>(
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Change>(1024);
     let config = watcher::Config::default().labels(PROXIED_SELECTOR);
-    {
-        let tx = tx.clone();
-        let api: Api<Service> = Api::all(client.clone());
-        let config = config.clone();
-        tokio::spawn(async move {
-            let mut stream = watcher(api, config).default_backoff().boxed();
-            while let Some(ev) = stream.next().await {
-                let msg = match ev {
-                    Ok(ev) => Change::Service(Box::new(ev)),
-                    Err(e) => Change::Error(format!("service watch: {e}")),
-                };
-                if tx.send(msg).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    {
-        let api: Api<EndpointSlice> = Api::all(client);
-        tokio::spawn(async move {
-            let mut stream = watcher(api, config).default_backoff().boxed();
-            while let Some(ev) = stream.next().await {
-                let msg = match ev {
-                    Ok(ev) => Change::Slice(Box::new(ev)),
-                    Err(e) => Change::Error(format!("endpointslice watch: {e}")),
-                };
-                if tx.send(msg).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    watch::<Service>(client.clone(), config.clone(), tx.clone(), |ev| {
+        Change::Service(Box::new(ev))
+    });
+    watch::<EndpointSlice>(client, config, tx, |ev| Change::Slice(Box::new(ev)));
 
     let mut cache = Cache::default();
     let mut failed: HashSet<ServiceName> = HashSet::new();
@@ -323,6 +295,36 @@ pub async fn run<M: LbMaps>(
             );
         }
     }
+}
+
+/// Streams one kind's watch events into the loop's channel, on a task of
+/// its own (kube-rs relists and backs off by itself).
+fn watch<K>(
+    client: Client,
+    config: watcher::Config,
+    tx: mpsc::Sender<Change>,
+    wrap: fn(watcher::Event<K>) -> Change,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    let api: Api<K> = Api::all(client);
+    tokio::spawn(async move {
+        let mut stream = watcher(api, config).default_backoff().boxed();
+        while let Some(ev) = stream.next().await {
+            let msg = match ev {
+                Ok(ev) => wrap(ev),
+                Err(e) => Change::Error(format!("{} watch: {e}", K::kind(&()))),
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Removes idle conntrack entries and reports the map's fill level.

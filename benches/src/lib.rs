@@ -5,6 +5,13 @@
 //! `host-local` plugins (ADD and DEL latency, one at a time and concurrent)
 //! in network namespaces of its own; the `cni-bench` binary drives it.
 //!
+//! [`packet`] times the TC program per packet with BPF_PROG_TEST_RUN; the
+//! `packet-bench` binary drives it.
+//!
+//! [`services`] measures Ferry's eBPF service dataplane against kube-proxy's
+//! iptables and nftables rulesets in a testbed world; the `services-bench`
+//! binary drives it.
+//!
 //! The rest measures `ferry-apiserver` against etcd on the
 //! same machine, in one run, so the two are compared under the same load:
 //! - [`process`]: starting each server on loopback with free ports and a
@@ -26,8 +33,10 @@ pub mod etcd;
 pub mod ferry;
 pub mod measure;
 pub mod objects;
+pub mod packet;
 pub mod process;
 pub mod report;
+pub mod services;
 pub mod stats;
 
 use std::time::{Duration, Instant};

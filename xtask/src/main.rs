@@ -46,7 +46,8 @@ enum Cmd {
         #[arg(value_enum, default_value_t = Bench::Apiserver)]
         which: Bench,
         /// Passed on unchanged, e.g. `-- --services 1000 --watchers 100`
-        /// (apiserver) or `-- --pods 40 --stacks v4` (cni).
+        /// (apiserver), `-- --pods 40 --stacks v4` (cni) or `-- --quick`
+        /// (services).
         #[arg(last = true)]
         args: Vec<OsString>,
     },
@@ -61,6 +62,13 @@ enum Bench {
     /// one at a time and concurrent, in network namespaces (root); writes
     /// target/bench/cni.md.
     Cni,
+    /// Ferry's eBPF service dataplane against kube-proxy's iptables and
+    /// nftables rulesets: connection rate and latency to a ClusterIP with
+    /// 1k-30k Services, programming time, endpoint-change delay and agent
+    /// memory, in a testbed world (root); writes target/bench/services.md.
+    /// Then the TC program's per-packet cost by BPF_PROG_TEST_RUN with 1,
+    /// 1,000 and 100,000 services; writes target/bench/packet.md.
+    Services,
 }
 
 fn main() -> ExitCode {
@@ -158,6 +166,55 @@ fn bench(which: Bench, args: &[OsString]) -> Result<()> {
                 .arg(out)
                 .args(args);
             run(&mut cmd)
+        }
+        Bench::Services => {
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "ferry-controlplane",
+                "--bin",
+                "ferry-apiserver",
+                "-p",
+                "ferry-dataplane",
+                "--bin",
+                "ferry-agent",
+                "-p",
+                "ferry-cni",
+                "--bin",
+                "ferry-cni",
+                "-p",
+                "ferry-testbed",
+                "--bin",
+                "ferry-netexec",
+                "-p",
+                "ferry-benches",
+                "--bin",
+                "services-bench",
+                "--bin",
+                "packet-bench",
+            ]))?;
+            let release = target_dir().join("release");
+            let out = target_dir().join("bench").join("services.md");
+            let mut cmd = Command::new(release.join("services-bench"));
+            cmd.current_dir(workspace_root())
+                .arg("--apiserver")
+                .arg(release.join("ferry-apiserver"))
+                .arg("--agent")
+                .arg(release.join("ferry-agent"))
+                .arg("--cni")
+                .arg(release.join("ferry-cni"))
+                .arg("--netexec")
+                .arg(release.join("ferry-netexec"))
+                .arg("--out")
+                .arg(out)
+                .args(args);
+            run(&mut cmd)?;
+            let out = target_dir().join("bench").join("packet.md");
+            run(Command::new(release.join("packet-bench"))
+                .current_dir(workspace_root())
+                .arg("--out")
+                .arg(out))
         }
     }
 }

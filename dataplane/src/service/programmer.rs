@@ -155,6 +155,13 @@ impl Group {
 /// `Desired::flags` of a group whose first set is not written yet.
 const UNWRITTEN: u8 = u8::MAX;
 
+/// A previous agent's backend group, found in the maps at start.
+#[derive(Debug, Clone, Default)]
+struct AdoptedGroup {
+    slots: [u16; 2],
+    frontends: Vec<KeyOrd>,
+}
+
 /// What one [`Programmer::apply`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyStats {
@@ -222,8 +229,9 @@ pub struct Programmer<M> {
     /// Map entries found at start (a previous agent's), until the first
     /// full sync claims or removes them.
     adopted: HashMap<KeyOrd, ServiceValue>,
-    /// Ids of adopted entries, and the slots each revision may hold.
-    adopted_slots: HashMap<u32, [u16; 2]>,
+    /// Ids of adopted entries: the slots each revision may hold, and the
+    /// frontends pointing at each.
+    adopted_slots: HashMap<u32, AdoptedGroup>,
 }
 
 impl<M> std::fmt::Debug for Programmer<M> {
@@ -240,13 +248,17 @@ impl<M: LbMaps> Programmer<M> {
     /// the same group ids (and with them affinity) for unchanged services.
     pub fn new(maps: M, max_id: u32) -> Result<Self, ProgramError> {
         let mut adopted = HashMap::new();
-        let mut adopted_slots: HashMap<u32, [u16; 2]> = HashMap::new();
+        let mut adopted_slots: HashMap<u32, AdoptedGroup> = HashMap::new();
         for (key, value) in maps.services()? {
             adopted.insert(KeyOrd::from(&key), value);
-            adopted_slots.entry(value.id).or_default();
+            adopted_slots
+                .entry(value.id)
+                .or_default()
+                .frontends
+                .push(KeyOrd::from(&key));
         }
         for key in maps.backend_keys()? {
-            let slots = adopted_slots.entry(key.id).or_default();
+            let slots = &mut adopted_slots.entry(key.id).or_default().slots;
             let rev = usize::from(key.rev & 1);
             slots[rev] = slots[rev].max(key.slot.saturating_add(1));
         }
@@ -396,7 +408,7 @@ impl<M: LbMaps> Programmer<M> {
         Ok(removed)
     }
 
-    fn alloc_id(&mut self, want: &Desired) -> Result<(u32, u8, [u16; 2], bool), ProgramError> {
+    fn alloc_id(&mut self, want: &Desired) -> Result<(u32, u8, AdoptedGroup, bool), ProgramError> {
         // Adopt a previous agent's group for the same frontend, keeping its
         // id, revision and affinity entries.
         let adopted = want
@@ -406,17 +418,17 @@ impl<M: LbMaps> Programmer<M> {
             .find(|v| self.adopted_slots.contains_key(&v.id))
             .copied();
         if let Some(v) = adopted {
-            let slots = self.adopted_slots.remove(&v.id).unwrap_or_default();
-            return Ok((v.id, v.rev & 1, slots, true));
+            let theirs = self.adopted_slots.remove(&v.id).unwrap_or_default();
+            return Ok((v.id, v.rev & 1, theirs, true));
         }
         if let Some(id) = self.free_ids.pop() {
-            return Ok((id, 0, [0, 0], false));
+            return Ok((id, 0, AdoptedGroup::default(), false));
         }
         while self.next_id <= self.max_id {
             let id = self.next_id;
             self.next_id += 1;
             if !self.adopted_slots.contains_key(&id) {
-                return Ok((id, 0, [0, 0], false));
+                return Ok((id, 0, AdoptedGroup::default(), false));
             }
         }
         Err(ProgramError::IdsExhausted(self.max_id))
@@ -429,11 +441,11 @@ impl<M: LbMaps> Programmer<M> {
         if let Some(g) = self.groups.get(gk) {
             return Ok(g.clone());
         }
-        let (id, rev, slots, adopted) = self.alloc_id(want)?;
+        let (id, rev, theirs, adopted) = self.alloc_id(want)?;
         let mut group = Group {
             id,
             rev,
-            slots,
+            slots: theirs.slots,
             live: Desired {
                 flags: UNWRITTEN,
                 ..Desired::default()
@@ -441,13 +453,7 @@ impl<M: LbMaps> Programmer<M> {
             adopted,
         };
         if adopted {
-            let theirs: Vec<KeyOrd> = self
-                .adopted
-                .iter()
-                .filter(|(_, v)| v.id == id)
-                .map(|(k, _)| *k)
-                .collect();
-            for key in theirs {
+            for key in theirs.frontends {
                 self.adopted.remove(&key);
                 if let std::collections::hash_map::Entry::Vacant(e) = self.owners.entry(key) {
                     e.insert(gk.clone());

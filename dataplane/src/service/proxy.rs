@@ -45,6 +45,55 @@ struct Cache {
     /// The trigger time last measured per slice, so each change is
     /// observed once.
     observed: HashMap<(String, String), String>,
+    /// Each slice's Service, to find it when a slice is relabelled.
+    slice_owner: HashMap<(String, String), ServiceName>,
+}
+
+/// A Service as the model reads it: no managed fields or annotations, which
+/// are most of an object's memory.
+fn slim_service(mut svc: Service) -> Service {
+    slim_meta(&mut svc.metadata);
+    svc.metadata.annotations = None;
+    if let Some(spec) = svc.spec.as_mut() {
+        // Endpoints come from the slices; the selector is the controller's.
+        spec.selector = None;
+    }
+    if let Some(status) = svc.status.as_mut() {
+        status.conditions = None;
+    }
+    svc
+}
+
+fn slim_meta(m: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    m.managed_fields = None;
+    m.owner_references = None;
+    m.uid = None;
+    m.generate_name = None;
+    m.resource_version = None;
+    m.creation_timestamp = None;
+    m.finalizers = None;
+}
+
+/// An EndpointSlice as the model reads it (addresses, conditions, node,
+/// ports), keeping only the trigger-time annotation.
+fn slim_slice(mut slice: EndpointSlice) -> EndpointSlice {
+    let m = &mut slice.metadata;
+    slim_meta(m);
+    if let Some(a) = m.annotations.as_mut() {
+        a.retain(|k, _| k == TRIGGER_TIME);
+    }
+    for e in &mut slice.endpoints {
+        e.target_ref = None;
+        e.hints = None;
+        e.hostname = None;
+        e.deprecated_topology = None;
+        e.zone = None;
+        // kube-proxy (and the model) use the first address only.
+        e.addresses.truncate(1);
+        e.addresses.shrink_to_fit();
+    }
+    slice.endpoints.shrink_to_fit();
+    slice
 }
 
 fn service_name(svc: &Service) -> ServiceName {
@@ -63,7 +112,7 @@ impl Cache {
             watcher::Event::Apply(svc) => {
                 let key = service_name(&svc);
                 self.dirty.insert(key.clone());
-                self.services.insert(key, svc);
+                self.services.insert(key, slim_service(svc));
             }
             watcher::Event::Delete(svc) => {
                 let key = service_name(&svc);
@@ -74,7 +123,7 @@ impl Cache {
             watcher::Event::InitApply(svc) => {
                 self.relist_services
                     .get_or_insert_with(HashMap::new)
-                    .insert(service_name(&svc), svc);
+                    .insert(service_name(&svc), slim_service(svc));
             }
             watcher::Event::InitDone => {
                 let fresh = self.relist_services.take().unwrap_or_default();
@@ -93,20 +142,31 @@ impl Cache {
                 let Some(owner) = owner_of(&slice) else {
                     return;
                 };
-                // A slice relabelled to another Service leaves the old one.
                 let name = slice.name_any();
-                for (svc, slices) in &mut self.slices {
-                    if svc != &owner && slices.remove(&name).is_some() {
-                        self.dirty.insert(svc.clone());
+                let id = (owner.0.clone(), name.clone());
+                // A slice relabelled to another Service leaves the old one.
+                if let Some(before) = self.slice_owner.insert(id, owner.clone())
+                    && before != owner
+                    && let Some(slices) = self.slices.get_mut(&before)
+                {
+                    slices.remove(&name);
+                    if slices.is_empty() {
+                        self.slices.remove(&before);
                     }
+                    self.dirty.insert(before);
                 }
                 self.dirty.insert(owner.clone());
-                self.slices.entry(owner).or_default().insert(name, slice);
+                self.slices
+                    .entry(owner)
+                    .or_default()
+                    .insert(name, slim_slice(slice));
             }
             watcher::Event::Delete(slice) => {
                 let Some(owner) = owner_of(&slice) else {
                     return;
                 };
+                self.slice_owner
+                    .remove(&(owner.0.clone(), slice.name_any()));
                 if let Some(slices) = self.slices.get_mut(&owner) {
                     slices.remove(&slice.name_any());
                     if slices.is_empty() {
@@ -124,12 +184,20 @@ impl Cache {
                     .get_or_insert_with(HashMap::new)
                     .entry(owner)
                     .or_default()
-                    .insert(slice.name_any(), slice);
+                    .insert(slice.name_any(), slim_slice(slice));
             }
             watcher::Event::InitDone => {
                 let fresh = self.relist_slices.take().unwrap_or_default();
                 self.dirty.extend(self.slices.keys().cloned());
                 self.dirty.extend(fresh.keys().cloned());
+                self.slice_owner = fresh
+                    .iter()
+                    .flat_map(|(svc, slices)| {
+                        slices
+                            .keys()
+                            .map(move |name| ((svc.0.clone(), name.clone()), svc.clone()))
+                    })
+                    .collect();
                 self.slices = fresh;
                 self.slices_synced = true;
             }

@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod nodes;
 pub mod routing;
 pub mod service;
+pub mod sockets;

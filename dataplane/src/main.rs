@@ -255,6 +255,7 @@ async fn main() -> anyhow::Result<()> {
             },
             gc_interval: Duration::from_secs(cli.conntrack_gc_interval),
             sizes,
+            cgroup_root: layout.cgroup_root.clone(),
         };
         proxy::run(client.clone(), settings, programmer, metrics).await
     };

@@ -22,6 +22,7 @@ use ferry_testbed::{BPFFS, skip_if_not_root};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 /// BPF_PROG_TEST_RUN gives skbs the loopback device unless told otherwise.
 const LOOPBACK: u32 = 1;
 
@@ -330,9 +331,11 @@ fn protocols_kept_apart_and_others_untouched() {
     );
     assert_eq!(read(&out).1, (ip("10.244.0.6"), 8081));
 
+    // No endpoints: anything but a SYN drops; a SYN is answered with a RST
+    // (see `no_endpoints_refuses_with_a_reset`).
     l.service(ip("192.0.2.84"), 80, PROTO_TCP, 7, &[]);
-    let syn = packet(PROTO_TCP, (client, 2), (ip("192.0.2.84"), 80), true);
-    assert_eq!(l.run(TC_INGRESS, &syn).0, TC_ACT_SHOT, "no endpoints");
+    let ack = packet(PROTO_TCP, (client, 2), (ip("192.0.2.84"), 80), false);
+    assert_eq!(l.run(TC_INGRESS, &ack).0, TC_ACT_SHOT, "no endpoints");
 
     for p in [
         packet(PROTO_TCP, (client, 3), (ip("192.0.2.85"), 80), true),
@@ -345,5 +348,34 @@ fn protocols_kept_apart_and_others_untouched() {
         assert_eq!((rc, &out), (TC_ACT_OK, &p));
         let (rc, out) = l.run(TC_EGRESS, &p);
         assert_eq!((rc, &out), (TC_ACT_OK, &p));
+    }
+}
+
+/// A SYN for a Service without endpoints comes back as the RST that
+/// refuses it, on both families, with valid checksums, so the client gets
+/// "connection refused" at once, as with kube-proxy's REJECT.
+#[test]
+fn no_endpoints_refuses_with_a_reset() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut l = Loaded::new("reject");
+    for (front, client) in [
+        (ip("192.0.2.86"), ip("198.51.100.12")),
+        (ip("2001:db8::86"), ip("2001:db8:1::12")),
+    ] {
+        l.service(front, 80, PROTO_TCP, 8, &[]);
+        let mut syn = packet(PROTO_TCP, (client, 40002), (front, 80), true);
+        syn[..12].copy_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2]);
+        let (rc, out) = l.run(TC_INGRESS, &syn);
+        assert_eq!(rc, TC_ACT_REDIRECT, "sent back out");
+        assert_eq!(read(&out), ((front, 80), (client, 40002)));
+        assert_eq!(&out[..6], &syn[6..12], "to the sender's MAC");
+        assert_eq!(&out[6..12], &syn[..6], "from ours");
+        // A bare TCP header: RST+ACK, acknowledging the SYN.
+        let l4 = out.len() - 20;
+        assert_eq!(out[l4 + 13], 0x14, "RST and ACK");
+        assert_eq!(&out[l4 + 8..l4 + 12], &2u32.to_be_bytes(), "acks the SYN");
+        assert_eq!(out[l4 + 12] >> 4, 5, "no options");
     }
 }

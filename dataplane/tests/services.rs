@@ -594,6 +594,55 @@ fn affinity_and_endpoint_changes() {
     });
     let got = replies(&lines);
     assert_eq!(got.values().sum::<usize>(), 150, "{got:?}");
+
+    // A connected UDP socket was translated once, at connect(): when its
+    // backend goes, the agent ends the socket and the client's next socket
+    // reaches a live backend, within a second.
+    let flow = c
+        .client()
+        .netns
+        .spawn(probe_argv(
+            addr,
+            Some(&c.hooks.cgroup),
+            &[
+                "--udp",
+                "--connected",
+                "--count",
+                "60",
+                "--interval-ms",
+                "50",
+                "--timeout-ms",
+                "200",
+            ],
+        ))
+        .expect("connected UDP client");
+    std::thread::sleep(Duration::from_millis(800));
+    let early = replies(&flow.output().lines().map(str::to_owned).collect::<Vec<_>>());
+    assert_eq!(
+        early.len(),
+        1,
+        "one connected socket, one backend: {early:?}"
+    );
+    let stuck = early.keys().next().cloned().unwrap_or_default();
+    c.delete_pod(&stuck);
+    let mut flow = flow;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while flow.try_wait().expect("probe status").is_none() {
+        assert!(Instant::now() < deadline, "probe did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines: Vec<String> = flow.output().lines().map(str::to_owned).collect();
+    // 16 attempts ran before the deletion; 20 more (at least a second) may
+    // still fail or reach the gone pod, the rest must not.
+    let late = &lines[36..];
+    assert!(
+        !late.is_empty()
+            && late
+                .iter()
+                .all(|l| l.starts_with("ok ") && !l.contains(&stuck)),
+        "moved off {stuck}: {lines:#?}\nagent:\n{}",
+        c.agent_output()
+    );
 }
 
 /// An open TCP connection survives an agent restart, new connections work
@@ -767,6 +816,28 @@ fn external_traffic_through_tc() {
     assert_eq!(
         got.keys().cloned().collect::<Vec<_>>(),
         names(0)[..1].to_vec()
+    );
+
+    // No endpoints: the SYN is answered with a RST, refused at once.
+    let none_ip = "192.0.2.102";
+    c.service("none", "nothing", json!({"externalIPs": [none_ip]}));
+    underlay
+        .exec([
+            "ip",
+            "route",
+            "add",
+            &format!("{none_ip}/32"),
+            "via",
+            &node0.ipv4.to_string(),
+        ])
+        .expect("route via node 0");
+    c.wait_backends(ext(none_ip), "TCP", 0);
+    let started = Instant::now();
+    let lines = plain_probe(ext(none_ip), &["--timeout-ms", "1000"]);
+    assert!(lines[0].starts_with("err ConnectionRefused"), "{lines:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
     );
 
     // The ClusterIP, arriving from another node's network.

@@ -13,7 +13,7 @@
 //! the model's job).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ferry_ebpf_common::{
     AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend, BackendKey, CtKey, CtValue,
@@ -232,6 +232,9 @@ pub struct Programmer<M> {
     /// Ids of adopted entries: the slots each revision may hold, and the
     /// frontends pointing at each.
     adopted_slots: HashMap<u32, AdoptedGroup>,
+    /// UDP backends that left a group, for the caller to end the sockets
+    /// still connected to them ([`take_removed_udp`](Self::take_removed_udp)).
+    removed_udp: Vec<SocketAddr>,
 }
 
 impl<M> std::fmt::Debug for Programmer<M> {
@@ -274,7 +277,22 @@ impl<M: LbMaps> Programmer<M> {
             max_id: max_id.max(1),
             adopted,
             adopted_slots,
+            removed_udp: Vec::new(),
         })
+    }
+
+    /// The UDP backends removed since the last call.
+    pub fn take_removed_udp(&mut self) -> Vec<SocketAddr> {
+        std::mem::take(&mut self.removed_udp)
+    }
+
+    fn note_removed(&mut self, want: &Desired, gone: impl IntoIterator<Item = Backend>) {
+        if want.frontends.iter().any(|k| k.proto == PROTO_UDP) {
+            self.removed_udp.extend(
+                gone.into_iter()
+                    .map(|b| SocketAddr::new(words_addr(&b.addr), u16::from_be(b.port))),
+            );
+        }
     }
 
     pub fn maps(&self) -> &M {
@@ -535,6 +553,7 @@ impl<M: LbMaps> Programmer<M> {
             .collect();
         let toggled = group.live.flags != UNWRITTEN
             && (group.live.flags ^ want.flags) & SVC_FLAG_AFFINITY != 0;
+        self.note_removed(want, removed.iter().copied());
         let adopted = std::mem::take(&mut group.adopted);
         group.rev = next;
         group.live.backends = want.backends.clone();
@@ -674,6 +693,7 @@ impl<M: LbMaps> Programmer<M> {
                 self.maps.del_backend(&backend_key(group.id, rev, slot))?;
             }
         }
+        self.note_removed(&group.live, group.live.backends.iter().copied());
         let id = group.id;
         stats.affinity_purged += self.maps.purge_affinity(&mut |k, _| k.id == id)?;
         stats.flows_purged += self

@@ -4,6 +4,7 @@
 //! Service's map entries and nothing else.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -255,6 +256,8 @@ pub struct Settings {
     pub gc_interval: Duration,
     /// Map capacities, for the fill-level gauges.
     pub sizes: MapSizes,
+    /// The cgroup whose processes' UDP sockets to a gone backend are ended.
+    pub cgroup_root: PathBuf,
 }
 
 /// The EndpointSlice annotation kube-proxy measures programming latency
@@ -330,6 +333,22 @@ pub async fn run<M: LbMaps>(
                     failed.insert(key);
                 }
             }
+        }
+        let gone = programmer.take_removed_udp();
+        if !gone.is_empty() {
+            let cgroup = settings.cgroup_root.clone();
+            // Walking the cgroup's namespaces is slow next to a map write:
+            // off the loop.
+            tokio::task::spawn_blocking(move || {
+                match crate::sockets::destroy_udp_to(&cgroup, &gone) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        sockets = n,
+                        "ended UDP sockets connected to removed backends"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "ending UDP sockets of removed backends"),
+                }
+            });
         }
         if !initial_done {
             match programmer.finish_initial_sync() {

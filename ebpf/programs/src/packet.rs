@@ -20,8 +20,8 @@
 //! - reply `backend → node:port` (ingress, remote backends): source becomes
 //!   the frontend, destination the client.
 
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT, __sk_buff};
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, __sk_buff};
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail};
 use aya_ebpf::macros::classifier;
 use aya_ebpf::programs::TcContext;
 use ferry_ebpf_common::{
@@ -39,7 +39,9 @@ const BPF_F_PSEUDO_HDR: u64 = 0x10;
 const BPF_F_MARK_MANGLED_0: u64 = 0x20;
 const BPF_NOEXIST: u64 = 1;
 const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 /// How often a flow's `last_seen_ns` is refreshed: a write per packet
 /// would bounce the entry's cache line between CPUs.
 const REFRESH_NS: u64 = 1_000_000_000;
@@ -278,9 +280,14 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
     let mut chosen = Chosen::default();
     match select(&svc, &affinity, &mut chosen) {
         Verdict::Pass => return TC_ACT_OK as i32,
-        // kube-proxy rejects; dropping keeps the node from answering for
-        // a service with nothing behind it.
-        Verdict::Reject => return TC_ACT_SHOT as i32,
+        // kube-proxy rejects: a SYN gets a RST at once, so the client sees
+        // "connection refused" rather than a timeout; anything else drops.
+        Verdict::Reject => {
+            if p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+                return refuse(skb, p);
+            }
+            return TC_ACT_SHOT as i32;
+        }
         Verdict::To => {}
     }
     if is_v4(&chosen.backend.addr) != p.v4 {
@@ -393,4 +400,93 @@ fn egress(ctx: &TcContext) -> Option<()> {
         // Toward a remote backend: from the node, so the reply comes back.
         ok(rewrite(skb, &p, true, &ct.nat_addr, ct.nat_port))
     }
+}
+
+/// Turns a SYN into the RST+ACK that answers it and sends it back out the
+/// device it came in on: the frame's and packet's addresses and ports are
+/// swapped, options and payload cut, and both checksums computed afresh.
+#[inline(never)]
+fn refuse(skb: *mut __sk_buff, p: &Packet) -> i32 {
+    match refuse_inner(skb, p) {
+        Some(()) => TC_ACT_REDIRECT as i32,
+        None => TC_ACT_SHOT as i32,
+    }
+}
+
+#[inline(always)]
+fn refuse_inner(skb: *mut __sk_buff, p: &Packet) -> Option<()> {
+    let ctx = TcContext::new(skb);
+    let seq = u32::from_be(ctx.load::<u32>(p.l4 + 4).ok()?);
+    let mac: [u8; 12] = ctx.load(0).ok()?;
+    let l3_len = if p.v4 { 20 } else { 40 };
+    let total = ETH_HLEN + l3_len + 20;
+    if unsafe { bpf_skb_change_tail(skb, total as u32, 0) } != 0 {
+        return None;
+    }
+    let ctx = TcContext::new(skb);
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&mac[6..]);
+    swapped[6..].copy_from_slice(&mac[..6]);
+    ctx.store(0, &swapped, 0).ok()?;
+    // A fresh, option-free IP header from the packet's addresses, swapped.
+    let mut sum = 0u32;
+    if p.v4 {
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&40u16.to_be_bytes());
+        h[6] = 0x40;
+        h[8] = 64;
+        h[9] = PROTO_TCP;
+        h[12..16].copy_from_slice(&p.dst[3].to_ne_bytes());
+        h[16..20].copy_from_slice(&p.src[3].to_ne_bytes());
+        let c = !fold(add_words(&h, 0));
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        ctx.store(ETH_HLEN, &h, 0).ok()?;
+        sum = add_words(&h[12..20], sum);
+    } else {
+        let mut h = [0u8; 8];
+        h[0] = 0x60;
+        h[4..6].copy_from_slice(&20u16.to_be_bytes());
+        h[6] = PROTO_TCP;
+        h[7] = 64;
+        ctx.store(ETH_HLEN, &h, 0).ok()?;
+        ctx.store(ETH_HLEN + 8, &p.dst, 0).ok()?;
+        ctx.store(ETH_HLEN + 24, &p.src, 0).ok()?;
+        for i in 0..4 {
+            sum = add_words(&p.dst[i].to_ne_bytes(), sum);
+            sum = add_words(&p.src[i].to_ne_bytes(), sum);
+        }
+    }
+    // Pseudo-header: protocol and TCP length.
+    sum += u32::from(PROTO_TCP) + 20;
+    let mut t = [0u8; 20];
+    t[0..2].copy_from_slice(&p.dport.to_ne_bytes());
+    t[2..4].copy_from_slice(&p.sport.to_ne_bytes());
+    t[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = TCP_RST | TCP_ACK;
+    let c = !fold(add_words(&t, sum));
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    ctx.store(ETH_HLEN + l3_len, &t, 0).ok()?;
+    let ifindex = unsafe { (*skb).ifindex };
+    // Egress of the same device: back toward the client.
+    (unsafe { bpf_redirect(ifindex, 0) } == TC_ACT_REDIRECT as i64).then_some(())
+}
+
+/// One's-complement sum of big-endian 16-bit words, onto `sum`.
+#[inline(always)]
+fn add_words(bytes: &[u8], mut sum: u32) -> u32 {
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    sum
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
 }

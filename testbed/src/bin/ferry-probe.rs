@@ -10,6 +10,9 @@
 //! - `err <kind> <message>`: the attempt failed (`kind` is the
 //!   `std::io::ErrorKind`, e.g. `ConnectionRefused`, `TimedOut`).
 //!
+//! With `--udp --connected` one socket is connect()ed and reused until an
+//! attempt fails, then replaced.
+//!
 //! `--hold FILE` (TCP) connects, prints `connected peer=<addr>`, waits until
 //! FILE exists, then sends its request on that same connection: a test can
 //! restart things in between and see the connection survive.
@@ -78,7 +81,12 @@ fn main() -> ExitCode {
         };
         match result {
             Ok(line) => println!("ok {line}"),
-            Err(e) => println!("err {:?} {e}", e.kind()),
+            Err(e) => {
+                println!("err {:?} {e}", e.kind());
+                // As an application would: a failed connected socket is
+                // closed and the next attempt connects afresh.
+                udp_connected = None;
+            }
         }
     }
     ExitCode::SUCCESS

@@ -379,3 +379,56 @@ fn no_endpoints_refuses_with_a_reset() {
         assert_eq!(out[l4 + 12] >> 4, 5, "no options");
     }
 }
+
+/// A datagram for a Service without endpoints is answered with an ICMP
+/// port unreachable quoting it (ICMPv6 on IPv6), sent back out.
+#[test]
+fn no_endpoints_answers_udp_with_port_unreachable() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut l = Loaded::new("unreach");
+    for (front, client) in [
+        (ip("192.0.2.87"), ip("198.51.100.13")),
+        (ip("2001:db8::87"), ip("2001:db8:1::13")),
+    ] {
+        l.service(front, 53, PROTO_UDP, 9, &[]);
+        let dgram = packet(PROTO_UDP, (client, 40003), (front, 53), false);
+        let (rc, out) = l.run(TC_INGRESS, &dgram);
+        assert_eq!(rc, TC_ACT_REDIRECT, "sent back out");
+        let v4 = front.is_ipv4();
+        let ip_len = if v4 { 20 } else { 40 };
+        let ip = &out[14..14 + ip_len];
+        let icmp = &out[14 + ip_len..];
+        let sum = |bytes: &[u8], init: u32| -> u16 {
+            let mut s = bytes
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+                .sum::<u32>()
+                + init;
+            while s > 0xffff {
+                s = (s & 0xffff) + (s >> 16);
+            }
+            s as u16
+        };
+        let pseudo = if v4 {
+            assert_eq!(sum(ip, 0), 0xffff, "IPv4 header checksum");
+            assert_eq!(ip[9], 1, "ICMP");
+            assert_eq!((&ip[12..16], &ip[16..20]), (&dgram[30..34], &dgram[26..30]));
+            assert_eq!((icmp[0], icmp[1]), (3, 3), "port unreachable");
+            0
+        } else {
+            assert_eq!(ip[6], 58, "ICMPv6");
+            assert_eq!((&ip[8..24], &ip[24..40]), (&dgram[38..54], &dgram[22..38]));
+            assert_eq!((icmp[0], icmp[1]), (1, 4), "port unreachable");
+            let addrs: u32 = ip[8..40]
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+                .sum();
+            addrs + icmp.len() as u32 + 58
+        };
+        assert_eq!(sum(icmp, pseudo), 0xffff, "ICMP checksum");
+        // The quote: the datagram's own IP header and UDP header.
+        assert_eq!(&icmp[8..], &dgram[14..14 + ip_len + 8], "quoted headers");
+    }
+}

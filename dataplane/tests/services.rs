@@ -131,7 +131,8 @@ impl Cluster {
             .collect();
         self.cp.apply(&json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod.name, "namespace": "default", "labels": {"app": app}},
+            "metadata": {"name": pod.name, "namespace": "default",
+                         "labels": {"app": app, "tier": "any"}},
             "spec": {"nodeName": self.world.node(node).name, "containers": [{
                 "name": "netexec", "image": "ferry-netexec",
                 "ports": [
@@ -727,8 +728,8 @@ fn agent_restart_keeps_connections() {
     );
 }
 
-/// Per-packet translation at TC for traffic arriving from outside the
-/// node: a client in the underlay (no cgroup, no socket hooks) reaches an
+/// internalTrafficPolicy: Local at socket level, then per-packet
+/// translation at TC for traffic arriving from outside the node: a client in the underlay (no cgroup, no socket hooks) reaches an
 /// ExternalIP whose backends run on the other node (source-translated to
 /// the node, replies restored), an ExternalIP with a local backend (the
 /// client's address preserved) and a ClusterIP routed to the node; a
@@ -818,7 +819,43 @@ fn external_traffic_through_tc() {
         names(0)[..1].to_vec()
     );
 
-    // No endpoints: the SYN is answered with a RST, refused at once.
+    // internalTrafficPolicy: Local, from a pod of node 0 (socket level):
+    // only node 0's endpoint, and refused when node 0 has none.
+    let pod_client = c.world.pod(0, 1);
+    let local_only = c.service(
+        "itp-any",
+        "ignored",
+        json!({"selector": {"tier": "any"}, "internalTrafficPolicy": "Local"}),
+    );
+    let addr = SocketAddr::new(vip(&local_only, false), 80);
+    c.wait_backends(addr, "TCP", 1);
+    let got = replies(&c.probe(&pod_client.netns, addr, &["--count", "20"]));
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        names(0)[..1].to_vec(),
+        "only the local endpoint"
+    );
+    let remote_only = c.service(
+        "itp-remote",
+        "remote",
+        json!({"internalTrafficPolicy": "Local"}),
+    );
+    let addr = SocketAddr::new(vip(&remote_only, false), 80);
+    c.wait_backends(addr, "TCP", 0);
+    let lines = c.probe(&pod_client.netns, addr, &["--timeout-ms", "1000"]);
+    assert!(lines[0].starts_with("err ConnectionRefused"), "{lines:?}");
+    // The same endpoints without the policy: both remote ones.
+    let cluster = c.service("cluster-remote", "remote", json!({}));
+    let addr = SocketAddr::new(vip(&cluster, false), 80);
+    c.wait_backends(addr, "TCP", 2);
+    let got = replies(&c.probe(&pod_client.netns, addr, &["--count", "20"]));
+    assert!(
+        got.len() == 2 && got.keys().all(|k| names(1).contains(k)),
+        "{got:?}"
+    );
+
+    // No endpoints: the SYN is answered with a RST, a datagram with an
+    // ICMP port unreachable: both refused at once.
     let none_ip = "192.0.2.102";
     c.service("none", "nothing", json!({"externalIPs": [none_ip]}));
     underlay
@@ -835,6 +872,15 @@ fn external_traffic_through_tc() {
     let started = Instant::now();
     let lines = plain_probe(ext(none_ip), &["--timeout-ms", "1000"]);
     assert!(lines[0].starts_with("err ConnectionRefused"), "{lines:?}");
+    // UDP: an ICMP port unreachable, which a connected socket reports.
+    let lines = plain_probe(
+        ext(none_ip),
+        &["--udp", "--connected", "--timeout-ms", "1000"],
+    );
+    assert!(
+        lines[0].starts_with("err ConnectionRefused"),
+        "UDP: {lines:?}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "refused at once"

@@ -21,7 +21,9 @@
 //!   the frontend, destination the client.
 
 use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, __sk_buff};
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail};
+use aya_ebpf::helpers::{
+    bpf_ktime_get_ns, bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail,
+};
 use aya_ebpf::macros::classifier;
 use aya_ebpf::programs::TcContext;
 use ferry_ebpf_common::{
@@ -280,11 +282,15 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
     let mut chosen = Chosen::default();
     match select(&svc, &affinity, &mut chosen) {
         Verdict::Pass => return TC_ACT_OK as i32,
-        // kube-proxy rejects: a SYN gets a RST at once, so the client sees
-        // "connection refused" rather than a timeout; anything else drops.
+        // kube-proxy rejects: a SYN gets a RST, a datagram an ICMP port
+        // unreachable, at once, so the client sees "connection refused"
+        // rather than a timeout; anything else drops.
         Verdict::Reject => {
             if p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
                 return refuse(skb, p);
+            }
+            if p.proto == PROTO_UDP {
+                return unreachable(skb, p);
             }
             return TC_ACT_SHOT as i32;
         }
@@ -489,4 +495,97 @@ fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
+}
+
+const BPF_ADJ_ROOM_MAC: u32 = 1;
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+
+/// Answers a datagram for a Service without endpoints with an ICMP (or
+/// ICMPv6) port unreachable quoting its headers, sent back out the device
+/// it came in on.
+#[inline(never)]
+fn unreachable(skb: *mut __sk_buff, p: &Packet) -> i32 {
+    match unreachable_inner(skb, p) {
+        Some(()) => TC_ACT_REDIRECT as i32,
+        None => TC_ACT_SHOT as i32,
+    }
+}
+
+#[inline(always)]
+fn unreachable_inner(skb: *mut __sk_buff, p: &Packet) -> Option<()> {
+    let ctx = TcContext::new(skb);
+    let mac: [u8; 12] = ctx.load(0).ok()?;
+    // The quote: the IP header (v4 without options) and 8 bytes of UDP.
+    let (ip_len, room) = if p.v4 { (20usize, 28u32) } else { (40usize, 48u32) };
+    if p.l4 - p.l3 != ip_len {
+        return None;
+    }
+    if unsafe { bpf_skb_adjust_room(skb, room as i32, BPF_ADJ_ROOM_MAC, 0) } != 0 {
+        return None;
+    }
+    // New IP header and ICMP header, then the quoted original.
+    let icmp_at = ETH_HLEN + ip_len;
+    let total = icmp_at + 8 + ip_len + 8;
+    if unsafe { bpf_skb_change_tail(skb, total as u32, 0) } != 0 {
+        return None;
+    }
+    let ctx = TcContext::new(skb);
+    let mut mac = mac;
+    mac.rotate_left(6);
+    ctx.store(0, &mac, 0).ok()?;
+    let quote_len = (ip_len + 8) as u16;
+    let mut sum = 0u32;
+    if p.v4 {
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&(20 + 8 + quote_len).to_be_bytes());
+        h[6] = 0x40;
+        h[8] = 64;
+        h[9] = PROTO_ICMP;
+        h[12..16].copy_from_slice(&p.dst[3].to_ne_bytes());
+        h[16..20].copy_from_slice(&p.src[3].to_ne_bytes());
+        let c = !fold(add_words(&h, 0));
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        ctx.store(ETH_HLEN, &h, 0).ok()?;
+    } else {
+        let mut h = [0u8; 8];
+        h[0] = 0x60;
+        h[4..6].copy_from_slice(&(8 + quote_len).to_be_bytes());
+        h[6] = PROTO_ICMPV6;
+        h[7] = 64;
+        ctx.store(ETH_HLEN, &h, 0).ok()?;
+        ctx.store(ETH_HLEN + 8, &p.dst, 0).ok()?;
+        ctx.store(ETH_HLEN + 24, &p.src, 0).ok()?;
+        // ICMPv6 sums a pseudo-header too.
+        for i in 0..4 {
+            sum = add_words(&p.dst[i].to_ne_bytes(), sum);
+            sum = add_words(&p.src[i].to_ne_bytes(), sum);
+        }
+        sum += u32::from(8 + quote_len) + u32::from(PROTO_ICMPV6);
+    }
+    // The quoted headers moved `room` bytes further in; sum them there.
+    let quoted = icmp_at + 8;
+    // Word by word: a buffer for the quote would not fit the stack.
+    let words = usize::from(quote_len) / 4;
+    let mut i = 0;
+    while i < 12 && i < words {
+        let w: [u8; 4] = ctx.load(quoted + i * 4).ok()?;
+        sum = add_words(&w, sum);
+        i += 1;
+    }
+    let mut icmp = [0u8; 8];
+    // Port unreachable: type 3 code 3 (ICMPv6: type 1 code 4).
+    if p.v4 {
+        icmp[0] = 3;
+        icmp[1] = 3;
+    } else {
+        icmp[0] = 1;
+        icmp[1] = 4;
+    }
+    let c = !fold(add_words(&icmp, sum));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ctx.store(icmp_at, &icmp, 0).ok()?;
+    let ifindex = unsafe { (*skb).ifindex };
+    (unsafe { bpf_redirect(ifindex, 0) } == TC_ACT_REDIRECT as i64).then_some(())
 }

@@ -184,7 +184,12 @@ fn loader<'a>(maps_dir: &'a Path, sizes: &MapSizes) -> EbpfLoader<'a> {
 /// the cgroup and the packet programs to `devices`, and pins the links,
 /// replacing those of a previous agent (and dropping its links to devices
 /// no longer listed).
-pub fn install(layout: &Layout, sizes: &MapSizes, devices: &[Device]) -> Result<Maps, BpfError> {
+pub fn install(
+    layout: &Layout,
+    sizes: &MapSizes,
+    devices: &[Device],
+    pod_prefix: Option<&str>,
+) -> Result<(Maps, PacketHooks), BpfError> {
     let maps_dir = layout.maps_dir();
     let links_dir = layout.links_dir();
     for dir in [&maps_dir, &links_dir] {
@@ -203,39 +208,34 @@ pub fn install(layout: &Layout, sizes: &MapSizes, devices: &[Device]) -> Result<
         let link = attach_sock(&mut ebpf, name, &cgroup)?;
         pinned.push(swap_pin(link, &links_dir, name)?);
     }
-    if !devices.is_empty() {
-        for (name, kind) in [
-            (TC_INGRESS, TcAttachType::Ingress),
-            (TC_EGRESS, TcAttachType::Egress),
-        ] {
-            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
-            prog.load().map_err(prog_err(name))?;
-            for dev in devices {
-                let id = prog.attach(&dev.name, kind).map_err(prog_err(name))?;
-                let link: FdLink = prog
-                    .take_link(id)
-                    .map_err(prog_err(name))?
-                    .try_into()
-                    .map_err(|source| BpfError::Link {
-                        path: links_dir.join(name),
-                        source: Box::new(source),
-                    })?;
-                // bpffs refuses dots, which device names may have.
-                let pin = format!("{name}_{}", dev.name.replace('.', "_"));
-                pinned.push(swap_pin(link, &links_dir, &pin)?);
-            }
-        }
+    for (name, _) in TC_PROGRAMS {
+        let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+        prog.load().map_err(prog_err(name))?;
+    }
+    let mut hooks = PacketHooks {
+        ebpf,
+        links_dir: links_dir.clone(),
+        attached: Vec::new(),
+    };
+    for dev in devices {
+        pinned.extend(hooks.attach(&dev.name)?);
     }
     // Links of a previous agent this one did not replace: devices no
     // longer listed, or programs renamed by an upgrade.
+    // Pod devices' links stay until the pod-device loop swaps them.
+    let pod_pins: Vec<String> = pod_prefix
+        .map(|p| TC_PROGRAMS.iter().map(|(n, _)| pin_name(n, p)).collect())
+        .unwrap_or_default();
     if let Ok(entries) = std::fs::read_dir(&links_dir) {
         for entry in entries.flatten() {
-            if !pinned.contains(&entry.path()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pod = pod_pins.iter().any(|p| name.starts_with(p.as_str()));
+            if !pinned.contains(&entry.path()) && !pod {
                 remove_link(&entry.path())?;
             }
         }
     }
-    let mut maps = take_maps(&mut ebpf)?;
+    let mut maps = take_maps(&mut hooks.ebpf)?;
     for dev in devices {
         let addrs = NodeAddrs {
             v4: dev.v4.map_or([0; 4], |a| addr_words(a.into())),
@@ -248,7 +248,93 @@ pub fn install(layout: &Layout, sizes: &MapSizes, devices: &[Device]) -> Result<
                 source: Box::new(source),
             })?;
     }
-    Ok(maps)
+    Ok((maps, hooks))
+}
+
+/// The packet programs and how each is attached.
+const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
+    (TC_INGRESS, TcAttachType::Ingress),
+    (TC_EGRESS, TcAttachType::Egress),
+];
+
+/// bpffs refuses dots, which device names may have.
+fn pin_name(program: &str, device: &str) -> String {
+    format!("{program}_{}", device.replace('.', "_"))
+}
+
+/// The loaded packet programs, attachable to more devices while the agent
+/// runs (pods' veths come and go).
+pub struct PacketHooks {
+    ebpf: Ebpf,
+    links_dir: PathBuf,
+    attached: Vec<String>,
+}
+
+impl std::fmt::Debug for PacketHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketHooks")
+            .field("attached", &self.attached)
+            .finish()
+    }
+}
+
+impl PacketHooks {
+    /// Attaches ingress and egress to `device` (replacing a previous
+    /// agent's links there); returns the pins.
+    pub fn attach(&mut self, device: &str) -> Result<Vec<PathBuf>, BpfError> {
+        let mut pins = Vec::new();
+        for (name, kind) in TC_PROGRAMS {
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+            let id = prog.attach(device, kind).map_err(prog_err(name))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(prog_err(name))?
+                .try_into()
+                .map_err(|source| BpfError::Link {
+                    path: self.links_dir.join(name),
+                    source: Box::new(source),
+                })?;
+            pins.push(swap_pin(link, &self.links_dir, &pin_name(name, device))?);
+        }
+        self.attached.push(device.to_owned());
+        Ok(pins)
+    }
+
+    /// Keeps the programs on exactly the devices named `prefix*` in
+    /// `present`: attaches new ones, drops the pins of gone ones (their
+    /// links went with the device). Returns how many were attached.
+    pub fn sync_prefixed(&mut self, prefix: &str, present: &[String]) -> Result<usize, BpfError> {
+        let mut added = 0;
+        let mut first_err = None;
+        for dev in present.iter().filter(|d| d.starts_with(prefix)) {
+            if !self.attached.contains(dev) {
+                // One device failing (gone since the listing) must not keep
+                // the others unattached.
+                match self.attach(dev) {
+                    Ok(_) => added += 1,
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|d| d.starts_with(prefix) && !present.contains(d))
+            .cloned()
+            .collect();
+        for dev in gone {
+            for (name, _) in TC_PROGRAMS {
+                remove_link(&self.links_dir.join(pin_name(name, &dev)))?;
+            }
+            self.attached.retain(|d| d != &dev);
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(added),
+        }
+    }
 }
 
 fn prog_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> BpfError {

@@ -91,3 +91,20 @@ pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<IpAddr>, rtnet
         .try_collect()
         .await
 }
+
+/// The names of every link in this namespace.
+pub async fn link_names(handle: &Handle) -> Result<Vec<String>, rtnetlink::Error> {
+    use netlink_packet_route::link::LinkAttribute;
+    handle
+        .link()
+        .get()
+        .execute()
+        .try_filter_map(|m| async move {
+            Ok(m.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            }))
+        })
+        .try_collect()
+        .await
+}

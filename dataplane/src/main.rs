@@ -71,6 +71,11 @@ struct Cli {
     /// e.g. the node's uplink; none: socket-level balancing only.
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
+    /// Also translate per packet on every device named with this prefix,
+    /// attached as they appear: the node side of pods' veths (ferry-cni's
+    /// are `fer...`), for pods whose processes are outside the cgroup.
+    #[arg(long)]
+    pod_devices: Option<String>,
     /// Where `/healthz`, `/readyz` and `/metrics` are served (kube-proxy's
     /// metrics port); empty to turn them off.
     #[arg(long, default_value = "127.0.0.1:10249")]
@@ -215,17 +220,36 @@ async fn main() -> anyhow::Result<()> {
         }
         let layout = cli.layout()?;
         let sizes = cli.sizes();
-        let devices = if cli.devices.is_empty() {
-            Vec::new()
-        } else {
-            let (connection, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
-            tokio::spawn(connection);
-            devices::lookup(&handle, &cli.devices)
-                .await
-                .context("looking up --devices")?
-        };
-        let maps =
-            bpf::install(&layout, &sizes, &devices).context("installing the eBPF programs")?;
+        let (connection, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
+        tokio::spawn(connection);
+        let devices = devices::lookup(&handle, &cli.devices)
+            .await
+            .context("looking up --devices")?;
+        let (maps, mut hooks) = bpf::install(&layout, &sizes, &devices, cli.pod_devices.as_deref())
+            .context("installing the eBPF programs")?;
+        if let Some(prefix) = cli.pod_devices.clone() {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let names = match devices::link_names(&handle).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "listing links for --pod-devices");
+                            continue;
+                        }
+                    };
+                    match hooks.sync_prefixed(&prefix, &names) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::debug!(devices = n, "packet programs attached to pod devices")
+                        }
+                        // A veth can vanish between the listing and the attach.
+                        Err(e) => tracing::debug!(error = %e, "attaching to a pod device"),
+                    }
+                }
+            });
+        }
         tracing::info!(
             bpffs = %layout.bpffs_root.display(),
             cgroup = %layout.cgroup_root.display(),

@@ -14,8 +14,8 @@ use ferry_dataplane::bpf::{MapSizes, TC_EGRESS, TC_INGRESS, load_detached};
 use ferry_dataplane::service::programmer::addr_words;
 use ferry_ebpf_common::{
     BACKEND_FLAG_LOCAL, Backend, BackendKey, CtKey, CtValue, MAP_BACKENDS, MAP_CONNTRACK,
-    MAP_NODE_ADDRS, MAP_SERVICES, NodeAddrs, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, ServiceKey,
-    ServiceValue,
+    MAP_NODE_ADDRS, MAP_SERVICES, NodeAddrs, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    ServiceKey, ServiceValue,
 };
 use ferry_testbed::packet::{endpoints, frame};
 use ferry_testbed::{BPFFS, skip_if_not_root};
@@ -40,20 +40,49 @@ impl Loaded {
         let _ = std::fs::remove_dir_all(&dir);
         let ebpf =
             load_detached(&dir, &MapSizes::default()).expect("the verifier accepts the programs");
-        Self { ebpf, dir }
+        let mut l = Self { ebpf, dir };
+        // The test device is a node device (`--devices`), so far without
+        // addresses; `pod_device` makes it a pod's.
+        l.node_addrs(NodeAddrs::default());
+        l
+    }
+
+    fn node_addrs(&mut self, addrs: NodeAddrs) {
+        self.map::<u32, NodeAddrs>(MAP_NODE_ADDRS)
+            .insert(LOOPBACK, addrs, 0)
+            .expect("node addrs");
+    }
+
+    fn pod_device(&mut self) {
+        self.map::<u32, NodeAddrs>(MAP_NODE_ADDRS)
+            .remove(&LOOPBACK)
+            .expect("node addrs");
     }
 
     fn map<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
         HashMap::try_from(self.ebpf.map_mut(name).expect("map")).expect("hash map")
     }
 
-    /// A service with `backends` at frontend `front:port`.
+    /// A service with `backends` at frontend `front:port`, for traffic
+    /// from outside the node.
     fn service(&mut self, front: IpAddr, port: u16, proto: u8, id: u32, backends: &[Backend]) {
+        self.service_in(SCOPE_EXTERNAL, front, port, proto, id, backends);
+    }
+
+    fn service_in(
+        &mut self,
+        scope: u8,
+        front: IpAddr,
+        port: u16,
+        proto: u8,
+        id: u32,
+        backends: &[Backend],
+    ) {
         let key = ServiceKey {
             addr: addr_words(front),
             port: port.to_be(),
             proto,
-            scope: SCOPE_EXTERNAL,
+            scope,
         };
         let value = ServiceValue {
             id,
@@ -240,16 +269,10 @@ fn remote_backend_is_source_translated_both_ways() {
     let (rc, out) = l.run(TC_INGRESS, &dgram);
     assert_eq!((rc, read(&out)), (TC_ACT_SHOT, read(&dgram)));
 
-    l.map::<u32, NodeAddrs>(MAP_NODE_ADDRS)
-        .insert(
-            LOOPBACK,
-            NodeAddrs {
-                v4: addr_words(node),
-                v6: [0; 4],
-            },
-            0,
-        )
-        .expect("node addrs");
+    l.node_addrs(NodeAddrs {
+        v4: addr_words(node),
+        v6: [0; 4],
+    });
     let (rc, out) = l.run(TC_INGRESS, &dgram);
     assert_eq!(rc, TC_ACT_OK);
     assert_eq!(read(&out), ((client, 50000), (pod, 5353)));
@@ -431,4 +454,41 @@ fn no_endpoints_answers_udp_with_port_unreachable() {
         // The quote: the datagram's own IP header and UDP header.
         assert_eq!(&icmp[8..], &dgram[14..14 + ip_len + 8], "quoted headers");
     }
+}
+
+/// On a pod's device (no node addresses) traffic is in-cluster: the
+/// internal-scope entry applies and a remote backend gets the client's own
+/// address, its reply restored where it leaves toward the client pod.
+#[test]
+fn pod_devices_use_internal_scope_without_source_nat() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut l = Loaded::new("poddev");
+    l.pod_device();
+    let (vip, client, pod) = (ip("10.96.0.10"), ip("10.244.0.9"), ip("10.244.1.5"));
+    // Only an external-scope entry: a pod's traffic does not use it.
+    l.service(
+        vip,
+        80,
+        PROTO_TCP,
+        10,
+        &[backend("10.244.1.6", 8080, false)],
+    );
+    let syn = packet(PROTO_TCP, (client, 40004), (vip, 80), true);
+    assert_eq!(l.run(TC_INGRESS, &syn), (TC_ACT_OK, syn.clone()));
+    l.service_in(
+        SCOPE_INTERNAL,
+        vip,
+        80,
+        PROTO_TCP,
+        11,
+        &[backend("10.244.1.5", 8080, false)],
+    );
+    let (rc, out) = l.run(TC_INGRESS, &syn);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(read(&out), ((client, 40004), (pod, 8080)), "no source NAT");
+    let reply = packet(PROTO_TCP, (pod, 8080), (client, 40004), false);
+    let (_, out) = l.run(TC_EGRESS, &reply);
+    assert_eq!(read(&out), ((vip, 80), (client, 40004)));
 }

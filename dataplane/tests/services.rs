@@ -747,7 +747,7 @@ fn external_traffic_through_tc() {
         .route_pod_cidrs(true)
         .build()
         .expect("world");
-    let c = Cluster::with_world(world, &["--devices", UNDERLAY_IF]);
+    let c = Cluster::with_world(world, &["--devices", UNDERLAY_IF, "--pod-devices", "fer"]);
     c.add_pod(0, 0, "local");
     c.add_pod(1, 0, "remote");
     c.add_pod(1, 1, "remote");
@@ -852,6 +852,31 @@ fn external_traffic_through_tc() {
     assert!(
         got.len() == 2 && got.keys().all(|k| names(1).contains(k)),
         "{got:?}"
+    );
+
+    // A pod whose processes are outside the cgroup: translated per packet
+    // on its veth, keeping its own address, backends local or remote.
+    let outside = |addr: SocketAddr, args: &[&str]| probe(&pod_client.netns, addr, None, args);
+    let remote_vip = SocketAddr::new(vip(&remote, false), 80);
+    for udp in [false, true] {
+        let mut args = vec!["--count", "20"];
+        if udp {
+            args.push("--udp");
+        }
+        let lines = outside(remote_vip, &args);
+        let got = replies(&lines);
+        assert!(
+            got.len() == 2 && got.keys().all(|k| names(1).contains(k)),
+            "udp={udp}: {got:?}\n{}",
+            c.inspect("conntrack")
+        );
+        assert!(peers(&lines).iter().all(|p| p == &remote_vip.to_string()));
+    }
+    let lines = outside(remote_vip, &["--path", "/clientip"]);
+    let own = pod_client.ipv4().expect("pod address");
+    assert!(
+        lines[0].starts_with(&format!("ok {own}:")),
+        "the pod's own address reaches the remote backend: {lines:?}"
     );
 
     // No endpoints: the SYN is answered with a RST, a datagram with an

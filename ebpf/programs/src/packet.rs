@@ -28,7 +28,7 @@ use aya_ebpf::macros::classifier;
 use aya_ebpf::programs::TcContext;
 use ferry_ebpf_common::{
     AffinityKey, BACKEND_FLAG_LOCAL, CT_FLAG_CLOSING, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtKey, CtValue,
-    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, ServiceKey, is_v4, v4_mapped,
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, is_v4, v4_mapped,
 };
 
 use crate::maps::{CONNTRACK, NODE_ADDRS, SCRATCH, STATS};
@@ -267,13 +267,24 @@ fn ok(rc: i32) -> Option<()> {
 
 /// A packet of no tracked flow: a frontend's first packet gets a backend
 /// and conntrack entries; anything else passes.
+///
+/// A device with node addresses (`--devices`) brings traffic from outside
+/// the node: external scope, source-translated toward other nodes. Any
+/// other device is a pod's (`--pod-devices`): the traffic is in-cluster, as
+/// if it had passed the socket hooks, and keeps its source all the way.
 #[inline(never)]
 fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
+    let ifindex = unsafe { (*skb).ifindex };
+    let external = NODE_ADDRS.get_ptr(&ifindex).is_some();
     let svc = ServiceKey {
         addr: p.dst,
         port: p.dport,
         proto: p.proto,
-        scope: SCOPE_EXTERNAL,
+        scope: if external {
+            SCOPE_EXTERNAL
+        } else {
+            SCOPE_INTERNAL
+        },
     };
     let affinity = AffinityKey {
         client: p.src,
@@ -299,8 +310,8 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
     if is_v4(&chosen.backend.addr) != p.v4 {
         return TC_ACT_OK as i32;
     }
-    let ifindex = unsafe { (*skb).ifindex };
-    match track(p, &chosen, ifindex, now) {
+    // ifindex 0 is no device: no source translation.
+    match track(p, &chosen, if external { ifindex } else { 0 }, now) {
         Some(()) => {
             count_packet(chosen.id, p.len);
             let _ = rewrite(skb, p, false, &chosen.backend.addr, chosen.backend.port);
@@ -311,10 +322,11 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
 }
 
 /// Records a new flow to `chosen`: the forward entry, and the entries its
-/// replies (and, for a remote backend, its source translation) need. The
-/// entries are built in the per-CPU scratch map, not on the stack.
+/// replies (and, for a remote backend of external traffic arriving on
+/// device `snat_from`, non-zero, its source translation) need. The entries are built
+/// in the per-CPU scratch map, not on the stack.
 #[inline(never)]
-fn track(p: &Packet, chosen: &Chosen, ifindex: u32, now: u64) -> Option<()> {
+fn track(p: &Packet, chosen: &Chosen, snat_from: u32, now: u64) -> Option<()> {
     let s = SCRATCH.get_ptr_mut(0)?;
     let backend = &chosen.backend;
     let (key, value) = unsafe { (&mut (*s).key, &mut (*s).value) };
@@ -335,11 +347,8 @@ fn track(p: &Packet, chosen: &Chosen, ifindex: u32, now: u64) -> Option<()> {
         ..CtValue::default()
     };
     let mut nat_port = 0u16;
-    if backend.flags & BACKEND_FLAG_LOCAL != 0 {
-        // The reply leaves through a device's egress: restore the source.
-        CONNTRACK.insert(&*key, &*value, 0).ok()?;
-    } else {
-        let node = NODE_ADDRS.get_ptr(&ifindex)?;
+    if snat_from != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0 {
+        let node = NODE_ADDRS.get_ptr(&snat_from)?;
         key.dst = unsafe {
             if p.v4 { (*node).v4 } else { (*node).v6 }
         };
@@ -372,6 +381,10 @@ fn track(p: &Packet, chosen: &Chosen, ifindex: u32, now: u64) -> Option<()> {
         key.src = p.src;
         key.sport = p.sport;
         key.dport = backend.port;
+        CONNTRACK.insert(&*key, &*value, 0).ok()?;
+    } else {
+        // The reply leaves through a device's egress (the client pod's, or
+        // the one toward an outside client): restore the source there.
         CONNTRACK.insert(&*key, &*value, 0).ok()?;
     }
     // The forward entry; `value.nat_addr` already holds the node address

@@ -20,8 +20,7 @@ pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(262144, 0);
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(65536, 0);
 
 #[map(name = "FERRY_SOCK_RNAT")]
-pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
-    LruHashMap::pinned(262144, 0);
+pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> = LruHashMap::pinned(262144, 0);
 
 #[map(name = "FERRY_STATS")]
 pub static STATS: PerCpuArray<ServiceStats> = PerCpuArray::pinned(16384, 0);

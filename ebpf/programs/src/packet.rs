@@ -20,15 +20,14 @@
 //! - reply `backend → node:port` (ingress, remote backends): source becomes
 //!   the frontend, destination the client.
 
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, __sk_buff};
-use aya_ebpf::helpers::{
-    bpf_ktime_get_ns, bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail,
-};
+use aya_ebpf::bindings::{__sk_buff, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail};
 use aya_ebpf::macros::classifier;
 use aya_ebpf::programs::TcContext;
 use ferry_ebpf_common::{
-    AffinityKey, BACKEND_FLAG_LOCAL, CT_FLAG_CLOSING, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtKey, CtValue,
-    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, is_v4, v4_mapped,
+    AffinityKey, BACKEND_FLAG_LOCAL, CT_FLAG_CLOSING, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT,
+    CtKey, CtValue, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, is_v4,
+    v4_mapped,
 };
 
 use crate::maps::{CONNTRACK, NODE_ADDRS, SCRATCH, STATS};
@@ -166,13 +165,18 @@ fn rewrite(skb: *mut __sk_buff, p: &Packet, src: bool, addr: &[u32; 4], port: u1
 fn rewrite_inner(ctx: &TcContext, p: &Packet, src: bool, addr: &[u32; 4], port: u16) -> Option<()> {
     let csum = p.csum_off();
     let flags = p.csum_flags();
-    let (old_addr, old_port) = if src { (&p.src, p.sport) } else { (&p.dst, p.dport) };
+    let (old_addr, old_port) = if src {
+        (&p.src, p.sport)
+    } else {
+        (&p.dst, p.dport)
+    };
     if p.v4 {
         let off = p.l3 + if src { 12 } else { 16 };
         let (old, new) = (old_addr[3], addr[3]);
         ctx.l4_csum_replace(csum, old as u64, new as u64, flags | BPF_F_PSEUDO_HDR | 4)
             .ok()?;
-        ctx.l3_csum_replace(p.l3 + 10, old as u64, new as u64, 4).ok()?;
+        ctx.l3_csum_replace(p.l3 + 10, old as u64, new as u64, 4)
+            .ok()?;
         ctx.store(off, &new, 0).ok()?;
     } else {
         let off = p.l3 + if src { 8 } else { 24 };
@@ -349,9 +353,7 @@ fn track(p: &Packet, chosen: &Chosen, snat_from: u32, now: u64) -> Option<()> {
     let mut nat_port = 0u16;
     if snat_from != 0 && backend.flags & BACKEND_FLAG_LOCAL == 0 {
         let node = NODE_ADDRS.get_ptr(&snat_from)?;
-        key.dst = unsafe {
-            if p.v4 { (*node).v4 } else { (*node).v6 }
-        };
+        key.dst = unsafe { if p.v4 { (*node).v4 } else { (*node).v6 } };
         if key.dst == [0; 4] {
             return None;
         }
@@ -438,46 +440,13 @@ fn refuse_inner(skb: *mut __sk_buff, p: &Packet) -> Option<()> {
     let seq = u32::from_be(ctx.load::<u32>(p.l4 + 4).ok()?);
     let mac: [u8; 12] = ctx.load(0).ok()?;
     let l3_len = if p.v4 { 20 } else { 40 };
-    let total = ETH_HLEN + l3_len + 20;
-    if unsafe { bpf_skb_change_tail(skb, total as u32, 0) } != 0 {
+    if unsafe { bpf_skb_change_tail(skb, (ETH_HLEN + l3_len + 20) as u32, 0) } != 0 {
         return None;
     }
     let ctx = TcContext::new(skb);
-    let mut swapped = [0u8; 12];
-    swapped[..6].copy_from_slice(&mac[6..]);
-    swapped[6..].copy_from_slice(&mac[..6]);
-    ctx.store(0, &swapped, 0).ok()?;
-    // A fresh, option-free IP header from the packet's addresses, swapped.
-    let mut sum = 0u32;
-    if p.v4 {
-        let mut h = [0u8; 20];
-        h[0] = 0x45;
-        h[2..4].copy_from_slice(&40u16.to_be_bytes());
-        h[6] = 0x40;
-        h[8] = 64;
-        h[9] = PROTO_TCP;
-        h[12..16].copy_from_slice(&p.dst[3].to_ne_bytes());
-        h[16..20].copy_from_slice(&p.src[3].to_ne_bytes());
-        let c = !fold(add_words(&h, 0));
-        h[10..12].copy_from_slice(&c.to_be_bytes());
-        ctx.store(ETH_HLEN, &h, 0).ok()?;
-        sum = add_words(&h[12..20], sum);
-    } else {
-        let mut h = [0u8; 8];
-        h[0] = 0x60;
-        h[4..6].copy_from_slice(&20u16.to_be_bytes());
-        h[6] = PROTO_TCP;
-        h[7] = 64;
-        ctx.store(ETH_HLEN, &h, 0).ok()?;
-        ctx.store(ETH_HLEN + 8, &p.dst, 0).ok()?;
-        ctx.store(ETH_HLEN + 24, &p.src, 0).ok()?;
-        for i in 0..4 {
-            sum = add_words(&p.dst[i].to_ne_bytes(), sum);
-            sum = add_words(&p.src[i].to_ne_bytes(), sum);
-        }
-    }
-    // Pseudo-header: protocol and TCP length.
-    sum += u32::from(PROTO_TCP) + 20;
+    let addrs = answer_headers(&ctx, p, mac, PROTO_TCP, 20)?;
+    // Pseudo-header: addresses, protocol and TCP length.
+    let sum = addrs + u32::from(PROTO_TCP) + 20;
     let mut t = [0u8; 20];
     t[0..2].copy_from_slice(&p.dport.to_ne_bytes());
     t[2..4].copy_from_slice(&p.sport.to_ne_bytes());
@@ -487,8 +456,59 @@ fn refuse_inner(skb: *mut __sk_buff, p: &Packet) -> Option<()> {
     let c = !fold(add_words(&t, sum));
     t[16..18].copy_from_slice(&c.to_be_bytes());
     ctx.store(ETH_HLEN + l3_len, &t, 0).ok()?;
+    send_back(skb)
+}
+
+/// Writes the frame and IP headers of an answer to `p`: MACs from `mac`
+/// swapped, a fresh option-free IP header from the packet's addresses,
+/// swapped, carrying `proto` with `payload` bytes. Returns the sum of the
+/// addresses, the part of a pseudo-header checksum they make.
+#[inline(always)]
+fn answer_headers(
+    ctx: &TcContext,
+    p: &Packet,
+    mac: [u8; 12],
+    proto: u8,
+    payload: u16,
+) -> Option<u32> {
+    let mut mac = mac;
+    mac.rotate_left(6);
+    ctx.store(0, &mac, 0).ok()?;
+    let mut sum = 0u32;
+    if p.v4 {
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&(20 + payload).to_be_bytes());
+        h[6] = 0x40;
+        h[8] = 64;
+        h[9] = proto;
+        h[12..16].copy_from_slice(&p.dst[3].to_ne_bytes());
+        h[16..20].copy_from_slice(&p.src[3].to_ne_bytes());
+        let c = !fold(add_words(&h, 0));
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        ctx.store(ETH_HLEN, &h, 0).ok()?;
+        sum = add_words(&h[12..20], sum);
+    } else {
+        let mut h = [0u8; 8];
+        h[0] = 0x60;
+        h[4..6].copy_from_slice(&payload.to_be_bytes());
+        h[6] = proto;
+        h[7] = 64;
+        ctx.store(ETH_HLEN, &h, 0).ok()?;
+        ctx.store(ETH_HLEN + 8, &p.dst, 0).ok()?;
+        ctx.store(ETH_HLEN + 24, &p.src, 0).ok()?;
+        for i in 0..4 {
+            sum = add_words(&p.dst[i].to_ne_bytes(), sum);
+            sum = add_words(&p.src[i].to_ne_bytes(), sum);
+        }
+    }
+    Some(sum)
+}
+
+/// Out of the device the packet came in on, back toward its sender.
+#[inline(always)]
+fn send_back(skb: *mut __sk_buff) -> Option<()> {
     let ifindex = unsafe { (*skb).ifindex };
-    // Egress of the same device: back toward the client.
     (unsafe { bpf_redirect(ifindex, 0) } == TC_ACT_REDIRECT as i64).then_some(())
 }
 
@@ -530,7 +550,11 @@ fn unreachable_inner(skb: *mut __sk_buff, p: &Packet) -> Option<()> {
     let ctx = TcContext::new(skb);
     let mac: [u8; 12] = ctx.load(0).ok()?;
     // The quote: the IP header (v4 without options) and 8 bytes of UDP.
-    let (ip_len, room) = if p.v4 { (20usize, 28u32) } else { (40usize, 48u32) };
+    let (ip_len, room) = if p.v4 {
+        (20usize, 28u32)
+    } else {
+        (40usize, 48u32)
+    };
     if p.l4 - p.l3 != ip_len {
         return None;
     }
@@ -544,39 +568,19 @@ fn unreachable_inner(skb: *mut __sk_buff, p: &Packet) -> Option<()> {
         return None;
     }
     let ctx = TcContext::new(skb);
-    let mut mac = mac;
-    mac.rotate_left(6);
-    ctx.store(0, &mac, 0).ok()?;
     let quote_len = (ip_len + 8) as u16;
-    let mut sum = 0u32;
-    if p.v4 {
-        let mut h = [0u8; 20];
-        h[0] = 0x45;
-        h[2..4].copy_from_slice(&(20 + 8 + quote_len).to_be_bytes());
-        h[6] = 0x40;
-        h[8] = 64;
-        h[9] = PROTO_ICMP;
-        h[12..16].copy_from_slice(&p.dst[3].to_ne_bytes());
-        h[16..20].copy_from_slice(&p.src[3].to_ne_bytes());
-        let c = !fold(add_words(&h, 0));
-        h[10..12].copy_from_slice(&c.to_be_bytes());
-        ctx.store(ETH_HLEN, &h, 0).ok()?;
+    let (proto, pseudo) = if p.v4 {
+        (PROTO_ICMP, false)
     } else {
-        let mut h = [0u8; 8];
-        h[0] = 0x60;
-        h[4..6].copy_from_slice(&(8 + quote_len).to_be_bytes());
-        h[6] = PROTO_ICMPV6;
-        h[7] = 64;
-        ctx.store(ETH_HLEN, &h, 0).ok()?;
-        ctx.store(ETH_HLEN + 8, &p.dst, 0).ok()?;
-        ctx.store(ETH_HLEN + 24, &p.src, 0).ok()?;
-        // ICMPv6 sums a pseudo-header too.
-        for i in 0..4 {
-            sum = add_words(&p.dst[i].to_ne_bytes(), sum);
-            sum = add_words(&p.src[i].to_ne_bytes(), sum);
-        }
-        sum += u32::from(8 + quote_len) + u32::from(PROTO_ICMPV6);
-    }
+        (PROTO_ICMPV6, true)
+    };
+    let addrs = answer_headers(&ctx, p, mac, proto, 8 + quote_len)?;
+    // ICMPv6 sums a pseudo-header; ICMP does not.
+    let mut sum = if pseudo {
+        addrs + u32::from(8 + quote_len) + u32::from(PROTO_ICMPV6)
+    } else {
+        0
+    };
     // The quoted headers moved `room` bytes further in; sum them there.
     let quoted = icmp_at + 8;
     // Word by word: a buffer for the quote would not fit the stack.
@@ -599,6 +603,5 @@ fn unreachable_inner(skb: *mut __sk_buff, p: &Packet) -> Option<()> {
     let c = !fold(add_words(&icmp, sum));
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     ctx.store(icmp_at, &icmp, 0).ok()?;
-    let ifindex = unsafe { (*skb).ifindex };
-    (unsafe { bpf_redirect(ifindex, 0) } == TC_ACT_REDIRECT as i64).then_some(())
+    send_back(skb)
 }

@@ -31,6 +31,7 @@
 pub mod cni;
 pub mod etcd;
 pub mod ferry;
+pub mod harness;
 pub mod measure;
 pub mod objects;
 pub mod packet;

@@ -11,13 +11,14 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, ValueEnum};
 use ferry_benches::cni::lane::Binaries;
 use ferry_benches::cni::{self, Settings, Stack, lab};
+use ferry_benches::harness;
 use ferry_benches::report::RunInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -158,13 +159,14 @@ fn run(cli: &Cli) -> Result<()> {
     let limit = Duration::from_secs(cli.timeout_secs);
     let measured = {
         let (s, bin, stop) = (s.clone(), bin.clone(), Arc::clone(&stop));
-        watch(
+        harness::watch(
             limit,
             Arc::clone(&stop),
             std::thread::Builder::new()
                 .name("cni-bench".into())
                 .spawn(move || cni::run(&s, &bin, &stop, &say))
                 .context("starting the benchmark thread")?,
+            say,
         )?
     };
     let result = measured.context("the benchmark")?;
@@ -174,47 +176,8 @@ fn run(cli: &Cli) -> Result<()> {
     }
     let info = RunInfo::gather(started.elapsed());
     let table = cni::report::markdown(&s, &bin, &info, &reference_version(), &result);
-    if let Some(dir) = cli.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&cli.out, &table).with_context(|| format!("writing {}", cli.out.display()))?;
-    println!("{table}");
-    say(&format!("wrote {}", cli.out.display()));
+    harness::write_table(&cli.out, &table, say)?;
     Ok(())
-}
-
-/// Waits for the benchmark thread; on ctrl-c, SIGTERM or the time limit,
-/// sets `stop` (the run then ends at its next step and deletes its
-/// namespaces) and still waits for it, so cleanup finishes before exit.
-fn watch<T: Send + 'static>(
-    limit: Duration,
-    stop: Arc<AtomicBool>,
-    worker: std::thread::JoinHandle<T>,
-) -> Result<T> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the signal runtime")?;
-    let joined = runtime.block_on(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("listening for SIGTERM")?;
-        let mut done = tokio::task::spawn_blocking(move || worker.join());
-        let why = tokio::select! {
-            r = &mut done => return Ok(r),
-            _ = tokio::signal::ctrl_c() => "interrupted",
-            _ = term.recv() => "terminated",
-            () = tokio::time::sleep(limit) => "out of time",
-        };
-        say(&format!("{why}: stopping and cleaning up"));
-        stop.store(true, Ordering::Relaxed);
-        let r = done.await;
-        anyhow::Ok(r)
-    })?;
-    match joined {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(e) => bail!("waiting for the benchmark thread: {e}"),
-    }
 }
 
 /// The Debian package version of the reference plugins, best effort.

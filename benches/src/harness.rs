@@ -1,0 +1,61 @@
+//! What every harness binary does around its measurements: run them on a
+//! thread that stops cleanly on ctrl-c, SIGTERM or a time limit, and write
+//! the table.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::BenchError;
+
+/// Waits for the benchmark thread; on ctrl-c, SIGTERM or the time limit,
+/// sets `stop` (the run then ends at its next step and removes what it made)
+/// and still waits for it, so cleanup finishes before exit. A panic on the
+/// thread goes on here.
+pub fn watch<T: Send + 'static>(
+    limit: Duration,
+    stop: Arc<AtomicBool>,
+    worker: std::thread::JoinHandle<T>,
+    say: fn(&str),
+) -> Result<T, BenchError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::io("starting the signal runtime", e))?;
+    let joined = runtime.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| BenchError::io("listening for SIGTERM", e))?;
+        let mut done = tokio::task::spawn_blocking(move || worker.join());
+        let why = tokio::select! {
+            r = &mut done => return Ok(r),
+            _ = tokio::signal::ctrl_c() => "interrupted",
+            _ = term.recv() => "terminated",
+            () = tokio::time::sleep(limit) => "out of time",
+        };
+        say(&format!("{why}: stopping and cleaning up"));
+        stop.store(true, Ordering::Relaxed);
+        Ok::<_, BenchError>(done.await)
+    })?;
+    match joined {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => Err(BenchError::io(
+            "waiting for the benchmark thread",
+            std::io::Error::other(e),
+        )),
+    }
+}
+
+/// Writes `table` to `out` (making its directory) and prints it.
+pub fn write_table(out: &Path, table: &str, say: fn(&str)) -> Result<(), BenchError> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| BenchError::io(format!("creating {}", dir.display()), e))?;
+    }
+    std::fs::write(out, table)
+        .map_err(|e| BenchError::io(format!("writing {}", out.display()), e))?;
+    println!("{table}");
+    say(&format!("wrote {}", out.display()));
+    Ok(())
+}

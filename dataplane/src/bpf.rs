@@ -427,18 +427,6 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, BpfError> {
 
 /// Opens the pinned maps without loading anything (for `inspect`).
 pub fn open_pinned(layout: &Layout) -> Result<Maps, BpfError> {
-    fn open<T>(dir: &Path, name: &'static str) -> Result<T, BpfError>
-    where
-        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-    {
-        let err = |source| BpfError::Map {
-            name,
-            source: Box::new(source),
-        };
-        let data = MapData::from_pin(dir.join(name)).map_err(err)?;
-        let m = aya::maps::Map::from_map_data(data).map_err(err)?;
-        T::try_from(m).map_err(err)
-    }
     let dir = layout.maps_dir();
     Ok(Maps {
         services: open(&dir, MAP_SERVICES)?,
@@ -449,6 +437,25 @@ pub fn open_pinned(layout: &Layout) -> Result<Maps, BpfError> {
         conntrack: open(&dir, MAP_CONNTRACK)?,
         node_addrs: open(&dir, MAP_NODE_ADDRS)?,
     })
+}
+
+/// A second handle on the pinned conntrack map, for collecting idle flows
+/// away from the proxy loop.
+pub fn open_conntrack(layout: &Layout) -> Result<HashMap<MapData, CtKey, CtValue>, BpfError> {
+    open(&layout.maps_dir(), MAP_CONNTRACK)
+}
+
+fn open<T>(dir: &Path, name: &'static str) -> Result<T, BpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let err = |source| BpfError::Map {
+        name,
+        source: Box::new(source),
+    };
+    let data = MapData::from_pin(dir.join(name)).map_err(err)?;
+    let m = aya::maps::Map::from_map_data(data).map_err(err)?;
+    T::try_from(m).map_err(err)
 }
 
 /// Detaches every program and removes every pin under the bpffs root.
@@ -561,7 +568,7 @@ impl LbMaps for Maps {
 }
 
 /// Deletes the entries of an (LRU) hash map that `dead` picks.
-fn purge<K: aya::Pod, V: aya::Pod>(
+pub fn purge<K: aya::Pod, V: aya::Pod>(
     map: &mut HashMap<MapData, K, V>,
     dead: &mut dyn FnMut(&K, &V) -> bool,
     what: &'static str,

@@ -1,7 +1,7 @@
 //! Conntrack policy for per-packet translation: when a tracked flow is
-//! stale, and which flows a gone backend leaves behind. The TC programs
-//! create and refresh entries; the agent only deletes them (through
-//! [`LbMaps::purge_flows`](crate::service::programmer::LbMaps::purge_flows)).
+//! stale, and which flows a gone backend leaves behind, and the collector
+//! that removes idle flows on a thread of its own. The TC programs create
+//! and refresh entries; the agent only deletes them.
 
 use std::time::Duration;
 
@@ -24,6 +24,39 @@ impl Default for Timeouts {
             tcp: Duration::from_secs(6 * 3600),
             tcp_closing: Duration::from_secs(10),
             udp: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Removes idle flows every `interval`, forever, reporting to `metrics`.
+/// Runs on its own thread with its own map handle: a walk of a full map
+/// takes long enough that the proxy loop should not wait for it.
+pub fn collect_forever(
+    mut map: aya::maps::HashMap<aya::maps::MapData, CtKey, CtValue>,
+    timeouts: Timeouts,
+    interval: Duration,
+    capacity: u32,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) {
+    loop {
+        std::thread::sleep(interval);
+        let now = now_ns();
+        let mut live = 0usize;
+        let result = crate::bpf::purge(
+            &mut map,
+            &mut |k, v| {
+                let dead = expired(k, v, now, &timeouts);
+                live += usize::from(!dead);
+                dead
+            },
+            "an idle flow",
+        );
+        match result {
+            Ok(gone) => {
+                metrics.flows_expired.inc_by(gone as u64);
+                metrics.set_map("conntrack", live, capacity);
+            }
+            Err(e) => tracing::warn!(error = %e, "conntrack garbage collection failed"),
         }
     }
 }

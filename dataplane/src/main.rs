@@ -270,14 +270,28 @@ async fn main() -> anyhow::Result<()> {
                 }
             });
         }
+        let flows = bpf::open_conntrack(&layout).context("opening the conntrack map")?;
+        let timeouts = Timeouts {
+            tcp: Duration::from_secs(cli.conntrack_tcp_timeout),
+            udp: Duration::from_secs(cli.conntrack_udp_timeout),
+            ..Timeouts::default()
+        };
+        let interval = Duration::from_secs(cli.conntrack_gc_interval.max(1));
+        let m = metrics.clone();
+        std::thread::Builder::new()
+            .name("conntrack-gc".into())
+            .spawn(move || {
+                ferry_dataplane::conntrack::collect_forever(
+                    flows,
+                    timeouts,
+                    interval,
+                    sizes.conntrack,
+                    m,
+                )
+            })
+            .context("starting the conntrack collector")?;
         let settings = proxy::Settings {
             node_name: cli.node_name.clone(),
-            timeouts: Timeouts {
-                tcp: Duration::from_secs(cli.conntrack_tcp_timeout),
-                udp: Duration::from_secs(cli.conntrack_udp_timeout),
-                ..Timeouts::default()
-            },
-            gc_interval: Duration::from_secs(cli.conntrack_gc_interval),
             sizes,
             cgroup_root: layout.cgroup_root.clone(),
         };

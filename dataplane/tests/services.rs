@@ -747,7 +747,20 @@ fn external_traffic_through_tc() {
         .route_pod_cidrs(true)
         .build()
         .expect("world");
-    let c = Cluster::with_world(world, &["--devices", UNDERLAY_IF, "--pod-devices", "fer"]);
+    let c = Cluster::with_world(
+        world,
+        &[
+            "--devices",
+            UNDERLAY_IF,
+            "--pod-devices",
+            "fer",
+            // Idle UDP flows go after 2 s, so the test sees them collected.
+            "--conntrack-udp-timeout",
+            "2",
+            "--conntrack-gc-interval",
+            "1",
+        ],
+    );
     c.add_pod(0, 0, "local");
     c.add_pod(1, 0, "remote");
     c.add_pod(1, 1, "remote");
@@ -956,4 +969,13 @@ fn external_traffic_through_tc() {
         "moved off {stuck} within a second of the deletion ({:?} ago): {lines:#?}",
         deleted.elapsed()
     );
+
+    // Idle UDP flows are collected; TCP flows stay.
+    assert!(c.inspect("conntrack").lines().any(|l| l.starts_with("UDP")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.inspect("conntrack").lines().any(|l| l.starts_with("UDP")) {
+        assert!(Instant::now() < deadline, "idle UDP flows not collected");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(c.inspect("conntrack").lines().any(|l| l.starts_with("TCP")));
 }

@@ -20,7 +20,6 @@ use tokio::sync::mpsc;
 use super::model::{self, LABEL_SERVICE_NAME, PROXIED_SELECTOR};
 use super::programmer::{LbMaps, Programmer, ServiceName};
 use crate::bpf::MapSizes;
-use crate::conntrack::{self, Timeouts};
 use crate::metrics::{Metrics, ServiceLabels};
 
 /// How often failed Services are retried.
@@ -251,9 +250,6 @@ impl Cache {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub node_name: String,
-    pub timeouts: Timeouts,
-    /// How often idle conntrack entries are collected.
-    pub gc_interval: Duration,
     /// Map capacities, for the fill-level gauges.
     pub sizes: MapSizes,
     /// The cgroup whose processes' UDP sockets to a gone backend are ended.
@@ -282,7 +278,6 @@ pub async fn run<M: LbMaps>(
     let mut failed: HashSet<ServiceName> = HashSet::new();
     let mut initial_done = false;
     let mut retry = tokio::time::interval(RETRY);
-    let mut gc = tokio::time::interval(settings.gc_interval.max(Duration::from_secs(1)));
     let mut counters = Counters::default();
     let mut scrapes = metrics.refresh_requests();
     loop {
@@ -298,9 +293,6 @@ pub async fn run<M: LbMaps>(
             _ = retry.tick() => {
                 cache.dirty.extend(failed.drain());
                 metrics.beat();
-            }
-            _ = gc.tick() => {
-                collect(&mut programmer, &settings, &metrics);
             }
             Some(done) = scrapes.recv() => {
                 counters.update(&programmer, &metrics);
@@ -412,26 +404,6 @@ fn watch<K>(
             }
         }
     });
-}
-
-/// Removes idle conntrack entries and reports the map's fill level.
-fn collect<M: LbMaps>(programmer: &mut Programmer<M>, settings: &Settings, metrics: &Metrics) {
-    let now = conntrack::now_ns();
-    let mut live = 0usize;
-    let result = programmer.maps_mut().purge_flows(&mut |k, v| {
-        let dead = conntrack::expired(k, v, now, &settings.timeouts);
-        if !dead {
-            live += 1;
-        }
-        dead
-    });
-    match result {
-        Ok(expired) => {
-            metrics.flows_expired.inc_by(expired as u64);
-            metrics.set_map("conntrack", live, settings.sizes.conntrack);
-        }
-        Err(e) => tracing::warn!(error = %e, "conntrack garbage collection failed"),
-    }
 }
 
 /// The last counter values read per group, to turn the maps' absolute

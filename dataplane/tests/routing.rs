@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{ControlPlane, binary, ferry_cni, node_object, ranges, start_agent};
+use common::{ControlPlane, binary, ferry_cni, node_object, start_agent};
 use ferry_testbed::{
     Cni, NETEXEC_UDP_PORT, Netns, Node, Process, REFERENCE_PLUGINS, World, skip_if_not_root,
     start_netexec, udp_request,
@@ -22,7 +22,7 @@ const REQUEST: Duration = Duration::from_secs(2);
 
 fn ptp() -> Cni {
     Cni::new([REFERENCE_PLUGINS], |node: &Node| {
-        let ranges = ranges(node);
+        let ranges = ferry_testbed::host_local_ranges(node);
         json!({
             "cniVersion": "1.0.0",
             "name": "agent-routing",

@@ -105,6 +105,14 @@ pub struct Attachment {
     pub pod_name: String,
 }
 
+/// host-local range sets for a node: one per pod CIDR.
+pub fn host_local_ranges(node: &Node) -> Vec<Value> {
+    node.pod_cidrs
+        .iter()
+        .map(|c| serde_json::json!([{ "subnet": c.to_string() }]))
+        .collect()
+}
+
 impl Cni {
     /// Plugins found in the `path` directories (`CNI_PATH`, searched in
     /// order), with the network config for each node made by `config` (a
@@ -122,6 +130,22 @@ impl Cni {
             env: Vec::new(),
             timeout: CNI_TIMEOUT,
         }
+    }
+
+    /// Ferry's own plugin (the `ferry-cni` binary in `plugin_dir`), wired
+    /// as a runtime calls it: CNI 1.1, host-local IPAM over the node's pod
+    /// CIDRs, state under the node's state directory.
+    pub fn ferry(plugin_dir: impl Into<PathBuf>) -> Self {
+        Cni::new([plugin_dir.into()], |node: &Node| {
+            serde_json::json!({
+                "cniVersion": "1.1.0",
+                "name": "ferry",
+                "type": "ferry-cni",
+                "dataDir": node.state_dir.join("ferry-cni"),
+                "ipam": {"type": "host-local", "ranges": host_local_ranges(node),
+                         "dataDir": node.state_dir.join("ipam")},
+            })
+        })
     }
 
     /// Adds an environment variable for the plugins (a kubeconfig path,

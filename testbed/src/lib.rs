@@ -50,7 +50,8 @@ pub use client::{
     retry, start_netexec, udp_request,
 };
 pub use cni::{
-    Attachment, CNI_TIMEOUT, Cni, CniCommand, REFERENCE_PLUGINS, result_ips, target_profile_dir,
+    Attachment, CNI_TIMEOUT, Cni, CniCommand, REFERENCE_PLUGINS, host_local_ranges, result_ips,
+    target_profile_dir,
 };
 pub use error::{Error, Result};
 pub use hooks::{AgentHooks, BPFFS, cgroup2_root};

@@ -117,106 +117,78 @@ fn test(args: &[OsString]) -> Result<()> {
 
 fn bench(which: Bench, args: &[OsString]) -> Result<()> {
     match which {
-        Bench::Apiserver => {
-            // Release builds: debug ones would measure the compiler's
-            // choices, not the servers'.
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "ferry-controlplane",
-                "--bin",
-                "ferry-apiserver",
-                "-p",
-                "ferry-benches",
-                "--bin",
-                "apiserver-bench",
-            ]))?;
-            let release = target_dir().join("release");
-            let out = target_dir().join("bench").join("apiserver.md");
-            let mut cmd = Command::new(release.join("apiserver-bench"));
-            cmd.current_dir(workspace_root())
-                .arg("--apiserver")
-                .arg(release.join("ferry-apiserver"))
-                .arg("--out")
-                .arg(out)
-                .args(args);
-            run(&mut cmd)
-        }
-        Bench::Cni => {
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "ferry-cni",
-                "--bin",
-                "ferry-cni",
-                "-p",
-                "ferry-benches",
-                "--bin",
-                "cni-bench",
-            ]))?;
-            let release = target_dir().join("release");
-            let out = target_dir().join("bench").join("cni.md");
-            let mut cmd = Command::new(release.join("cni-bench"));
-            cmd.current_dir(workspace_root())
-                .arg("--ferry-cni")
-                .arg(release.join("ferry-cni"))
-                .arg("--out")
-                .arg(out)
-                .args(args);
-            run(&mut cmd)
-        }
+        Bench::Apiserver => run_bench(
+            &[("ferry-controlplane", "ferry-apiserver")],
+            "apiserver-bench",
+            &[("--apiserver", "ferry-apiserver")],
+            "apiserver.md",
+            args,
+        ),
+        Bench::Cni => run_bench(
+            &[("ferry-cni", "ferry-cni")],
+            "cni-bench",
+            &[("--ferry-cni", "ferry-cni")],
+            "cni.md",
+            args,
+        ),
         Bench::Services => {
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "ferry-controlplane",
-                "--bin",
-                "ferry-apiserver",
-                "-p",
-                "ferry-dataplane",
-                "--bin",
-                "ferry-agent",
-                "-p",
-                "ferry-cni",
-                "--bin",
-                "ferry-cni",
-                "-p",
-                "ferry-testbed",
-                "--bin",
-                "ferry-netexec",
-                "-p",
-                "ferry-benches",
-                "--bin",
+            run_bench(
+                &[
+                    ("ferry-controlplane", "ferry-apiserver"),
+                    ("ferry-dataplane", "ferry-agent"),
+                    ("ferry-cni", "ferry-cni"),
+                    ("ferry-testbed", "ferry-netexec"),
+                    ("ferry-benches", "packet-bench"),
+                ],
                 "services-bench",
-                "--bin",
-                "packet-bench",
-            ]))?;
-            let release = target_dir().join("release");
-            let out = target_dir().join("bench").join("services.md");
-            let mut cmd = Command::new(release.join("services-bench"));
-            cmd.current_dir(workspace_root())
-                .arg("--apiserver")
-                .arg(release.join("ferry-apiserver"))
-                .arg("--agent")
-                .arg(release.join("ferry-agent"))
-                .arg("--cni")
-                .arg(release.join("ferry-cni"))
-                .arg("--netexec")
-                .arg(release.join("ferry-netexec"))
-                .arg("--out")
-                .arg(out)
-                .args(args);
-            run(&mut cmd)?;
-            let out = target_dir().join("bench").join("packet.md");
-            run(Command::new(release.join("packet-bench"))
-                .current_dir(workspace_root())
-                .arg("--out")
-                .arg(out))
+                &[
+                    ("--apiserver", "ferry-apiserver"),
+                    ("--agent", "ferry-agent"),
+                    ("--cni", "ferry-cni"),
+                    ("--netexec", "ferry-netexec"),
+                ],
+                "services.md",
+                args,
+            )?;
+            run_bench(&[], "packet-bench", &[], "packet.md", &[])
         }
     }
+}
+
+/// Builds `harness` (of ferry-benches) and the `binaries` (package, bin)
+/// it drives in release mode (debug builds would measure the compiler's
+/// choices, not the servers'), then runs it with each `flags` flag naming
+/// a built binary, `--out target/bench/<out>` and `args`.
+fn run_bench(
+    binaries: &[(&str, &str)],
+    harness: &str,
+    flags: &[(&str, &str)],
+    out: &str,
+    args: &[OsString],
+) -> Result<()> {
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "ferry-benches",
+        "--bin",
+        harness,
+    ]);
+    for (package, bin) in binaries {
+        build.args(["-p", package, "--bin", bin]);
+    }
+    run(&mut build)?;
+    let release = target_dir().join("release");
+    let mut cmd = Command::new(release.join(harness));
+    cmd.current_dir(workspace_root());
+    for (flag, bin) in flags {
+        cmd.arg(flag).arg(release.join(bin));
+    }
+    cmd.arg("--out")
+        .arg(target_dir().join("bench").join(out))
+        .args(args);
+    run(&mut cmd)
 }
 
 /// Where cargo puts build output: `CARGO_TARGET_DIR` when set, else the

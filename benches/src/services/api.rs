@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::{Namespace, Node as NodeObject, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node as NodeObject};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -72,41 +72,47 @@ pub async fn setup(client: &kube::Client, node: &ferry_testbed::Node) -> Result<
 /// time; returns the wall time.
 pub async fn create(client: &kube::Client, svcs: &[Svc], concurrency: usize) -> Result<Duration> {
     let started = Instant::now();
-    let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
-    let objects: Vec<Service> = svcs
-        .iter()
-        .map(model::service_object)
-        .collect::<serde_json::Result<_>>()?;
-    run_bounded(objects.len(), concurrency, |i| {
-        let api = services.clone();
-        let obj = objects.get(i).cloned();
-        async move {
-            if let Some(obj) = obj {
-                api.create(&PostParams::default(), &obj).await?;
-            }
-            Ok(())
-        }
-    })
-    .await
-    .context("creating Services")?;
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
-    let objects: Vec<EndpointSlice> = svcs
-        .iter()
-        .map(model::slice_object)
-        .collect::<serde_json::Result<_>>()?;
-    run_bounded(objects.len(), concurrency, |i| {
-        let api = slices.clone();
-        let obj = objects.get(i).cloned();
-        async move {
-            if let Some(obj) = obj {
-                api.create(&PostParams::default(), &obj).await?;
-            }
-            Ok(())
-        }
-    })
-    .await
-    .context("creating EndpointSlices")?;
+    create_all(client, svcs, model::service_object, concurrency)
+        .await
+        .context("creating Services")?;
+    create_all(client, svcs, model::slice_object, concurrency)
+        .await
+        .context("creating EndpointSlices")?;
     Ok(started.elapsed())
+}
+
+/// One object of kind `K` per Service, made by `make`, created with at most
+/// `concurrency` requests in flight.
+async fn create_all<K>(
+    client: &kube::Client,
+    svcs: &[Svc],
+    make: fn(&Svc) -> serde_json::Result<K>,
+    concurrency: usize,
+) -> Result<()>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), NAMESPACE);
+    let objects: Vec<K> = svcs.iter().map(make).collect::<serde_json::Result<_>>()?;
+    run_bounded(objects.len(), concurrency, |i| {
+        let api = api.clone();
+        let obj = objects.get(i).cloned();
+        async move {
+            if let Some(obj) = obj {
+                api.create(&PostParams::default(), &obj).await?;
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(())
 }
 
 /// Replaces the endpoints of `svc`'s slice with `svc.endpoints` (a merge

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use ferry_testbed::{AgentHooks, Cni, NETEXEC_READY, Node, Pod, Process, World};
-use serde_json::json;
 
 use crate::cni::exec::{Timed, run_timed};
 
@@ -40,24 +39,9 @@ pub struct Binaries {
     pub bench: PathBuf,
 }
 
-/// `ferry-cni` wired exactly as a runtime calls it (the dataplane tests'
-/// config).
+/// `ferry-cni` wired exactly as a runtime calls it.
 fn ferry_cni(binary: &Path) -> Cni {
-    let dir = binary.parent().map(Path::to_path_buf).unwrap_or_default();
-    Cni::new([dir], |node: &Node| {
-        let ranges: Vec<serde_json::Value> = node
-            .pod_cidrs
-            .iter()
-            .map(|c| json!([{ "subnet": c.to_string() }]))
-            .collect();
-        json!({
-            "cniVersion": "1.1.0",
-            "name": "ferry",
-            "type": "ferry-cni",
-            "dataDir": node.state_dir.join("ferry-cni"),
-            "ipam": {"type": "host-local", "ranges": ranges, "dataDir": node.state_dir.join("ipam")},
-        })
-    })
+    Cni::ferry(binary.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
 /// The world, its servers and the control plane. Field order is drop order:

@@ -11,28 +11,10 @@ use std::time::{Duration, Instant};
 use ferry_testbed::{Cni, Netns, Node, Process, World, target_profile_dir};
 use serde_json::{Value, json};
 
-/// host-local range sets: one per pod CIDR of the node.
-pub fn ranges(node: &Node) -> Vec<Value> {
-    node.pod_cidrs
-        .iter()
-        .map(|c| json!([{ "subnet": c.to_string() }]))
-        .collect()
-}
-
 /// Ferry's own plugin, wired exactly as a runtime would call it.
 pub fn ferry_cni() -> Cni {
     let dir = binary("ferry-cni", "ferry-cni");
-    let dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-    Cni::new([dir], |node: &Node| {
-        let ranges = ranges(node);
-        json!({
-            "cniVersion": "1.1.0",
-            "name": "ferry",
-            "type": "ferry-cni",
-            "dataDir": node.state_dir.join("ferry-cni"),
-            "ipam": {"type": "host-local", "ranges": ranges, "dataDir": node.state_dir.join("ipam")},
-        })
-    })
+    Cni::ferry(dir.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
 /// A workspace binary, built on demand when a narrower `cargo test` did not.

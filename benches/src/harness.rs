@@ -9,6 +9,23 @@ use std::time::Duration;
 
 use crate::BenchError;
 
+/// Runs `run` on a thread named `name` under [`watch`]: `run` gets the
+/// stop flag, which is set on ctrl-c, SIGTERM or after `limit`.
+pub fn run_watched<T: Send + 'static>(
+    name: &str,
+    limit: Duration,
+    say: fn(&str),
+    run: impl FnOnce(Arc<AtomicBool>) -> T + Send + 'static,
+) -> Result<T, BenchError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let worker = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || run(flag))
+        .map_err(|e| BenchError::io("starting the benchmark thread", e))?;
+    watch(limit, stop, worker, say)
+}
+
 /// Waits for the benchmark thread; on ctrl-c, SIGTERM or the time limit,
 /// sets `stop` (the run then ends at its next step and removes what it made)
 /// and still waits for it, so cleanup finishes before exit. A panic on the

@@ -5,6 +5,11 @@
 //! `host-local` plugins (ADD and DEL latency, one at a time and concurrent)
 //! in network namespaces of its own; the `cni-bench` binary drives it.
 //!
+//! [`dns`] measures `ferry-dns` against Debian's `unbound` and `knot`
+//! serving the equivalent static zone (dnsperf throughput and latency,
+//! memory) in a network namespace of its own; the `dns-bench` binary
+//! drives it.
+//!
 //! [`packet`] times the TC program per packet with BPF_PROG_TEST_RUN; the
 //! `packet-bench` binary drives it.
 //!
@@ -29,6 +34,7 @@
 //! every phase is bounded in count and time.
 
 pub mod cni;
+pub mod dns;
 pub mod etcd;
 pub mod ferry;
 pub mod harness;

@@ -38,6 +38,7 @@
 mod client;
 mod cmd;
 mod cni;
+mod controlplane;
 mod error;
 mod hooks;
 mod names;
@@ -53,6 +54,7 @@ pub use cni::{
     Attachment, CNI_TIMEOUT, Cni, CniCommand, REFERENCE_PLUGINS, host_local_ranges, result_ips,
     target_profile_dir,
 };
+pub use controlplane::{ControlPlane, binary};
 pub use error::{Error, Result};
 pub use hooks::{AgentHooks, BPFFS, cgroup2_root};
 pub use names::{

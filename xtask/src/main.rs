@@ -9,6 +9,8 @@
 //!   developers all run the same thing.
 //! - `bench`: building the release binaries a benchmark harness needs and
 //!   running it (the harnesses themselves live in `benches/`).
+//! - `fuzz`: running a cargo-fuzz target for a while (installing cargo-fuzz
+//!   first if it is missing).
 //!
 //! It shells out with `std::process::Command` rather than pulling in crates, so
 //! it builds quickly on a machine that has nothing yet.
@@ -47,9 +49,16 @@ enum Cmd {
         which: Bench,
         /// Passed on unchanged, e.g. `-- --services 1000 --watchers 100`
         /// (apiserver), `-- --pods 40 --stacks v4` (cni) or `-- --quick`
-        /// (services).
+        /// (services, dns).
         #[arg(last = true)]
         args: Vec<OsString>,
+    },
+    /// Fuzz ferry-dns's query path (dns/fuzz, target `query`) with the
+    /// nightly toolchain for SECONDS; a crash leaves its input in
+    /// dns/fuzz/artifacts/ and fails the command.
+    Fuzz {
+        #[arg(default_value_t = 60)]
+        seconds: u64,
     },
 }
 
@@ -69,6 +78,12 @@ enum Bench {
     /// Then the TC program's per-packet cost by BPF_PROG_TEST_RUN with 1,
     /// 1,000 and 100,000 services; writes target/bench/packet.md.
     Services,
+    /// ferry-dns against Debian's unbound and knot serving the equivalent
+    /// static zone: dnsperf queries/s and latency for a mix of cluster names
+    /// with 10,000 Services and 100,000 Pods in the API, time to ready and
+    /// memory against CoreDNS's formula, in a network namespace (root);
+    /// writes target/bench/dns.md.
+    Dns,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +91,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::all(),
         Cmd::Test { .. } => test(&raw_args_after("test")),
         Cmd::Bench { which, args } => bench(which, &args),
+        Cmd::Fuzz { seconds } => fuzz(seconds),
     };
     // Print the error chain ourselves: anyhow's `Debug` adds a backtrace
     // whenever RUST_BACKTRACE is set, which buries a failed command's message.
@@ -152,7 +168,31 @@ fn bench(which: Bench, args: &[OsString]) -> Result<()> {
             )?;
             run_bench(&[], "packet-bench", &[], "packet.md", &[])
         }
+        Bench::Dns => run_bench(
+            &[
+                ("ferry-controlplane", "ferry-apiserver"),
+                ("ferry-dns", "ferry-dns"),
+            ],
+            "dns-bench",
+            &[
+                ("--apiserver", "ferry-apiserver"),
+                ("--ferry-dns", "ferry-dns"),
+            ],
+            "dns.md",
+            args,
+        ),
     }
+}
+
+fn fuzz(seconds: u64) -> Result<()> {
+    if !succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root().join("dns").join("fuzz"))
+        .args(["+nightly", "fuzz", "run", "query", "--"])
+        .arg(format!("-max_total_time={seconds}"));
+    run(&mut cmd)
 }
 
 /// Builds `harness` (of ferry-benches) and the `binaries` (package, bin)

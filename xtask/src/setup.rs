@@ -37,6 +37,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // ...and the well-known types (google/protobuf/*.proto) it imports.
     "libprotobuf-dev",
     "jq",
+    // The DNS tests read ferry-dns's /ready and /metrics.
+    "curl",
 ];
 
 /// Packages whose postinst enables a daemon, with the systemd units it enables.

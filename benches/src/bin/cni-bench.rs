@@ -10,8 +10,6 @@
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -155,19 +153,12 @@ fn run(cli: &Cli) -> Result<()> {
         }
     }
     let s = settings(cli);
-    let stop = Arc::new(AtomicBool::new(false));
     let limit = Duration::from_secs(cli.timeout_secs);
     let measured = {
-        let (s, bin, stop) = (s.clone(), bin.clone(), Arc::clone(&stop));
-        harness::watch(
-            limit,
-            Arc::clone(&stop),
-            std::thread::Builder::new()
-                .name("cni-bench".into())
-                .spawn(move || cni::run(&s, &bin, &stop, &say))
-                .context("starting the benchmark thread")?,
-            say,
-        )?
+        let (s, bin) = (s.clone(), bin.clone());
+        harness::run_watched("cni-bench", limit, say, move |stop| {
+            cni::run(&s, &bin, &stop, &say)
+        })?
     };
     let result = measured.context("the benchmark")?;
     let left = lab::leftovers();

@@ -13,8 +13,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -252,19 +250,12 @@ fn run(cli: &Cli) -> Result<()> {
         bench: std::env::current_exe().context("finding this binary")?,
     };
     let s = settings(cli)?;
-    let stop = Arc::new(AtomicBool::new(false));
     let limit = Duration::from_secs(cli.timeout_secs);
     let results = {
-        let (s, bins, stop) = (s.clone(), bins.clone(), Arc::clone(&stop));
-        harness::watch(
-            limit,
-            Arc::clone(&stop),
-            std::thread::Builder::new()
-                .name("services-bench".into())
-                .spawn(move || services::run(&s, &bins, &stop, say))
-                .context("starting the benchmark thread")?,
-            say,
-        )?
+        let (s, bins) = (s.clone(), bins.clone());
+        harness::run_watched("services-bench", limit, say, move |stop| {
+            services::run(&s, &bins, &stop, say)
+        })?
     };
     let results = results.context("the benchmark")?;
     let info = RunInfo::gather(started.elapsed());

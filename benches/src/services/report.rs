@@ -7,33 +7,12 @@ use std::time::Duration;
 
 use super::{ControlPlane, DataplaneRun, EndToEnd, Results, Settings, Traffic};
 use crate::process::Rss;
-use crate::report::RunInfo;
+use crate::report::{RunInfo, fine_ratio as ratio};
 use crate::stats::Summary;
 
 const BETTER: &str = "Ferry better";
 const WORSE: &str = "Ferry worse";
 const NONE: &str = "–";
-
-/// `a / b`, with enough digits that a small ratio does not read as 0.
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => {
-            let r = a / b;
-            if r >= 100.0 {
-                format!("{r:.0}")
-            } else if r >= 10.0 {
-                format!("{r:.1}")
-            } else if r >= 0.1 {
-                format!("{r:.2}")
-            } else if r >= 0.01 {
-                format!("{r:.3}")
-            } else {
-                format!("{r:.4}")
-            }
-        }
-        _ => NONE.into(),
-    }
-}
 
 fn dur_ratio(a: Option<Duration>, b: Option<Duration>) -> String {
     ratio(a.map(|d| d.as_secs_f64()), b.map(|d| d.as_secs_f64()))

@@ -1,0 +1,540 @@
+//! The hickory-server request handler: checks a request, answers the cluster
+//! zone from the index, forwards everything else, and writes the response
+//! with EDNS0 and UDP truncation, counting it in CoreDNS's metrics.
+//!
+//! hickory-server parses the packet (a message it cannot parse past the
+//! header gets FORMERR; one shorter than a header is dropped), so this only
+//! sees well-formed messages, but it still trusts nothing in them.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use hickory_proto::op::{Edns, Header, MessageType, Metadata, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{DNSClass, Record, RecordType};
+use hickory_proto::serialize::binary::BinEncoder;
+use hickory_server::net::NetError;
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
+use tracing::{debug, warn};
+
+use crate::answer::{Answer, Outcome, Zone};
+use crate::forward::{ForwardError, Forwarder, QueryFlags};
+use crate::metrics::{DnsMetrics, RequestLabels, ResponseLabels, ServerLabels, SizeLabels};
+use crate::watch::Shared;
+
+/// The UDP payload size this server offers (the DNS flag day's 1232, which
+/// avoids IP fragmentation); a client asking for more still gets at most
+/// this over UDP, and the full answer over TCP.
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+
+/// Answers every request ferry-dns receives.
+pub struct Handler {
+    pub zone: Zone,
+    pub shared: Arc<Shared>,
+    pub forwarder: Arc<Forwarder>,
+    pub metrics: Arc<DnsMetrics>,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handler")
+    }
+}
+
+/// What a request is answered with, before encoding.
+struct Reply {
+    rcode: ResponseCode,
+    authoritative: bool,
+    answers: Vec<Record>,
+    authority: Vec<Record>,
+    additionals: Vec<Record>,
+    /// The metric's `plugin` label: who answered.
+    plugin: &'static str,
+}
+
+impl Reply {
+    fn error(rcode: ResponseCode) -> Self {
+        Self {
+            rcode,
+            authoritative: false,
+            answers: Vec::new(),
+            authority: Vec::new(),
+            additionals: Vec::new(),
+            plugin: "",
+        }
+    }
+
+    fn zone(answer: Answer) -> Self {
+        Self {
+            rcode: answer.rcode,
+            authoritative: true,
+            answers: answer.answers,
+            authority: answer.authority,
+            additionals: answer.additionals,
+            plugin: "kubernetes",
+        }
+    }
+}
+
+/// CoreDNS's `type` label: the common types by name, the rest `other`.
+fn type_label(t: RecordType) -> &'static str {
+    match t {
+        RecordType::A => "A",
+        RecordType::AAAA => "AAAA",
+        RecordType::CNAME => "CNAME",
+        RecordType::DNSKEY => "DNSKEY",
+        RecordType::DS => "DS",
+        RecordType::MX => "MX",
+        RecordType::NSEC3 => "NSEC3",
+        RecordType::NSEC => "NSEC",
+        RecordType::NS => "NS",
+        RecordType::PTR => "PTR",
+        RecordType::RRSIG => "RRSIG",
+        RecordType::SOA => "SOA",
+        RecordType::SRV => "SRV",
+        RecordType::TXT => "TXT",
+        RecordType::IXFR => "IXFR",
+        RecordType::AXFR => "AXFR",
+        RecordType::ANY => "ANY",
+        _ => "other",
+    }
+}
+
+fn rcode_label(r: ResponseCode) -> &'static str {
+    match r {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::BADVERS => "BADVERS",
+        _ => "OTHER",
+    }
+}
+
+fn proto_label(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Udp => "udp",
+        _ => "tcp",
+    }
+}
+
+impl Handler {
+    /// Decides the reply for a parsed request.
+    async fn reply(&self, request: &Request) -> Reply {
+        if request.metadata.op_code != OpCode::Query {
+            return Reply::error(ResponseCode::NotImp);
+        }
+        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            return Reply::error(ResponseCode::BADVERS);
+        }
+        let [query] = request.queries.queries() else {
+            return Reply::error(ResponseCode::FormErr);
+        };
+        let query = query.original();
+        let qtype = query.query_type;
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            return Reply::error(ResponseCode::Refused);
+        }
+        if query.query_class != DNSClass::IN {
+            return Reply::error(ResponseCode::Refused);
+        }
+        let outcome = {
+            let index = self.shared.index.read().unwrap_or_else(|p| p.into_inner());
+            self.zone
+                .answer(&index, self.shared.synced(), &query.name, qtype)
+        };
+        let flags = QueryFlags {
+            recursion_desired: request.metadata.recursion_desired,
+            checking_disabled: request.metadata.checking_disabled,
+            dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        };
+        match outcome {
+            Outcome::Zone(mut answer) => {
+                if let Some(target) = answer.chase.take() {
+                    // The CNAME stays whatever the target's fate upstream.
+                    let chased = Query::query(target, qtype);
+                    if let Ok(message) = self.forwarder.forward(&chased, flags).await {
+                        answer.answers.extend(message.answers);
+                    }
+                }
+                Reply::zone(answer)
+            }
+            Outcome::Forward => self.forward(query, flags).await,
+        }
+    }
+
+    async fn forward(&self, query: &Query, flags: QueryFlags) -> Reply {
+        let lower = hickory_proto::rr::LowerName::new(&query.name);
+        if self.forwarder.is_probe(&lower) {
+            // Our own loop probe came back: never send it round again.
+            return Reply::error(ResponseCode::ServFail);
+        }
+        match self.forwarder.forward(query, flags).await {
+            Ok(message) => Reply {
+                rcode: message.metadata.response_code,
+                authoritative: message.metadata.authoritative,
+                answers: message.answers,
+                authority: message.authorities,
+                additionals: message.additionals,
+                plugin: "forward",
+            },
+            Err(ForwardError::NoUpstreams) => Reply::error(ResponseCode::Refused),
+            Err(error) => {
+                debug!(name = %query.name, %error, "forwarding failed");
+                Reply {
+                    plugin: "forward",
+                    ..Reply::error(ResponseCode::ServFail)
+                }
+            }
+        }
+    }
+
+    fn count_request(&self, request: &Request) {
+        let m = &self.metrics;
+        let server = ServerLabels {
+            server: m.server,
+            zone: ".",
+            view: "",
+        };
+        let qtype = request
+            .queries
+            .queries()
+            .first()
+            .map_or(RecordType::Unknown(0), |q| q.query_type());
+        m.requests
+            .get_or_create(&RequestLabels {
+                server: m.server,
+                zone: ".",
+                view: "",
+                proto: proto_label(request.protocol()),
+                family: if request.src().is_ipv4() { "1" } else { "2" },
+                r#type: type_label(qtype),
+            })
+            .inc();
+        m.request_size
+            .get_or_create(&SizeLabels {
+                server: m.server,
+                zone: ".",
+                view: "",
+                proto: proto_label(request.protocol()),
+            })
+            .observe(request.as_slice().len() as f64);
+        if request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok) {
+            m.do_requests.get_or_create(&server).inc();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let started = Instant::now();
+        self.count_request(request);
+        let reply = self.reply(request).await;
+
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.response_code = reply.rcode;
+        metadata.authoritative = reply.authoritative;
+        metadata.recursion_available = true;
+        // Offer our payload size, and cap UDP answers at what both sides take.
+        let edns = request.edns.as_ref().map(|asked| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+            edns
+        });
+        let mut builder = MessageResponseBuilder::new(&request.queries, None);
+        if let Some(edns) = &edns {
+            builder.edns(edns);
+        }
+        let response = builder.build(
+            metadata,
+            reply.answers.iter(),
+            reply.authority.iter(),
+            std::iter::empty(),
+            reply.additionals.iter(),
+        );
+        let info = match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                warn!(src = %request.src(), %error, "sending a response");
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: Default::default(),
+                })
+            }
+        };
+        let m = &self.metrics;
+        m.responses
+            .get_or_create(&ResponseLabels {
+                server: m.server,
+                zone: ".",
+                view: "",
+                rcode: rcode_label(info.response_code),
+                plugin: reply.plugin,
+            })
+            .inc();
+        m.duration
+            .get_or_create(&ServerLabels {
+                server: m.server,
+                zone: ".",
+                view: "",
+            })
+            .observe(started.elapsed().as_secs_f64());
+        info
+    }
+}
+
+/// A response handler that keeps the encoded response instead of sending
+/// it: the query path without sockets, for tests and the fuzz target.
+#[derive(Clone, Debug)]
+pub struct Capture {
+    protocol: Protocol,
+    bytes: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl Capture {
+    pub fn new(protocol: Protocol) -> Self {
+        Self {
+            protocol,
+            bytes: Arc::default(),
+        }
+    }
+
+    /// The response written, if any.
+    pub fn take(&self) -> Option<Vec<u8>> {
+        self.bytes.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        // The same size rule hickory's own handle applies.
+        let max = match (self.protocol, response.edns()) {
+            (Protocol::Udp, Some(edns)) => edns.max_payload(),
+            (Protocol::Udp, None) => 512,
+            _ => u16::MAX,
+        };
+        let mut buf = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut buf);
+        encoder.set_max_size(max);
+        let info = response.destructive_emit(&mut encoder)?;
+        *self.bytes.lock().unwrap_or_else(|p| p.into_inner()) = Some(buf);
+        Ok(info)
+    }
+}
+
+impl Handler {
+    /// Runs one raw packet through hickory's parsing and this handler, as
+    /// the server would, returning the response bytes (`None` when the
+    /// server would drop the packet).
+    pub async fn answer_packet(
+        &self,
+        packet: &[u8],
+        src: SocketAddr,
+        protocol: Protocol,
+    ) -> Option<Vec<u8>> {
+        let request = match Request::from_bytes(packet.to_vec(), src, protocol) {
+            Ok(request) => request,
+            Err(_) => return malformed(packet),
+        };
+        if request.metadata.message_type == MessageType::Response {
+            return None;
+        }
+        let capture = Capture::new(protocol);
+        self.handle_request::<_, hickory_server::net::runtime::TokioTime>(
+            &request,
+            capture.clone(),
+        )
+        .await;
+        capture.take()
+    }
+}
+
+/// FORMERR for a packet whose header parses but the rest does not (what
+/// hickory-server answers); nothing for one shorter than a header.
+fn malformed(packet: &[u8]) -> Option<Vec<u8>> {
+    use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable};
+    let header = Header::read(&mut BinDecoder::new(packet)).ok()?;
+    if header.metadata.message_type == MessageType::Response {
+        return None;
+    }
+    let mut metadata = Metadata::new(
+        header.metadata.id,
+        MessageType::Response,
+        header.metadata.op_code,
+    );
+    metadata.response_code = ResponseCode::FormErr;
+    let out = Header {
+        metadata,
+        counts: Default::default(),
+    };
+    out.to_bytes().ok()
+}
+
+impl Handler {
+    /// A handler over `shared` with no upstreams and metrics of its own:
+    /// the query path alone, for tests and the fuzz target.
+    pub fn standalone(zone: Zone, shared: Arc<Shared>) -> Self {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let forwarder = Arc::new(Forwarder::new(crate::forward::ForwardSettings {
+            upstreams: Vec::new(),
+            ..Default::default()
+        }));
+        Self {
+            zone,
+            shared,
+            forwarder,
+            metrics: Arc::new(DnsMetrics::register(&mut registry, "dns://:53".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PodsMode;
+    use crate::index::{ServiceKind, ServiceRecord};
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::Name;
+
+    fn handler() -> Handler {
+        let shared = Arc::new(Shared::new(false));
+        {
+            let mut index = shared.index.write().expect("lock");
+            index.upsert_namespace("default");
+            index.upsert_service(
+                "default",
+                "web",
+                ServiceRecord {
+                    kind: ServiceKind::ClusterIp(vec!["10.96.0.10".parse().expect("ip")]),
+                    ports: vec![],
+                    publish_not_ready: false,
+                },
+            );
+        }
+        shared.mark_synced();
+        let zone = Zone::new("cluster.local", 30, PodsMode::Insecure, None, vec![]).expect("zone");
+        Handler::standalone(zone, shared)
+    }
+
+    fn query(name: &str, qtype: RecordType) -> Vec<u8> {
+        let mut msg = Message::query();
+        msg.metadata.id = 7;
+        msg.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+        msg.to_vec().expect("encode")
+    }
+
+    const SRC: &str = "10.0.0.1:5353";
+
+    #[tokio::test]
+    async fn answers_and_refusals() {
+        let h = handler();
+        let src = SRC.parse().expect("addr");
+        let bytes = h
+            .answer_packet(
+                &query("web.default.svc.cluster.local.", RecordType::A),
+                src,
+                Protocol::Udp,
+            )
+            .await
+            .expect("reply");
+        let reply = Message::from_vec(&bytes).expect("parse");
+        assert_eq!(reply.metadata.id, 7);
+        assert!(reply.metadata.authoritative);
+        assert_eq!(reply.answers.len(), 1);
+        // No upstreams: outside names are refused, not forwarded.
+        let bytes = h
+            .answer_packet(&query("example.com.", RecordType::A), src, Protocol::Udp)
+            .await
+            .expect("reply");
+        let reply = Message::from_vec(&bytes).expect("parse");
+        assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+        let bytes = h
+            .answer_packet(
+                &query("cluster.local.", RecordType::IXFR),
+                src,
+                Protocol::Tcp,
+            )
+            .await
+            .expect("reply");
+        let reply = Message::from_vec(&bytes).expect("parse");
+        assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+        // A header and junk: FORMERR; too short: nothing.
+        let mut junk = query("web.default.svc.cluster.local.", RecordType::A);
+        junk.truncate(20);
+        let bytes = h
+            .answer_packet(&junk, src, Protocol::Udp)
+            .await
+            .expect("reply");
+        assert_eq!(bytes[3] & 0x0f, 1, "FORMERR");
+        assert!(
+            h.answer_packet(&[0, 1, 2], src, Protocol::Udp)
+                .await
+                .is_none()
+        );
+    }
+
+    /// Mutations of real queries through parsing and the handler: every
+    /// one gets a well-formed reply or none, and nothing panics (the fuzz
+    /// target runs the same path unbounded).
+    #[tokio::test]
+    async fn mutated_queries_never_panic() {
+        let h = handler();
+        let src = SRC.parse().expect("addr");
+        let seeds = [
+            query("web.default.svc.cluster.local.", RecordType::A),
+            query("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV),
+            query("10.0.96.10.in-addr.arpa.", RecordType::PTR),
+            query("10-0-0-1.default.pod.cluster.local.", RecordType::AAAA),
+        ];
+        let mut state = 0x2545_f491_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..20_000 {
+            let mut pkt = seeds[i % seeds.len()].clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % pkt.len();
+                match next() % 3 {
+                    0 => pkt[at] = next() as u8,
+                    1 => pkt.truncate(at.max(1)),
+                    _ => pkt.insert(at, next() as u8),
+                }
+            }
+            let proto = if i % 2 == 0 {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
+            };
+            if let Some(reply) = h.answer_packet(&pkt, src, proto).await {
+                assert!(reply.len() >= 12);
+                assert_eq!(reply[..2], pkt[..2], "the reply carries the query's id");
+            }
+        }
+    }
+}

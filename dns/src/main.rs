@@ -51,11 +51,18 @@ fn main() -> anyhow::Result<()> {
         None => File::default(),
     };
     let settings = Settings::resolve(file, cli.flags)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = cli.workers {
-        anyhow::ensure!(workers > 0, "--workers must be at least 1");
-        runtime.worker_threads(workers);
-    }
+    let mut runtime = match cli.workers {
+        Some(0) => anyhow::bail!("--workers must be at least 1"),
+        // One thread: tokio's single-threaded scheduler, which wakes and
+        // spawns without the multi-threaded one's synchronisation.
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(workers);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime
         .enable_all()
         .build()

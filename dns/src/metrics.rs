@@ -8,7 +8,7 @@
 //! allocating.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -89,6 +89,55 @@ fn size_histogram() -> Histogram {
     ])
 }
 
+/// A family's metrics by a small index (a label combination), each taken
+/// from the family once: the query path then bumps it without hashing
+/// labels or taking the family's lock.
+pub struct Slots<M> {
+    slots: Box<[OnceLock<M>]>,
+}
+
+impl<M: Clone> Slots<M> {
+    fn new(n: usize) -> Self {
+        Self {
+            slots: (0..n).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The metric for slot `i`, made by `make` the first time.
+    pub fn get(&self, i: usize, make: impl FnOnce() -> M) -> Option<&M> {
+        Some(self.slots.get(i)?.get_or_init(make))
+    }
+}
+
+/// Who answered, CoreDNS's `plugin` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plugin {
+    /// The server itself (errors).
+    Server = 0,
+    Kubernetes = 1,
+    Forward = 2,
+}
+
+impl Plugin {
+    pub fn label(self) -> &'static str {
+        match self {
+            Plugin::Server => "",
+            Plugin::Kubernetes => "kubernetes",
+            Plugin::Forward => "forward",
+        }
+    }
+}
+
+/// CoreDNS's `type` label values; anything else is `other`, the last.
+pub const TYPE_LABELS: [&str; 18] = [
+    "A", "AAAA", "CNAME", "DNSKEY", "DS", "MX", "NSEC3", "NSEC", "NS", "PTR", "RRSIG", "SOA",
+    "SRV", "TXT", "IXFR", "AXFR", "ANY", "other",
+];
+/// The rcodes given labels; anything else is `OTHER`, the last.
+pub const RCODE_LABELS: [&str; 8] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "OTHER",
+];
+
 /// The server's own metrics; the forwarder registers its own beside them.
 pub struct DnsMetrics {
     pub requests: Family<RequestLabels, Counter>,
@@ -96,6 +145,14 @@ pub struct DnsMetrics {
     pub duration: HistogramFamily<ServerLabels>,
     pub request_size: HistogramFamily<SizeLabels>,
     pub do_requests: Family<ServerLabels, Counter>,
+    /// By (proto, family, type).
+    request_slots: Slots<Counter>,
+    /// By (rcode, plugin).
+    response_slots: Slots<Counter>,
+    /// By proto.
+    size_slots: Slots<Histogram>,
+    duration_slot: Slots<Histogram>,
+    do_slot: Slots<Counter>,
     /// The `server` label: `dns://<listen address>`, as CoreDNS writes it.
     pub server: &'static str,
 }
@@ -127,6 +184,11 @@ impl DnsMetrics {
             duration: Family::new_with_constructor(time_histogram),
             request_size: Family::new_with_constructor(size_histogram),
             do_requests: Family::default(),
+            request_slots: Slots::new(2 * 2 * TYPE_LABELS.len()),
+            response_slots: Slots::new(RCODE_LABELS.len() * 3),
+            size_slots: Slots::new(2),
+            duration_slot: Slots::new(1),
+            do_slot: Slots::new(1),
             server,
         };
         // prometheus-client adds `_total` to counters itself.
@@ -194,6 +256,84 @@ impl DnsMetrics {
             plugins,
         );
         m
+    }
+}
+
+fn proto_label(tcp: bool) -> &'static str {
+    if tcp { "tcp" } else { "udp" }
+}
+
+impl DnsMetrics {
+    fn server_labels(&self) -> ServerLabels {
+        ServerLabels {
+            server: self.server,
+            zone: ".",
+            view: "",
+        }
+    }
+
+    /// A request: its transport, address family, type (an index of
+    /// [`TYPE_LABELS`]), size and DO bit.
+    pub fn request(&self, tcp: bool, ipv6: bool, qtype: usize, size: usize, dnssec_ok: bool) {
+        let i = (usize::from(tcp) * 2 + usize::from(ipv6)) * TYPE_LABELS.len() + qtype;
+        let labels = || RequestLabels {
+            server: self.server,
+            zone: ".",
+            view: "",
+            proto: proto_label(tcp),
+            family: if ipv6 { "2" } else { "1" },
+            r#type: TYPE_LABELS.get(qtype).copied().unwrap_or("other"),
+        };
+        if let Some(c) = self
+            .request_slots
+            .get(i, || self.requests.get_or_create(&labels()).clone())
+        {
+            c.inc();
+        }
+        let size_labels = || SizeLabels {
+            server: self.server,
+            zone: ".",
+            view: "",
+            proto: proto_label(tcp),
+        };
+        if let Some(h) = self.size_slots.get(usize::from(tcp), || {
+            self.request_size.get_or_create(&size_labels()).clone()
+        }) {
+            h.observe(size as f64);
+        }
+        if dnssec_ok
+            && let Some(c) = self.do_slot.get(0, || {
+                self.do_requests
+                    .get_or_create(&self.server_labels())
+                    .clone()
+            })
+        {
+            c.inc();
+        }
+    }
+
+    /// A response: its rcode (an index of [`RCODE_LABELS`]), who wrote it,
+    /// and how long the request took.
+    pub fn response(&self, rcode: usize, plugin: Plugin, seconds: f64) {
+        let i = rcode * 3 + plugin as usize;
+        let labels = || ResponseLabels {
+            server: self.server,
+            zone: ".",
+            view: "",
+            rcode: RCODE_LABELS.get(rcode).copied().unwrap_or("OTHER"),
+            plugin: plugin.label(),
+        };
+        if let Some(c) = self
+            .response_slots
+            .get(i, || self.responses.get_or_create(&labels()).clone())
+        {
+            c.inc();
+        }
+        if let Some(h) = self.duration_slot.get(0, || {
+            self.duration.get_or_create(&self.server_labels()).clone()
+        }) {
+            h.observe(seconds);
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 
 use crate::answer::{Answer, Outcome, Zone};
 use crate::forward::{ForwardError, Forwarder, QueryFlags};
-use crate::metrics::{DnsMetrics, RequestLabels, ResponseLabels, ServerLabels, SizeLabels};
+use crate::metrics::{DnsMetrics, Plugin};
 use crate::watch::Shared;
 
 /// The UDP payload size this server offers (the DNS flag day's 1232, which
@@ -52,7 +52,7 @@ struct Reply {
     authority: Vec<Record>,
     additionals: Vec<Record>,
     /// The metric's `plugin` label: who answered.
-    plugin: &'static str,
+    plugin: Plugin,
 }
 
 impl Reply {
@@ -63,7 +63,7 @@ impl Reply {
             answers: Vec::new(),
             authority: Vec::new(),
             additionals: Vec::new(),
-            plugin: "",
+            plugin: Plugin::Server,
         }
     }
 
@@ -74,52 +74,46 @@ impl Reply {
             answers: answer.answers,
             authority: answer.authority,
             additionals: answer.additionals,
-            plugin: "kubernetes",
+            plugin: Plugin::Kubernetes,
         }
     }
 }
 
-/// CoreDNS's `type` label: the common types by name, the rest `other`.
-fn type_label(t: RecordType) -> &'static str {
+/// The index of `t` in [`TYPE_LABELS`](crate::metrics::TYPE_LABELS).
+fn type_index(t: RecordType) -> usize {
     match t {
-        RecordType::A => "A",
-        RecordType::AAAA => "AAAA",
-        RecordType::CNAME => "CNAME",
-        RecordType::DNSKEY => "DNSKEY",
-        RecordType::DS => "DS",
-        RecordType::MX => "MX",
-        RecordType::NSEC3 => "NSEC3",
-        RecordType::NSEC => "NSEC",
-        RecordType::NS => "NS",
-        RecordType::PTR => "PTR",
-        RecordType::RRSIG => "RRSIG",
-        RecordType::SOA => "SOA",
-        RecordType::SRV => "SRV",
-        RecordType::TXT => "TXT",
-        RecordType::IXFR => "IXFR",
-        RecordType::AXFR => "AXFR",
-        RecordType::ANY => "ANY",
-        _ => "other",
+        RecordType::A => 0,
+        RecordType::AAAA => 1,
+        RecordType::CNAME => 2,
+        RecordType::DNSKEY => 3,
+        RecordType::DS => 4,
+        RecordType::MX => 5,
+        RecordType::NSEC3 => 6,
+        RecordType::NSEC => 7,
+        RecordType::NS => 8,
+        RecordType::PTR => 9,
+        RecordType::RRSIG => 10,
+        RecordType::SOA => 11,
+        RecordType::SRV => 12,
+        RecordType::TXT => 13,
+        RecordType::IXFR => 14,
+        RecordType::AXFR => 15,
+        RecordType::ANY => 16,
+        _ => 17,
     }
 }
 
-fn rcode_label(r: ResponseCode) -> &'static str {
+/// The index of `r` in [`RCODE_LABELS`](crate::metrics::RCODE_LABELS).
+fn rcode_index(r: ResponseCode) -> usize {
     match r {
-        ResponseCode::NoError => "NOERROR",
-        ResponseCode::FormErr => "FORMERR",
-        ResponseCode::ServFail => "SERVFAIL",
-        ResponseCode::NXDomain => "NXDOMAIN",
-        ResponseCode::NotImp => "NOTIMP",
-        ResponseCode::Refused => "REFUSED",
-        ResponseCode::BADVERS => "BADVERS",
-        _ => "OTHER",
-    }
-}
-
-fn proto_label(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Udp => "udp",
-        _ => "tcp",
+        ResponseCode::NoError => 0,
+        ResponseCode::FormErr => 1,
+        ResponseCode::ServFail => 2,
+        ResponseCode::NXDomain => 3,
+        ResponseCode::NotImp => 4,
+        ResponseCode::Refused => 5,
+        ResponseCode::BADVERS => 6,
+        _ => 7,
     }
 }
 
@@ -181,13 +175,13 @@ impl Handler {
                 answers: message.answers,
                 authority: message.authorities,
                 additionals: message.additionals,
-                plugin: "forward",
+                plugin: Plugin::Forward,
             },
             Err(ForwardError::NoUpstreams) => Reply::error(ResponseCode::Refused),
             Err(error) => {
                 debug!(name = %query.name, %error, "forwarding failed");
                 Reply {
-                    plugin: "forward",
+                    plugin: Plugin::Forward,
                     ..Reply::error(ResponseCode::ServFail)
                 }
             }
@@ -195,38 +189,18 @@ impl Handler {
     }
 
     fn count_request(&self, request: &Request) {
-        let m = &self.metrics;
-        let server = ServerLabels {
-            server: m.server,
-            zone: ".",
-            view: "",
-        };
         let qtype = request
             .queries
             .queries()
             .first()
             .map_or(RecordType::Unknown(0), |q| q.query_type());
-        m.requests
-            .get_or_create(&RequestLabels {
-                server: m.server,
-                zone: ".",
-                view: "",
-                proto: proto_label(request.protocol()),
-                family: if request.src().is_ipv4() { "1" } else { "2" },
-                r#type: type_label(qtype),
-            })
-            .inc();
-        m.request_size
-            .get_or_create(&SizeLabels {
-                server: m.server,
-                zone: ".",
-                view: "",
-                proto: proto_label(request.protocol()),
-            })
-            .observe(request.as_slice().len() as f64);
-        if request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok) {
-            m.do_requests.get_or_create(&server).inc();
-        }
+        self.metrics.request(
+            request.protocol() != Protocol::Udp,
+            request.src().is_ipv6(),
+            type_index(qtype),
+            request.as_slice().len(),
+            request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        );
     }
 }
 
@@ -274,23 +248,11 @@ impl RequestHandler for Handler {
                 })
             }
         };
-        let m = &self.metrics;
-        m.responses
-            .get_or_create(&ResponseLabels {
-                server: m.server,
-                zone: ".",
-                view: "",
-                rcode: rcode_label(info.response_code),
-                plugin: reply.plugin,
-            })
-            .inc();
-        m.duration
-            .get_or_create(&ServerLabels {
-                server: m.server,
-                zone: ".",
-                view: "",
-            })
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.response(
+            rcode_index(info.response_code),
+            reply.plugin,
+            started.elapsed().as_secs_f64(),
+        );
         info
     }
 }

@@ -365,7 +365,14 @@ fn updates_follow_the_api() {
     }
     let c = Cluster::new(1);
     let node = c.node_netns();
-    let dns = c.start_dns(&["--pods", "insecure", "--ttl", "5"]);
+    // Settings from a file this time.
+    let config = c.world.state_dir().join("ferry-dns.toml");
+    std::fs::write(
+        &config,
+        "pods = \"insecure\"\nttl = 5\nzone = \"cluster.local\"\n",
+    )
+    .expect("config");
+    let dns = c.start_dns(&["--config", &config.to_string_lossy()]);
     dns.wait_ready(node);
 
     // An endpoint that becomes ready appears; a headless service with none

@@ -8,6 +8,7 @@
 //! and NXDOMAIN for `dns-version.<zone>` A); an ExternalName keeps its CNAME
 //! when the target cannot be chased.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use hickory_proto::op::ResponseCode;
@@ -369,8 +370,13 @@ impl Zone {
                 endpoint,
             } => match self.exposed_service(index, namespace, service) {
                 Some(svc) if !matches!(svc.kind, ServiceKind::ExternalName(_)) => {
+                    // Matched without spelling every endpoint's label.
+                    let dashed = names::undash(endpoint);
                     let addrs: Vec<IpAddr> = endpoints(index, namespace, service, svc)
-                        .filter(|(ep, ip)| ep.label(*ip) == endpoint)
+                        .filter(|(ep, ip)| match &ep.hostname {
+                            Some(h) => **h == *endpoint,
+                            None => dashed == Some(*ip),
+                        })
                         .map(|(_, ip)| ip)
                         .collect();
                     if addrs.is_empty() {
@@ -542,22 +548,22 @@ impl Zone {
         let weight = srv_weight(candidates.len());
         let mut answers: Vec<Record> = Vec::new();
         let mut additionals: Vec<Record> = Vec::new();
-        let mut seen_srv: Vec<(Option<&str>, u16)> = Vec::new();
-        let mut seen_extra: Vec<(Option<&str>, IpAddr)> = Vec::new();
+        // Sets, not lists: a headless service may have thousands of
+        // endpoints.
+        let mut seen_srv: HashSet<(Option<&str>, u16)> = HashSet::new();
+        let mut seen_extra: HashSet<(Option<&str>, IpAddr)> = HashSet::new();
         for (label, ip, port) in &candidates {
             let Some(target) = self.service_name(ns, name, label.as_deref()) else {
                 continue;
             };
-            if !seen_srv.contains(&(label.as_deref(), *port)) {
-                seen_srv.push((label.as_deref(), *port));
+            if seen_srv.insert((label.as_deref(), *port)) {
                 answers.push(Record::from_rdata(
                     qname.clone(),
                     ttl,
                     RData::SRV(SRV::new(0, weight, *port, target.clone())),
                 ));
             }
-            if !seen_extra.contains(&(label.as_deref(), *ip)) {
-                seen_extra.push((label.as_deref(), *ip));
+            if seen_extra.insert((label.as_deref(), *ip)) {
                 additionals.push(address(&target, ttl, *ip));
             }
         }

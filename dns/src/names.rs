@@ -112,8 +112,18 @@ fn zone_name(rest: &str) -> ZoneName<'_> {
     // Labels from the zone outwards: the last label is the kind.
     let mut labels = rest.rsplit('.');
     let kind = labels.next().unwrap_or_default();
-    let l: Vec<&str> = labels.collect();
-    match (kind, l.as_slice()) {
+    // At most four labels in front of the kind mean anything; a fixed
+    // array keeps the query path free of allocations here.
+    let mut l: [&str; 4] = [""; 4];
+    let mut n = 0;
+    for label in labels {
+        if n == l.len() {
+            return ZoneName::Unknown;
+        }
+        l[n] = label;
+        n += 1;
+    }
+    match (kind, &l[..n]) {
         ("dns-version", []) => ZoneName::DnsVersion,
         ("dns", ["ns"]) => ZoneName::NameServer,
         ("svc", []) => ZoneName::Services,

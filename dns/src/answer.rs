@@ -360,7 +360,7 @@ impl Zone {
             }
             ZoneName::Service { namespace, service } => {
                 match self.exposed_service(index, namespace, service) {
-                    Some(svc) => self.service(index, qname, qtype, namespace, service, svc),
+                    Some(svc) => self.service(index, qname, qtype, svc),
                     None => Found::NxDomain,
                 }
             }
@@ -369,10 +369,11 @@ impl Zone {
                 service,
                 endpoint,
             } => match self.exposed_service(index, namespace, service) {
-                Some(svc) if !matches!(svc.kind, ServiceKind::ExternalName(_)) => {
+                Some(svc) if !matches!(svc.record.kind, ServiceKind::ExternalName(_)) => {
                     // Matched without spelling every endpoint's label.
                     let dashed = names::undash(endpoint);
-                    let addrs: Vec<IpAddr> = endpoints(index, namespace, service, svc)
+                    let addrs: Vec<IpAddr> = svc
+                        .endpoints(index)
                         .filter(|(ep, ip)| match &ep.hostname {
                             Some(h) => **h == *endpoint,
                             None => dashed == Some(*ip),
@@ -392,45 +393,28 @@ impl Zone {
                 port,
                 protocol,
             } => match self.exposed_service(index, namespace, service) {
-                Some(svc) => self.srv(
-                    index,
-                    qname,
-                    qtype,
-                    namespace,
-                    service,
-                    svc,
-                    Some((port, protocol)),
-                ),
+                Some(svc) => self.srv(index, qname, qtype, svc, Some((port, protocol))),
                 None => Found::NxDomain,
             },
             ZoneName::Unknown => Found::NxDomain,
         }
     }
 
-    fn exposed_service<'i>(
-        &self,
-        index: &'i Index,
-        ns: &str,
-        svc: &str,
-    ) -> Option<&'i ServiceRecord> {
+    fn exposed_service<'a>(&self, index: &'a Index, ns: &'a str, name: &'a str) -> Option<Svc<'a>> {
         if !self.exposed(index, ns) {
             return None;
         }
-        index.service(ns, svc)
+        Some(Svc {
+            ns,
+            name,
+            record: index.service(ns, name)?,
+        })
     }
 
     /// `<svc>.<ns>.svc.<zone>`.
-    fn service(
-        &self,
-        index: &Index,
-        qname: &Name,
-        qtype: RecordType,
-        ns: &str,
-        name: &str,
-        svc: &ServiceRecord,
-    ) -> Found {
+    fn service(&self, index: &Index, qname: &Name, qtype: RecordType, svc: Svc<'_>) -> Found {
         let ttl = self.ttl;
-        match &svc.kind {
+        match &svc.record.kind {
             ServiceKind::ExternalName(target) => {
                 // An IP written as an external name is not an alias.
                 if target.parse::<IpAddr>().is_ok() {
@@ -459,12 +443,11 @@ impl Zone {
                         .map(|ip| address(qname, ttl, *ip))
                         .collect(),
                 ),
-                RecordType::SRV => self.srv(index, qname, qtype, ns, name, svc, None),
+                RecordType::SRV => self.srv(index, qname, qtype, svc, None),
                 _ => Found::NoData,
             },
             ServiceKind::Headless => {
-                let addrs: Vec<IpAddr> =
-                    endpoints(index, ns, name, svc).map(|(_, ip)| ip).collect();
+                let addrs: Vec<IpAddr> = svc.endpoints(index).map(|(_, ip)| ip).collect();
                 // No ready endpoint: the name does not exist (spec 2.4.1).
                 if addrs.is_empty() {
                     return Found::NxDomain;
@@ -473,7 +456,7 @@ impl Zone {
                     RecordType::A | RecordType::AAAA => {
                         records(dedup_addresses(qname, ttl, qtype, addrs))
                     }
-                    RecordType::SRV => self.srv(index, qname, qtype, ns, name, svc, None),
+                    RecordType::SRV => self.srv(index, qname, qtype, svc, None),
                     _ => Found::NoData,
                 }
             }
@@ -482,17 +465,15 @@ impl Zone {
 
     /// SRV (or, for `_port._proto` names, A/AAAA) for a service's ports;
     /// `filter` is the port name and protocol asked for, `None` for all.
-    #[allow(clippy::too_many_arguments)]
     fn srv(
         &self,
         index: &Index,
         qname: &Name,
         qtype: RecordType,
-        ns: &str,
-        name: &str,
-        svc: &ServiceRecord,
+        svc: Svc<'_>,
         filter: Option<(&str, &str)>,
     ) -> Found {
+        let Svc { ns, name, record } = svc;
         let ttl = self.ttl;
         let wanted = |p: &PortRecord| match filter {
             Some((port, proto)) => *p.name == *port && p.protocol == proto,
@@ -500,32 +481,28 @@ impl Zone {
         };
         // (target label, address, port): one candidate per address and port.
         let mut candidates: Vec<(Option<String>, IpAddr, u16)> = Vec::new();
-        match &svc.kind {
+        match &record.kind {
             ServiceKind::ExternalName(_) => {
-                return if filter.is_some() && !svc.ports.iter().any(wanted) {
+                return if filter.is_some() && !record.ports.iter().any(wanted) {
                     Found::NxDomain
                 } else {
                     Found::NoData
                 };
             }
             ServiceKind::ClusterIp(ips) => {
-                for p in svc.ports.iter().filter(|p| wanted(p)) {
+                for p in record.ports.iter().filter(|p| wanted(p)) {
                     for ip in ips {
                         candidates.push((None, *ip, p.port));
                     }
                 }
-                if filter.is_some() && !svc.ports.iter().any(wanted) {
+                if filter.is_some() && !record.ports.iter().any(wanted) {
                     return Found::NxDomain;
                 }
             }
             ServiceKind::Headless => {
                 for slice in index.slices(ns, name) {
                     for p in slice.ports.iter().filter(|p| wanted(p)) {
-                        for ep in slice
-                            .endpoints
-                            .iter()
-                            .filter(|e| e.ready || svc.publish_not_ready)
-                        {
+                        for ep in slice.endpoints.iter().filter(|e| svc.publishes(e)) {
                             for ip in &ep.addresses {
                                 candidates.push((Some(ep.label(*ip)), *ip, p.port));
                             }
@@ -578,19 +555,28 @@ impl Zone {
     }
 }
 
-/// A service's published endpoint addresses: ready ones, or all with
-/// `publishNotReadyAddresses`.
-fn endpoints<'i>(
-    index: &'i Index,
-    ns: &str,
-    name: &str,
-    svc: &'i ServiceRecord,
-) -> impl Iterator<Item = (&'i EndpointRecord, IpAddr)> {
-    index
-        .slices(ns, name)
-        .flat_map(|s| s.endpoints.iter())
-        .filter(move |e| e.ready || svc.publish_not_ready)
-        .flat_map(|e| e.addresses.iter().map(move |ip| (e, *ip)))
+/// A service in an exposed namespace, with where it is.
+#[derive(Clone, Copy)]
+struct Svc<'a> {
+    ns: &'a str,
+    name: &'a str,
+    record: &'a ServiceRecord,
+}
+
+impl<'a> Svc<'a> {
+    /// Published: ready, or any with `publishNotReadyAddresses`.
+    fn publishes(&self, ep: &EndpointRecord) -> bool {
+        ep.ready || self.record.publish_not_ready
+    }
+
+    /// The published endpoint addresses.
+    fn endpoints(self, index: &'a Index) -> impl Iterator<Item = (&'a EndpointRecord, IpAddr)> {
+        index
+            .slices(self.ns, self.name)
+            .flat_map(|s| s.endpoints.iter())
+            .filter(move |e| self.publishes(e))
+            .flat_map(|e| e.addresses.iter().map(move |ip| (e, *ip)))
+    }
 }
 
 /// One record per distinct address of the asked family.

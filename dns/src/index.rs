@@ -204,20 +204,24 @@ impl Index {
     // --- Services ---
 
     pub fn upsert_service(&mut self, ns: &str, name: &str, record: ServiceRecord) {
-        let old = self.ns_mut(ns).services.get(name).cloned();
-        if old.as_ref() == Some(&record) {
+        let services = &mut self.ns_mut(ns).services;
+        // A resync or an unrelated field's change: nothing to redo.
+        if services.get(name) == Some(&record) {
             return;
         }
         let key = (Box::<str>::from(ns), Box::<str>::from(name));
-        if let Some(old) = &old {
+        // The old addresses go first: an address kept by the update is
+        // then added back.
+        if let Some(old) = services.insert(name.into(), record) {
             for ip in old.cluster_ips() {
                 remove_from(&mut self.cluster_ips, *ip, &key);
             }
         }
-        for ip in record.cluster_ips() {
-            self.cluster_ips.entry(*ip).or_default().push(key.clone());
+        if let Some(new) = self.namespaces.get(ns).and_then(|n| n.services.get(name)) {
+            for ip in new.cluster_ips() {
+                self.cluster_ips.entry(*ip).or_default().push(key.clone());
+            }
         }
-        self.ns_mut(ns).services.insert(name.into(), record);
         self.touch();
     }
 
@@ -494,6 +498,10 @@ mod tests {
         assert_eq!(index.ptr(ip("10.96.0.10"), |_| true).len(), 1);
         index.upsert_service("default", "web", svc(&["10.96.0.11"]));
         assert!(index.ptr(ip("10.96.0.10"), |_| true).is_empty());
+        // A change that keeps the address keeps its reverse entry.
+        let mut ported = svc(&["10.96.0.11"]);
+        ported.publish_not_ready = true;
+        index.upsert_service("default", "web", ported);
         assert_eq!(index.ptr(ip("10.96.0.11"), |_| true).len(), 1);
         assert!(index.ptr(ip("10.96.0.11"), |ns| ns != "default").is_empty());
         index.remove_service("default", "web");

@@ -44,6 +44,9 @@ pub const DEFAULT_IPAM_DATA_DIR: &str = "/var/lib/cni/networks";
 pub const DEFAULT_KUBECONFIG: &str = "/etc/cni/net.d/ferry-kubeconfig";
 /// The MTU of both veth ends without `mtu`.
 pub const DEFAULT_MTU: u32 = 1500;
+/// The longest network name: it names a directory under both data
+/// directories, so it must fit in NAME_MAX.
+pub const MAX_NETWORK_NAME_LEN: usize = 255;
 
 /// IPAM `type`s whose config this plugin understands: its own, and
 /// host-local's (whose format it accepts unchanged).
@@ -178,6 +181,12 @@ impl Config {
         if !is_valid_name(&name) {
             return Err(Error::InvalidConfig(format!(
                 "invalid characters found in network name {name:?}"
+            )));
+        }
+        if name.len() > MAX_NETWORK_NAME_LEN {
+            return Err(Error::InvalidConfig(format!(
+                "network name is {} bytes long, more than the {MAX_NETWORK_NAME_LEN} allowed",
+                name.len()
             )));
         }
         let raw_version = match obj.get("cniVersion") {
@@ -392,6 +401,22 @@ mod tests {
         assert_eq!(code("[]"), Some(6));
         assert_eq!(code(r#"{"cniVersion":"1.0.0"}"#), Some(7));
         assert_eq!(code(r#"{"cniVersion":"1.0.0","name":"bad name"}"#), Some(7));
+        // A name that cannot be a directory name (it used to pass, and DEL
+        // then failed for ever with ENAMETOOLONG).
+        let long = "n".repeat(MAX_NETWORK_NAME_LEN + 1);
+        assert_eq!(
+            code(&format!(
+                r#"{{"cniVersion":"1.0.0","name":"{long}","ipam":{{"subnet":"10.0.0.0/24"}}}}"#
+            )),
+            Some(7)
+        );
+        let longest = "n".repeat(MAX_NETWORK_NAME_LEN);
+        assert_eq!(
+            code(&format!(
+                r#"{{"cniVersion":"1.0.0","name":"{longest}","ipam":{{"subnet":"10.0.0.0/24"}}}}"#
+            )),
+            None
+        );
         assert_eq!(code(r#"{"name":"n"}"#), Some(1));
         assert_eq!(code(r#"{"cniVersion":"0.2.0","name":"n"}"#), Some(1));
         assert_eq!(code(r#"{"cniVersion":"x","name":"n"}"#), Some(6));

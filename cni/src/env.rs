@@ -154,11 +154,27 @@ pub fn is_valid_name(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// The longest container ID accepted. The spec sets no bound, but a
+/// container ID names files (the cached result,
+/// `<containerID>@<ifname>.json`), and a name must fit in NAME_MAX (255
+/// bytes) with the longest interface name and the decoration: 255 - 15 - 6.
+/// Runtimes use 64 hex digits.
+pub const MAX_CONTAINER_ID_LEN: usize = 234;
+
+/// The longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
 pub fn validate_container_id(id: &str) -> Result<()> {
     if id.is_empty() {
         return Err(Error::InvalidEnv(
             "required env variables [CNI_CONTAINERID] missing".into(),
         ));
+    }
+    if id.len() > MAX_CONTAINER_ID_LEN {
+        return Err(Error::InvalidEnv(format!(
+            "CNI_CONTAINERID is {} bytes long, more than the {MAX_CONTAINER_ID_LEN} allowed",
+            id.len()
+        )));
     }
     if !is_valid_name(id) {
         return Err(Error::InvalidEnv(format!(
@@ -168,8 +184,20 @@ pub fn validate_container_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Linux interface names: 1–15 bytes, not `.` or `..`, no `/`, `:` or
-/// whitespace.
+/// Bytes the kernel's `isspace()` is true for (lib/ctype.c: the ASCII
+/// whitespace and 0xA0, Latin-1's no-break space). `dev_valid_name()`
+/// rejects a name containing any of them, so a UTF-8 name with 0xA0 as a
+/// continuation byte (e.g. "à", C3 A0) is refused by the kernel.
+fn is_kernel_space(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | 0xa0)
+}
+
+/// Interface names as libcni's `ValidateInterfaceName` and the kernel's
+/// `dev_valid_name()` check them: 1–15 bytes, not `.` or `..`, no `/`, `:`
+/// or whitespace (Unicode whitespace as libcni, and the bytes the kernel's
+/// `isspace()` matches) — and, beyond libcni, no `%`: the kernel reads a
+/// name with `%` as a template (`eth%d` becomes `eth0`), so the interface
+/// would not get the name asked for. Errors are code 4 naming `CNI_IFNAME`.
 pub fn validate_ifname(name: &str) -> Result<()> {
     let bad = |why: &str| {
         Err(Error::InvalidEnv(format!(
@@ -179,15 +207,19 @@ pub fn validate_ifname(name: &str) -> Result<()> {
     if name.is_empty() {
         return bad("empty");
     }
-    if name.len() > 15 {
+    if name.len() > MAX_IFNAME_LEN {
         return bad("must be less than 16 characters");
     }
     if name == "." || name == ".." {
         return bad("must not be . or ..");
     }
+    if name.contains('%') {
+        return bad("must not contain % (the kernel reads it as a name template)");
+    }
     if name
         .chars()
         .any(|c| c == '/' || c == ':' || c.is_whitespace())
+        || name.bytes().any(is_kernel_space)
     {
         return bad("must not contain / or : or whitespace");
     }
@@ -252,6 +284,46 @@ mod tests {
             );
         }
         assert!(validate_ifname("0123456789abcde").is_ok());
+    }
+
+    /// `%` is a kernel name template and 0xA0 a kernel space byte: both
+    /// used to pass and fail later in netlink (999 or 100).
+    #[test]
+    fn ifnames_the_kernel_would_refuse_or_rename() {
+        for bad in ["eth%d", "%", "a%b", "\u{e0}", "net\u{a0}1", "eth\u{2003}0"] {
+            let e = validate_ifname(bad).err();
+            assert_eq!(e.as_ref().map(Error::code), Some(4), "{bad:?}");
+            assert!(
+                e.is_some_and(|e| e.to_string().contains("CNI_IFNAME")),
+                "{bad:?}"
+            );
+        }
+        // Other non-ASCII names are the kernel's to take.
+        assert!(validate_ifname("n\u{e9}t0").is_ok());
+        assert!(validate_ifname("net-1_a.b@c").is_ok());
+        // Through the environment too.
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "eth%d"),
+            ("CNI_PATH", "/x"),
+        ])
+        .err();
+        assert_eq!(e.as_ref().map(Error::code), Some(4));
+        assert!(e.is_some_and(|e| e.to_string().contains("CNI_IFNAME")));
+    }
+
+    /// A container ID too long for a file name used to pass and fail after
+    /// the pod was wired (cache write: ENAMETOOLONG, error 5), and DEL then
+    /// failed for ever on the same name.
+    #[test]
+    fn container_id_length() {
+        let longest = "a".repeat(MAX_CONTAINER_ID_LEN);
+        assert!(validate_container_id(&longest).is_ok());
+        let e = validate_container_id(&format!("{longest}b")).err();
+        assert_eq!(e.as_ref().map(Error::code), Some(4));
+        assert!(e.is_some_and(|e| e.to_string().contains("CNI_CONTAINERID")));
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub mod codes {
     pub const NO_ADDRESSES: u32 = 102;
     /// 103 (CHECK): a resource of the attachment is missing or different.
     pub const CHECK_FAILED: u32 = 103;
+    /// 104: a route the attachment needs already exists (e.g. the pod's
+    /// default route, owned by another interface); it is never replaced.
+    pub const ROUTE_EXISTS: u32 = 104;
     /// 999: anything else (libcni's `ErrInternal`).
     pub const INTERNAL: u32 = 999;
 }
@@ -79,6 +82,8 @@ pub enum Error {
     #[error("{0}")]
     CheckFailed(String),
     #[error("{0}")]
+    RouteExists(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -102,6 +107,7 @@ impl Error {
             Error::InterfaceExists(_) => INTERFACE_EXISTS,
             Error::NoAddresses(_) => NO_ADDRESSES,
             Error::CheckFailed(_) => CHECK_FAILED,
+            Error::RouteExists(_) => ROUTE_EXISTS,
             Error::Internal(_) => INTERNAL,
         }
     }

@@ -26,11 +26,15 @@
 //! binary stays small and fast: no async runtime except current-thread ones
 //! for netlink and for the optional API lookup. Namespace work runs on
 //! dedicated threads ([`netns`]); the main thread never calls setns(2).
+//! Nothing a caller hands it is read without a bound or opened in a way
+//! that can block ([`input`]), and every name is validated before anything
+//! is reserved or wired ([`env`], [`config`]).
 
 pub mod cache;
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod input;
 pub mod ipam;
 pub mod netlink;
 pub mod netns;

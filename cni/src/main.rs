@@ -1,24 +1,27 @@
 //! The `ferry-cni` binary: environment and stdin in, one JSON document out.
 
-use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use ferry_cni::config::{peek_log_level, peek_version};
 use ferry_cni::env::Env;
-use ferry_cni::error::Error;
-use ferry_cni::{plugin, version};
+use ferry_cni::{input, plugin, version};
 
 /// Log filter (tracing's syntax); the config's `logLevel` is the fallback.
 const LOG_ENV: &str = "FERRY_CNI_LOG";
 
 fn main() -> ExitCode {
     let command = std::env::var("CNI_COMMAND").unwrap_or_default();
-    let mut stdin = Vec::new();
-    // VERSION may be run by hand, with nothing on stdin.
+    // VERSION may be run by hand, with nothing on stdin. Anything else is
+    // read up to input::STDIN_LIMIT and refused beyond it.
     let read = if command == "VERSION" && std::io::stdin().is_terminal() {
-        Ok(0)
+        Ok(Vec::new())
     } else {
-        std::io::stdin().read_to_end(&mut stdin)
+        input::read_stdin(std::io::stdin().lock())
+    };
+    let (stdin, read_err) = match read {
+        Ok(bytes) => (bytes, None),
+        Err(e) => (Vec::new(), Some(e)),
     };
     init_logging(&stdin);
     if command.is_empty() {
@@ -28,10 +31,12 @@ fn main() -> ExitCode {
             version::SUPPORTED.join(", ")
         );
     }
-    let outcome = read
-        .map_err(|e| Error::io("reading the network config from stdin", e))
-        .and_then(|_| Env::from_lookup(|k| std::env::var(k).ok()))
-        .and_then(|env| plugin::run(&env, &stdin));
+    let outcome = match read_err {
+        Some(e) => Err(e),
+        None => {
+            Env::from_lookup(|k| std::env::var(k).ok()).and_then(|env| plugin::run(&env, &stdin))
+        }
+    };
     match outcome {
         Ok(out) => {
             if let Some(v) = out

@@ -22,6 +22,9 @@ const ENODEV: i32 = 19;
 const ENOENT: i32 = 2;
 const EEXIST: i32 = 17;
 
+/// The kernel's main routing table (RT_TABLE_MAIN).
+pub const MAIN_TABLE: u32 = 254;
+
 /// A netlink session in the current thread's network namespace.
 pub struct Nl {
     handle: Handle,
@@ -178,6 +181,17 @@ impl Nl {
         }
     }
 
+    /// The link with index `index`, if there is one.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut stream = self.handle.link().get().match_index(index).execute();
+        match stream.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_from_message(msg))),
+            Ok(None) => Ok(None),
+            Err(e) if is_errno(&e, &[ENODEV, ENOENT]) => Ok(None),
+            Err(e) => Err(Error::netlink(format!("looking up link {index}"), e)),
+        }
+    }
+
     /// Creates a veth pair: `host` here, `peer` directly in the namespace
     /// `peer_ns` under its final name (so the pod's interface never exists
     /// under a temporary name), both ends with `mtu`.
@@ -267,7 +281,10 @@ impl Nl {
         Ok(out)
     }
 
-    /// Adds (or replaces) a route.
+    /// Adds a route. One that already exists with the same key (table,
+    /// destination and, for IPv4, priority; for IPv6, metric) is never
+    /// replaced: that is [`Error::RouteExists`], naming the device that
+    /// holds it (the kernel's EEXIST, as `ip route add` reports it).
     pub async fn add_route(&self, r: &NewRoute) -> Result<()> {
         let dst = r.dst;
         let bad = move |e| Error::Internal(format!("building route to {dst}: {e}"));
@@ -301,18 +318,44 @@ impl Nl {
         if !metrics.is_empty() {
             msg.attributes.push(RouteAttribute::Metrics(metrics));
         }
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| {
-                Error::netlink(
-                    format!("adding route to {} via {:?} dev {}", r.dst, r.gw, r.oif),
-                    e,
-                )
-            })
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, &[EEXIST]) => {
+                let table = r.table.unwrap_or(MAIN_TABLE);
+                let holder = self.route_holder(r.dst, table).await;
+                Err(Error::RouteExists(format!(
+                    "route to {} (table {table}) already exists{holder}",
+                    r.dst
+                )))
+            }
+            Err(e) => Err(Error::netlink(
+                format!("adding route to {} via {:?} dev {}", r.dst, r.gw, r.oif),
+                e,
+            )),
+        }
+    }
+
+    /// " via <gw> dev <name>" of an existing route to `dst` in `table`, for
+    /// error messages (empty if it cannot be found).
+    async fn route_holder(&self, dst: IpNet, table: u32) -> String {
+        let Ok(routes) = self.routes(dst.addr().is_ipv4()).await else {
+            return String::new();
+        };
+        let Some(r) = routes
+            .into_iter()
+            .find(|r| r.dst == dst && r.table == table)
+        else {
+            return String::new();
+        };
+        let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+        let dev = match r.oif {
+            Some(i) => match self.link_by_index(i).await {
+                Ok(Some(l)) => format!(" dev {}", l.name),
+                _ => format!(" dev #{i}"),
+            },
+            None => String::new(),
+        };
+        format!("{via}{dev}")
     }
 
     /// Every route of one family, in every table.

@@ -9,9 +9,12 @@ use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::sched::{CloneFlags, setns};
+use nix::sys::statfs::{NSFS_MAGIC, fstatfs};
 
 use crate::error::{Error, Result};
+use crate::input;
 
 /// An open network namespace (`CNI_NETNS`).
 #[derive(Debug)]
@@ -22,10 +25,14 @@ pub struct NetNs {
 
 impl NetNs {
     /// Opens `CNI_NETNS`. A path that does not exist is an unknown container
-    /// (3); one that is not a network namespace other than the plugin's own is
-    /// an invalid `CNI_NETNS` (4).
+    /// (3). Anything but a network namespace other than the plugin's own is
+    /// an invalid `CNI_NETNS` (4), found without blocking: the path is
+    /// opened with `O_PATH` (a FIFO does not wait for a writer, a device is
+    /// not opened), must be on nsfs (fstatfs(2) magic `NSFS_MAGIC`), and is
+    /// reopened for reading only then; a namespace of another kind (mount,
+    /// PID, …) is refused by a setns(2) on a throwaway thread.
     pub fn open(path: &Path) -> Result<NetNs> {
-        let file = match File::open(path) {
+        let handle = match input::open_path(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::UnknownContainer(format!(
@@ -40,28 +47,40 @@ impl NetNs {
                 ));
             }
         };
-        let md = file
+        let fs_type = fstatfs(&handle)
+            .map_err(|errno| {
+                Error::io(
+                    format!("statfs of CNI_NETNS {}", path.display()),
+                    errno.into(),
+                )
+            })?
+            .filesystem_type();
+        if fs_type != NSFS_MAGIC {
+            return Err(Error::InvalidEnv(format!(
+                "CNI_NETNS {} is not a network namespace (not a file of the nsfs filesystem)",
+                path.display()
+            )));
+        }
+        let md = handle
             .metadata()
             .map_err(|e| Error::io(format!("stat of CNI_NETNS {}", path.display()), e))?;
         let own = fs::metadata("/proc/self/ns/net")
             .map_err(|e| Error::io("stat of /proc/self/ns/net", e))?;
-        // Every namespace file lives on the nsfs pseudo filesystem.
-        if md.dev() != own.dev() {
-            return Err(Error::InvalidEnv(format!(
-                "CNI_NETNS {} is not a network namespace",
-                path.display()
-            )));
-        }
-        if md.ino() == own.ino() {
+        if md.dev() == own.dev() && md.ino() == own.ino() {
             return Err(Error::InvalidEnv(format!(
                 "CNI_NETNS {} is the plugin's own network namespace",
                 path.display()
             )));
         }
-        Ok(NetNs {
+        // setns(2) and IFLA_NET_NS_FD need a real open file, not O_PATH.
+        let file = input::reopen(&handle)
+            .map_err(|e| Error::io(format!("opening CNI_NETNS {}", path.display()), e))?;
+        let ns = NetNs {
             file,
             path: path.to_path_buf(),
-        })
+        };
+        ns.run(|| Ok(()))?;
+        Ok(ns)
     }
 
     pub fn path(&self) -> &Path {
@@ -79,8 +98,13 @@ impl NetNs {
                 .name("netns".into())
                 .spawn_scoped(s, || {
                     setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|errno| {
+                        let why = if errno == Errno::EINVAL {
+                            "it is a namespace of another kind".to_string()
+                        } else {
+                            errno.to_string()
+                        };
                         Error::InvalidEnv(format!(
-                            "CNI_NETNS {} cannot be entered: {errno}",
+                            "CNI_NETNS {} is not a network namespace that can be entered: {why}",
                             self.path.display()
                         ))
                     })?;

@@ -18,6 +18,13 @@
 //! a permanent neighbour entry for the pod's MAC, and forwards between them
 //! (per-interface IPv4 forwarding and IPv6 forwarding are switched on for the
 //! host end).
+//!
+//! Routes are created, never replaced: a route that exists already (the
+//! default route of a pod's first interface, when a second one asks for it
+//! too) fails the ADD with [`Error::RouteExists`] and the caller rolls back.
+//! A second interface does share the gateway: the host route to
+//! 169.254.1.1 stays the first interface's, and the second one's routes
+//! through the gateway are `onlink`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -125,7 +132,12 @@ pub fn setup(plan: &Plan<'_>) -> Result<Wired> {
             if ip.is_ipv4() {
                 r.scope = Some(253); // link
             }
-            nl.add_route(&r).await?;
+            // Another route to the pod's address in the node would be
+            // hijacked by a replace: refuse instead.
+            nl.add_route(&r).await.map_err(|e| match e {
+                Error::RouteExists(m) => Error::RouteExists(format!("{m} in the node's namespace")),
+                e => e,
+            })?;
             nl.add_neighbour(host.index, *ip, &pod_mac).await?;
         }
         Ok(Wired {
@@ -162,11 +174,25 @@ async fn configure_pod(nl: &Nl, plan: &Plan<'_>, host_mac: &[u8]) -> Result<(Vec
         let prefix = if ip.is_ipv4() { 32 } else { 128 };
         nl.add_address(link.index, *ip, prefix).await?;
     }
+    // Whether another interface of the pod (a second Ferry attachment)
+    // already holds the host route to the IPv4 gateway: it is left alone,
+    // and this interface's routes through the gateway are `onlink` instead.
+    let mut v4_gateway_shared = false;
     if plan.ips.iter().any(IpAddr::is_ipv4) {
         let gw = IpAddr::V4(GATEWAY_V4);
         let mut r = NewRoute::new(host_net(gw), link.index);
         r.scope = Some(253);
-        nl.add_route(&r).await?;
+        match nl.add_route(&r).await {
+            Ok(()) => {}
+            Err(Error::RouteExists(held)) => {
+                tracing::debug!(
+                    held,
+                    "the gateway's host route belongs to another interface"
+                );
+                v4_gateway_shared = true;
+            }
+            Err(e) => return Err(e),
+        }
         nl.add_neighbour(link.index, gw, host_mac).await?;
     }
     if plan.ips.iter().any(IpAddr::is_ipv6) {
@@ -181,13 +207,24 @@ async fn configure_pod(nl: &Nl, plan: &Plan<'_>, host_mac: &[u8]) -> Result<(Vec
         let mut r = NewRoute::new(route.dst, link.index);
         r.gw = Some(gw);
         // Any other gateway is reached through the host end too.
-        r.onlink = gw != default_gw && !is_link_local(gw);
+        r.onlink = (gw != default_gw && !is_link_local(gw))
+            || (v4 && gw == default_gw && v4_gateway_shared);
         r.table = route.table;
         r.priority = route.priority;
         r.mtu = route.mtu;
         r.advmss = route.advmss;
         r.scope = route.scope;
-        nl.add_route(&r).await?;
+        // Never replaced: a second interface must not take over a route
+        // (typically the default route) another interface of the pod owns.
+        nl.add_route(&r).await.map_err(|e| match e {
+            Error::RouteExists(m) => Error::RouteExists(format!(
+                "{m} in {}: {} cannot add it without taking it over (give this network \
+                 other ipam.routes)",
+                plan.netns.path().display(),
+                plan.ifname
+            )),
+            e => e,
+        })?;
         installed.push(Route {
             gw: Some(gw),
             ..route.clone()

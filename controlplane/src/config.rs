@@ -32,6 +32,8 @@ pub struct ClusterConfig {
     /// CIDR is longer.
     pub node_cidr_mask_size: u8,
     pub loadbalancer_pools: Vec<IpNet>,
+    /// Which external IPs Services may claim.
+    pub external_ips: crate::admission::external_ips::ExternalIpPolicy,
 }
 
 impl Default for ClusterConfig {
@@ -43,6 +45,7 @@ impl Default for ClusterConfig {
             cluster_cidrs: parse_cidrs("--cluster-cidr", "10.244.0.0/16").unwrap_or_default(),
             node_cidr_mask_size: 24,
             loadbalancer_pools: Vec::new(),
+            external_ips: Default::default(),
         }
     }
 }

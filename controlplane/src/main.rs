@@ -5,8 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use ferry_controlplane::admission::external_ips::ExternalIpPolicy;
+use ferry_controlplane::api::conn;
 use ferry_controlplane::config::{self, ClusterConfig};
-use ferry_controlplane::server::{self, DEFAULT_HISTORY, Settings, Storage};
+use ferry_controlplane::limits::{self, Limits};
+use ferry_controlplane::server::{self, Settings, Storage};
+use ferry_controlplane::store::History;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,6 +25,11 @@ struct Cli {
     /// Address to serve HTTPS on.
     #[arg(long, default_value = "127.0.0.1:6443")]
     bind: SocketAddr,
+    /// The address pods reach this apiserver at, written into the
+    /// `kubernetes` Service's endpoints (default: the bind address when it
+    /// is neither loopback nor unspecified).
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
     /// Write an admin kubeconfig here.
     #[arg(long)]
     kubeconfig_out: Option<PathBuf>,
@@ -39,6 +48,14 @@ struct Cli {
     /// Pools LoadBalancer services take ingress IPs from.
     #[arg(long, default_value = "")]
     loadbalancer_ip_pool: String,
+    /// Refuse externalIPs a Service did not already have (kube's
+    /// DenyServiceExternalIPs admission plugin).
+    #[arg(long)]
+    deny_service_external_ips: bool,
+    /// CIDRs Services' externalIPs must fall in, comma-separated (empty: any
+    /// address outside the cluster's own ranges).
+    #[arg(long, default_value = "")]
+    service_external_ip_cidrs: String,
     /// Storage backend: the embedded SQLite store, or etcd.
     #[arg(long, value_parser = ["sqlite", "etcd"], default_value = "sqlite")]
     storage: String,
@@ -52,9 +69,45 @@ struct Cli {
     /// (namespace, garbagecollector, endpointslice, nodeipam, lbipam, podgc).
     #[arg(long, default_value = "*")]
     controllers: String,
-    /// Watch events kept for resuming watches.
-    #[arg(long, default_value_t = DEFAULT_HISTORY)]
+    /// Watch events kept for resuming watches (older versions get 410).
+    #[arg(long, default_value_t = History::default().events)]
     watch_history: usize,
+    /// Bytes of watch events kept for resuming watches.
+    #[arg(long, default_value_t = limits::DEFAULT_HISTORY_BYTES)]
+    watch_history_bytes: usize,
+    /// Largest object stored, as JSON (etcd's default request limit).
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_OBJECT_BYTES)]
+    max_object_size_bytes: usize,
+    /// Deepest nesting of maps and lists in an object (below the 128 levels
+    /// JSON clients such as kube-rs accept, with room for list wrappers).
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_DEPTH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(8..=120))]
+    max_object_depth: usize,
+    /// Most operations in one JSON patch.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_PATCH_OPERATIONS)]
+    max_json_patch_operations: usize,
+    /// Most bytes the `copy` operations of one JSON patch may copy.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_PATCH_COPY_BYTES)]
+    max_json_patch_copy_bytes: usize,
+    /// Connections open at once; when every one is held by an
+    /// authenticated client, new ones are refused (lowered to fit the
+    /// open-file limit).
+    #[arg(long, default_value_t = conn::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
+    /// Connections that have not yet made an authenticated request; over
+    /// it, the oldest of them is closed for a new one.
+    #[arg(long, default_value_t = conn::DEFAULT_MAX_PENDING_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_pending_connections: usize,
+    /// Time for the TLS handshake, then for a request's head (kube-apiserver's
+    /// ReadHeaderTimeout).
+    #[arg(long, default_value = "32s", value_parser = conn::parse_duration)]
+    read_header_timeout: std::time::Duration,
+    /// A connection with no request in flight is closed after this long
+    /// (kube-apiserver's IdleTimeout); watches are never cut.
+    #[arg(long, default_value = "90s", value_parser = conn::parse_duration)]
+    idle_timeout: std::time::Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, default_value_t = conn::DEFAULT_HTTP2_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..))]
+    http2_max_streams_per_connection: u32,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -95,6 +148,17 @@ async fn serve() -> anyhow::Result<()> {
     if let Some(Command::Kubeconfig { user, server, out }) = &cli.command {
         return server::node_kubeconfig(&cli.data_dir, server, user, out);
     }
+    // As Go's runtime: the soft open-file limit up to the hard one.
+    let open_files = match ferry_daemon::raise_nofile_limit() {
+        Ok(limit) => {
+            tracing::info!(open_files = ?limit, "open-file limit");
+            limit
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            None
+        }
+    };
     let cluster = ClusterConfig {
         service_cidrs: config::parse_cidrs(
             "--service-cluster-ip-range",
@@ -107,6 +171,13 @@ async fn serve() -> anyhow::Result<()> {
             "--loadbalancer-ip-pool",
             &cli.loadbalancer_ip_pool,
         )?,
+        external_ips: ExternalIpPolicy {
+            deny_new: cli.deny_service_external_ips,
+            allowed: config::parse_pools(
+                "--service-external-ip-cidrs",
+                &cli.service_external_ip_cidrs,
+            )?,
+        },
     };
     anyhow::ensure!(
         !cluster.service_cidrs.is_empty(),
@@ -130,9 +201,28 @@ async fn serve() -> anyhow::Result<()> {
         data_dir: cli.data_dir.clone(),
         bind: cli.bind,
         kubeconfig_out: cli.kubeconfig_out.clone(),
+        advertise_address: cli.advertise_address,
         cluster,
-        history: cli.watch_history,
+        history: History {
+            events: cli.watch_history,
+            bytes: cli.watch_history_bytes,
+        },
+        limits: Limits {
+            max_depth: cli.max_object_depth,
+            max_object_bytes: cli.max_object_size_bytes,
+            max_patch_operations: cli.max_json_patch_operations,
+            max_patch_copy_bytes: cli.max_json_patch_copy_bytes,
+        },
         controllers: ferry_controlplane::controllers::parse_enabled(&cli.controllers)?,
+        connections: conn::ConnLimits {
+            max_connections: cli.max_connections,
+            max_pending_connections: cli.max_pending_connections,
+            read_header_timeout: cli.read_header_timeout,
+            idle_timeout: cli.idle_timeout,
+            http2_max_streams_per_connection: cli.http2_max_streams_per_connection,
+            ..conn::ConnLimits::default()
+        }
+        .fit_open_files(open_files),
     })
     .await?;
     if let Some(k) = &cli.kubeconfig_out {

@@ -533,9 +533,56 @@ fn same_slot(e: &Entry, manager: &str, operation: &str, sub: Option<&str>) -> bo
     e.manager == manager && e.operation == operation && e.subresource.as_deref() == sub
 }
 
+/// True when `v` is a field set in the FieldsV1 encoding, as
+/// structured-merge-diff decodes it: a map whose keys are `.` (with `{}`),
+/// `f:<name>`, `k:<JSON object>`, `v:<JSON value>` or `i:<index>`, each
+/// holding such a map.
+pub fn well_formed_fields_v1(v: &Value) -> bool {
+    let mut stack = vec![v];
+    while let Some(node) = stack.pop() {
+        let Some(m) = node.as_object() else {
+            return false;
+        };
+        for (k, child) in m {
+            let ok = if k == "." {
+                child.as_object().is_some_and(Map::is_empty)
+            } else if k.starts_with("f:") {
+                true
+            } else if let Some(key) = k.strip_prefix("k:") {
+                serde_json::from_str::<Value>(key).is_ok_and(|v| v.is_object())
+            } else if let Some(val) = k.strip_prefix("v:") {
+                serde_json::from_str::<Value>(val).is_ok()
+            } else if let Some(i) = k.strip_prefix("i:") {
+                i.parse::<u32>().is_ok()
+            } else {
+                false
+            };
+            if !ok {
+                return false;
+            }
+            stack.push(child);
+        }
+    }
+    true
+}
+
+/// True when every entry of a managedFields list carries a well-formed
+/// field set. kube-apiserver ignores a list it cannot decode (keeping the
+/// stored one) rather than failing the write; so does Ferry.
+fn well_formed_entries(list: &Value) -> bool {
+    list.as_array().is_some_and(|entries| {
+        entries.iter().all(|e| {
+            e.is_object()
+                && e.get("manager").is_none_or(Value::is_string)
+                && e.get("fieldsV1").is_none_or(well_formed_fields_v1)
+        })
+    })
+}
+
 /// Records an Update by `manager` on `new`: it takes every field whose value
 /// it changed, and those fields leave the other managers. When the client
-/// itself sent different managedFields, they are kept as sent.
+/// itself sent different, well-formed managedFields, they are kept as sent;
+/// ones that are not well-formed are replaced by the stored ones first.
 pub fn track_update(
     kind: &str,
     api_version: &str,
@@ -544,8 +591,18 @@ pub fn track_update(
     manager: &str,
     sub: Option<&str>,
 ) {
-    let sent = new.pointer("/metadata/managedFields").cloned();
+    let mut sent = new.pointer("/metadata/managedFields").cloned();
     let stored = old.and_then(|o| o.pointer("/metadata/managedFields").cloned());
+    if sent.as_ref().is_some_and(|s| !well_formed_entries(s)) {
+        tracing::info!(%kind, name = %crate::object::name(new), "ignoring managedFields that are not well-formed field sets");
+        if let Some(m) = crate::object::metadata_mut(new) {
+            match &stored {
+                Some(s) => m.insert("managedFields".into(), s.clone()),
+                None => m.remove("managedFields"),
+            };
+        }
+        sent.clone_from(&stored);
+    }
     if sent
         .as_ref()
         .is_some_and(|s| s.as_array().is_some_and(|a| !a.is_empty()))

@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::limits::{self, Limits};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchType {
@@ -110,17 +111,22 @@ fn bad(msg: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(msg.to_string())
 }
 
-/// Applies `body` of type `ty` to `current`.
-pub fn apply(kind: &str, current: &Value, ty: PatchType, body: &[u8]) -> Result<Value, ApiError> {
+/// Applies `body` of type `ty` to `current`, within `limits`: a JSON patch
+/// may not have more operations than allowed nor copy more bytes, and no
+/// operation may nest the document deeper than objects may be (checked as
+/// it goes, so a patch cannot build a value too deep to even drop safely).
+pub fn apply(
+    kind: &str,
+    current: &Value,
+    ty: PatchType,
+    body: &[u8],
+    limits: &Limits,
+) -> Result<Value, ApiError> {
     match ty {
         PatchType::Json => {
             let patch: json_patch::Patch = serde_json::from_slice(body).map_err(bad)?;
             let mut doc = current.clone();
-            json_patch::patch(&mut doc, &patch).map_err(|e| {
-                ApiError::invalid_patch(format!(
-                    "the server rejected our request due to an error in our request: {e}"
-                ))
-            })?;
+            json_patch_bounded(&mut doc, &patch.0, limits)?;
             Ok(doc)
         }
         PatchType::Merge => {
@@ -148,6 +154,61 @@ pub fn apply(kind: &str, current: &Value, ty: PatchType, body: &[u8]) -> Result<
             "application/apply-patch+yaml",
         )),
     }
+}
+
+/// Applies a JSON patch one operation at a time, accounting what `copy`
+/// operations copy and bounding how deep the document may get. The caller
+/// patches a copy, so a failed operation leaves nothing to undo.
+fn json_patch_bounded(
+    doc: &mut Value,
+    ops: &[json_patch::PatchOperation],
+    limits: &Limits,
+) -> Result<(), ApiError> {
+    use json_patch::PatchOperation as Op;
+    if ops.len() > limits.max_patch_operations {
+        return Err(ApiError::too_large(format!(
+            "The allowed number of operations in a JSON patch is {}, but the patch has {} operations (--max-json-patch-operations)",
+            limits.max_patch_operations,
+            ops.len()
+        )));
+    }
+    // An upper bound of the document's depth, kept as operations apply.
+    let mut depth = limits::shape(doc).depth;
+    let mut copied = 0usize;
+    for (i, op) in ops.iter().enumerate() {
+        let placed = match op {
+            Op::Add(o) => o.path.count() + limits::shape(&o.value).depth,
+            Op::Replace(o) => o.path.count() + limits::shape(&o.value).depth,
+            Op::Copy(o) => {
+                let source = doc.pointer(o.from.as_str()).map(limits::shape);
+                let source = source.unwrap_or_default();
+                copied = copied.saturating_add(source.bytes);
+                if copied > limits.max_patch_copy_bytes {
+                    return Err(ApiError::too_large(format!(
+                        "JSON patch operation {i} would bring the bytes copied by the patch to {copied}, more than the limit of {} (--max-json-patch-copy-bytes)",
+                        limits.max_patch_copy_bytes
+                    )));
+                }
+                o.path.count() + source.depth
+            }
+            // What moves is at most as deep as the document below `from`.
+            Op::Move(o) => o.path.count() + depth.saturating_sub(o.from.count()),
+            Op::Remove(_) | Op::Test(_) => 0,
+        };
+        depth = depth.max(placed);
+        if depth > limits.max_depth {
+            return Err(ApiError::invalid_patch(format!(
+                "JSON patch operation {i} would nest the object {depth} levels deep, more than the limit of {} (--max-object-depth)",
+                limits.max_depth
+            )));
+        }
+        json_patch::patch_unsafe(doc, std::slice::from_ref(op)).map_err(|e| {
+            ApiError::invalid_patch(format!(
+                "the server rejected our request due to an error in our request: {e}"
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 const ORDER_PREFIX: &str = "$setElementOrder/";
@@ -355,6 +416,7 @@ mod tests {
             &cur,
             PatchType::Strategic,
             patch.to_string().as_bytes(),
+            &Limits::default(),
         )
         .expect("patch")
     }
@@ -407,8 +469,14 @@ mod tests {
         );
         assert_eq!(out["spec"]["externalIPs"], json!(["2.2.2.2"]));
         let jp = json!([{"op": "test", "path": "/spec/externalIPs/0", "value": "9.9.9.9"}]);
-        let err = apply("Service", &cur, PatchType::Json, jp.to_string().as_bytes())
-            .expect_err("test op fails");
+        let err = apply(
+            "Service",
+            &cur,
+            PatchType::Json,
+            jp.to_string().as_bytes(),
+            &Limits::default(),
+        )
+        .expect_err("test op fails");
         assert_eq!(err.code, 422);
     }
 }

@@ -222,6 +222,24 @@ fn ready_to_remove(res: &Resource, obj: &Value) -> bool {
                 .is_some_and(|f| !f.is_empty()))
 }
 
+/// An endpoints field as admission stores it, for comparing with what the
+/// reconciler wants: defaults the server fills in (an empty condition, a
+/// serving or terminating flag) are dropped.
+fn normalized_endpoints(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(items) = v.as_array_mut() {
+        for item in items {
+            if let Some(c) = item.get_mut("conditions").and_then(Value::as_object_mut) {
+                c.retain(|k, _| k == "ready");
+            }
+        }
+    }
+    v
+}
+
+/// Namespaces kube-apiserver's NamespaceLifecycle admission never lets go.
+const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
 /// The same object, ignoring the resource version.
 fn unchanged(a: &Value, b: &Value) -> bool {
     let strip = |v: &Value| {
@@ -246,6 +264,24 @@ impl Registry {
         })
     }
 
+    /// A registry on a private in-memory store with default limits and
+    /// cluster settings, bootstrapped: for tests and fuzz targets that
+    /// drive the verbs without a server.
+    pub fn in_memory() -> Result<Self, ApiError> {
+        let fail = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
+        let backend = crate::storage::sqlite::SqliteBackend::open(std::path::Path::new(":memory:"))
+            .map_err(|e| fail(&e))?;
+        let store = Store::open(
+            Box::new(backend),
+            crate::store::History::default(),
+            crate::limits::Limits::default(),
+        )
+        .map_err(|e| fail(&e))?;
+        let registry = Self::new(store, ClusterConfig::default())?;
+        registry.bootstrap(None)?;
+        Ok(registry)
+    }
+
     /// The allocators; after a panic in an earlier write, the lock is
     /// recovered and that write's journal rolled back.
     fn allocs(&self) -> Result<MutexGuard<'_, ServiceAllocators>, ApiError> {
@@ -257,10 +293,13 @@ impl Registry {
     }
 
     /// Creates the namespaces every cluster has and the `kubernetes`
-    /// Service, when missing.
-    pub fn bootstrap(&self) -> Result<(), ApiError> {
+    /// Service when missing, and, given the address the apiserver is reached
+    /// at, keeps the Service's Endpoints and EndpointSlice pointing at it.
+    /// Cheap when everything is in place: it runs again whenever a system
+    /// object goes, and periodically.
+    pub fn bootstrap(&self, apiserver: Option<std::net::SocketAddr>) -> Result<(), ApiError> {
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            if self.store.get(&NAMESPACES, "", ns)?.is_none() {
+            if self.store.entry(&NAMESPACES, "", ns)?.is_none() {
                 self.create(
                     &NAMESPACES,
                     "",
@@ -271,7 +310,7 @@ impl Registry {
         }
         if self
             .store
-            .get(&resources::SERVICES, "default", "kubernetes")?
+            .entry(&resources::SERVICES, "default", "kubernetes")?
             .is_none()
         {
             let allocs = self.allocs()?;
@@ -301,6 +340,73 @@ impl Registry {
                 svc,
                 &WriteOptions::default(),
             )?;
+        }
+        if let Some(addr) = apiserver {
+            self.reconcile_apiserver_endpoints(addr)?;
+        }
+        Ok(())
+    }
+
+    /// The `kubernetes` Service's Endpoints and EndpointSlice, as
+    /// kube-apiserver's endpoint reconciler writes them: one ready address,
+    /// port `https`.
+    fn reconcile_apiserver_endpoints(&self, addr: std::net::SocketAddr) -> Result<(), ApiError> {
+        let ip = addr.ip().to_string();
+        let port = json!({"name": "https", "port": addr.port(), "protocol": "TCP"});
+        let endpoints = json!({
+            "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+            "subsets": [{"addresses": [{"ip": ip}], "ports": [port]}]
+        });
+        let slice = json!({
+            "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+            "addressType": if addr.is_ipv4() { "IPv4" } else { "IPv6" },
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+            "ports": [port]
+        });
+        for (res, wanted, fields) in [
+            (&resources::ENDPOINTS, endpoints, &["subsets"][..]),
+            (
+                &resources::ENDPOINTSLICES,
+                slice,
+                &["addressType", "endpoints", "ports"][..],
+            ),
+        ] {
+            let current = self.store.get(res, "default", "kubernetes")?;
+            let labels_kept = |cur: &Value| {
+                wanted["metadata"]["labels"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .all(|(k, v)| object::label(cur, k) == v.as_str())
+            };
+            match current {
+                None => {
+                    self.create(res, "default", wanted, &WriteOptions::default())?;
+                }
+                Some(cur)
+                    if fields.iter().any(|f| {
+                        cur.get(*f).map(normalized_endpoints)
+                            != wanted.get(*f).map(normalized_endpoints)
+                    }) || !labels_kept(&cur) =>
+                {
+                    tracing::info!(
+                        kind = res.kind,
+                        "restoring the kubernetes Service's endpoints"
+                    );
+                    let mut next = wanted;
+                    next["metadata"]["resourceVersion"] =
+                        json!(object::resource_version(&cur).to_string());
+                    self.update(
+                        res,
+                        "default",
+                        "kubernetes",
+                        None,
+                        next,
+                        &WriteOptions::default(),
+                    )?;
+                }
+                Some(_) => {}
+            }
         }
         Ok(())
     }
@@ -544,7 +650,7 @@ impl Registry {
             let Some(cur) = cur else {
                 return Err(ApiError::not_found(res, name));
             };
-            let patched = patch::apply(res.kind, cur, ty, body)?;
+            let patched = patch::apply(res.kind, cur, ty, body, self.store.limits())?;
             check_type_meta(res, &patched)?;
             if object::name(&patched) != name {
                 return Err(ApiError::bad_request("metadata.name may not be changed by a patch"));
@@ -638,6 +744,13 @@ impl Registry {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Arc<Entry>, ApiError> {
+        if res.kind == "Namespace" && IMMORTAL_NAMESPACES.contains(&name) {
+            return Err(ApiError::forbidden(
+                res,
+                name,
+                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+            ));
+        }
         let removed = self.write(res, ns, name, opts.dry_run, |cur, _ctx| {
             let Some(cur) = cur else {
                 return Err(ApiError::not_found(res, name));

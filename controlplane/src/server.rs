@@ -11,13 +11,11 @@ use tokio::net::TcpListener;
 use crate::api::Api;
 use crate::auth::{TokenAuth, write_kubeconfig};
 use crate::config::ClusterConfig;
+use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::storage::sqlite::SqliteBackend;
-use crate::store::Store;
+use crate::store::{History, Store};
 use crate::tls::Pki;
-
-/// Events kept for watches to resume from; older resource versions get 410.
-pub const DEFAULT_HISTORY: usize = 20_000;
 
 /// Where objects are stored.
 #[derive(Debug, Clone)]
@@ -41,9 +39,16 @@ pub struct Settings {
     pub bind: SocketAddr,
     pub kubeconfig_out: Option<PathBuf>,
     pub cluster: ClusterConfig,
-    pub history: usize,
+    /// Watch events kept for resuming watches; older versions get 410.
+    pub history: History,
+    /// Bounds on stored objects and on writes.
+    pub limits: Limits,
+    /// The address the `kubernetes` Service's endpoints point at.
+    pub advertise_address: Option<std::net::IpAddr>,
     /// Controllers to run (names from [`crate::controllers::ALL`]).
     pub controllers: std::collections::BTreeSet<&'static str>,
+    /// Connection caps and timeouts of the HTTPS front door.
+    pub connections: crate::api::conn::ConnLimits,
 }
 
 /// A running apiserver.
@@ -71,29 +76,40 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .cluster
         .validate()
         .context("invalid cluster settings")?;
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    crate::data_dir::prepare(&settings.data_dir).context("preparing the data dir")?;
     let backend: Box<dyn crate::storage::Backend> = match &settings.storage {
-        Storage::Sqlite => Box::new(
-            SqliteBackend::open(&settings.data_dir.join("state.db"))
-                .context("opening the sqlite store")?,
-        ),
+        Storage::Sqlite => Box::new({
+            let db = settings.data_dir.join("state.db");
+            crate::data_dir::private_file(&db).context("creating the sqlite store")?;
+            SqliteBackend::open(&db).context("opening the sqlite store")?
+        }),
         Storage::Etcd { endpoints, prefix } => Box::new(
             crate::storage::etcd::EtcdBackend::connect(endpoints, prefix)
                 .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?,
         ),
     };
-    let store = Store::open(backend, settings.history).context("loading the object store")?;
+    let store = Store::open(backend, settings.history, settings.limits)
+        .context("loading the object store")?;
+    set_aside_quarantined(&store, &settings.data_dir)?;
     let registry =
         Arc::new(Registry::new(store, settings.cluster.clone()).context("seeding allocators")?);
-    registry
-        .bootstrap()
-        .context("creating the default namespaces and the kubernetes service")?;
-
     let listener = TcpListener::bind(settings.bind)
         .await
         .with_context(|| format!("binding {}", settings.bind))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    // The address pods reach the apiserver at, as kube-apiserver's
+    // --advertise-address: given, or the bound one when that is routable.
+    let endpoint = settings
+        .advertise_address
+        .or_else(|| Some(addr.ip()).filter(|ip| !ip.is_unspecified() && !ip.is_loopback()))
+        .map(|ip| SocketAddr::new(ip, addr.port()));
+    // Stored state can stand in the way (another Service holding the
+    // `kubernetes` Service's address, say): the server still starts, and
+    // the reconciler keeps trying and saying why.
+    if let Err(e) = registry.bootstrap(endpoint) {
+        tracing::error!(error = %e, "creating the system namespaces and the kubernetes service; retrying in the background");
+    }
+    tokio::spawn(reconcile_system_objects(registry.clone(), endpoint));
 
     let pki = Pki::new(&settings.data_dir);
     let mut sans: Vec<String> = vec![
@@ -133,7 +149,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         auth,
         advertise: addr.to_string(),
     });
-    let serve = tokio::spawn(api.serve(listener, tls));
+    let serve = tokio::spawn(api.serve(listener, tls, settings.connections.clone()));
     if matches!(settings.storage, Storage::Etcd { .. }) {
         let reg = registry.clone();
         tokio::spawn(async move {
@@ -167,6 +183,86 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     })
 }
 
+/// How often the system objects are checked even when nothing was
+/// deleted, as kube-apiserver's endpoint reconciler.
+const RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps the system namespaces, the `kubernetes` Service and its endpoints
+/// in place: at once after a write removes one, and every
+/// [`RECONCILE_INTERVAL`] for changes to them.
+async fn reconcile_system_objects(registry: Arc<Registry>, endpoint: Option<SocketAddr>) {
+    let mut changes = registry.store.subscribe();
+    let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
+    loop {
+        let periodic = tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                false
+            }
+            _ = tick.tick() => true,
+        };
+        let missing = || -> bool {
+            let store = &registry.store;
+            let gone = |res, ns, name| !matches!(store.entry(res, ns, name), Ok(Some(_)));
+            ["default", "kube-system", "kube-public", "kube-node-lease"]
+                .iter()
+                .any(|ns| gone(&crate::resources::NAMESPACES, "", ns))
+                || gone(&crate::resources::SERVICES, "default", "kubernetes")
+                || (endpoint.is_some()
+                    && (gone(&crate::resources::ENDPOINTS, "default", "kubernetes")
+                        || gone(&crate::resources::ENDPOINTSLICES, "default", "kubernetes")))
+        };
+        if !periodic && !missing() {
+            continue;
+        }
+        let reg = registry.clone();
+        match tokio::task::spawn_blocking(move || reg.bootstrap(endpoint)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "restoring the system namespaces and the kubernetes service")
+            }
+            Err(e) => tracing::warn!(error = %e, "the system object reconciler failed"),
+        }
+        // A burst of writes is one check, not one per write.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Saves each object the loader could not serve under
+/// `<data-dir>/quarantine/` and removes it from the store, with an error
+/// naming both, so the server starts with everything else.
+fn set_aside_quarantined(store: &Store, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    if store.quarantined().is_empty() {
+        return Ok(());
+    }
+    let dir = data_dir.join("quarantine");
+    crate::data_dir::prepare(&dir)?;
+    for q in store.quarantined() {
+        let file: String = q
+            .key
+            .trim_start_matches('/')
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = dir.join(format!("{file}@{}.json", q.revision));
+        crate::data_dir::private_file(&path)?;
+        std::fs::write(&path, &q.value).with_context(|| format!("saving {}", path.display()))?;
+        store
+            .drop_quarantined(&q.key)
+            .with_context(|| format!("removing quarantined {} from the store", q.key))?;
+        tracing::error!(key = %q.key, reason = %q.reason, saved = %path.display(), "QUARANTINED a stored object that cannot be served; it was removed from the store and its last bytes saved");
+    }
+    Ok(())
+}
+
 /// Writes a kubeconfig for `user` (a node: `system:node:NAME`), creating
 /// its token when missing.
 pub fn node_kubeconfig(
@@ -175,6 +271,8 @@ pub fn node_kubeconfig(
     user: &str,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
+    crate::auth::validate_user_name(user).context("invalid --user")?;
+    crate::data_dir::prepare(data_dir).context("preparing the data dir")?;
     let auth = TokenAuth::open(data_dir).context("opening the token file")?;
     let token = auth
         .token_for(user, &["system:nodes"])

@@ -22,6 +22,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::error::ApiError;
+use crate::limits::Limits;
 use crate::object;
 use crate::resources::{RESOURCES, Resource};
 use crate::selector::Attrs;
@@ -103,11 +104,6 @@ pub enum StoreError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("stored object {key} is not valid JSON: {source}")]
-    Corrupt {
-        key: String,
-        source: serde_json::Error,
-    },
 }
 
 impl From<StoreError> for ApiError {
@@ -128,8 +124,40 @@ struct Cache {
     /// an empty namespace.
     objects: HashMap<&'static str, Objects>,
     history: VecDeque<Arc<Event>>,
+    /// What `history` holds, by [`Event::cost`].
+    history_bytes: usize,
     /// Highest revision no longer in `history`: a watch must start after it.
     compacted: u64,
+}
+
+/// How much watch history the store keeps: events beyond either bound are
+/// compacted, and watchers still behind them get 410 and relist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct History {
+    /// `--watch-history`: events.
+    pub events: usize,
+    /// `--watch-history-bytes`: bytes of the events' objects.
+    pub bytes: usize,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self {
+            events: 20_000,
+            bytes: crate::limits::DEFAULT_HISTORY_BYTES,
+        }
+    }
+}
+
+/// A stored object the loader could not take: it is kept out of the cache
+/// (so it cannot stop the server, a list or a watch) and handed to the
+/// caller to set aside.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub key: String,
+    pub revision: u64,
+    pub reason: String,
+    pub value: Vec<u8>,
 }
 
 /// Locks are recovered after a panic elsewhere: the cache changes only in
@@ -139,7 +167,9 @@ pub struct Store {
     backend: Box<dyn Backend>,
     cache: RwLock<Cache>,
     writer: Mutex<()>,
-    history_limit: usize,
+    history: History,
+    limits: Limits,
+    quarantined: Vec<Quarantined>,
     revision_tx: watch::Sender<u64>,
 }
 
@@ -193,25 +223,69 @@ fn object_of(line: &Bytes, kind: &str) -> Bytes {
     line.slice(start..line.len().saturating_sub(2).max(start))
 }
 
+impl Event {
+    /// Bytes this event keeps alive: its line, and the earlier state it
+    /// holds (whose buffer is another event's line, or was).
+    fn cost(&self) -> usize {
+        self.line.len() + self.previous.as_ref().map_or(0, |p| p.json.len())
+    }
+}
+
+/// Why a stored object cannot be served, if it cannot: it does not parse,
+/// or nests deeper than readers accept.
+fn unreadable(stored: &[u8], limits: &Limits) -> Result<Value, String> {
+    let value: Value =
+        serde_json::from_slice(stored).map_err(|e| format!("not valid JSON: {e}"))?;
+    let depth = crate::limits::shape(&value).depth;
+    if depth > limits.max_depth {
+        return Err(format!(
+            "nests {depth} levels, more than the limit of {} (--max-object-depth)",
+            limits.max_depth
+        ));
+    }
+    if !value.is_object() {
+        return Err("not a JSON object".into());
+    }
+    Ok(value)
+}
+
 impl Store {
-    /// Loads everything from `backend` into the cache.
-    pub fn open(backend: Box<dyn Backend>, history_limit: usize) -> Result<Self, StoreError> {
+    /// Loads everything from `backend` into the cache. An object that cannot
+    /// be served is left out and listed in [`Store::quarantined`]: one bad
+    /// object must not stop the whole server.
+    pub fn open(
+        backend: Box<dyn Backend>,
+        history: History,
+        limits: Limits,
+    ) -> Result<Self, StoreError> {
         let snapshot = backend.load()?;
         let mut cache = Cache {
             revision: snapshot.revision,
             compacted: snapshot.revision,
             ..Default::default()
         };
+        let mut quarantined = Vec::new();
         for stored in snapshot.objects {
             let Some((res, ns, name)) = resource_for_key(&stored.key) else {
                 tracing::warn!(key = %stored.key, "skipping stored object of an unknown kind");
                 continue;
             };
-            let mut value: Value =
-                serde_json::from_slice(&stored.value).map_err(|source| StoreError::Corrupt {
-                    key: stored.key.clone(),
-                    source,
-                })?;
+            let mut value = match unreadable(&stored.value, &limits) {
+                Ok(v) => v,
+                Err(reason) => {
+                    tracing::error!(key = %stored.key, revision = stored.revision, %reason, "stored object cannot be served: quarantining it");
+                    quarantined.push(Quarantined {
+                        key: stored.key,
+                        revision: stored.revision,
+                        reason,
+                        value: stored.value,
+                    });
+                    continue;
+                }
+            };
+            if stored.value.len() > limits.max_object_bytes {
+                tracing::warn!(key = %stored.key, bytes = stored.value.len(), limit = limits.max_object_bytes, "stored object is larger than --max-object-size-bytes: it is served, but a write that keeps it this large will be refused");
+            }
             object::set_resource_version(&mut value, stored.revision);
             cache
                 .objects
@@ -224,9 +298,35 @@ impl Store {
             backend,
             cache: RwLock::new(cache),
             writer: Mutex::new(()),
-            history_limit,
+            history,
+            limits,
+            quarantined,
             revision_tx,
         })
+    }
+
+    /// The bounds writes are held to.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Objects the loader left out, for the caller to set aside with
+    /// [`Store::drop_quarantined`].
+    pub fn quarantined(&self) -> &[Quarantined] {
+        &self.quarantined
+    }
+
+    /// Removes a quarantined object from the backend once it is saved
+    /// elsewhere, so it does not come back at every start.
+    pub fn drop_quarantined(&self, key: &str) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let revision = self.backend.commit(&Write::Delete { key: key.into() })?;
+        self.cache
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .revision = revision;
+        self.revision_tx.send_replace(revision);
+        Ok(())
     }
 
     pub fn revision(&self) -> u64 {
@@ -343,8 +443,11 @@ impl Store {
             Mutation::Keep => return Ok(current_entry),
             Mutation::Put(mut value) => {
                 object::clear_resource_version(&mut value);
+                // Nothing is stored that a reader could not read back.
+                self.limits.check_depth(res, &value)?;
                 let bytes =
                     serde_json::to_vec(&value).map_err(|e| ApiError::internal(e.to_string()))?;
+                self.limits.check_size(res, name, bytes.len())?;
                 (Write::Put { key, value: bytes }, Some(value))
             }
             Mutation::Delete => {
@@ -406,11 +509,16 @@ impl Store {
                 }
             }
             cache.revision = revision;
+            cache.history_bytes += event.cost();
             cache.history.push_back(event);
-            while cache.history.len() > self.history_limit {
-                if let Some(old) = cache.history.pop_front() {
-                    cache.compacted = old.revision;
-                }
+            while cache.history.len() > self.history.events
+                || cache.history_bytes > self.history.bytes
+            {
+                let Some(old) = cache.history.pop_front() else {
+                    break;
+                };
+                cache.history_bytes = cache.history_bytes.saturating_sub(old.cost());
+                cache.compacted = old.revision;
             }
         }
         self.revision_tx.send_replace(revision);
@@ -460,7 +568,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let backend =
             crate::storage::sqlite::SqliteBackend::open(&dir.path().join("s.db")).expect("open");
-        let store = Store::open(Box::new(backend), 10).expect("store");
+        let history = History {
+            events: 10,
+            ..History::default()
+        };
+        let store = Store::open(Box::new(backend), history, Limits::default()).expect("store");
         let res = &crate::resources::CONFIGMAPS;
         let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "d", "labels": {"x": "y"}}});
         let e = store

@@ -84,10 +84,15 @@ impl Pki {
     /// (DNS names and IPs) is signed by it; reuses what is already there.
     pub fn ensure(&self, sans: &[String]) -> Result<(), TlsError> {
         if let Some(dir) = self.ca_cert.parent() {
-            fs::create_dir_all(dir).map_err(|source| TlsError::Io {
-                path: dir.into(),
-                source,
-            })?;
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(crate::data_dir::DIR_MODE)
+                .create(dir)
+                .map_err(|source| TlsError::Io {
+                    path: dir.into(),
+                    source,
+                })?;
         }
         if !self.ca_cert.exists() || !self.ca_key.exists() {
             let mut params = CertificateParams::new(Vec::<String>::new())?;

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use ferry_daemon::http::HttpLimits;
+use ferry_daemon::watch::{DecodeErrors, Decoded};
 use ferry_dataplane::bpf::{self, Layout, MapSizes};
 use ferry_dataplane::conntrack::Timeouts;
 use ferry_dataplane::devices;
@@ -80,6 +82,15 @@ struct Cli {
     /// metrics port); empty to turn them off.
     #[arg(long, default_value = "127.0.0.1:10249")]
     metrics_bind_address: String,
+    /// Seconds a metrics client has to send a request head.
+    #[arg(long, default_value_t = HttpLimits::default().header_timeout.as_secs())]
+    metrics_header_timeout: u64,
+    /// Seconds a metrics connection may move nothing before it is closed.
+    #[arg(long, default_value_t = HttpLimits::default().idle_timeout.as_secs())]
+    metrics_idle_timeout: u64,
+    /// Metrics connections open at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = HttpLimits::default().max_connections)]
+    metrics_max_connections: usize,
     /// Idle TCP flows are forgotten after this many seconds.
     #[arg(long, default_value_t = Timeouts::default().tcp.as_secs())]
     conntrack_tcp_timeout: u64,
@@ -212,8 +223,17 @@ async fn main() -> anyhow::Result<()> {
         !cli.node_name.is_empty(),
         "--node-name (or NODE_NAME) is required"
     );
+    anyhow::ensure!(
+        cli.metrics_header_timeout > 0 && cli.metrics_idle_timeout > 0,
+        "--metrics-header-timeout and --metrics-idle-timeout must be at least 1 second"
+    );
+    match ferry_daemon::raise_nofile_limit() {
+        Ok(limit) => tracing::debug!(open_files = ?limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "raising the open-file limit"),
+    }
     let client = client(cli.kubeconfig.as_ref()).await?;
-    let routes = routes(&cli, mode, client.clone());
+    let metrics = Arc::new(Metrics::new());
+    let routes = routes(&cli, mode, client.clone(), metrics.decode_errors.clone());
     let services = async {
         if cli.no_service_proxy {
             return std::future::pending().await;
@@ -257,15 +277,20 @@ async fn main() -> anyhow::Result<()> {
             "service load balancing attached"
         );
         let programmer = Programmer::new(maps, sizes.stats).context("reading the pinned maps")?;
-        let metrics = Arc::new(Metrics::new());
         if !cli.metrics_bind_address.is_empty() {
             let addr: SocketAddr = cli
                 .metrics_bind_address
                 .parse()
                 .context("--metrics-bind-address must be ADDRESS:PORT")?;
             let m = metrics.clone();
+            let limits = HttpLimits {
+                header_timeout: Duration::from_secs(cli.metrics_header_timeout),
+                idle_timeout: Duration::from_secs(cli.metrics_idle_timeout),
+                max_connections: cli.metrics_max_connections,
+                ..HttpLimits::default()
+            };
             tokio::spawn(async move {
-                if let Err(e) = metrics::serve(addr, m).await {
+                if let Err(e) = metrics::serve(addr, m, limits).await {
                     tracing::error!(error = %e, "metrics server stopped");
                 }
             });
@@ -295,7 +320,7 @@ async fn main() -> anyhow::Result<()> {
             sizes,
             cgroup_root: layout.cgroup_root.clone(),
         };
-        proxy::run(client.clone(), settings, programmer, metrics).await
+        proxy::run(client.clone(), settings, programmer, metrics.clone()).await
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -327,13 +352,19 @@ fn router(mode: Option<Mode>) -> anyhow::Result<Router> {
 }
 
 /// Keeps the routes to the other nodes' pod CIDRs; never returns unless the
-/// Node watch ends.
-async fn routes(cli: &Cli, mode: Option<Mode>, client: Client) -> anyhow::Result<()> {
+/// Node watch ends. A Node that does not decode is logged, counted, and
+/// treated as absent (its routes go), never a reason to stop syncing.
+async fn routes(
+    cli: &Cli,
+    mode: Option<Mode>,
+    client: Client,
+    decode_errors: DecodeErrors,
+) -> anyhow::Result<()> {
     let Some(mode) = mode else {
         return std::future::pending().await;
     };
     let router = router(Some(mode))?;
-    let nodes: Api<Node> = Api::all(client);
+    let nodes: Api<Decoded<Node>> = Api::all(client);
     let (reader, writer) = reflector::store();
     let mut events = reflector(writer, watcher(nodes, watcher::Config::default()))
         .default_backoff()
@@ -344,9 +375,14 @@ async fn routes(cli: &Cli, mode: Option<Mode>, client: Client) -> anyhow::Result
     let (changed_tx, mut changed) = tokio::sync::mpsc::channel::<()>(1);
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {
-            if let Err(e) = ev {
-                tracing::warn!(error = %e, "node watch error");
-                continue;
+            match ev {
+                Err(e) => {
+                    tracing::warn!(error = %e, "node watch error");
+                    continue;
+                }
+                Ok(node) => {
+                    decode_errors.observe("Node", &node);
+                }
             }
             let _ = changed_tx.try_send(());
         }
@@ -360,7 +396,10 @@ async fn routes(cli: &Cli, mode: Option<Mode>, client: Client) -> anyhow::Result
         let infos: Vec<NodeInfo> = reader
             .state()
             .iter()
-            .map(|n| NodeInfo::from_node(n))
+            .filter_map(|n| match n.as_ref() {
+                Decoded::Ok(node) => Some(NodeInfo::from_node(node)),
+                Decoded::Bad { .. } => None,
+            })
             .collect();
         match infos.iter().find(|n| n.name == cli.node_name) {
             None => tracing::warn!(node = %cli.node_name, "this node has no Node object yet"),

@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ferry_daemon::http::HttpLimits;
+use ferry_daemon::watch::DecodeErrors;
 use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -51,6 +50,8 @@ pub struct Metrics {
     pub map_entries: Family<MapLabels, Gauge>,
     pub map_capacity: Family<MapLabels, Gauge>,
     pub flows_expired: Counter,
+    /// Objects from the API skipped because they did not decode.
+    pub decode_errors: DecodeErrors,
     ready: AtomicBool,
     /// Unix seconds of the proxy loop's last pass, for `/healthz`.
     heartbeat: AtomicU64,
@@ -147,7 +148,10 @@ impl Metrics {
             "Conntrack entries removed for idleness",
             flows_expired.clone(),
         );
+        let decode_errors = DecodeErrors::default();
+        decode_errors.register(&mut registry);
         Self {
+            decode_errors,
             registry,
             sync_duration,
             programming_latency,
@@ -260,33 +264,26 @@ async fn route(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
     }
 }
 
-/// Serves the endpoints on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+/// Serves the endpoints on `addr` under `limits` until the process ends.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    limits: HttpLimits,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the metrics address {addr}"))?;
     tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a metrics connection");
-                continue;
-            }
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&metrics, req.uri().path()).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics connection ended");
-            }
-        });
-    }
+    ferry_daemon::http::serve(
+        listener,
+        "metrics",
+        limits,
+        move |req: Request<Incoming>| {
+            let metrics = metrics.clone();
+            async move { route(&metrics, req.uri().path()).await }
+        },
+    )
+    .await;
+    Ok(())
 }

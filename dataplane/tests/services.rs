@@ -12,10 +12,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{ControlPlane, binary, ferry_cni, node_object, start_agent};
+use common::{ControlPlane, binary, ferry_cni, node_object, start_agent, start_agent_under};
 use ferry_testbed::{
     AgentHooks, NETEXEC_HTTP_PORT, NETEXEC_UDP_PORT, Netns, Pod, Process, UNDERLAY_IF, World,
-    skip_if_not_root, start_netexec,
+    pressure, skip_if_not_root, start_netexec, store_spoiled_copy,
 };
 use serde_json::{Value, json};
 
@@ -978,4 +978,147 @@ fn external_traffic_through_tc() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(c.inspect("conntrack").lines().any(|l| l.starts_with("TCP")));
+}
+
+/// The agent's metrics server against hostile clients: a partial request
+/// head is cut off at the header timeout, and out of descriptors its accept
+/// loop backs off (bounded CPU and log lines) instead of spinning, and
+/// serves again once the clients go.
+#[test]
+fn metrics_server_survives_emfile_and_slow_clients() {
+    if skip_if_not_root() {
+        return;
+    }
+    let world = World::builder()
+        .nodes(1)
+        .pods_per_node(0)
+        .cni(ferry_cni())
+        .build()
+        .expect("world");
+    let c = Cluster::with_world(world, &[]);
+    let mut args = c.agent_args();
+    args.extend(
+        [
+            "--metrics-header-timeout",
+            "1",
+            "--metrics-max-connections",
+            "1000",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let node = c.world.node(0);
+    let mut agent = start_agent_under(&c.cp, node, &["prlimit", "--nofile=160:160"], &args);
+    agent
+        .wait_for_output("service maps in sync", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("agent not in sync: {e}\n{}", agent.output()));
+    let metrics_addr: SocketAddr = "127.0.0.1:10249".parse().expect("addr");
+    let get = |path: &str| {
+        node.netns
+            .in_netns(|| ferry_testbed::http_get_full(metrics_addr, path, Duration::from_secs(2)))
+            .expect("netns")
+    };
+    assert_eq!(get("/readyz").expect("readyz").0, 200);
+
+    // Slowloris: half a head, then nothing.
+    let closed = node
+        .netns
+        .in_netns(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(metrics_addr).expect("connect");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                .expect("write");
+            s.set_read_timeout(Some(Duration::from_secs(8)))
+                .expect("timeout");
+            let started = Instant::now();
+            let mut buf = [0u8; 512];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => return Some(started.elapsed()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                        return Some(started.elapsed());
+                    }
+                    Err(_) => return None,
+                }
+            }
+        })
+        .expect("netns");
+    let after = closed.expect("a partial head was not cut off in 8 s");
+    assert!(after < Duration::from_secs(4), "cut off after {after:?}");
+
+    // EMFILE: connections opened for as long as the window lasts (the 1 s
+    // header timeout frees some every second).
+    let flood = pressure::Flood::start(&node.netns, vec![metrics_addr], 3000);
+    std::thread::sleep(Duration::from_millis(1000));
+    let (cpu, log) = pressure::cost_over(&agent, Duration::from_secs(3));
+    let lines = log.lines().count();
+    let failures = pressure::accept_failures(&log);
+    eprintln!(
+        "at EMFILE for 3 s: {cpu:.2} CPU-seconds, {lines} log lines, {failures} about accepts"
+    );
+    assert!(
+        failures >= 2 && log.contains("Too many open files"),
+        "not at EMFILE throughout the window:\n{log}\nall:\n{}",
+        agent.output()
+    );
+    // The bug burnt ~3 CPU-seconds and 1.2 million log lines here.
+    assert!(cpu < 0.5, "{cpu:.2} CPU-seconds in 3 s at EMFILE");
+    assert!(lines <= 6, "{lines} log lines in 3 s at EMFILE:\n{log}");
+    flood.end();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !get("/healthz").is_ok_and(|r| r.0 == 200) {
+        assert!(Instant::now() < deadline, "metrics not served after EMFILE");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A stored Service kube-rs cannot decode (a field of the wrong type) does
+/// not keep the proxy from syncing: it is skipped, counted, and every
+/// other Service is balanced.
+#[test]
+fn an_undecodable_service_does_not_stop_the_proxy() {
+    if skip_if_not_root() {
+        return;
+    }
+    let world = World::builder()
+        .nodes(1)
+        .pods_per_node(BACKENDS + 1)
+        .cni(ferry_cni())
+        .build()
+        .expect("world");
+    let mut c = Cluster::with_world(world, &[]);
+    for i in 0..BACKENDS {
+        c.add_pod(0, i, "web");
+    }
+    let ips = c.service("web", "web", json!({}));
+    c.cp.restart_with(|dir| {
+        store_spoiled_copy(dir, "services", "default", "web", "broken", |o| {
+            o["spec"]["clusterIP"] = json!(5)
+        });
+    });
+    let c = c.started();
+    let addr = SocketAddr::new(vip(&ips, false), 80);
+    c.wait_backends(addr, "TCP", BACKENDS);
+    let lines = c.probe(&c.client().netns, addr, &["--count", "20"]);
+    assert!(replies(&lines).len() >= 2, "not balanced: {lines:#?}");
+    let metrics_addr: SocketAddr = "127.0.0.1:10249".parse().expect("addr");
+    let get = |path: &str| {
+        c.world
+            .node(0)
+            .netns
+            .in_netns(|| ferry_testbed::http_get_full(metrics_addr, path, Duration::from_secs(2)))
+            .expect("netns")
+            .expect("metrics endpoint")
+    };
+    assert_eq!(get("/readyz").0, 200);
+    let (_, text) = get("/metrics");
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("ferry_watch_decode_errors_total{kind=\"Service\"} ")
+                && !l.ends_with(" 0")
+        ),
+        "decode error not counted:\n{text}"
+    );
+    assert!(c.agent_output().contains("cannot be decoded"));
 }

@@ -39,6 +39,11 @@ pub struct File {
     pub namespaces: Option<Vec<String>>,
     pub listen: Option<Vec<String>>,
     pub metrics_listen: Option<String>,
+    pub max_concurrent: Option<usize>,
+    pub tcp_idle_timeout: Option<u64>,
+    pub tcp_max_connections: Option<usize>,
+    pub http_header_timeout: Option<u64>,
+    pub http_max_connections: Option<usize>,
 }
 
 /// The same settings as flags; a flag wins over the file.
@@ -75,6 +80,25 @@ pub struct Flags {
     /// Address of /health, /ready and /metrics [default: 0.0.0.0:9153].
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Queries forwarded upstream at once; beyond it, REFUSED at once
+    /// (CoreDNS's `max_concurrent`) [default: 1000].
+    #[arg(long)]
+    pub max_concurrent: Option<usize>,
+    /// A DNS-over-TCP client must send each query (and read each answer)
+    /// within this many seconds [default: 10].
+    #[arg(long)]
+    pub tcp_idle_timeout: Option<u64>,
+    /// DNS-over-TCP connections open at once; beyond it new ones wait in the
+    /// listen backlog [default: 256].
+    #[arg(long)]
+    pub tcp_max_connections: Option<usize>,
+    /// Seconds an HTTP client has to send a request head (/health, /ready,
+    /// /metrics) [default: 10].
+    #[arg(long)]
+    pub http_header_timeout: Option<u64>,
+    /// HTTP connections open at once [default: 64].
+    #[arg(long)]
+    pub http_max_connections: Option<usize>,
 }
 
 /// Validated settings.
@@ -91,6 +115,13 @@ pub struct Settings {
     pub namespaces: Option<BTreeSet<String>>,
     pub listen: Vec<SocketAddr>,
     pub metrics_listen: SocketAddr,
+    /// Queries forwarded at once.
+    pub max_concurrent: usize,
+    /// Per query (and answer) on a DNS-over-TCP connection.
+    pub tcp_idle_timeout: Duration,
+    pub tcp_max_connections: usize,
+    pub http_header_timeout: Duration,
+    pub http_max_connections: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,7 +263,54 @@ impl Settings {
                 format!("{cache_ttl} is not between 1 and 86400 seconds"),
             ));
         }
+        let max_concurrent = within(
+            "max-concurrent",
+            flags.max_concurrent.or(file.max_concurrent).unwrap_or(1000),
+            1,
+            100_000,
+        )?;
+        let tcp_idle_timeout = within(
+            "tcp-idle-timeout",
+            flags
+                .tcp_idle_timeout
+                .or(file.tcp_idle_timeout)
+                .unwrap_or(10),
+            1,
+            300,
+        )?;
+        let tcp_max_connections = within(
+            "tcp-max-connections",
+            flags
+                .tcp_max_connections
+                .or(file.tcp_max_connections)
+                .unwrap_or(256),
+            1,
+            65_536,
+        )?;
+        let http_header_timeout = within(
+            "http-header-timeout",
+            flags
+                .http_header_timeout
+                .or(file.http_header_timeout)
+                .unwrap_or(10),
+            1,
+            300,
+        )?;
+        let http_max_connections = within(
+            "http-max-connections",
+            flags
+                .http_max_connections
+                .or(file.http_max_connections)
+                .unwrap_or(64),
+            1,
+            4096,
+        )?;
         Ok(Self {
+            max_concurrent,
+            tcp_idle_timeout: Duration::from_secs(tcp_idle_timeout),
+            tcp_max_connections,
+            http_header_timeout: Duration::from_secs(http_header_timeout),
+            http_max_connections,
             zone,
             ttl,
             pods: flags.pods.or(file.pods).unwrap_or_default(),
@@ -244,6 +322,22 @@ impl Settings {
             metrics_listen,
         })
     }
+}
+
+/// `value` if it lies in `min..=max`, else an error naming `setting`.
+fn within<T: PartialOrd + std::fmt::Display + Copy>(
+    setting: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(
+            setting,
+            format!("{value} is not between {min} and {max}"),
+        ));
+    }
+    Ok(value)
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -355,6 +449,11 @@ mod tests {
             (r#"listen = ["1.2.3.4:99999"]"#, "`listen`"),
             (r#"namespaces = ["Bad_NS"]"#, "`namespaces`"),
             ("cache-ttl = 0", "`cache-ttl`"),
+            ("max-concurrent = 0", "`max-concurrent`"),
+            ("tcp-idle-timeout = 0", "`tcp-idle-timeout`"),
+            ("tcp-max-connections = 0", "`tcp-max-connections`"),
+            ("http-header-timeout = 301", "`http-header-timeout`"),
+            ("http-max-connections = 0", "`http-max-connections`"),
         ];
         for (text, setting) in cases {
             let file = File::parse(text).expect(text);
@@ -365,6 +464,26 @@ mod tests {
         assert!(err.to_string().contains("tll"), "{err}");
         let err = File::parse(r#"pods = "sometimes""#).expect_err("bad mode");
         assert!(err.to_string().contains("sometimes"), "{err}");
+    }
+
+    #[test]
+    fn limits_default_and_come_from_the_file_or_flags() {
+        let s = Settings::resolve(File::default(), flags()).expect("settings");
+        assert_eq!(s.max_concurrent, 1000);
+        assert_eq!(s.tcp_idle_timeout, Duration::from_secs(10));
+        assert_eq!(s.tcp_max_connections, 256);
+        assert_eq!(s.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(s.http_max_connections, 64);
+        let file = File::parse("max-concurrent = 50\ntcp-max-connections = 9").expect("file");
+        let s = Settings::resolve(
+            file,
+            Flags {
+                max_concurrent: Some(7),
+                ..flags()
+            },
+        )
+        .expect("settings");
+        assert_eq!((s.max_concurrent, s.tcp_max_connections), (7, 9));
     }
 
     #[test]

@@ -14,6 +14,13 @@
 //!   answers live for their smallest TTL, NXDOMAIN/NODATA for the SOA's
 //!   negative TTL, each capped by the settings. Unlike CoreDNS there is no
 //!   minimum TTL, prefetch or serve-stale.
+//! - At most `max_concurrent` questions are upstream at once (CoreDNS's
+//!   `max_concurrent`); one more is refused at once
+//!   ([`ForwardError::Overloaded`], which the server answers REFUSED) and
+//!   counted in `coredns_forward_max_concurrent_rejects_total`. Each question
+//!   upstream holds one socket at a time, so the sockets the forwarder opens
+//!   are bounded by the same number, whatever the upstreams do. Cache hits
+//!   and the cluster zone never wait for it.
 //! - Loop detection: [`Forwarder::probe_for_loops`] queries each upstream for
 //!   a random probe name; the server reports incoming queries for that name
 //!   through [`Forwarder::is_probe`], and more than two sightings mean an
@@ -29,13 +36,15 @@ mod upstream;
 mod tests;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferry_daemon::logging::LogLimit;
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{LowerName, RecordType};
 use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
 use tracing::{debug, error, info, warn};
 
 use self::cache::{Cache, CacheKey, EntryKind};
@@ -67,6 +76,8 @@ pub struct ForwardSettings {
     pub server: String,
     /// The metric label `zones` of the cache metrics.
     pub zone: String,
+    /// Questions upstream at once; more are refused.
+    pub max_concurrent: usize,
 }
 
 impl Default for ForwardSettings {
@@ -80,6 +91,7 @@ impl Default for ForwardSettings {
             cache_max_denial_ttl: Duration::from_secs(30),
             server: "dns://:53".to_owned(),
             zone: ".".to_owned(),
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
         }
     }
 }
@@ -95,7 +107,12 @@ pub enum ForwardError {
     Looped,
     #[error("the query cannot be forwarded: {0}")]
     Malformed(String),
+    #[error("{0} queries are already upstream")]
+    Overloaded(usize),
 }
+
+/// CoreDNS's recommended `max_concurrent`.
+pub const DEFAULT_MAX_CONCURRENT: usize = 1000;
 
 /// The header bits of the client's query that matter upstream.
 #[derive(Clone, Copy, Debug, Default)]
@@ -113,6 +130,9 @@ pub struct Forwarder {
     metrics: ForwardMetrics,
     probes: Probes,
     looped: AtomicBool,
+    /// One permit per question upstream.
+    upstream_slots: Semaphore,
+    failures_log: Mutex<LogLimit>,
 }
 
 impl Forwarder {
@@ -127,11 +147,15 @@ impl Forwarder {
         );
         let probes = Probes::new(&settings.upstreams);
         Self {
-            settings,
             cache,
             metrics,
+            upstream_slots: Semaphore::new(
+                settings.max_concurrent.clamp(1, Semaphore::MAX_PERMITS),
+            ),
             probes,
             looped: AtomicBool::new(false),
+            failures_log: Mutex::new(LogLimit::new(Duration::from_secs(1))),
+            settings,
         }
     }
 
@@ -158,6 +182,10 @@ impl Forwarder {
             self.metrics.cache_miss();
         }
 
+        let Ok(_slot) = self.upstream_slots.try_acquire() else {
+            self.metrics.max_concurrent_reject();
+            return Err(ForwardError::Overloaded(self.settings.max_concurrent));
+        };
         let mut last_error = String::new();
         let mut last_failure_response = None;
         for &upstream in &self.settings.upstreams {
@@ -190,7 +218,15 @@ impl Forwarder {
             };
             return Ok(with_question(response, query));
         }
-        warn!(name = %query.name, qtype = %query.query_type, upstreams = ?self.settings.upstreams, last_error = %last_error, "every upstream failed");
+        // Once a second at most: a dead upstream fails every query.
+        let due = self
+            .failures_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .due(Instant::now());
+        if let Some(suppressed) = due {
+            warn!(name = %query.name, qtype = %query.query_type, upstreams = ?self.settings.upstreams, last_error = %last_error, suppressed, "every upstream failed");
+        }
         match last_failure_response {
             Some(response) => Ok(with_question(clean(response, flags), query)),
             None => Err(ForwardError::AllFailed { last: last_error }),

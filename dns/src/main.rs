@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use ferry_daemon::http::HttpLimits;
 use ferry_dns::answer::Zone;
 use ferry_dns::config::{File, Flags, PodsMode, Settings};
 use ferry_dns::forward::{ForwardSettings, Forwarder};
 use ferry_dns::metrics::{self, DnsMetrics, Endpoints};
 use ferry_dns::server::Handler;
+use ferry_dns::tcp::{self, TcpLimits};
 use ferry_dns::watch::{self, Shared};
 use kube::Client;
 use prometheus_client::registry::Registry;
@@ -33,9 +35,6 @@ struct Cli {
     flags: Flags,
 }
 
-/// How long a TCP client may stay idle between queries.
-const TCP_IDLE: Duration = Duration::from_secs(10);
-
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -51,6 +50,12 @@ fn main() -> anyhow::Result<()> {
         None => File::default(),
     };
     let settings = Settings::resolve(file, cli.flags)?;
+    // Every query upstream holds a socket: make room for max-concurrent of
+    // them beside the connections, as Go's runtime does for CoreDNS.
+    match ferry_daemon::raise_nofile_limit() {
+        Ok(limit) => info!(open_files = ?limit, "open-file limit"),
+        Err(error) => warn!(%error, "raising the open-file limit"),
+    }
     let mut runtime = match cli.workers {
         Some(0) => anyhow::bail!("--workers must be at least 1"),
         // One thread: tokio's single-threaded scheduler, which wakes and
@@ -102,10 +107,12 @@ async fn run(kubeconfig: Option<PathBuf>, settings: Settings) -> anyhow::Result<
         cache_max_denial_ttl: settings.cache_ttl,
         server: server_label.clone(),
         zone: ".".into(),
+        max_concurrent: settings.max_concurrent,
     }));
     let mut registry = Registry::default();
     let dns_metrics = Arc::new(DnsMetrics::register(&mut registry, server_label));
     forwarder.register_metrics(&mut registry);
+    shared.decode_errors.register(&mut registry);
     let nameserver_ips = settings
         .listen
         .iter()
@@ -127,6 +134,13 @@ async fn run(kubeconfig: Option<PathBuf>, settings: Settings) -> anyhow::Result<
         forwarder: forwarder.clone(),
         metrics: dns_metrics,
     };
+    let tcp_handler = Arc::new(handler.clone());
+    let tcp_limits = TcpLimits {
+        idle: settings.tcp_idle_timeout,
+        max_connections: settings.tcp_max_connections,
+    };
+    // UDP through hickory-server; TCP through our own accept loop (see
+    // `ferry_dns::tcp`).
     let mut server = hickory_server::Server::new(handler);
     for addr in &settings.listen {
         let udp = tokio::net::UdpSocket::bind(addr)
@@ -136,7 +150,7 @@ async fn run(kubeconfig: Option<PathBuf>, settings: Settings) -> anyhow::Result<
             .await
             .with_context(|| format!("listening on tcp {addr}"))?;
         server.register_socket(udp);
-        server.register_listener(tcp, TCP_IDLE, 64);
+        tokio::spawn(tcp::serve(tcp, tcp_handler.clone(), tcp_limits));
     }
     let http = tokio::net::TcpListener::bind(settings.metrics_listen)
         .await
@@ -146,7 +160,12 @@ async fn run(kubeconfig: Option<PathBuf>, settings: Settings) -> anyhow::Result<
         registry,
         ready: Box::new(move || ready_state.synced()),
     });
-    tokio::spawn(metrics::serve(http, endpoints));
+    let http_limits = HttpLimits {
+        header_timeout: settings.http_header_timeout,
+        max_connections: settings.http_max_connections,
+        ..HttpLimits::default()
+    };
+    tokio::spawn(metrics::serve(http, endpoints, http_limits));
     tokio::spawn(watch::run(client, shared.clone()));
     if !settings.upstreams.is_empty() {
         tokio::spawn(forwarder.clone().probe_for_loops());

@@ -10,12 +10,10 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
+use ferry_daemon::http::text;
 use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -23,7 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tracing::{debug, warn};
+use tracing::warn;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -350,12 +348,6 @@ impl std::fmt::Debug for Endpoints {
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r
-}
-
 fn respond(endpoints: &Endpoints, path: &str) -> Response<Full<Bytes>> {
     match path {
         "/health" => text(StatusCode::OK, "OK"),
@@ -389,29 +381,21 @@ fn respond(endpoints: &Endpoints, path: &str) -> Response<Full<Bytes>> {
     }
 }
 
-/// Serves the endpoints on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, endpoints: Arc<Endpoints>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(error) => {
-                warn!(%error, "accepting a metrics connection");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let endpoints = endpoints.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let response = respond(&endpoints, req.uri().path());
-                async move { Ok::<_, std::convert::Infallible>(response) }
-            });
-            if let Err(error) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, %error, "metrics connection ended");
-            }
-        });
-    }
+/// Serves the endpoints on `listener` under `limits` until the process
+/// ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    endpoints: Arc<Endpoints>,
+    limits: ferry_daemon::http::HttpLimits,
+) {
+    ferry_daemon::http::serve(
+        listener,
+        "metrics",
+        limits,
+        move |req: Request<Incoming>| {
+            let response = respond(&endpoints, req.uri().path());
+            async move { response }
+        },
+    )
+    .await;
 }

@@ -12,13 +12,13 @@ use std::time::Instant;
 
 use hickory_proto::op::{Edns, Header, MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
+use hickory_proto::serialize::binary::{BinDecoder, BinEncoder};
 use hickory_server::net::NetError;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
-use tracing::{debug, warn};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
+use tracing::debug;
 
 use crate::answer::{Answer, Outcome, Zone};
 use crate::forward::{ForwardError, Forwarder, QueryFlags};
@@ -31,6 +31,7 @@ use crate::watch::Shared;
 pub const MAX_UDP_PAYLOAD: u16 = 1232;
 
 /// Answers every request ferry-dns receives.
+#[derive(Clone)]
 pub struct Handler {
     pub zone: Zone,
     pub shared: Arc<Shared>,
@@ -178,6 +179,11 @@ impl Handler {
                 plugin: Plugin::Forward,
             },
             Err(ForwardError::NoUpstreams) => Reply::error(ResponseCode::Refused),
+            // CoreDNS's `max_concurrent`: refused at once, not queued.
+            Err(ForwardError::Overloaded(_)) => Reply {
+                plugin: Plugin::Forward,
+                ..Reply::error(ResponseCode::Refused)
+            },
             Err(error) => {
                 debug!(name = %query.name, %error, "forwarding failed");
                 Reply {
@@ -225,7 +231,17 @@ impl RequestHandler for Handler {
             edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
             edns
         });
-        let mut builder = MessageResponseBuilder::new(&request.queries, None);
+        // A request with several questions is FORMERR, sent without them:
+        // echoed, they could overflow a UDP answer, which would then carry
+        // neither them nor the rcode.
+        let no_queries;
+        let queries = if request.queries.len() == 1 {
+            &request.queries
+        } else {
+            no_queries = Queries::read(&mut BinDecoder::new(&[]), 0);
+            no_queries.as_ref().unwrap_or(&request.queries)
+        };
+        let mut builder = MessageResponseBuilder::new(queries, None);
         if let Some(edns) = &edns {
             builder.edns(edns);
         }
@@ -239,7 +255,9 @@ impl RequestHandler for Handler {
         let info = match response_handle.send_response(response).await {
             Ok(info) => info,
             Err(error) => {
-                warn!(src = %request.src(), %error, "sending a response");
+                // The client's trouble, and one line per query if logged
+                // higher: counted as SERVFAIL below.
+                debug!(src = %request.src(), %error, "sending a response");
                 let mut metadata = Metadata::response_from_request(&request.metadata);
                 metadata.response_code = ResponseCode::ServFail;
                 ResponseInfo::from(Header {
@@ -337,7 +355,7 @@ impl Handler {
 /// FORMERR for a packet whose header parses but the rest does not (what
 /// hickory-server answers); nothing for one shorter than a header.
 fn malformed(packet: &[u8]) -> Option<Vec<u8>> {
-    use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable};
+    use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
     let header = Header::read(&mut BinDecoder::new(packet)).ok()?;
     if header.metadata.message_type == MessageType::Response {
         return None;
@@ -461,6 +479,42 @@ mod tests {
     /// Mutations of real queries through parsing and the handler: every
     /// one gets a well-formed reply or none, and nothing panics (the fuzz
     /// target runs the same path unbounded).
+    #[tokio::test]
+    async fn several_questions_are_formerr_over_udp_and_tcp() {
+        let h = handler();
+        let src = SRC.parse().expect("addr");
+        // Two short questions, and forty long ones whose echo alone would
+        // overflow a 512-byte UDP answer.
+        let long = format!("{}.example.com.", "a".repeat(60));
+        for count in [2, 40] {
+            let mut msg = Message::query();
+            msg.metadata.id = 9;
+            for i in 0..count {
+                let name = if i == 0 {
+                    "web.default.svc.cluster.local."
+                } else {
+                    &long
+                };
+                msg.add_query(Query::query(
+                    Name::from_ascii(name).expect("name"),
+                    RecordType::A,
+                ));
+            }
+            let bytes = msg.to_vec().expect("encode");
+            for proto in [Protocol::Udp, Protocol::Tcp] {
+                let reply = h.answer_packet(&bytes, src, proto).await.expect("reply");
+                let reply = Message::from_vec(&reply).expect("parse");
+                assert_eq!(reply.metadata.id, 9);
+                assert_eq!(
+                    reply.metadata.response_code,
+                    ResponseCode::FormErr,
+                    "{count} questions over {proto:?}"
+                );
+                assert!(reply.answers.is_empty());
+            }
+        }
+    }
+
     #[tokio::test]
     async fn mutated_queries_never_panic() {
         let h = handler();

@@ -3,12 +3,19 @@
 //! own. A relist (the watch's first list, or one after its resource version
 //! expired) upserts every object it sees and only then removes what it did
 //! not see, so answers never go missing while it runs.
+//!
+//! An object that does not decode (a field of the wrong type, say) does not
+//! stop its watch ([`Decoded`]): it is logged, counted in
+//! `ferry_watch_decode_errors_total{kind}`, and treated as absent; if an
+//! update turns a known object bad, what it contributed is removed, so the
+//! index only ever holds objects as they are now.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use ferry_daemon::watch::{DecodeErrors, Decoded};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -28,6 +35,8 @@ pub struct Shared {
     /// Pods are only watched for `pods verified`; otherwise that watch
     /// counts as synced from the start.
     pods_watched: AtomicBool,
+    /// Objects skipped because they did not decode.
+    pub decode_errors: DecodeErrors,
 }
 
 impl Shared {
@@ -241,7 +250,7 @@ pub async fn run(client: Client, shared: Arc<Shared>) {
     }
 }
 
-async fn feed<K: Feed>(api: Api<K>, shared: Arc<Shared>) {
+async fn feed<K: Feed>(api: Api<Decoded<K>>, shared: Arc<Shared>) {
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures_util::pin_mut!(stream);
     // Keys seen by the relist in progress.
@@ -256,15 +265,26 @@ async fn feed<K: Feed>(api: Api<K>, shared: Arc<Shared>) {
             }
         };
         match event {
-            watcher::Event::Apply(obj) => write(&shared, |i| obj.apply(i)),
+            watcher::Event::Apply(obj) => {
+                let (ns, name) = key(&obj);
+                match shared.decode_errors.check(K::KIND, obj) {
+                    Some(obj) => write(&shared, |i| obj.apply(i)),
+                    // Unreadable now: gone, not stale.
+                    None => write(&shared, |i| K::remove(i, &ns, &name)),
+                }
+            }
             watcher::Event::Delete(obj) => {
                 let (ns, name) = key(&obj);
                 write(&shared, |i| K::remove(i, &ns, &name));
             }
             watcher::Event::Init => relist = Some(HashSet::new()),
             watcher::Event::InitApply(obj) => {
-                relist.get_or_insert_with(HashSet::new).insert(key(&obj));
-                write(&shared, |i| obj.apply(i));
+                // A bad object is left out of the relist, so its end removes
+                // whatever an earlier version had put in.
+                if let Some(obj) = shared.decode_errors.check(K::KIND, obj) {
+                    relist.get_or_insert_with(HashSet::new).insert(key(&obj));
+                    write(&shared, |i| obj.apply(i));
+                }
             }
             watcher::Event::InitDone => {
                 let seen = relist.take().unwrap_or_default();

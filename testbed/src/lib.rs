@@ -44,6 +44,7 @@ mod hooks;
 mod names;
 mod netns;
 pub mod packet;
+pub mod pressure;
 mod world;
 
 pub use client::{
@@ -54,7 +55,7 @@ pub use cni::{
     Attachment, CNI_TIMEOUT, Cni, CniCommand, REFERENCE_PLUGINS, host_local_ranges, result_ips,
     target_profile_dir,
 };
-pub use controlplane::{ControlPlane, binary};
+pub use controlplane::{ControlPlane, binary, store_spoiled_copy};
 pub use error::{Error, Result};
 pub use hooks::{AgentHooks, BPFFS, cgroup2_root};
 pub use names::{

@@ -53,13 +53,38 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Fuzz ferry-dns's query path (dns/fuzz, target `query`) with the
-    /// nightly toolchain for SECONDS; a crash leaves its input in
-    /// dns/fuzz/artifacts/ and fails the command.
+    /// Fuzz a target with the nightly toolchain for SECONDS; a crash leaves
+    /// its input in the fuzz crate's artifacts/ and fails the command.
     Fuzz {
+        /// Which target.
+        #[arg(long, value_enum, default_value_t = FuzzTarget::DnsQuery)]
+        target: FuzzTarget,
         #[arg(default_value_t = 60)]
         seconds: u64,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FuzzTarget {
+    /// ferry-dns's query path (dns/fuzz, `query`).
+    DnsQuery,
+    /// ferry-apiserver's patch paths: JSON, merge, strategic merge and
+    /// apply (controlplane/fuzz, `patch`).
+    ApiserverPatch,
+    /// ferry-apiserver's object decoders, JSON and protobuf, through create
+    /// (controlplane/fuzz, `decode`).
+    ApiserverDecode,
+}
+
+impl FuzzTarget {
+    /// The fuzz crate's directory and the target's name in it.
+    fn location(self) -> (&'static str, &'static str) {
+        match self {
+            Self::DnsQuery => ("dns/fuzz", "query"),
+            Self::ApiserverPatch => ("controlplane/fuzz", "patch"),
+            Self::ApiserverDecode => ("controlplane/fuzz", "decode"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -91,7 +116,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::all(),
         Cmd::Test { .. } => test(&raw_args_after("test")),
         Cmd::Bench { which, args } => bench(which, &args),
-        Cmd::Fuzz { seconds } => fuzz(seconds),
+        Cmd::Fuzz { target, seconds } => fuzz(target, seconds),
     };
     // Print the error chain ourselves: anyhow's `Debug` adds a backtrace
     // whenever RUST_BACKTRACE is set, which buries a failed command's message.
@@ -184,13 +209,14 @@ fn bench(which: Bench, args: &[OsString]) -> Result<()> {
     }
 }
 
-fn fuzz(seconds: u64) -> Result<()> {
+fn fuzz(target: FuzzTarget, seconds: u64) -> Result<()> {
     if !succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
         run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
+    let (dir, name) = target.location();
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace_root().join("dns").join("fuzz"))
-        .args(["+nightly", "fuzz", "run", "query", "--"])
+    cmd.current_dir(workspace_root().join(dir))
+        .args(["+nightly", "fuzz", "run", name, "--"])
         .arg(format!("-max_total_time={seconds}"));
     run(&mut cmd)
 }

@@ -11,6 +11,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
 use crate::error::{Error, Result};
+use crate::input::{KUBECONFIG_LIMIT, open_regular_file};
 
 /// How long one lookup may take before the runtime is told to retry.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +41,14 @@ async fn lookup(kubeconfig: &Path, node: &str) -> Result<Vec<IpNet>> {
             kubeconfig.display()
         )));
     }
+    // Only a regular file of bounded size is handed to the reader (which
+    // would wait for ever on a FIFO, beyond reach of the timeout, since the
+    // read blocks the runtime's only thread).
+    drop(open_regular_file(
+        kubeconfig,
+        "kubeconfig",
+        KUBECONFIG_LIMIT,
+    )?);
     let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| {
         Error::InvalidConfig(format!("reading kubeconfig {}: {e}", kubeconfig.display()))
     })?;
@@ -75,4 +84,26 @@ async fn lookup(kubeconfig: &Path, node: &str) -> Result<Vec<IpNet>> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FIFO as kubeconfig used to hang the plugin (the blocking read is
+    /// out of the timeout's reach).
+    #[test]
+    fn fifo_kubeconfig_refused_at_once() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fifo = tmp.path().join("kubeconfig");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(node_pod_cidrs(&fifo, "node-1").err().map(|e| e.code()));
+        });
+        let code = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a FIFO kubeconfig blocked the lookup");
+        assert_eq!(code, Some(7));
+    }
 }

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 
 use crate::config::{AddressSource, IpamConfig};
 use crate::error::{Error, Result};
+use crate::input::{RESOLV_CONF_LIMIT, read_regular_file};
 use crate::types::{Dns, Route};
 use range::{Range, RangeSet};
 
@@ -68,10 +69,12 @@ pub fn pod_routes(ipam: &IpamConfig, ips: &[IpAddr]) -> Vec<Route> {
     }
 }
 
-/// DNS settings from a resolv.conf file (host-local's `resolvConf`).
+/// DNS settings from a resolv.conf file (host-local's `resolvConf`): a
+/// regular file of at most [`RESOLV_CONF_LIMIT`] bytes (anything else is
+/// error 7, and a FIFO is refused without waiting for a writer).
 pub fn dns_from_resolv_conf(path: &std::path::Path) -> Result<Dns> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("reading resolvConf {}", path.display()), e))?;
+    let bytes = read_regular_file(path, "ipam.resolvConf", RESOLV_CONF_LIMIT)?;
+    let text = String::from_utf8_lossy(&bytes);
     let mut dns = Dns::default();
     for line in text.lines() {
         let mut words = line.split_whitespace();
@@ -101,5 +104,28 @@ mod tests {
         assert_eq!(d.search, vec!["a.svc", "b.svc"]);
         assert_eq!(d.options, vec!["ndots:5"]);
         assert_eq!(d.domain.as_deref(), Some("x"));
+    }
+
+    /// A FIFO used to block ADD for ever (read_to_string waits for a
+    /// writer); /dev/zero would have been read until memory ran out.
+    #[test]
+    fn resolv_conf_fifo_or_device_refused_at_once() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fifo = tmp.path().join("resolv.conf");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(dns_from_resolv_conf(&fifo).err().map(|e| e.code()));
+        });
+        let code = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO resolvConf blocked");
+        assert_eq!(code, Some(7));
+        assert_eq!(
+            dns_from_resolv_conf(std::path::Path::new("/dev/zero"))
+                .err()
+                .map(|e| e.code()),
+            Some(7)
+        );
     }
 }

@@ -461,8 +461,36 @@ pub fn run_in(node: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> Run {
     run_bin_in(node, BIN, env, stdin)
 }
 
-/// Runs any CNI plugin binary inside `node` via nsenter.
+/// How long one plugin run may take before the test kills it and fails.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs any CNI plugin binary inside `node` via nsenter; fails the test if
+/// it does not finish within [`RUN_TIMEOUT`].
 pub fn run_bin_in(node: &Netns, bin: &str, env: &[(&str, &str)], stdin: &[u8]) -> Run {
+    let stdin = stdin.to_vec();
+    run_bounded(
+        node,
+        bin,
+        env,
+        move |pipe| {
+            let _ = pipe.write_all(&stdin);
+        },
+        RUN_TIMEOUT,
+    )
+    .unwrap_or_else(|| panic!("{bin} did not finish within {RUN_TIMEOUT:?}"))
+}
+
+/// Runs `bin` inside `node` with `feed` writing its stdin on a thread of
+/// its own (write errors are the feeder's business: a plugin may exit
+/// without reading everything). Returns `None`, after killing the plugin,
+/// if it has not exited within `timeout`.
+pub fn run_bounded(
+    node: &Netns,
+    bin: &str,
+    env: &[(&str, &str)],
+    feed: impl FnOnce(&mut std::process::ChildStdin) + Send + 'static,
+    timeout: Duration,
+) -> Option<Run> {
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net={}", node.path_str()))
         .arg(bin)
@@ -475,15 +503,40 @@ pub fn run_bin_in(node: &Netns, bin: &str, env: &[(&str, &str)], stdin: &[u8]) -
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn nsenter");
-    if let Some(mut stdin_pipe) = child.stdin.take() {
-        stdin_pipe.write_all(stdin).expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("wait");
-    Run {
-        success: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-    }
+    let mut stdin_pipe = child.stdin.take().expect("stdin pipe");
+    let feeder = std::thread::spawn(move || feed(&mut stdin_pipe));
+    let mut stdout_pipe = child.stdout.take().expect("stdout pipe");
+    let mut stderr_pipe = child.stderr.take().expect("stderr pipe");
+    let stdout = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stdout_pipe.read_to_end(&mut b);
+        b
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stderr_pipe.read_to_end(&mut b);
+        b
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = feeder.join();
+    let stdout = stdout.join().expect("stdout reader");
+    let stderr = stderr.join().expect("stderr reader");
+    status.map(|status| Run {
+        success: status.success(),
+        stdout: String::from_utf8_lossy(&stdout).to_string(),
+        stderr: String::from_utf8_lossy(&stderr).to_string(),
+    })
 }
 
 /// Serves one line over TCP from `server` (a pod namespace) to a client in

@@ -6,5 +6,6 @@ mod common;
 
 mod chain;
 mod errors;
+mod hardening;
 mod ipam;
 mod lifecycle;

@@ -16,8 +16,18 @@ fn dns1123_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// apimachinery's IsDNS1123Subdomain: at most 253 characters in all, with
+/// no limit per label.
 pub fn dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(dns1123_label)
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
 }
 
 fn dns1035_label(s: &str) -> bool {
@@ -90,6 +100,7 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
             }
         }
     }
+    validate_managed_fields(obj, &mut causes);
     if let Some(annotations) = object::metadata(obj)
         .and_then(|m| m.get("annotations"))
         .and_then(Value::as_object)
@@ -116,6 +127,57 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
     causes
 }
 
+/// apimachinery's ValidateManagedFields: each entry's operation is Apply or
+/// Update, its fieldsType FieldsV1, its manager at most 128 printable
+/// characters. (A fieldsV1 that is not a field set is ignored later, as
+/// kube-apiserver's field manager does.)
+fn validate_managed_fields(obj: &Value, causes: &mut Vec<Cause>) {
+    let Some(list) = object::metadata(obj).and_then(|m| m.get("managedFields")) else {
+        return;
+    };
+    let Some(entries) = list.as_array() else {
+        causes.push(Cause::invalid(
+            "metadata.managedFields",
+            "",
+            "must be a list of entries",
+        ));
+        return;
+    };
+    for (i, e) in entries.iter().enumerate() {
+        let field = |f: &str| format!("metadata.managedFields[{i}].{f}");
+        let op = e.get("operation").and_then(Value::as_str).unwrap_or("");
+        if !matches!(op, "Apply" | "Update") {
+            causes.push(Cause::invalid(
+                field("operation"),
+                format!("\"{op}\""),
+                "must be `Apply` or `Update`",
+            ));
+        }
+        let ty = e.get("fieldsType").and_then(Value::as_str).unwrap_or("");
+        if !ty.is_empty() && ty != "FieldsV1" {
+            causes.push(Cause::invalid(
+                field("fieldsType"),
+                format!("\"{ty}\""),
+                "must be `FieldsV1`",
+            ));
+        }
+        let manager = e.get("manager").and_then(Value::as_str).unwrap_or("");
+        if manager.chars().count() > 128 {
+            causes.push(Cause {
+                reason: "FieldValueTooLong",
+                field: field("manager"),
+                message: "Too long: may not be more than 128 bytes".into(),
+            });
+        } else if manager.chars().any(char::is_control) {
+            causes.push(Cause::invalid(
+                field("manager"),
+                format!("{manager:?}"),
+                "must only contain printable characters",
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +194,35 @@ mod tests {
         assert!(!qualified_name("bad/key/x"));
         assert!(label_value(""));
         assert!(!label_value("-x"));
+        // Subdomains have no 63-character rule per label, as in kube.
+        assert!(check_name("ConfigMap", &"a".repeat(253)).is_none());
+        assert!(check_name("ConfigMap", &"a".repeat(254)).is_some());
+        assert!(check_name("ConfigMap", &format!("{}.b", "a".repeat(100))).is_none());
+        assert!(check_name("ConfigMap", "a..b").is_some());
+        assert!(check_name("Namespace", &"a".repeat(64)).is_some());
+    }
+
+    #[test]
+    fn managed_fields_entries() {
+        let res = &crate::resources::CONFIGMAPS;
+        let with = |entries: Value| serde_json::json!({"metadata": {"name": "x", "managedFields": entries}});
+        let ok = with(
+            serde_json::json!([{"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {}}]),
+        );
+        assert!(validate(res, &ok).is_empty());
+        let bad = with(
+            serde_json::json!([{"manager": "m", "operation": "Merge", "fieldsType": "FieldsV2"}]),
+        );
+        let fields: Vec<String> = validate(res, &bad).into_iter().map(|c| c.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.managedFields[0].operation",
+                "metadata.managedFields[0].fieldsType"
+            ]
+        );
+        let long = with(serde_json::json!([{"manager": "m".repeat(129), "operation": "Apply"}]));
+        assert_eq!(validate(res, &long).len(), 1);
+        assert_eq!(validate(res, &with(serde_json::json!("x"))).len(), 1);
     }
 }

@@ -3,6 +3,7 @@
 //! and ports. Everything here is pure computation on the object; the
 //! registry decides when it runs and commits the result.
 
+pub mod external_ips;
 pub mod meta;
 pub mod networking;
 pub mod service;

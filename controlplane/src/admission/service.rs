@@ -737,6 +737,12 @@ pub fn admit(
     let spec = svc.spec.get_or_insert_with(ServiceSpec::default);
     default_spec(spec, old_spec, config);
     let mut causes = validate_spec(spec, old_spec, config);
+    causes.extend(super::external_ips::check(
+        spec,
+        svc.status.as_ref(),
+        old_spec,
+        config,
+    ));
     if causes.is_empty() {
         allocate(spec, old_spec, allocs, &mut causes);
     }

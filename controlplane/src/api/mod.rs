@@ -2,7 +2,9 @@
 //! REST paths to the registry's verbs, and the JSON/Table/watch framing of
 //! responses.
 
+pub mod conn;
 pub mod discovery;
+mod health;
 pub mod protobuf;
 pub mod table;
 pub mod watch;
@@ -19,12 +21,9 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use rand::Rng;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use crate::auth::TokenAuth;
 use crate::error::ApiError;
@@ -84,7 +83,8 @@ fn error_response(err: &ApiError) -> Response<Body> {
 #[derive(Debug)]
 enum Route {
     Version,
-    Health,
+    /// `/livez`, `/readyz`, `/healthz`, and a check under one of them.
+    Health(&'static str, String),
     CoreVersions,
     GroupList,
     Group(String),
@@ -112,7 +112,14 @@ fn route(path: &str) -> Option<Route> {
         .collect();
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Some(Route::Version),
-        ["healthz" | "livez" | "readyz", ..] => return Some(Route::Health),
+        [endpoint @ ("healthz" | "livez" | "readyz"), check @ ..] => {
+            let endpoint = match *endpoint {
+                "healthz" => "healthz",
+                "livez" => "livez",
+                _ => "readyz",
+            };
+            return Some(Route::Health(endpoint, check.join("/")));
+        }
         ["api"] => return Some(Route::CoreVersions),
         ["apis"] => return Some(Route::GroupList),
         ["apis", g] => return Some(Route::Group((*g).to_string())),
@@ -232,41 +239,15 @@ fn decode_continue(s: &str) -> Result<ContinueToken, ApiError> {
 }
 
 impl Api {
-    /// Serves HTTPS on `listener` until the task is dropped.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
-        let acceptor = TlsAcceptor::from(tls);
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let api = self.clone();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let stream = match acceptor.accept(tcp).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "tls handshake failed");
-                        return;
-                    }
-                };
-                let service = hyper::service::service_fn(move |req| {
-                    let api = api.clone();
-                    async move { Ok::<_, Infallible>(api.handle(req, peer).await) }
-                });
-                if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
-        }
+    /// Serves HTTPS on `listener` until the task is dropped, each
+    /// connection bounded by `limits` (see [`conn`]).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        limits: conn::ConnLimits,
+    ) {
+        self.serve_connections(listener, tls, limits).await;
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -286,10 +267,15 @@ impl Api {
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(crate::auth::bearer_token);
         match token.and_then(|t| self.auth.authenticate(t)) {
-            Some(_) => Ok(()),
+            Some(_) => {
+                // The connection is a real client's: the cap never evicts it.
+                if let Some(conn) = req.extensions().get::<conn::Conn>() {
+                    conn.authenticated();
+                }
+                Ok(())
+            }
             None => Err(ApiError::unauthorized()),
         }
     }
@@ -298,13 +284,8 @@ impl Api {
         let route = route(req.uri().path()).ok_or_else(ApiError::path_not_found)?;
         match route {
             Route::Version => return Ok(json_response(StatusCode::OK, &discovery::version())),
-            Route::Health => {
-                let mut r = Response::new(full("ok"));
-                r.headers_mut().insert(
-                    CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-                );
-                return Ok(r);
+            Route::Health(endpoint, check) => {
+                return health::answer(endpoint, &check, req.uri().query());
             }
             _ => {}
         }
@@ -367,7 +348,7 @@ impl Api {
                 Ok(json_response(StatusCode::OK, &doc))
             }
             Route::Object(target) => self.resource(req, target, &accept).await,
-            Route::Version | Route::Health => Err(ApiError::path_not_found()),
+            Route::Version | Route::Health(..) => Err(ApiError::path_not_found()),
         }
     }
 
@@ -663,6 +644,19 @@ fn list(
     let after = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => {
             let tok = decode_continue(c)?;
+            // A token names a point in this store's history and a key in
+            // the list it continues: one from the future, or for another
+            // namespace, was not made by this server for this list.
+            let foreign = tok.rv == 0
+                || tok.rv > registry.store.revision()
+                || ns.is_some_and(|ns| ns != tok.ns)
+                || (!res.namespaced && !tok.ns.is_empty())
+                || tok.name.is_empty();
+            if foreign {
+                return Err(ApiError::bad_request(
+                    "continue key is not valid: it was not issued for this list by this server",
+                ));
+            }
             if tok.rv < registry.store.compacted() {
                 return Err(ApiError::gone(
                     "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",

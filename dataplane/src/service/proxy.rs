@@ -2,6 +2,12 @@
 //! kube-proxy would handle), keeps them indexed by Service, and hands each
 //! changed Service's entries to the [`Programmer`]. One event touches one
 //! Service's map entries and nothing else.
+//!
+//! An object the agent cannot decode (a field of the wrong type) does not
+//! stop its watch ([`Decoded`]): it is logged, counted in
+//! `ferry_watch_decode_errors_total{kind}` and treated as deleted, so the
+//! maps never keep an old version of an object whose current one is
+//! unreadable, and every other Service is programmed as usual.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -10,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use ferry_ebpf_common::ServiceStats;
 
+use ferry_daemon::watch::{DecodeErrors, Decoded};
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -26,8 +33,8 @@ use crate::metrics::{Metrics, ServiceLabels};
 const RETRY: Duration = Duration::from_secs(1);
 
 enum Change {
-    Service(Box<watcher::Event<Service>>),
-    Slice(Box<watcher::Event<EndpointSlice>>),
+    Service(Box<watcher::Event<Decoded<Service>>>),
+    Slice(Box<watcher::Event<Decoded<EndpointSlice>>>),
     Error(String),
 }
 
@@ -96,34 +103,45 @@ fn slim_slice(mut slice: EndpointSlice) -> EndpointSlice {
     slice
 }
 
-fn service_name(svc: &Service) -> ServiceName {
+fn service_name<K: kube::Resource>(svc: &K) -> ServiceName {
     (svc.namespace().unwrap_or_default(), svc.name_any())
 }
 
 /// The Service a slice belongs to, by its label.
-fn owner_of(slice: &EndpointSlice) -> Option<ServiceName> {
+fn owner_of<K: kube::Resource>(slice: &K) -> Option<ServiceName> {
     let svc = slice.labels().get(LABEL_SERVICE_NAME)?;
     Some((slice.namespace().unwrap_or_default(), svc.clone()))
 }
 
 impl Cache {
-    fn on_service(&mut self, ev: watcher::Event<Service>) {
+    fn on_service(&mut self, ev: watcher::Event<Decoded<Service>>, errors: &DecodeErrors) {
         match ev {
-            watcher::Event::Apply(svc) => {
-                let key = service_name(&svc);
+            watcher::Event::Apply(obj) => {
+                let key = service_name(&obj);
                 self.dirty.insert(key.clone());
-                self.services.insert(key, slim_service(svc));
+                match errors.check("Service", obj) {
+                    Some(svc) => {
+                        self.services.insert(key, slim_service(svc));
+                    }
+                    // Unreadable now: deleted, not kept as it was.
+                    None => {
+                        self.services.remove(&key);
+                    }
+                }
             }
-            watcher::Event::Delete(svc) => {
-                let key = service_name(&svc);
+            watcher::Event::Delete(obj) => {
+                let key = service_name(&obj);
                 self.services.remove(&key);
                 self.dirty.insert(key);
             }
             watcher::Event::Init => self.relist_services = Some(HashMap::new()),
-            watcher::Event::InitApply(svc) => {
-                self.relist_services
-                    .get_or_insert_with(HashMap::new)
-                    .insert(service_name(&svc), slim_service(svc));
+            watcher::Event::InitApply(obj) => {
+                // Left out of the relist: its end drops an older version.
+                if let Some(svc) = errors.check("Service", obj) {
+                    self.relist_services
+                        .get_or_insert_with(HashMap::new)
+                        .insert(service_name(&svc), slim_service(svc));
+                }
             }
             watcher::Event::InitDone => {
                 let fresh = self.relist_services.take().unwrap_or_default();
@@ -136,9 +154,17 @@ impl Cache {
         }
     }
 
-    fn on_slice(&mut self, ev: watcher::Event<EndpointSlice>) {
+    fn on_slice(&mut self, ev: watcher::Event<Decoded<EndpointSlice>>, errors: &DecodeErrors) {
         match ev {
-            watcher::Event::Apply(slice) => {
+            watcher::Event::Apply(obj) => {
+                if !errors.observe("EndpointSlice", &obj) {
+                    // Unreadable now: deleted (its metadata says which).
+                    self.on_slice(watcher::Event::Delete(obj), errors);
+                    return;
+                }
+                let Some(slice) = obj.ok() else {
+                    return;
+                };
                 let Some(owner) = owner_of(&slice) else {
                     return;
                 };
@@ -162,11 +188,11 @@ impl Cache {
                     .insert(name, slim_slice(slice));
             }
             watcher::Event::Delete(slice) => {
-                let Some(owner) = owner_of(&slice) else {
+                // The owner as last seen; a bad object may not carry labels.
+                let id = (slice.namespace().unwrap_or_default(), slice.name_any());
+                let Some(owner) = self.slice_owner.remove(&id).or_else(|| owner_of(&slice)) else {
                     return;
                 };
-                self.slice_owner
-                    .remove(&(owner.0.clone(), slice.name_any()));
                 if let Some(slices) = self.slices.get_mut(&owner) {
                     slices.remove(&slice.name_any());
                     if slices.is_empty() {
@@ -176,7 +202,10 @@ impl Cache {
                 self.dirty.insert(owner);
             }
             watcher::Event::Init => self.relist_slices = Some(HashMap::new()),
-            watcher::Event::InitApply(slice) => {
+            watcher::Event::InitApply(obj) => {
+                let Some(slice) = errors.check("EndpointSlice", obj) else {
+                    return;
+                };
                 let Some(owner) = owner_of(&slice) else {
                     return;
                 };
@@ -269,10 +298,10 @@ pub async fn run<M: LbMaps>(
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Change>(1024);
     let config = watcher::Config::default().labels(PROXIED_SELECTOR);
-    watch::<Service>(client.clone(), config.clone(), tx.clone(), |ev| {
+    watch::<Decoded<Service>>(client.clone(), config.clone(), tx.clone(), |ev| {
         Change::Service(Box::new(ev))
     });
-    watch::<EndpointSlice>(client, config, tx, |ev| Change::Slice(Box::new(ev)));
+    watch::<Decoded<EndpointSlice>>(client, config, tx, |ev| Change::Slice(Box::new(ev)));
 
     let mut cache = Cache::default();
     let mut failed: HashSet<ServiceName> = HashSet::new();
@@ -284,10 +313,10 @@ pub async fn run<M: LbMaps>(
         tokio::select! {
             msg = rx.recv() => {
                 let Some(msg) = msg else { anyhow::bail!("service watches ended") };
-                handle(&mut cache, msg);
+                handle(&mut cache, msg, &metrics.decode_errors);
                 // Take whatever else is queued, so a burst is one pass.
                 while let Ok(msg) = rx.try_recv() {
-                    handle(&mut cache, msg);
+                    handle(&mut cache, msg, &metrics.decode_errors);
                 }
             }
             _ = retry.tick() => {
@@ -454,10 +483,10 @@ impl Counters {
     }
 }
 
-fn handle(cache: &mut Cache, msg: Change) {
+fn handle(cache: &mut Cache, msg: Change, errors: &DecodeErrors) {
     match msg {
-        Change::Service(ev) => cache.on_service(*ev),
-        Change::Slice(ev) => cache.on_slice(*ev),
+        Change::Service(ev) => cache.on_service(*ev, errors),
+        Change::Slice(ev) => cache.on_slice(*ev, errors),
         Change::Error(e) => tracing::warn!(error = %e, "watch error; retrying"),
     }
 }

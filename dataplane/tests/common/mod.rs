@@ -31,7 +31,19 @@ pub fn node_object(node: &Node) -> Value {
 /// `ferry-agent` for `node`, in its namespace, with `args` after the
 /// kubeconfig and node name.
 pub fn start_agent(cp: &ControlPlane, node: &Node, args: &[&str]) -> Process {
-    let mut argv = vec![
+    start_agent_under(cp, node, &[], args)
+}
+
+/// [`start_agent`] run by `wrapper` (`prlimit ...`, which execs it, so the
+/// pid stays the agent's).
+pub fn start_agent_under(
+    cp: &ControlPlane,
+    node: &Node,
+    wrapper: &[&str],
+    args: &[&str],
+) -> Process {
+    let mut argv: Vec<String> = wrapper.iter().map(|a| (*a).to_owned()).collect();
+    argv.extend([
         binary("ferry-dataplane", "ferry-agent")
             .to_string_lossy()
             .into_owned(),
@@ -39,7 +51,7 @@ pub fn start_agent(cp: &ControlPlane, node: &Node, args: &[&str]) -> Process {
         cp.kubeconfig.to_string_lossy().into_owned(),
         "--node-name".into(),
         node.name.clone(),
-    ];
+    ]);
     argv.extend(args.iter().map(|a| (*a).to_owned()));
     node.netns.spawn(argv).expect("start agent")
 }

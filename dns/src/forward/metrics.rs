@@ -76,6 +76,7 @@ pub(crate) struct ForwardMetrics {
     requests: Family<ToLabels, Counter>,
     responses: Family<ToRcodeLabels, Counter>,
     looped: Gauge,
+    max_concurrent_rejects: Counter,
 }
 
 impl ForwardMetrics {
@@ -92,6 +93,7 @@ impl ForwardMetrics {
             requests: Family::default(),
             responses: Family::default(),
             looped: Gauge::default(),
+            max_concurrent_rejects: Counter::default(),
         };
         // Create the fixed series up front so they are exported as 0 before
         // the first query, as CoreDNS's are.
@@ -189,6 +191,11 @@ impl ForwardMetrics {
             .inc();
     }
 
+    /// A query refused because `max_concurrent` were already upstream.
+    pub(crate) fn max_concurrent_reject(&self) {
+        self.max_concurrent_rejects.inc();
+    }
+
     pub(crate) fn set_looped(&self) {
         self.looped.set(1);
     }
@@ -233,6 +240,11 @@ impl ForwardMetrics {
             "coredns_forward_responses",
             "Counter of responses received per upstream",
             self.responses.clone(),
+        );
+        registry.register(
+            "coredns_forward_max_concurrent_rejects",
+            "Counter of the number of queries rejected because the concurrent queries were at maximum",
+            self.max_concurrent_rejects.clone(),
         );
         // CoreDNS's loop plugin exits instead; we keep serving the cluster
         // zone, so the condition needs to be visible.

@@ -240,20 +240,29 @@ impl Cluster {
     /// ferry-dns in the node's namespace on the node's address, port 53,
     /// and `127.0.0.1:9153` for HTTP; `args` are added.
     pub fn start_dns(&self, args: &[&str]) -> Dns {
+        self.start_dns_under(&[], args)
+    }
+
+    /// [`start_dns`](Self::start_dns) run by `wrapper` (`prlimit ...`,
+    /// which execs it, so the pid stays ferry-dns's).
+    pub fn start_dns_under(&self, wrapper: &[&str], args: &[&str]) -> Dns {
         let node = self.world.node(0);
         let addr = SocketAddr::new(IpAddr::V4(node.ipv4), 53);
         let http = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 9153);
-        let mut argv: Vec<String> = vec![
+        let mut argv: Vec<String> = wrapper.iter().map(|a| (*a).to_string()).collect();
+        argv.push(
             binary("ferry-dns", "ferry-dns")
                 .to_string_lossy()
                 .into_owned(),
+        );
+        argv.extend([
             "--kubeconfig".into(),
             self.cp.kubeconfig.to_string_lossy().into_owned(),
             "--listen".into(),
             addr.to_string(),
             "--metrics-listen".into(),
             http.to_string(),
-        ];
+        ]);
         argv.extend(args.iter().map(|a| (*a).to_string()));
         let process = node.netns.spawn(argv).expect("start ferry-dns");
         Dns {

@@ -305,6 +305,11 @@ impl Store {
         })
     }
 
+    /// Whether the backend answers a read.
+    pub fn storage_health(&self) -> Result<(), StorageError> {
+        self.backend.health()
+    }
+
     /// The bounds writes are held to.
     pub fn limits(&self) -> &Limits {
         &self.limits

@@ -491,18 +491,52 @@ async fn health_endpoints_answer_as_kube_apiserver() {
         assert_eq!(get(&format!("/{endpoint}/ping")).await, (200, "ok".into()));
         assert_eq!(get(&format!("/{endpoint}/nonexistent")).await.0, 404);
         assert_eq!(get(&format!("/{endpoint}/ping/extra")).await.0, 404);
+        // Storage is checked for readiness, never for liveness.
+        let storage = if endpoint == "livez" {
+            ""
+        } else {
+            "[+]etcd ok\n"
+        };
         assert_eq!(
             get(&format!("/{endpoint}?verbose")).await,
-            (200, format!("[+]ping ok\n{endpoint} check passed\n"))
+            (
+                200,
+                format!("[+]ping ok\n{storage}{endpoint} check passed\n")
+            )
         );
     }
+    assert_eq!(get("/readyz/etcd").await, (200, "ok".into()));
+    assert_eq!(get("/livez/etcd").await.0, 404);
     assert_eq!(
-        get("/readyz?verbose&exclude=ping&exclude=etcd").await,
+        get("/readyz?verbose&exclude=ping&exclude=informer-sync").await,
         (
             200,
-            "[+]ping excluded: ok\nwarn: some health checks cannot be excluded: no matches for \"etcd\"\nreadyz check passed\n".into()
+            "[+]ping excluded: ok\n[+]etcd ok\nwarn: some health checks cannot be excluded: no matches for \"informer-sync\"\nreadyz check passed\n".into()
         )
     );
+}
+
+/// With etcd gone, the apiserver is not ready (its reads would be stale and
+/// its writes fail) but still live, so a liveness probe does not restart it
+/// for an outage it cannot fix.
+#[tokio::test]
+async fn readiness_follows_the_storage_backend() {
+    let Some(backend) = common::Backend::etcd() else {
+        return;
+    };
+    let mut s = ApiServer::start_on(backend, &[]);
+    {
+        let mut c = tls(&s, b"http/1.1").await;
+        let (code, _) = request(&mut c, "GET /readyz/etcd HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(code, 200);
+    }
+    s.kill_etcd();
+    let mut c = tls(&s, b"http/1.1").await;
+    let (code, body) = request(&mut c, "GET /readyz?verbose HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("[-]etcd failed"), "{body}");
+    let (code, _) = request(&mut c, "GET /livez HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(code, 200);
 }
 
 fn token_file(s: &ApiServer) -> Vec<u8> {

@@ -13,6 +13,8 @@
 //! - [`http`]: the daemons' small HTTP/1 servers (health, readiness,
 //!   metrics) with a header-read timeout, an idle timeout, a connection cap
 //!   and a cap on request size.
+//! - [`stream`]: [`Observed`](stream::Observed), a stream that tells when
+//!   bytes move, for timeouts timed from the last traffic.
 //! - `watch` (cargo feature `watch`): [`Decoded`](watch::Decoded), a wrapper
 //!   that lets kube-rs's watcher keep going past an object it cannot decode,
 //!   and the counter of such objects.
@@ -26,6 +28,7 @@
 pub mod http;
 pub mod listen;
 pub mod logging;
+pub mod stream;
 #[cfg(feature = "watch")]
 pub mod watch;
 

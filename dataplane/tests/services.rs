@@ -1024,24 +1024,11 @@ fn metrics_server_survives_emfile_and_slow_clients() {
     let closed = node
         .netns
         .in_netns(move || {
-            use std::io::{Read, Write};
+            use std::io::Write;
             let mut s = std::net::TcpStream::connect(metrics_addr).expect("connect");
             s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
                 .expect("write");
-            s.set_read_timeout(Some(Duration::from_secs(8)))
-                .expect("timeout");
-            let started = Instant::now();
-            let mut buf = [0u8; 512];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => return Some(started.elapsed()),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                        return Some(started.elapsed());
-                    }
-                    Err(_) => return None,
-                }
-            }
+            pressure::closed_after(s, Duration::from_secs(8))
         })
         .expect("netns");
     let after = closed.expect("a partial head was not cut off in 8 s");

@@ -6,12 +6,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, NS, dig, eventually, http};
-use ferry_testbed::pressure::{Flood, accept_failures, cost_over, fd_count};
+use ferry_testbed::pressure::{Flood, accept_failures, closed_after, cost_over, fd_count};
 use ferry_testbed::{skip_if_not_root, store_spoiled_copy};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
@@ -25,23 +25,6 @@ fn web_service(c: &Cluster) {
     c.apply(&json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "web", "namespace": NS},
         "spec": {"ports": [{"name": "http", "port": 80}]}}));
-}
-
-/// Seconds until the peer closes `s` (reading whatever it sends).
-fn closed_after(mut s: TcpStream, limit: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    s.set_read_timeout(Some(limit)).expect("timeout");
-    let mut buf = [0u8; 512];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return Some(started.elapsed()),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return Some(started.elapsed());
-            }
-            Err(_) => return None,
-        }
-    }
 }
 
 #[test]

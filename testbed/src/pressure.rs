@@ -2,8 +2,10 @@
 //! every Ferry daemon: a process's CPU time and open descriptors from /proc,
 //! a flood of held connections, what it logs meanwhile.
 
+use std::io::Read as _;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+use std::time::Instant;
 
 use crate::{Netns, Process};
 
@@ -115,4 +117,21 @@ pub fn accept_failures(log: &str) -> usize {
     log.lines()
         .filter(|l| l.contains("accepting a connection failed"))
         .count()
+}
+
+/// How long until the peer closes `s` (reading whatever it sends).
+pub fn closed_after(mut s: TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(started.elapsed());
+            }
+            Err(_) => return None,
+        }
+    }
 }

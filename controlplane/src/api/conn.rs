@@ -41,11 +41,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_daemon::logging::LogLimit;
+use ferry_daemon::stream::{Observed, Observer};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
@@ -422,55 +423,13 @@ impl hyper::body::Body for Tracked {
     }
 }
 
-/// The TLS stream, noting when bytes arrive (for the HTTP/1 header timeout
+/// The TLS stream notes when bytes arrive (for the HTTP/1 header timeout
 /// of a kept-alive connection's next request).
-struct Watched<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
+struct Arrivals(Arc<Shared>);
 
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.shared.on_read();
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+impl Observer for Arrivals {
+    fn read(&self) {
+        self.0.on_read();
     }
 }
 
@@ -644,9 +603,9 @@ impl Api {
                 }))
             }
         });
-        let io = TokioIo::new(Watched {
+        let io = TokioIo::new(Observed {
             inner: stream,
-            shared: shared.clone(),
+            observer: Arrivals(shared.clone()),
         });
         if h2 {
             let conn = http2::Builder::new(TokioExecutor::new())

@@ -4,21 +4,49 @@
 //! or with `?verbose` one `[+]name ok` line per check and
 //! "<endpoint> check passed"; `?exclude=name` skips a check.
 //!
-//! Ferry's checks are the ones it has: `ping` (the server answers). The
-//! store is served from memory once loaded, before the listener opens, so
-//! kube-apiserver's `etcd` and `informer-sync` have nothing of Ferry's to
-//! look at; a storage probe would come with a backend health call.
+//! Ferry's checks are the ones it has: `ping` (the server answers) and,
+//! for `/readyz` and `/healthz` as in kube-apiserver, `etcd` (the storage
+//! backend, SQLite or etcd, answers a read within 5 s). `/livez` leaves
+//! storage out, so an outage of etcd never gets the apiserver restarted.
+//! The store is served from memory once loaded, so kube-apiserver's
+//! `informer-sync` has nothing of Ferry's to look at.
 
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 
+use std::sync::Arc;
+
 use super::{Body, full};
 use crate::error::ApiError;
+use crate::registry::Registry;
 
-/// A named check: `Ok`, or why it fails.
-type Check = fn() -> Result<(), String>;
+/// The checks each endpoint runs.
+fn checks(endpoint: &str) -> &'static [&'static str] {
+    match endpoint {
+        "livez" => &["ping"],
+        _ => &["ping", "etcd"],
+    }
+}
 
-const CHECKS: &[(&str, Check)] = &[("ping", || Ok(()))];
+/// How long the storage check waits for the backend.
+const STORAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs one check: `Ok`, or why it fails.
+async fn run(name: &str, registry: &Arc<Registry>) -> Result<(), String> {
+    match name {
+        "etcd" => {
+            let reg = registry.clone();
+            let probe = tokio::task::spawn_blocking(move || reg.store.storage_health());
+            match tokio::time::timeout(STORAGE_TIMEOUT, probe).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(e))) => Err(e.to_string()),
+                Ok(Err(e)) => Err(format!("storage probe failed: {e}")),
+                Err(_) => Err(format!("storage did not answer within {STORAGE_TIMEOUT:?}")),
+            }
+        }
+        _ => Ok(()),
+    }
+}
 
 fn text(code: StatusCode, body: String) -> Response<Body> {
     let mut r = Response::new(full(body));
@@ -35,17 +63,19 @@ fn text(code: StatusCode, body: String) -> Response<Body> {
 }
 
 /// The answer to `/<endpoint>[/<check>]?<query>`.
-pub(super) fn answer(
+pub(super) async fn answer(
+    registry: &Arc<Registry>,
     endpoint: &str,
     check: &str,
     query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
+    let checks = checks(endpoint);
     if !check.is_empty() {
-        let (_, run) = CHECKS
+        let name = checks
             .iter()
-            .find(|(name, _)| *name == check)
+            .find(|name| **name == check)
             .ok_or_else(ApiError::path_not_found)?;
-        return Ok(match run() {
+        return Ok(match run(name, registry).await {
             Ok(()) => text(StatusCode::OK, "ok".into()),
             Err(e) => text(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -64,11 +94,12 @@ pub(super) fn answer(
     }
     let mut out = String::new();
     let mut failed = false;
-    for (name, run) in CHECKS {
+    for name in checks {
         if let Some(i) = excluded.iter().position(|e| e == name) {
             excluded.swap_remove(i);
             out.push_str(&format!("[+]{name} excluded: ok\n"));
-        } else if run().is_err() {
+        } else if let Err(e) = run(name, registry).await {
+            tracing::warn!(check = %name, %endpoint, error = %e, "health check failed");
             failed = true;
             out.push_str(&format!("[-]{name} failed: reason withheld\n"));
         } else {

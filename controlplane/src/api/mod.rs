@@ -285,7 +285,7 @@ impl Api {
         match route {
             Route::Version => return Ok(json_response(StatusCode::OK, &discovery::version())),
             Route::Health(endpoint, check) => {
-                return health::answer(endpoint, &check, req.uri().query());
+                return health::answer(&self.registry, endpoint, &check, req.uri().query()).await;
             }
             _ => {}
         }

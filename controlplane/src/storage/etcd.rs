@@ -73,6 +73,7 @@ enum Request {
     Load { reply: Reply<Snapshot> },
     Commit { write: Write, reply: Reply<u64> },
     Compact { revision: u64, reply: Reply<()> },
+    Health { reply: Reply<()> },
 }
 
 /// A [`Backend`] over etcd v3, driven from its own thread.
@@ -199,6 +200,10 @@ impl Backend for EtcdBackend {
     fn compact(&self, revision: u64) -> Result<(), StorageError> {
         EtcdBackend::compact(self, revision)
     }
+
+    fn health(&self) -> Result<(), StorageError> {
+        Ok(self.call(|reply| Request::Health { reply })?)
+    }
 }
 
 impl Drop for EtcdBackend {
@@ -302,6 +307,11 @@ impl Worker {
             }
             Request::Compact { revision, reply } => {
                 let _ = reply.send(self.compact(revision).await);
+            }
+            Request::Health { reply } => {
+                // As kube-apiserver's check: a read of a key nobody writes.
+                let key = self.full_key("health");
+                let _ = reply.send(self.kv.get(key, None).await.map(drop).map_err(Into::into));
             }
         }
     }

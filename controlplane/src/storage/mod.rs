@@ -53,6 +53,8 @@ pub trait Backend: Send + Sync {
     fn load(&self) -> Result<Snapshot, StorageError>;
     /// Commits `write` as the next revision and returns that revision.
     fn commit(&self, write: &Write) -> Result<u64, StorageError>;
+    /// Answers a read: for the apiserver's `etcd` health check.
+    fn health(&self) -> Result<(), StorageError>;
     /// Drops history older than `revision`, for backends that keep it.
     fn compact(&self, _revision: u64) -> Result<(), StorageError> {
         Ok(())

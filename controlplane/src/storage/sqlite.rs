@@ -77,6 +77,13 @@ impl Backend for SqliteBackend {
         })
     }
 
+    fn health(&self) -> Result<(), StorageError> {
+        let conn = self.lock()?;
+        conn.prepare_cached("SELECT value FROM meta WHERE name = 'revision'")?
+            .query_row([], |r| r.get::<_, i64>(0))?;
+        Ok(())
+    }
+
     fn commit(&self, write: &Write) -> Result<u64, StorageError> {
         let mut conn = self.lock()?;
         let tx = conn.transaction()?;

@@ -166,6 +166,13 @@ impl ApiServer {
         self.spawn();
     }
 
+    /// Kills the etcd behind this apiserver, if it runs on one.
+    pub fn kill_etcd(&mut self) {
+        if let Some(e) = self.etcd.as_mut() {
+            e.kill();
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).expect("running")
     }

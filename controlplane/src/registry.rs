@@ -265,18 +265,19 @@ impl Registry {
     }
 
     /// A registry on a private in-memory store with default limits and
-    /// cluster settings, bootstrapped: for tests and fuzz targets that
-    /// drive the verbs without a server.
+    /// cluster settings and a short watch history, bootstrapped: for tests
+    /// and fuzz targets that drive the verbs without a server.
     pub fn in_memory() -> Result<Self, ApiError> {
         let fail = |e: &dyn std::fmt::Display| ApiError::internal(e.to_string());
         let backend = crate::storage::sqlite::SqliteBackend::open(std::path::Path::new(":memory:"))
             .map_err(|e| fail(&e))?;
-        let store = Store::open(
-            Box::new(backend),
-            crate::store::History::default(),
-            crate::limits::Limits::default(),
-        )
-        .map_err(|e| fail(&e))?;
+        // A short history: nothing watches, and fuzz runs write millions.
+        let history = crate::store::History {
+            events: 1000,
+            bytes: 16 * 1024 * 1024,
+        };
+        let store = Store::open(Box::new(backend), history, crate::limits::Limits::default())
+            .map_err(|e| fail(&e))?;
         let registry = Self::new(store, ClusterConfig::default())?;
         registry.bootstrap(None)?;
         Ok(registry)

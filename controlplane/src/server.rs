@@ -88,9 +88,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?,
         ),
     };
-    let store = Store::open(backend, settings.history, settings.limits)
+    let mut store = Store::open(backend, settings.history, settings.limits)
         .context("loading the object store")?;
-    set_aside_quarantined(&store, &settings.data_dir)?;
+    set_aside_quarantined(&mut store, &settings.data_dir)?;
     let registry =
         Arc::new(Registry::new(store, settings.cluster.clone()).context("seeding allocators")?);
     let listener = TcpListener::bind(settings.bind)
@@ -233,13 +233,14 @@ async fn reconcile_system_objects(registry: Arc<Registry>, endpoint: Option<Sock
 /// Saves each object the loader could not serve under
 /// `<data-dir>/quarantine/` and removes it from the store, with an error
 /// naming both, so the server starts with everything else.
-fn set_aside_quarantined(store: &Store, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    if store.quarantined().is_empty() {
+fn set_aside_quarantined(store: &mut Store, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let quarantined = store.take_quarantined();
+    if quarantined.is_empty() {
         return Ok(());
     }
     let dir = data_dir.join("quarantine");
     crate::data_dir::prepare(&dir)?;
-    for q in store.quarantined() {
+    for q in quarantined {
         let file: String = q
             .key
             .trim_start_matches('/')

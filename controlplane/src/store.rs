@@ -231,9 +231,9 @@ impl Event {
     }
 }
 
-/// Why a stored object cannot be served, if it cannot: it does not parse,
-/// or nests deeper than readers accept.
-fn unreadable(stored: &[u8], limits: &Limits) -> Result<Value, String> {
+/// The stored object, parsed, or why it cannot be served: it does not
+/// parse, or nests deeper than readers accept.
+fn servable(stored: &[u8], limits: &Limits) -> Result<Value, String> {
     let value: Value =
         serde_json::from_slice(stored).map_err(|e| format!("not valid JSON: {e}"))?;
     let depth = crate::limits::shape(&value).depth;
@@ -251,7 +251,7 @@ fn unreadable(stored: &[u8], limits: &Limits) -> Result<Value, String> {
 
 impl Store {
     /// Loads everything from `backend` into the cache. An object that cannot
-    /// be served is left out and listed in [`Store::quarantined`]: one bad
+    /// be served is left out and listed in [`Store::take_quarantined`]: one bad
     /// object must not stop the whole server.
     pub fn open(
         backend: Box<dyn Backend>,
@@ -270,7 +270,7 @@ impl Store {
                 tracing::warn!(key = %stored.key, "skipping stored object of an unknown kind");
                 continue;
             };
-            let mut value = match unreadable(&stored.value, &limits) {
+            let mut value = match servable(&stored.value, &limits) {
                 Ok(v) => v,
                 Err(reason) => {
                     tracing::error!(key = %stored.key, revision = stored.revision, %reason, "stored object cannot be served: quarantining it");
@@ -315,10 +315,11 @@ impl Store {
         &self.limits
     }
 
-    /// Objects the loader left out, for the caller to set aside with
+    /// Objects the loader left out, handed over once (their bytes are not
+    /// kept) for the caller to set aside and then remove with
     /// [`Store::drop_quarantined`].
-    pub fn quarantined(&self) -> &[Quarantined] {
-        &self.quarantined
+    pub fn take_quarantined(&mut self) -> Vec<Quarantined> {
+        std::mem::take(&mut self.quarantined)
     }
 
     /// Removes a quarantined object from the backend once it is saved

@@ -37,86 +37,91 @@ enum Routing {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "ferry-agent", version, about = "Ferry's node agent")]
+#[command(
+    name = "ferry-agent",
+    version,
+    about = "Ferry's node agent",
+    after_help = "Settings go before or after a subcommand, as with kubectl:\n  ferry-agent --kubeconfig node-1.kubeconfig --node-name node-1 --devices eth0\n  ferry-agent inspect services --bpffs-root /sys/fs/bpf/ferry"
+)]
 struct Cli {
     /// Kubeconfig to reach the API; in-cluster configuration when unset.
-    #[arg(long, env = "KUBECONFIG")]
+    #[arg(long, global = true, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// This node's name (its Node object).
-    #[arg(long, env = "NODE_NAME", default_value = "")]
+    #[arg(long, global = true, env = "NODE_NAME", default_value = "")]
     node_name: String,
     /// How pod traffic crosses between nodes.
-    #[arg(long, value_enum, default_value = "direct")]
+    #[arg(long, global = true, value_enum, default_value = "direct")]
     routing: Routing,
     /// VXLAN network identifier.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, global = true, default_value_t = 1)]
     vxlan_vni: u32,
     /// VXLAN UDP port (8472, as flannel and Cilium use on Linux).
-    #[arg(long, default_value_t = 8472)]
+    #[arg(long, global = true, default_value_t = 8472)]
     vxlan_port: u16,
     /// Seconds between full re-syncs, repairing anything changed behind the
     /// agent's back.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, global = true, default_value_t = 60)]
     resync_seconds: u64,
     /// Where the maps and program links are pinned (a bpffs directory).
-    #[arg(long, default_value = "/sys/fs/bpf/ferry")]
+    #[arg(long, global = true, default_value = "/sys/fs/bpf/ferry")]
     bpffs_root: PathBuf,
     /// The cgroup (v2) whose processes get socket-level load balancing:
     /// the root cgroup in production; tests give a child cgroup of their
     /// own. Default: the cgroup2 mount point.
-    #[arg(long)]
+    #[arg(long, global = true)]
     cgroup_root: Option<PathBuf>,
     /// Run without the service proxy (routes only).
-    #[arg(long)]
+    #[arg(long, global = true)]
     no_service_proxy: bool,
     /// Devices whose traffic gets per-packet service translation (TC),
     /// e.g. the node's uplink; none: socket-level balancing only.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, global = true, value_delimiter = ',')]
     devices: Vec<String>,
     /// Also translate per packet on every device named with this prefix,
     /// attached as they appear: the node side of pods' veths (ferry-cni's
     /// are `fer...`), for pods whose processes are outside the cgroup.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pod_devices: Option<String>,
     /// Where `/healthz`, `/readyz` and `/metrics` are served (kube-proxy's
     /// metrics port); empty to turn them off.
-    #[arg(long, default_value = "127.0.0.1:10249")]
+    #[arg(long, global = true, default_value = "127.0.0.1:10249")]
     metrics_bind_address: String,
     /// Seconds a metrics client has to send a request head.
-    #[arg(long, default_value_t = HttpLimits::default().header_timeout.as_secs())]
+    #[arg(long, global = true, default_value_t = HttpLimits::default().header_timeout.as_secs())]
     metrics_header_timeout: u64,
     /// Seconds a metrics connection may move nothing before it is closed.
-    #[arg(long, default_value_t = HttpLimits::default().idle_timeout.as_secs())]
+    #[arg(long, global = true, default_value_t = HttpLimits::default().idle_timeout.as_secs())]
     metrics_idle_timeout: u64,
     /// Metrics connections open at once; more wait in the listen backlog.
-    #[arg(long, default_value_t = HttpLimits::default().max_connections)]
+    #[arg(long, global = true, default_value_t = HttpLimits::default().max_connections)]
     metrics_max_connections: usize,
     /// Idle TCP flows are forgotten after this many seconds.
-    #[arg(long, default_value_t = Timeouts::default().tcp.as_secs())]
+    #[arg(long, global = true, default_value_t = Timeouts::default().tcp.as_secs())]
     conntrack_tcp_timeout: u64,
     /// Idle UDP flows are forgotten after this many seconds.
-    #[arg(long, default_value_t = Timeouts::default().udp.as_secs())]
+    #[arg(long, global = true, default_value_t = Timeouts::default().udp.as_secs())]
     conntrack_udp_timeout: u64,
     /// Conntrack garbage collection interval, seconds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, global = true, default_value_t = 10)]
     conntrack_gc_interval: u64,
     /// Service frontend map entries.
-    #[arg(long, default_value_t = MapSizes::default().services)]
+    #[arg(long, global = true, default_value_t = MapSizes::default().services)]
     map_services: u32,
     /// Backend slot map entries (two per backend while a set is replaced).
-    #[arg(long, default_value_t = MapSizes::default().backends)]
+    #[arg(long, global = true, default_value_t = MapSizes::default().backends)]
     map_backends: u32,
     /// Session affinity map entries (LRU).
-    #[arg(long, default_value_t = MapSizes::default().affinity)]
+    #[arg(long, global = true, default_value_t = MapSizes::default().affinity)]
     map_affinity: u32,
     /// Socket reverse-translation map entries (LRU).
-    #[arg(long, default_value_t = MapSizes::default().sock_revnat)]
+    #[arg(long, global = true, default_value_t = MapSizes::default().sock_revnat)]
     map_sock_revnat: u32,
     /// Backend groups with counters (and the most groups programmed).
-    #[arg(long, default_value_t = MapSizes::default().stats)]
+    #[arg(long, global = true, default_value_t = MapSizes::default().stats)]
     map_stats: u32,
     /// Conntrack entries for per-packet translation (LRU).
-    #[arg(long, default_value_t = MapSizes::default().conntrack)]
+    #[arg(long, global = true, default_value_t = MapSizes::default().conntrack)]
     map_conntrack: u32,
     #[command(subcommand)]
     command: Option<Command>,
@@ -204,7 +209,12 @@ async fn main() -> anyhow::Result<()> {
     };
     match &cli.command {
         Some(Command::Inspect { what }) => {
-            let maps = bpf::open_pinned(&cli.layout()?).context("opening the pinned maps")?;
+            let maps = bpf::open_pinned(&cli.layout()?).with_context(|| {
+                format!(
+                    "opening the pinned maps under {} (is ferry-agent running with this --bpffs-root?)",
+                    cli.bpffs_root.display()
+                )
+            })?;
             let mut out = std::io::stdout().lock();
             return inspect::print(&maps, *what, &mut out).context("printing the maps");
         }

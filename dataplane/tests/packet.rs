@@ -492,3 +492,53 @@ fn pod_devices_use_internal_scope_without_source_nat() {
     let (_, out) = l.run(TC_EGRESS, &reply);
     assert_eq!(read(&out), ((vip, 80), (client, 40004)));
 }
+
+/// A pod's UDP flow from port P to a Service was translated to backend B;
+/// later the pod sends from the same port P straight to B. B's reply to
+/// that direct flow must not be rewritten to come from the Service (the
+/// client would drop it): the direct flow supersedes the stale entries,
+/// and a later flow to the Service is translated afresh.
+#[test]
+fn a_direct_flow_supersedes_a_stale_translation_of_its_tuple() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut l = Loaded::new("superseded");
+    l.pod_device();
+    let (vip, client, pod) = (ip("10.96.0.53"), ip("10.244.0.9"), ip("10.244.1.7"));
+    l.service_in(
+        SCOPE_INTERNAL,
+        vip,
+        53,
+        PROTO_UDP,
+        12,
+        &[backend("10.244.1.7", 5353, false)],
+    );
+    let to_vip = packet(PROTO_UDP, (client, 41234), (vip, 53), false);
+    let (_, out) = l.run(TC_INGRESS, &to_vip);
+    assert_eq!(read(&out), ((client, 41234), (pod, 5353)));
+    let reply = packet(PROTO_UDP, (pod, 5353), (client, 41234), false);
+    let (_, out) = l.run(TC_EGRESS, &reply);
+    assert_eq!(read(&out), ((vip, 53), (client, 41234)), "translated reply");
+
+    // The same source port, straight to the backend.
+    let direct = packet(PROTO_UDP, (client, 41234), (pod, 5353), false);
+    assert_eq!(l.run(TC_INGRESS, &direct), (TC_ACT_OK, direct.clone()));
+    let (rc, out) = l.run(TC_EGRESS, &reply);
+    assert_eq!(
+        (rc, read(&out)),
+        (TC_ACT_OK, ((pod, 5353), (client, 41234))),
+        "the direct flow's reply comes from the backend itself"
+    );
+    assert!(
+        l.flows().is_empty(),
+        "stale entries removed: {:?}",
+        l.flows()
+    );
+
+    // Back to the Service: a new translation, replies from the frontend.
+    let (_, out) = l.run(TC_INGRESS, &to_vip);
+    assert_eq!(read(&out), ((client, 41234), (pod, 5353)));
+    let (_, out) = l.run(TC_EGRESS, &reply);
+    assert_eq!(read(&out), ((vip, 53), (client, 41234)));
+}

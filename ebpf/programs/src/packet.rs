@@ -296,7 +296,10 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
     };
     let mut chosen = Chosen::default();
     match select(&svc, &affinity, &mut chosen) {
-        Verdict::Pass => return TC_ACT_OK as i32,
+        Verdict::Pass => {
+            forget_superseded(p);
+            return TC_ACT_OK as i32;
+        }
         // kube-proxy rejects: a SYN gets a RST, a datagram an ICMP port
         // unreachable, at once, so the client sees "connection refused"
         // rather than a timeout; anything else drops.
@@ -323,6 +326,44 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
         }
         None => TC_ACT_SHOT as i32,
     }
+}
+
+/// A packet of a new flow that is not translated (it goes straight to its
+/// destination) supersedes a translated flow that used the same tuple
+/// before: its replies would otherwise be rewritten to come from that
+/// flow's frontend, and the client would drop them. The stale reply entry
+/// (keyed by this packet's reverse tuple) and the forward entry it names
+/// go, as Linux conntrack resolves the same clash for NAT. One lookup, and
+/// only for packets no entry and no frontend matched.
+#[inline(never)]
+fn forget_superseded(p: &Packet) {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let key = unsafe { &mut (*s).key };
+    *key = CtKey {
+        src: p.dst,
+        dst: p.src,
+        sport: p.dport,
+        dport: p.sport,
+        proto: p.proto,
+        _pad: [0; 3],
+    };
+    let Some(entry) = CONNTRACK.get_ptr(&*key) else {
+        return;
+    };
+    let (flags, frontend, port) = unsafe { ((*entry).flags, (*entry).addr, (*entry).port) };
+    // Only a reply entry that restores a frontend on the way back; a
+    // source-translated flow's entries are keyed by the node's address.
+    if flags & CT_FLAG_REPLY == 0 || flags & CT_FLAG_SNAT != 0 {
+        return;
+    }
+    let _ = CONNTRACK.remove(&*key);
+    key.src = p.src;
+    key.dst = frontend;
+    key.sport = p.sport;
+    key.dport = port;
+    let _ = CONNTRACK.remove(&*key);
 }
 
 /// Records a new flow to `chosen`: the forward entry, and the entries its

@@ -19,8 +19,8 @@ use aya::{Ebpf, EbpfLoader};
 use crate::service::programmer::{LbMaps, MapOpError, addr_words};
 use ferry_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, MAP_AFFINITY, MAP_BACKENDS,
-    MAP_CONNTRACK, MAP_NODE_ADDRS, MAP_SERVICES, MAP_SOCK_REVNAT, MAP_STATS, NodeAddrs, ServiceKey,
-    ServiceStats, ServiceValue, SockRevNatKey, SockRevNatValue,
+    MAP_CONNTRACK, MAP_NODE_ADDRS, MAP_NODEPORT_ADDRS, MAP_SERVICES, MAP_SOCK_REVNAT, MAP_STATS,
+    NodeAddrs, ServiceKey, ServiceStats, ServiceValue, SockRevNatKey, SockRevNatValue,
 };
 
 use crate::devices::Device;
@@ -437,6 +437,45 @@ pub fn open_pinned(layout: &Layout) -> Result<Maps, BpfError> {
         conntrack: open(&dir, MAP_CONNTRACK)?,
         node_addrs: open(&dir, MAP_NODE_ADDRS)?,
     })
+}
+
+/// The node's addresses where NodePorts answer, kept equal to what the node
+/// holds: new ones are added before gone ones are removed.
+pub struct NodePortAddrs(HashMap<MapData, [u32; 4], u8>);
+
+impl std::fmt::Debug for NodePortAddrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodePortAddrs")
+    }
+}
+
+impl NodePortAddrs {
+    /// A handle on the pinned map.
+    pub fn open(layout: &Layout) -> Result<Self, BpfError> {
+        open(&layout.maps_dir(), MAP_NODEPORT_ADDRS).map(Self)
+    }
+
+    /// Makes the map hold exactly `addrs`; returns how many changed.
+    pub fn sync(&mut self, addrs: &[std::net::IpAddr]) -> Result<usize, BpfError> {
+        let err = |source| BpfError::Map {
+            name: MAP_NODEPORT_ADDRS,
+            source: Box::new(source),
+        };
+        let wanted: std::collections::BTreeSet<[u32; 4]> =
+            addrs.iter().map(|a| addr_words(*a)).collect();
+        let held: std::collections::BTreeSet<[u32; 4]> =
+            self.0.keys().filter_map(Result::ok).collect();
+        let mut changed = 0;
+        for a in wanted.difference(&held) {
+            self.0.insert(a, 1, 0).map_err(err)?;
+            changed += 1;
+        }
+        for a in held.difference(&wanted) {
+            self.0.remove(a).map_err(err)?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
 }
 
 /// A second handle on the pinned conntrack map, for collecting idle flows

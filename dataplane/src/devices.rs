@@ -92,6 +92,39 @@ pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<IpAddr>, rtnet
         .await
 }
 
+/// The node's addresses where NodePorts answer: every address in this
+/// namespace except loopback (the socket hooks take `127.0.0.1` and `::1`
+/// themselves) and link-local ones (pods' veths carry their gateway
+/// there), kept to `only` when it is not empty (`--nodeport-addresses`).
+pub async fn node_port_addresses(
+    handle: &Handle,
+    only: &[ipnet::IpNet],
+) -> Result<Vec<IpAddr>, rtnetlink::Error> {
+    let all: Vec<IpAddr> = handle
+        .address()
+        .get()
+        .execute()
+        .try_filter_map(|m| async move {
+            Ok(m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            }))
+        })
+        .try_collect()
+        .await?;
+    Ok(all
+        .into_iter()
+        .filter(|ip| {
+            let link_local = match ip {
+                IpAddr::V4(v4) => v4.is_link_local(),
+                IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+            };
+            !ip.is_loopback() && !link_local
+        })
+        .filter(|ip| only.is_empty() || only.iter().any(|n| n.contains(ip)))
+        .collect())
+}
+
 /// The names of every link in this namespace.
 pub async fn link_names(handle: &Handle) -> Result<Vec<String>, rtnetlink::Error> {
     use netlink_packet_route::link::LinkAttribute;

@@ -78,6 +78,12 @@ struct Cli {
     /// e.g. the node's uplink; none: socket-level balancing only.
     #[arg(long, global = true, value_delimiter = ',')]
     devices: Vec<String>,
+    /// NodePorts answer only at the node's addresses in these CIDRs
+    /// (kube-proxy's flag); empty: at every address but loopback and
+    /// link-local ones (and, from the node's own processes, at 127.0.0.1
+    /// and ::1).
+    #[arg(long, global = true, value_delimiter = ',')]
+    nodeport_addresses: Vec<ipnet::IpNet>,
     /// Also translate per packet on every device named with this prefix,
     /// attached as they appear: the node side of pods' veths (ferry-cni's
     /// are `fer...`), for pods whose processes are outside the cgroup.
@@ -257,6 +263,28 @@ async fn main() -> anyhow::Result<()> {
             .context("looking up --devices")?;
         let (maps, mut hooks) = bpf::install(&layout, &sizes, &devices, cli.pod_devices.as_deref())
             .context("installing the eBPF programs")?;
+        let mut node_port_addrs =
+            bpf::NodePortAddrs::open(&layout).context("opening the NodePort address map")?;
+        let (np_handle, only) = (handle.clone(), cli.nodeport_addresses.clone());
+        tokio::spawn(async move {
+            // Addresses come and go with the node's links: follow them.
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let addrs = match devices::node_port_addresses(&np_handle, &only).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "listing the node's addresses for NodePorts");
+                        continue;
+                    }
+                };
+                match node_port_addrs.sync(&addrs) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(changed = n, addresses = ?addrs, "NodePort addresses"),
+                    Err(e) => tracing::warn!(error = %e, "writing the NodePort addresses"),
+                }
+            }
+        });
         if let Some(prefix) = cli.pod_devices.clone() {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -1109,3 +1109,163 @@ fn an_undecodable_service_does_not_stop_the_proxy() {
     );
     assert!(c.agent_output().contains("cannot be decoded"));
 }
+
+/// NodePort: a client outside the cluster (the underlay, not a node)
+/// reaches `<node-ip>:<nodePort>` over TCP and UDP, IPv4 and IPv6, spread
+/// over backends on both nodes; the node's own processes reach it at
+/// `127.0.0.1`, `::1` and the node's address, and so do its pods;
+/// `externalTrafficPolicy: Local` keeps external traffic on this node's
+/// endpoints with the client's address, while the node's own traffic
+/// still reaches every endpoint.
+#[test]
+fn node_ports_from_outside_and_inside_the_node() {
+    if skip_if_not_root() {
+        return;
+    }
+    let world = World::builder()
+        .nodes(2)
+        .pods_per_node(2)
+        .cni(ferry_cni())
+        .route_pod_cidrs(true)
+        .build()
+        .expect("world");
+    let c = Cluster::with_world(world, &["--devices", UNDERLAY_IF]);
+    c.add_pod(0, 0, "web");
+    c.add_pod(1, 0, "web");
+    c.add_pod(1, 1, "web");
+    let c = c.started();
+    let node0 = c.world.node(0);
+    let underlay = c.world.underlay();
+    // The client: the underlay's own addresses, on-link to the nodes only.
+    let client_v6 = std::net::Ipv6Addr::from(u128::from(node0.underlay_v6.network()) + 250);
+    underlay
+        .exec([
+            "ip",
+            "addr",
+            "add",
+            &format!("{client_v6}/{}", node0.underlay_v6.prefix_len()),
+            "dev",
+            "br0",
+            "nodad",
+        ])
+        .expect("client IPv6 address");
+    let ports = |policy: &str| {
+        json!({
+            "type": "NodePort",
+            "externalTrafficPolicy": policy,
+            "ports": [
+                {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http", "nodePort": 30080},
+                {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": "udp", "nodePort": 30080},
+            ],
+        })
+    };
+    c.service("np", "web", ports("Cluster"));
+    let any4 = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 30080);
+    c.wait_backends(any4, "TCP", 3);
+    c.wait_backends(any4, "UDP", 3);
+    let names =
+        |node: usize| -> Vec<String> { c.world.pods_on(node).map(|p| p.name.clone()).collect() };
+    let web: Vec<String> = [
+        names(0)[0].clone(),
+        names(1)[0].clone(),
+        names(1)[1].clone(),
+    ]
+    .to_vec();
+    let v4 = SocketAddr::new(IpAddr::V4(node0.ipv4), 30080);
+    let v6 = SocketAddr::new(IpAddr::V6(node0.ipv6), 30080);
+    // Wait until the agent has written the node's addresses (and the
+    // underlay's neighbours are resolved).
+    for addr in [v4, v6] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !probe(underlay, addr, None, &["--timeout-ms", "500"])[0].starts_with("ok ") {
+            assert!(
+                Instant::now() < deadline,
+                "NodePort {addr} never answered\n{}",
+                c.agent_output()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    for addr in [v4, v6] {
+        for udp in [false, true] {
+            let mut args = vec!["--count", "30"];
+            if udp {
+                args.push("--udp");
+            }
+            let lines = probe(underlay, addr, None, &args);
+            let got = replies(&lines);
+            assert!(
+                got.len() >= 2 && got.keys().all(|k| web.contains(k)),
+                "{addr} udp={udp}: {got:?}\n{}",
+                c.inspect("conntrack")
+            );
+            assert!(
+                peers(&lines).iter().all(|p| p == &addr.to_string()),
+                "replies come from the node port: {lines:?}"
+            );
+        }
+    }
+    // From the node itself (socket level), at loopback and its address.
+    for addr in [
+        SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 30080),
+        SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 30080),
+        v4,
+    ] {
+        let got = replies(&c.probe(&node0.netns, addr, &["--count", "20"]));
+        assert!(
+            got.len() >= 2 && got.keys().all(|k| web.contains(k)),
+            "{addr} from the node: {got:?}"
+        );
+    }
+    // From a pod on the node.
+    let pod = c.world.pod(0, 1);
+    let got = replies(&c.probe(&pod.netns, v4, &["--count", "20"]));
+    assert!(got.len() >= 2, "from a pod: {got:?}");
+
+    // Local: outside traffic only to this node's endpoint, with the
+    // client's own address; the node's own traffic still reaches all.
+    c.patch_service("np", json!({"spec": {"externalTrafficPolicy": "Local"}}));
+    c.wait_backends(any4, "TCP", 3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = replies(&probe(underlay, v4, None, &["--count", "20"]));
+        if got.keys().all(|k| *k == names(0)[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Local policy not applied: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let client_v4 = underlay
+        .exec(["ip", "-4", "-o", "addr", "show", "dev", "br0"])
+        .expect("underlay address")
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.split('/').next())
+        .expect("br0 address")
+        .to_owned();
+    let lines = probe(underlay, v4, None, &["--path", "/clientip"]);
+    assert!(
+        lines[0].starts_with(&format!("ok {client_v4}:")),
+        "the client's address is kept: {lines:?}"
+    );
+    let got = replies(&c.probe(&node0.netns, v4, &["--count", "20"]));
+    assert!(
+        got.len() >= 2,
+        "the node's own traffic reaches every endpoint: {got:?}"
+    );
+
+    // The local endpoint goes: outside traffic to this node is dropped (as
+    // kube-proxy drops it: a load balancer's health check moves on), not
+    // refused, while the node's own traffic reaches the remote endpoints.
+    c.delete_pod(&names(0)[0]);
+    c.wait_backends(any4, "TCP", 2);
+    let lines = probe(underlay, v4, None, &["--timeout-ms", "1000"]);
+    assert!(lines[0].starts_with("err TimedOut"), "{lines:?}");
+    let lines = probe(underlay, v4, None, &["--udp", "--timeout-ms", "1000"]);
+    assert!(lines[0].starts_with("err "), "{lines:?}");
+    let got = replies(&c.probe(&node0.netns, v4, &["--count", "10"]));
+    assert!(got.keys().all(|k| names(1).contains(k)), "{got:?}");
+}

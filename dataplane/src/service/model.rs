@@ -89,6 +89,9 @@ pub enum FrontendKind {
     ExternalIp,
     /// `status.loadBalancer.ingress[].ip` (VIP mode only).
     LoadBalancer,
+    /// `spec.ports[].nodePort` at any of the node's addresses: the
+    /// frontend's address is the family's unspecified address.
+    NodePort,
 }
 
 /// One address:port:protocol the dataplane must translate.
@@ -140,8 +143,12 @@ pub struct ServicePortEntries {
     pub frontends: Vec<Frontend>,
     /// Backends for ClusterIP frontends (after internalTrafficPolicy), sorted, deduplicated, mixed families.
     pub cluster_backends: Vec<Backend>,
-    /// Backends for ExternalIP/LoadBalancer frontends (after externalTrafficPolicy), sorted, deduplicated.
+    /// Backends for ExternalIP/LoadBalancer/NodePort frontends (after externalTrafficPolicy), sorted, deduplicated.
     pub external_backends: Vec<Backend>,
+    /// External traffic is dropped, not refused, when it has no backend:
+    /// `externalTrafficPolicy: Local` on a node without a local endpoint
+    /// of a Service that has endpoints elsewhere (kube-proxy's DROP).
+    pub external_drop: bool,
     /// ClientIP affinity timeout in seconds, None when sessionAffinity is None.
     pub affinity_timeout: Option<u32>,
 }
@@ -255,6 +262,33 @@ pub fn service_entries(
             protocol,
             kind,
         };
+        // NodePort and LoadBalancer Services answer on their node port at
+        // the node's addresses, in each of the Service's families.
+        let node_port = match spec.type_.as_deref() {
+            Some("NodePort" | "LoadBalancer") => sp.node_port.filter(|p| *p != 0),
+            _ => None,
+        };
+        let node_port = node_port
+            .map(|p| {
+                u16::try_from(p).map_err(|_| ModelError::BadPort {
+                    service: svc.clone(),
+                    field: format!("spec.ports[{i}].nodePort"),
+                    value: p,
+                })
+            })
+            .transpose()?;
+        let node_port_frontends = node_port.into_iter().flat_map(|np| {
+            cluster_ips.iter().map(move |ip| Frontend {
+                addr: if ip.is_ipv4() {
+                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+                },
+                port: np,
+                protocol,
+                kind: FrontendKind::NodePort,
+            })
+        });
         let mut frontends: Vec<Frontend> = cluster_ips
             .iter()
             .map(|ip| frontend(*ip, FrontendKind::ClusterIp))
@@ -268,6 +302,7 @@ pub fn service_entries(
                     .iter()
                     .map(|ip| frontend(*ip, FrontendKind::LoadBalancer)),
             )
+            .chain(node_port_frontends)
             .collect();
         // One frontend per address:port:protocol; the smallest kind wins
         // (ClusterIp over ExternalIp over LoadBalancer; the last two share
@@ -288,6 +323,9 @@ pub fn service_entries(
             frontends,
             cluster_backends: usable_backends(&endpoints, internal_local),
             external_backends: usable_backends(&endpoints, external_local),
+            external_drop: external_local
+                && usable_backends(&endpoints, true).is_empty()
+                && !usable_backends(&endpoints, false).is_empty(),
             affinity_timeout,
         });
     }
@@ -1176,6 +1214,51 @@ mod tests {
         let e = only(entries(&svc, &slices, NODE));
         assert!(e.external_backends.is_empty());
         assert_eq!(e.cluster_backends, bes(&["10.244.2.5:8080"]));
+    }
+
+    #[test]
+    fn node_ports_answer_in_each_family_of_the_service() {
+        let svc = service(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {
+                "type": "NodePort",
+                "clusterIPs": ["10.96.0.10", "fd00::10"],
+                "ports": [{"name": "http", "port": 80, "nodePort": 30080}]
+            }
+        }));
+        let slices = [http_slice("web-1", json!([ep("10.244.1.5", NODE)]))];
+        let e = only(entries(&svc, &slices, NODE));
+        assert_eq!(
+            e.frontends,
+            // Sorted by address.
+            vec![
+                fe("0.0.0.0", 30080, Protocol::Tcp, FrontendKind::NodePort),
+                fe("10.96.0.10", 80, Protocol::Tcp, FrontendKind::ClusterIp),
+                fe("::", 30080, Protocol::Tcp, FrontendKind::NodePort),
+                fe("fd00::10", 80, Protocol::Tcp, FrontendKind::ClusterIp),
+            ]
+        );
+        // A ClusterIP Service has no node port, whatever its spec says.
+        let svc = service(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}
+        }));
+        let e = only(entries(&svc, &slices, NODE));
+        assert!(e.frontends.iter().all(|f| f.kind != FrontendKind::NodePort));
+    }
+
+    #[test]
+    fn local_policy_drops_only_when_endpoints_are_elsewhere() {
+        let svc = http_service(json!({"type": "NodePort", "externalTrafficPolicy": "Local"}));
+        let elsewhere = [http_slice("web-1", json!([ep("10.244.2.5", "node-b")]))];
+        assert!(only(entries(&svc, &elsewhere, NODE)).external_drop);
+        let here = [http_slice("web-1", json!([ep("10.244.1.5", NODE)]))];
+        assert!(!only(entries(&svc, &here, NODE)).external_drop);
+        // No endpoints at all: refused, as for any Service.
+        let none = [http_slice("web-1", json!([]))];
+        assert!(!only(entries(&svc, &none, NODE)).external_drop);
+        let cluster = http_service(json!({"type": "NodePort"}));
+        assert!(!only(entries(&cluster, &elsewhere, NODE)).external_drop);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use ferry_ebpf_common::{
     AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend, BackendKey, CtKey, CtValue,
     PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_AFFINITY,
-    ServiceKey, ServiceStats, ServiceValue, v4_mapped,
+    SVC_FLAG_DROP, ServiceKey, ServiceStats, ServiceValue, v4_mapped,
 };
 
 use super::model::{self, FrontendKind, Protocol, ServicePortEntries, ServicePortName};
@@ -789,7 +789,11 @@ fn desired_groups(entries: &[ServicePortEntries]) -> BTreeMap<GroupKey, Desired>
                             .filter(of_family)
                             .map(backend)
                             .collect(),
-                        flags,
+                        flags: if e.external_drop {
+                            flags | SVC_FLAG_DROP
+                        } else {
+                            flags
+                        },
                         timeout,
                     },
                 );

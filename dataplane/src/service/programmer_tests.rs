@@ -261,6 +261,7 @@ fn port(svc: &ServiceName, port_name: &str, protocol: Protocol) -> ServicePortEn
         frontends: Vec::new(),
         cluster_backends: Vec::new(),
         external_backends: Vec::new(),
+        external_drop: false,
         affinity_timeout: None,
     }
 }
@@ -1205,6 +1206,7 @@ impl Spec {
                     .collect(),
                 cluster_backends: ps.cluster.iter().copied().collect(),
                 external_backends: ps.external.iter().copied().collect(),
+                external_drop: false,
                 affinity_timeout: self.affinity,
             })
             .collect()

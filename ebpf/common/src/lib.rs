@@ -25,8 +25,20 @@ pub const PROTO_SCTP: u8 = 132;
 pub const SCOPE_INTERNAL: u8 = 0;
 pub const SCOPE_EXTERNAL: u8 = 1;
 
+/// The address of a NodePort frontend's key: the Service answers on its
+/// node port at any address in [`MAP_NODEPORT_ADDRS`] (IPv4, stored
+/// IPv4-mapped as every address is, and IPv6). No real frontend has
+/// either: `0.0.0.0` and `::` are never a Service's address.
+pub const NODEPORT_ANY_V4: [u32; 4] = [0, 0, V4_MAPPED_WORD, 0];
+pub const NODEPORT_ANY_V6: [u32; 4] = [0; 4];
+
 /// [`ServiceValue::flags`]: ClientIP session affinity is on.
 pub const SVC_FLAG_AFFINITY: u8 = 1;
+/// [`ServiceValue::flags`]: no backend here, but the Service has endpoints
+/// elsewhere (`externalTrafficPolicy: Local` on a node without a local
+/// one): its packets are dropped, as kube-proxy does, not refused, so an
+/// external load balancer's health check moves traffic to another node.
+pub const SVC_FLAG_DROP: u8 = 2;
 
 /// [`Backend::flags`]: the backend runs on this node, so per-packet
 /// translation needs no source NAT to bring its replies back.
@@ -49,6 +61,9 @@ pub const MAP_SOCK_REVNAT: &str = "FERRY_SOCK_RNAT";
 pub const MAP_STATS: &str = "FERRY_STATS";
 pub const MAP_CONNTRACK: &str = "FERRY_CT";
 pub const MAP_NODE_ADDRS: &str = "FERRY_NODE_ADDRS";
+/// The node's addresses where NodePorts answer (key: the address in the
+/// stored form; value: unused).
+pub const MAP_NODEPORT_ADDRS: &str = "FERRY_NODEPORT_ADDRS";
 
 /// The word that marks an IPv4-mapped address (`::ffff:0:0/96`), as stored.
 pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);

@@ -32,6 +32,10 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0)
 #[map(name = "FERRY_NODE_ADDRS")]
 pub static NODE_ADDRS: HashMap<u32, NodeAddrs> = HashMap::pinned(64, 0);
 
+/// The node's addresses where NodePorts answer.
+#[map(name = "FERRY_NODEPORT_ADDRS")]
+pub static NODEPORT_ADDRS: HashMap<[u32; 4], u8> = HashMap::pinned(256, 0);
+
 /// Room for building conntrack entries: the BPF stack (512 bytes for a
 /// whole call chain) cannot hold several of them. Per CPU and never pinned.
 #[repr(C)]

@@ -21,7 +21,9 @@
 //!   the frontend, destination the client.
 
 use aya_ebpf::bindings::{__sk_buff, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail};
+use aya_ebpf::helpers::{
+    bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh, bpf_skb_adjust_room, bpf_skb_change_tail,
+};
 use aya_ebpf::macros::classifier;
 use aya_ebpf::programs::TcContext;
 use ferry_ebpf_common::{
@@ -30,8 +32,8 @@ use ferry_ebpf_common::{
     v4_mapped,
 };
 
-use crate::maps::{CONNTRACK, NODE_ADDRS, SCRATCH, STATS};
-use crate::service::{Chosen, Verdict, select};
+use crate::maps::{CONNTRACK, NODEPORT_ADDRS, NODE_ADDRS, SCRATCH, STATS};
+use crate::service::{Chosen, Verdict, node_port, select};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -256,8 +258,18 @@ fn ingress(ctx: &TcContext) -> Option<i32> {
         } else if flags & CT_FLAG_SNAT != 0 {
             // A remote backend's reply to the node: back to the client,
             // from the frontend.
+            let from_node = NODEPORT_ADDRS.get_ptr(&ct.addr).is_some();
             ok(rewrite(skb, &p, true, &ct.addr, ct.port))?;
             ok(rewrite(skb, &p, false, &ct.nat_addr, ct.nat_port))?;
+            if from_node {
+                // From one of the node's own addresses (a NodePort): the
+                // stack would drop a forwarded packet with a local source,
+                // so it leaves here, through the device it came in on,
+                // toward the next hop the FIB gives for the client.
+                let ifindex = unsafe { (*skb).ifindex };
+                let rc = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
+                return Some(rc as i32);
+            }
         }
         return Some(TC_ACT_OK as i32);
     }
@@ -280,7 +292,7 @@ fn ok(rc: i32) -> Option<()> {
 fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
     let ifindex = unsafe { (*skb).ifindex };
     let external = NODE_ADDRS.get_ptr(&ifindex).is_some();
-    let svc = ServiceKey {
+    let mut svc = ServiceKey {
         addr: p.dst,
         port: p.dport,
         proto: p.proto,
@@ -290,6 +302,7 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
             SCOPE_INTERNAL
         },
     };
+    node_port(&mut svc, false);
     let affinity = AffinityKey {
         client: p.src,
         ..AffinityKey::default()
@@ -312,6 +325,7 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
             }
             return TC_ACT_SHOT as i32;
         }
+        Verdict::Drop => return TC_ACT_SHOT as i32,
         Verdict::To => {}
     }
     if is_v4(&chosen.backend.addr) != p.v4 {

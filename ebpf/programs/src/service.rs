@@ -4,11 +4,11 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use ferry_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, SVC_FLAG_AFFINITY, ServiceKey, ServiceStats,
-    ServiceValue,
+    AffinityKey, AffinityValue, Backend, BackendKey, NODEPORT_ANY_V4, NODEPORT_ANY_V6,
+    SVC_FLAG_AFFINITY, SVC_FLAG_DROP, ServiceKey, ServiceStats, ServiceValue, is_v4,
 };
 
-use crate::maps::{AFFINITY, BACKENDS, SERVICES, STATS};
+use crate::maps::{AFFINITY, BACKENDS, NODEPORT_ADDRS, SERVICES, STATS};
 
 /// What a frontend lookup decided.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub enum Verdict {
     Pass,
     /// A service with no usable endpoints: refuse the connection.
     Reject,
+    /// A service with endpoints, none of them usable here: drop.
+    Drop,
     /// Translate to the [`Chosen`] backend.
     To,
 }
@@ -41,6 +43,28 @@ pub enum Counter {
 /// for packets). A function of its own (a BPF subprogram) so its locals get
 /// their own stack frame.
 #[inline(never)]
+/// Turns `key` into its NodePort frontend's when its address is one of the
+/// node's (or, with `loopback`, a loopback address: from the node's own
+/// processes, as kube-proxy allows `127.0.0.1:<nodePort>`) and no frontend
+/// has that exact address (an externalIP may be a node's address).
+#[inline(always)]
+pub fn node_port(key: &mut ServiceKey, loopback: bool) {
+    let v4 = is_v4(&key.addr);
+    let is_loopback = loopback
+        && if v4 {
+            u32::from_be(key.addr[3]) >> 24 == 127
+        } else {
+            key.addr[0] == 0 && key.addr[1] == 0 && key.addr[2] == 0 && u32::from_be(key.addr[3]) == 1
+        };
+    if !is_loopback && NODEPORT_ADDRS.get_ptr(&key.addr).is_none() {
+        return;
+    }
+    if SERVICES.get_ptr(&*key).is_some() {
+        return;
+    }
+    key.addr = if v4 { NODEPORT_ANY_V4 } else { NODEPORT_ANY_V6 };
+}
+
 pub fn select(key: &ServiceKey, affinity: &AffinityKey, out: &mut Chosen) -> Verdict {
     // Copy the value out at once: a preallocated hash element may be reused
     // after a concurrent delete.
@@ -50,6 +74,9 @@ pub fn select(key: &ServiceKey, affinity: &AffinityKey, out: &mut Chosen) -> Ver
     };
     if svc.count == 0 {
         count(svc.id, Counter::Rejected);
+        if svc.flags & SVC_FLAG_DROP != 0 {
+            return Verdict::Drop;
+        }
         return Verdict::Reject;
     }
     let sticky = svc.flags & SVC_FLAG_AFFINITY != 0;

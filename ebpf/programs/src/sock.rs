@@ -17,7 +17,7 @@ use ferry_ebpf_common::{
 };
 
 use crate::maps::SOCK_REVNAT;
-use crate::service::{Chosen, Verdict, select};
+use crate::service::{Chosen, Verdict, node_port, select};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -128,12 +128,13 @@ fn translate(ctx: &SockAddrContext, family: Family) -> i32 {
         return ALLOW;
     };
     let addr = user_addr(sa, family);
-    let key = ServiceKey {
+    let mut key = ServiceKey {
         addr,
         port: user_port(sa),
         proto,
         scope: SCOPE_INTERNAL,
     };
+    node_port(&mut key, true);
     let affinity = AffinityKey {
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         ..AffinityKey::default()
@@ -141,7 +142,8 @@ fn translate(ctx: &SockAddrContext, family: Family) -> i32 {
     let mut chosen = Chosen::default();
     match select(&key, &affinity, &mut chosen) {
         Verdict::Pass => ALLOW,
-        Verdict::Reject => {
+        // Drop is for external traffic only, which never meets a socket.
+        Verdict::Reject | Verdict::Drop => {
             // As kube-proxy's REJECT: the client sees "connection refused" at
             // once instead of waiting for a timeout.
             unsafe { bpf_set_retval(-ECONNREFUSED) };
@@ -166,8 +168,9 @@ fn translate(ctx: &SockAddrContext, family: Family) -> i32 {
                 },
                 _pad: 0,
             };
+            // The address the socket asked for (a NodePort's key holds none).
             let rval = SockRevNatValue {
-                addr: key.addr,
+                addr,
                 port: key.port,
                 _pad: [0; 2],
             };

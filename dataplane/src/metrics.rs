@@ -213,7 +213,7 @@ impl Metrics {
             .set(i64::from(capacity));
     }
 
-    fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         // The loop wakes at least every second; a minute of silence means
         // it is stuck.
         let last = self.heartbeat.load(Ordering::Relaxed) as f64;

@@ -1257,11 +1257,52 @@ fn node_ports_from_outside_and_inside_the_node() {
         "the node's own traffic reaches every endpoint: {got:?}"
     );
 
+    // A Local LoadBalancer's health check node port, as kube-proxy
+    // answers it: this node has one local endpoint.
+    c.service(
+        "lb",
+        "web",
+        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local"}),
+    );
+    let svc: Value = serde_json::from_str(
+        &c.cp
+            .kubectl(&["get", "svc", "lb", "-o", "json"])
+            .expect("get svc"),
+    )
+    .expect("svc json");
+    let hc_port = u16::try_from(
+        svc["spec"]["healthCheckNodePort"]
+            .as_u64()
+            .expect("allocated"),
+    )
+    .expect("port");
+    let health = |want: u16| -> Value {
+        let addr = SocketAddr::new(IpAddr::V4(node0.ipv4), hc_port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = underlay
+                .in_netns(move || ferry_testbed::http_get_full(addr, "/", Duration::from_secs(2)))
+                .expect("netns");
+            if let Ok((code, body)) = &got
+                && *code == want
+            {
+                return serde_json::from_str(body).expect("health JSON");
+            }
+            assert!(Instant::now() < deadline, "health check: {got:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let answer = health(200);
+    assert_eq!(answer["localEndpoints"], 1, "{answer}");
+    assert_eq!(answer["service"]["name"], "lb");
+    assert_eq!(answer["serviceProxyHealthy"], true);
+
     // The local endpoint goes: outside traffic to this node is dropped (as
     // kube-proxy drops it: a load balancer's health check moves on), not
     // refused, while the node's own traffic reaches the remote endpoints.
     c.delete_pod(&names(0)[0]);
     c.wait_backends(any4, "TCP", 2);
+    assert_eq!(health(503)["localEndpoints"], 0);
     let lines = probe(underlay, v4, None, &["--timeout-ms", "1000"]);
     assert!(lines[0].starts_with("err TimedOut"), "{lines:?}");
     let lines = probe(underlay, v4, None, &["--udp", "--timeout-ms", "1000"]);

@@ -308,6 +308,7 @@ pub async fn run<M: LbMaps>(
     let mut initial_done = false;
     let mut retry = tokio::time::interval(RETRY);
     let mut counters = Counters::default();
+    let mut health = super::health::HealthServers::new(metrics.clone());
     let mut scrapes = metrics.refresh_requests();
     loop {
         tokio::select! {
@@ -346,6 +347,11 @@ pub async fn run<M: LbMaps>(
                     continue;
                 }
             };
+            health.update(
+                &key,
+                cache.services.get(&key).and_then(super::health::port_of),
+                super::health::local_endpoints(&entries),
+            );
             match programmer.apply(&key, &entries) {
                 Ok(_) => cache.observe_programming(&key, &metrics),
                 Err(e) => {

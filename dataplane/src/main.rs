@@ -93,6 +93,10 @@ struct Cli {
     /// metrics port); empty to turn them off.
     #[arg(long, global = true, default_value = "127.0.0.1:10249")]
     metrics_bind_address: String,
+    /// Where kube-proxy's own `/healthz` and `/livez` are served (load
+    /// balancers and probes read them); empty to turn them off.
+    #[arg(long, global = true, default_value = "0.0.0.0:10256")]
+    healthz_bind_address: String,
     /// Seconds a metrics client has to send a request head.
     #[arg(long, global = true, default_value_t = HttpLimits::default().header_timeout.as_secs())]
     metrics_header_timeout: u64,
@@ -330,6 +334,18 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(async move {
                 if let Err(e) = metrics::serve(addr, m, limits).await {
                     tracing::error!(error = %e, "metrics server stopped");
+                }
+            });
+        }
+        if !cli.healthz_bind_address.is_empty() {
+            let addr: SocketAddr = cli
+                .healthz_bind_address
+                .parse()
+                .context("--healthz-bind-address must be ADDRESS:PORT")?;
+            let m = metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve_proxy_health(addr, m, HttpLimits::default()).await {
+                    tracing::error!(error = %e, "proxy health server stopped");
                 }
             });
         }

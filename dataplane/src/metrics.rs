@@ -264,6 +264,62 @@ async fn route(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
     }
 }
 
+/// kube-proxy's own health answer (its `--healthz-bind-address`, port
+/// 10256, which load balancers and kubelet probes read): 200 while the
+/// proxy loop runs, 503 once it has been silent for a minute, with when it
+/// last ran.
+fn proxy_health(metrics: &Metrics, path: &str) -> Response<Full<Bytes>> {
+    let stamp = |secs: u64| {
+        jiff::Timestamp::from_second(i64::try_from(secs).unwrap_or(0))
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    };
+    let last = metrics.heartbeat.load(Ordering::Relaxed);
+    let now = unix_now() as u64;
+    let mut body = serde_json::json!({"lastUpdated": stamp(last), "currentTime": stamp(now)});
+    match path {
+        "/healthz" => body["nodeEligible"] = serde_json::json!(true),
+        "/livez" => {}
+        _ => return reply(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+    let code = if metrics.healthy() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut resp = reply(code, body.to_string());
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Serves kube-proxy's `/healthz` and `/livez` on `addr` until the process
+/// ends.
+pub async fn serve_proxy_health(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    limits: HttpLimits,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding --healthz-bind-address {addr}"))?;
+    tracing::info!(%addr, "serving kube-proxy's /healthz and /livez");
+    ferry_daemon::http::serve(
+        listener,
+        "proxy health",
+        limits,
+        move |req: Request<Incoming>| {
+            let resp = proxy_health(&metrics, req.uri().path());
+            async move { resp }
+        },
+    )
+    .await;
+    Ok(())
+}
+
 /// Serves the endpoints on `addr` under `limits` until the process ends.
 pub async fn serve(
     addr: SocketAddr,

@@ -1294,6 +1294,15 @@ fn node_ports_from_outside_and_inside_the_node() {
     };
     let answer = health(200);
     assert_eq!(answer["localEndpoints"], 1, "{answer}");
+    // kube-proxy's own health endpoint, on the node's address.
+    let proxy = SocketAddr::new(IpAddr::V4(node0.ipv4), 10256);
+    let (code, body) = underlay
+        .in_netns(move || ferry_testbed::http_get_full(proxy, "/healthz", Duration::from_secs(2)))
+        .expect("netns")
+        .expect("proxy healthz");
+    let body: Value = serde_json::from_str(&body).expect("healthz JSON");
+    assert_eq!(code, 200, "{body}");
+    assert!(body["lastUpdated"].as_str().is_some_and(|t| !t.is_empty()));
     assert_eq!(answer["service"]["name"], "lb");
     assert_eq!(answer["serviceProxyHealthy"], true);
 

@@ -30,6 +30,8 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// The socket-level programs, each attached to the cgroup root.
 pub const SOCK_PROGRAMS: &[&str] = &[
+    "ferry_bind4",
+    "ferry_bind6",
     "ferry_connect4",
     "ferry_connect6",
     "ferry_sendmsg4",

@@ -1217,6 +1217,35 @@ fn node_ports_from_outside_and_inside_the_node() {
             "{addr} from the node: {got:?}"
         );
     }
+    // Bind protection: on the node, a server cannot take a node port at the
+    // node's addresses or the wildcard; other ports stay free.
+    let bind = |addr: SocketAddr, udp: bool| {
+        let mut args = vec!["--bind"];
+        if udp {
+            args.push("--udp");
+        }
+        c.probe(&node0.netns, addr, &args)[0].clone()
+    };
+    for (addr, udp) in [
+        (SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 30080), false),
+        (SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 30080), true),
+        (v4, false),
+        (
+            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 30080),
+            false,
+        ),
+    ] {
+        let got = bind(addr, udp);
+        assert!(
+            got.starts_with("err AddrInUse"),
+            "bind {addr} udp={udp}: {got}"
+        );
+    }
+    assert_eq!(
+        bind(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 30090), false),
+        "ok bound"
+    );
+
     // From a pod on the node.
     let pod = c.world.pod(0, 1);
     let got = replies(&c.probe(&pod.netns, v4, &["--count", "20"]));

@@ -12,21 +12,73 @@ use aya_ebpf::helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_ret
 use aya_ebpf::macros::cgroup_sock_addr;
 use aya_ebpf::programs::SockAddrContext;
 use ferry_ebpf_common::{
-    AffinityKey, Backend, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL, ServiceKey,
-    SockRevNatKey, SockRevNatValue, is_v4, v4_mapped,
+    AffinityKey, Backend, NODEPORT_ANY_V4, NODEPORT_ANY_V6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    SCOPE_INTERNAL, ServiceKey, SockRevNatKey, SockRevNatValue, is_v4, v4_mapped,
 };
 
-use crate::maps::SOCK_REVNAT;
+use crate::maps::{NODEPORT_ADDRS, SERVICES, SOCK_REVNAT};
 use crate::service::{Chosen, Verdict, node_port, select};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 const ECONNREFUSED: i32 = 111;
+const EADDRINUSE: i32 = 98;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Family {
     V4,
     V6,
+}
+
+/// Bind protection: a node port at a node address (or the wildcard) is
+/// the Service's, so a local server cannot take it by accident; bind()
+/// fails with `EADDRINUSE`, as with Cilium's bind protection.
+#[cgroup_sock_addr(bind4)]
+pub fn ferry_bind4(ctx: SockAddrContext) -> i32 {
+    protect(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn ferry_bind6(ctx: SockAddrContext) -> i32 {
+    protect(&ctx, Family::V6)
+}
+
+#[inline(always)]
+fn protect(ctx: &SockAddrContext, family: Family) -> i32 {
+    let sa = ctx.sock_addr;
+    let Some(proto) = protocol(sa) else {
+        return ALLOW;
+    };
+    let port = user_port(sa);
+    if port == 0 {
+        return ALLOW;
+    }
+    let addr = user_addr(sa, family);
+    let wildcard = addr == NODEPORT_ANY_V4 || addr == NODEPORT_ANY_V6;
+    if !wildcard && NODEPORT_ADDRS.get_ptr(&addr).is_none() {
+        return ALLOW;
+    }
+    let mut key = ServiceKey {
+        addr: if is_v4(&addr) {
+            NODEPORT_ANY_V4
+        } else {
+            NODEPORT_ANY_V6
+        },
+        port,
+        proto,
+        scope: SCOPE_INTERNAL,
+    };
+    let mut taken = SERVICES.get_ptr(&key).is_some();
+    // `[::]` without IPV6_V6ONLY takes the IPv4 port too.
+    if !taken && addr == NODEPORT_ANY_V6 {
+        key.addr = NODEPORT_ANY_V4;
+        taken = SERVICES.get_ptr(&key).is_some();
+    }
+    if !taken {
+        return ALLOW;
+    }
+    unsafe { bpf_set_retval(-EADDRINUSE) };
+    DENY
 }
 
 #[cgroup_sock_addr(connect4)]

@@ -13,6 +13,10 @@
 //! With `--udp --connected` one socket is connect()ed and reused until an
 //! attempt fails, then replaced.
 //!
+//! `--bind` only binds a socket (TCP, or UDP with `--udp`) to `ADDR` and
+//! prints `ok bound` or `err <kind> <message>`: what a local server would
+//! get.
+//!
 //! `--hold FILE` (TCP) connects, prints `connected peer=<addr>`, waits until
 //! FILE exists, then sends its request on that same connection: a test can
 //! restart things in between and see the connection survive.
@@ -57,6 +61,9 @@ struct Args {
     /// TCP: connect, then wait for this file before sending.
     #[arg(long)]
     hold: Option<PathBuf>,
+    /// Only bind a socket to ADDR (as a server would) and report.
+    #[arg(long)]
+    bind: bool,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +74,18 @@ fn main() -> ExitCode {
             eprintln!("ferry-probe: joining {}: {e}", procs.display());
             return ExitCode::FAILURE;
         }
+    }
+    if args.bind {
+        let bound = if args.udp {
+            UdpSocket::bind(args.addr).map(drop)
+        } else {
+            std::net::TcpListener::bind(args.addr).map(drop)
+        };
+        match bound {
+            Ok(()) => println!("ok bound"),
+            Err(e) => println!("err {:?} {e}", e.kind()),
+        }
+        return ExitCode::SUCCESS;
     }
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let mut udp_connected: Option<UdpSocket> = None;

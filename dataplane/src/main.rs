@@ -374,7 +374,16 @@ async fn main() -> anyhow::Result<()> {
             sizes,
             cgroup_root: layout.cgroup_root.clone(),
         };
-        proxy::run(client.clone(), settings, programmer, metrics.clone()).await
+        let firewall = ferry_dataplane::service::firewall::SourceRanges::open(&layout)
+            .context("opening the source range map")?;
+        proxy::run(
+            client.clone(),
+            settings,
+            programmer,
+            firewall,
+            metrics.clone(),
+        )
+        .await
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

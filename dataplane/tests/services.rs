@@ -1348,3 +1348,95 @@ fn node_ports_from_outside_and_inside_the_node() {
     let got = replies(&c.probe(&node0.netns, v4, &["--count", "10"]));
     assert!(got.keys().all(|k| names(1).contains(k)), "{got:?}");
 }
+
+/// `loadBalancerSourceRanges`: from outside, only clients in the ranges
+/// reach the LoadBalancer IP (others are dropped); the node's own traffic
+/// and the node port are not filtered; changing the ranges takes effect.
+#[test]
+fn load_balancer_source_ranges() {
+    if skip_if_not_root() {
+        return;
+    }
+    let world = World::builder()
+        .nodes(1)
+        .pods_per_node(2)
+        .cni(ferry_cni())
+        .build()
+        .expect("world");
+    let c = Cluster::with_world(world, &["--devices", UNDERLAY_IF]);
+    c.add_pod(0, 0, "web");
+    let c = c.started();
+    let node0 = c.world.node(0);
+    let underlay = c.world.underlay();
+    let client = underlay
+        .exec(["ip", "-4", "-o", "addr", "show", "dev", "br0"])
+        .expect("underlay address")
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.split('/').next())
+        .expect("br0 address")
+        .to_owned();
+    let lb_ip = "192.0.2.120";
+    underlay
+        .exec([
+            "ip",
+            "route",
+            "add",
+            &format!("{lb_ip}/32"),
+            "via",
+            &node0.ipv4.to_string(),
+        ])
+        .expect("route to the LB IP via the node");
+    c.service(
+        "lb",
+        "web",
+        json!({
+            "type": "LoadBalancer",
+            "loadBalancerSourceRanges": [format!("{client}/32")],
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http", "nodePort": 30180}],
+        }),
+    );
+    let status = json!({"status": {"loadBalancer": {"ingress": [{"ip": lb_ip}]}}});
+    c.cp.kubectl(&[
+        "patch",
+        "svc",
+        "lb",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ])
+    .expect("LB status");
+    let lb = SocketAddr::new(lb_ip.parse().expect("ip"), 80);
+    c.wait_backends(lb, "TCP", 1);
+    let outside = |addr: SocketAddr| probe(underlay, addr, None, &["--timeout-ms", "1000"]);
+    let answered = |addr: SocketAddr, want: bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines = outside(addr);
+            if lines[0].starts_with("ok ") == want {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{addr}: want answered={want}: {lines:?}\n{}",
+                c.agent_output()
+            );
+        }
+    };
+    answered(lb, true);
+    // Ranges without the client: dropped (a timeout, not a refusal).
+    c.patch_service(
+        "lb",
+        json!({"spec": {"loadBalancerSourceRanges": ["198.51.100.0/24", "2001:db8::/64"]}}),
+    );
+    let lines = answered(lb, false);
+    assert!(lines[0].starts_with("err TimedOut"), "{lines:?}");
+    // The node port and the node's own traffic are not filtered.
+    answered(SocketAddr::new(IpAddr::V4(node0.ipv4), 30180), true);
+    let got = replies(&c.probe(&node0.netns, lb, &["--count", "3"]));
+    assert_eq!(got.values().sum::<usize>(), 3, "{got:?}");
+    // No ranges: everyone again.
+    c.patch_service("lb", json!({"spec": {"loadBalancerSourceRanges": null}}));
+    answered(lb, true);
+}

@@ -149,6 +149,9 @@ pub struct ServicePortEntries {
     /// `externalTrafficPolicy: Local` on a node without a local endpoint
     /// of a Service that has endpoints elsewhere (kube-proxy's DROP).
     pub external_drop: bool,
+    /// `spec.loadBalancerSourceRanges`: the clients that may reach the
+    /// LoadBalancer frontends from outside (empty: any).
+    pub source_ranges: Vec<ipnet::IpNet>,
     /// ClientIP affinity timeout in seconds, None when sessionAffinity is None.
     pub affinity_timeout: Option<u32>,
 }
@@ -174,6 +177,12 @@ pub enum ModelError {
         service: String,
         field: String,
         value: i32,
+    },
+    #[error("service {service}: {field}: {value:?} is not a CIDR")]
+    BadCidr {
+        service: String,
+        field: String,
+        value: String,
     },
     #[error(
         "service {service}: spec.sessionAffinityConfig.clientIP.timeoutSeconds: {value} is not a positive number of seconds"
@@ -229,6 +238,22 @@ pub fn service_entries(
         .collect::<Result<Vec<_>, _>>()?;
     let lb_ips = load_balancer_ips(service, &svc)?;
     let affinity_timeout = affinity_timeout(spec, &svc)?;
+    let source_ranges = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, r)| {
+            r.trim()
+                .parse::<ipnet::IpNet>()
+                .map(|n| n.trunc())
+                .map_err(|_| ModelError::BadCidr {
+                    service: svc.clone(),
+                    field: format!("spec.loadBalancerSourceRanges[{i}]"),
+                    value: r.clone(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
 
@@ -327,6 +352,7 @@ pub fn service_entries(
                 && usable_backends(&endpoints, true).is_empty()
                 && !usable_backends(&endpoints, false).is_empty(),
             affinity_timeout,
+            source_ranges: source_ranges.clone(),
         });
     }
     Ok(out)

@@ -263,6 +263,7 @@ fn port(svc: &ServiceName, port_name: &str, protocol: Protocol) -> ServicePortEn
         external_backends: Vec::new(),
         external_drop: false,
         affinity_timeout: None,
+        source_ranges: Vec::new(),
     }
 }
 
@@ -1208,6 +1209,7 @@ impl Spec {
                 external_backends: ps.external.iter().copied().collect(),
                 external_drop: false,
                 affinity_timeout: self.affinity,
+                source_ranges: Vec::new(),
             })
             .collect()
     }

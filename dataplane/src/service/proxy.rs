@@ -294,6 +294,7 @@ pub async fn run<M: LbMaps>(
     client: Client,
     settings: Settings,
     mut programmer: Programmer<M>,
+    mut firewall: super::firewall::SourceRanges,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Change>(1024);
@@ -352,6 +353,10 @@ pub async fn run<M: LbMaps>(
                 cache.services.get(&key).and_then(super::health::port_of),
                 super::health::local_endpoints(&entries),
             );
+            if let Err(e) = firewall.update(&key, &entries) {
+                tracing::warn!(namespace = %key.0, service = %key.1, error = %e, "writing source ranges failed; will retry");
+                failed.insert(key.clone());
+            }
             match programmer.apply(&key, &entries) {
                 Ok(_) => cache.observe_programming(&key, &metrics),
                 Err(e) => {
@@ -381,6 +386,10 @@ pub async fn run<M: LbMaps>(
             match programmer.finish_initial_sync() {
                 Ok(stale) => {
                     initial_done = true;
+                    let n = firewall.remove_unclaimed();
+                    if n > 0 {
+                        tracing::info!(entries = n, "removed source ranges of gone Services");
+                    }
                     metrics.set_ready();
                     tracing::info!(
                         services = cache.services.len(),

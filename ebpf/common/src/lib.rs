@@ -61,6 +61,10 @@ pub const MAP_SOCK_REVNAT: &str = "FERRY_SOCK_RNAT";
 pub const MAP_STATS: &str = "FERRY_STATS";
 pub const MAP_CONNTRACK: &str = "FERRY_CT";
 pub const MAP_NODE_ADDRS: &str = "FERRY_NODE_ADDRS";
+/// `loadBalancerSourceRanges` (an LPM trie of [`SourceRangeKey`]): per
+/// LoadBalancer frontend, a deny entry covering every source and an allow
+/// entry per range, so the longest match decides.
+pub const MAP_SOURCE_RANGES: &str = "FERRY_SRC_RANGES";
 /// The node's addresses where NodePorts answer (key: the address in the
 /// stored form; value: unused).
 pub const MAP_NODEPORT_ADDRS: &str = "FERRY_NODEPORT_ADDRS";
@@ -229,6 +233,26 @@ pub fn v4_mapped(ip4: u32) -> [u32; 4] {
     [0, 0, V4_MAPPED_WORD, ip4]
 }
 
+/// Key data of [`MAP_SOURCE_RANGES`]: the frontend a packet is for, then
+/// the client's address; an entry's prefix length covers the frontend
+/// ([`SOURCE_RANGE_FRONTEND_BITS`]) and the range's bits of `src`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct SourceRangeKey {
+    pub frontend: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub src: [u32; 4],
+}
+
+/// Bits of a [`SourceRangeKey`] before `src`.
+pub const SOURCE_RANGE_FRONTEND_BITS: u32 = 160;
+/// [`MAP_SOURCE_RANGES`] values.
+pub const SOURCE_RANGE_DENY: u8 = 0;
+pub const SOURCE_RANGE_ALLOW: u8 = 1;
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: every type is `#[repr(C)]`, `Copy`, made only of integers with
@@ -237,6 +261,7 @@ mod user {
     #![allow(unsafe_code)]
     use super::*;
     unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for Backend {}

@@ -3,11 +3,11 @@
 //! defaults; the agent sets the real ones at load time.
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray};
+use aya_ebpf::maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray};
 use ferry_ebpf_common::CtKey as Key;
 use ferry_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, NodeAddrs, ServiceKey,
-    ServiceStats, ServiceValue, SockRevNatKey, SockRevNatValue,
+    ServiceStats, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRangeKey,
 };
 
 #[map(name = "FERRY_SERVICES")]
@@ -31,6 +31,10 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(262144, 0)
 /// ifindex to the node's addresses on that device.
 #[map(name = "FERRY_NODE_ADDRS")]
 pub static NODE_ADDRS: HashMap<u32, NodeAddrs> = HashMap::pinned(64, 0);
+
+/// Which clients may reach each LoadBalancer frontend from outside.
+#[map(name = "FERRY_SRC_RANGES")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(16384, 0);
 
 /// The node's addresses where NodePorts answer.
 #[map(name = "FERRY_NODEPORT_ADDRS")]

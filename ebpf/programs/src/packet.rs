@@ -28,11 +28,13 @@ use aya_ebpf::macros::classifier;
 use aya_ebpf::programs::TcContext;
 use ferry_ebpf_common::{
     AffinityKey, BACKEND_FLAG_LOCAL, CT_FLAG_CLOSING, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT,
-    CtKey, CtValue, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, is_v4,
-    v4_mapped,
+    CtKey, CtValue, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SOURCE_RANGE_DENY, SOURCE_RANGE_FRONTEND_BITS, ServiceKey, SourceRangeKey, is_v4, v4_mapped,
 };
 
-use crate::maps::{CONNTRACK, NODEPORT_ADDRS, NODE_ADDRS, SCRATCH, STATS};
+use aya_ebpf::maps::lpm_trie::Key;
+
+use crate::maps::{CONNTRACK, NODEPORT_ADDRS, NODE_ADDRS, SCRATCH, SOURCE_RANGES, STATS};
 use crate::service::{Chosen, Verdict, node_port, select};
 
 const ETH_HLEN: usize = 14;
@@ -328,6 +330,9 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
         Verdict::Drop => return TC_ACT_SHOT as i32,
         Verdict::To => {}
     }
+    if external && !source_allowed(p) {
+        return TC_ACT_SHOT as i32;
+    }
     if is_v4(&chosen.backend.addr) != p.v4 {
         return TC_ACT_OK as i32;
     }
@@ -340,6 +345,26 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
         }
         None => TC_ACT_SHOT as i32,
     }
+}
+
+/// Whether `loadBalancerSourceRanges` let the packet's client reach its
+/// frontend: no entry for the frontend (no ranges), or the longest match is
+/// an allow entry.
+#[inline(never)]
+fn source_allowed(p: &Packet) -> bool {
+    let key = Key::new(
+        SOURCE_RANGE_FRONTEND_BITS + 128,
+        SourceRangeKey {
+            frontend: p.dst,
+            port: p.dport,
+            proto: p.proto,
+            _pad: 0,
+            src: p.src,
+        },
+    );
+    SOURCE_RANGES
+        .get(&key)
+        .is_none_or(|v| *v != SOURCE_RANGE_DENY)
 }
 
 /// A packet of a new flow that is not translated (it goes straight to its

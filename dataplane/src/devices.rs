@@ -77,10 +77,19 @@ pub async fn lookup(handle: &Handle, names: &[String]) -> Result<Vec<Device>, De
 
 /// The addresses on the link with `index`.
 pub async fn addresses(handle: &Handle, index: u32) -> Result<Vec<IpAddr>, rtnetlink::Error> {
-    handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
+    list_addresses(handle, Some(index)).await
+}
+
+/// The addresses on one link, or on all of them.
+async fn list_addresses(
+    handle: &Handle,
+    index: Option<u32>,
+) -> Result<Vec<IpAddr>, rtnetlink::Error> {
+    let mut request = handle.address().get();
+    if let Some(index) = index {
+        request = request.set_link_index_filter(index);
+    }
+    request
         .execute()
         .try_filter_map(|m| async move {
             Ok(m.attributes.iter().find_map(|a| match a {
@@ -100,18 +109,7 @@ pub async fn node_port_addresses(
     handle: &Handle,
     only: &[ipnet::IpNet],
 ) -> Result<Vec<IpAddr>, rtnetlink::Error> {
-    let all: Vec<IpAddr> = handle
-        .address()
-        .get()
-        .execute()
-        .try_filter_map(|m| async move {
-            Ok(m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            }))
-        })
-        .try_collect()
-        .await?;
+    let all = list_addresses(handle, None).await?;
     Ok(all
         .into_iter()
         .filter(|ip| {

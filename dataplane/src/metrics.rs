@@ -302,22 +302,17 @@ pub async fn serve_proxy_health(
     metrics: Arc<Metrics>,
     limits: HttpLimits,
 ) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding --healthz-bind-address {addr}"))?;
-    tracing::info!(%addr, "serving kube-proxy's /healthz and /livez");
-    ferry_daemon::http::serve(
-        listener,
+    serve_on(
+        addr,
+        "--healthz-bind-address",
         "proxy health",
         limits,
-        move |req: Request<Incoming>| {
-            let resp = proxy_health(&metrics, req.uri().path());
+        move |path| {
+            let resp = proxy_health(&metrics, &path);
             async move { resp }
         },
     )
-    .await;
-    Ok(())
+    .await
 }
 
 /// Serves the endpoints on `addr` under `limits` until the process ends.
@@ -326,20 +321,39 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     limits: HttpLimits,
 ) -> anyhow::Result<()> {
+    serve_on(
+        addr,
+        "--metrics-bind-address",
+        "metrics",
+        limits,
+        move |path| {
+            let metrics = metrics.clone();
+            async move { route(&metrics, &path).await }
+        },
+    )
+    .await
+}
+
+/// Binds `addr` (set by `flag`) and answers each request by its path.
+async fn serve_on<F, Fut>(
+    addr: SocketAddr,
+    flag: &str,
+    what: &'static str,
+    limits: HttpLimits,
+    answer: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     use anyhow::Context as _;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding the metrics address {addr}"))?;
-    tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
-    ferry_daemon::http::serve(
-        listener,
-        "metrics",
-        limits,
-        move |req: Request<Incoming>| {
-            let metrics = metrics.clone();
-            async move { route(&metrics, req.uri().path()).await }
-        },
-    )
+        .with_context(|| format!("binding {flag} {addr}"))?;
+    tracing::info!(%addr, server = what, "serving");
+    ferry_daemon::http::serve(listener, what, limits, move |req: Request<Incoming>| {
+        answer(req.uri().path().to_owned())
+    })
     .await;
     Ok(())
 }

@@ -293,6 +293,18 @@ fn probe(netns: &Netns, addr: SocketAddr, cgroup: Option<&Path>, args: &[&str]) 
         .collect()
 }
 
+/// The underlay's own IPv4 address: the client outside the cluster.
+fn underlay_v4(underlay: &Netns) -> String {
+    underlay
+        .exec(["ip", "-4", "-o", "addr", "show", "dev", "br0"])
+        .expect("underlay address")
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.split('/').next())
+        .expect("br0 address")
+        .to_owned()
+}
+
 /// The names replies came from, counted; panics on a failed attempt.
 fn replies(lines: &[String]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
@@ -780,14 +792,7 @@ fn external_traffic_through_tc() {
             .exec(["ip", "route", "add", &dst, "via", &node0.ipv4.to_string()])
             .expect("route via node 0");
     }
-    let client_ip = underlay
-        .exec(["ip", "-4", "-o", "addr", "show", "dev", "br0"])
-        .expect("underlay address")
-        .split_whitespace()
-        .nth(3)
-        .and_then(|a| a.split('/').next())
-        .expect("br0 address")
-        .to_owned();
+    let client_ip = underlay_v4(underlay);
     let ext = |ip: &str| SocketAddr::new(ip.parse().expect("ip"), 80);
     c.wait_backends(ext(remote_ip), "TCP", 2);
     c.wait_backends(ext(local_ip), "TCP", 1);
@@ -1267,14 +1272,7 @@ fn node_ports_from_outside_and_inside_the_node() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let client_v4 = underlay
-        .exec(["ip", "-4", "-o", "addr", "show", "dev", "br0"])
-        .expect("underlay address")
-        .split_whitespace()
-        .nth(3)
-        .and_then(|a| a.split('/').next())
-        .expect("br0 address")
-        .to_owned();
+    let client_v4 = underlay_v4(underlay);
     let lines = probe(underlay, v4, None, &["--path", "/clientip"]);
     assert!(
         lines[0].starts_with(&format!("ok {client_v4}:")),
@@ -1368,14 +1366,7 @@ fn load_balancer_source_ranges() {
     let c = c.started();
     let node0 = c.world.node(0);
     let underlay = c.world.underlay();
-    let client = underlay
-        .exec(["ip", "-4", "-o", "addr", "show", "dev", "br0"])
-        .expect("underlay address")
-        .split_whitespace()
-        .nth(3)
-        .and_then(|a| a.split('/').next())
-        .expect("br0 address")
-        .to_owned();
+    let client = underlay_v4(underlay);
     let lb_ip = "192.0.2.120";
     underlay
         .exec([

@@ -44,6 +44,30 @@ async fn raw(
     }
 }
 
+/// POSTs `body` to the default namespace's `plural`.
+async fn post(client: &kube::Client, plural: &str, body: &Value) -> (u16, Value) {
+    let path = format!("/api/v1/namespaces/default/{plural}");
+    let body = body.to_string().into_bytes();
+    raw(client, "POST", &path, "application/json", body).await
+}
+
+/// Sends the JSON patch `ops` to ConfigMap `name` in the default namespace.
+async fn json_patch(client: &kube::Client, name: &str, ops: &Value) -> (u16, Value) {
+    let path = format!("/api/v1/namespaces/default/configmaps/{name}");
+    let body = ops.to_string().into_bytes();
+    raw(client, "PATCH", &path, "application/json-patch+json", body).await
+}
+
+/// A refusal with `want`, its message naming each of `needles`.
+fn assert_refused(code: u16, status: &Value, want: u16, needles: &[&str]) {
+    assert_eq!(code, want, "{status}");
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        needles.iter().all(|n| message.contains(n)),
+        "{needles:?} in {status}"
+    );
+}
+
 async fn deep_objects_are_refused_and_everything_stays_readable(backend: Backend) {
     let mut api = ApiServer::start_on(backend, &[]);
     let client = api.client().await;
@@ -52,60 +76,26 @@ async fn deep_objects_are_refused_and_everything_stays_readable(backend: Backend
     // 118 levels in managedFields: refused at admission with the limit named.
     let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "deep", "managedFields": managed(nested(118))}});
-    let (code, status) = raw(
-        &client,
-        "POST",
-        "/api/v1/namespaces/default/configmaps",
-        "application/json",
-        body.to_string().into_bytes(),
-    )
-    .await;
-    assert_eq!(code, 422, "{status}");
-    assert!(
-        status["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("--max-object-depth") && m.contains("managedFields")),
-        "{status}"
-    );
+    let (code, status) = post(&client, "configmaps", &body).await;
+    assert_refused(code, &status, 422, &["--max-object-depth", "managedFields"]);
     // The same on a Service.
     let svc = json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "deep", "managedFields": managed(nested(118))},
         "spec": {"ports": [{"port": 80}]}});
-    let (code, _) = raw(
-        &client,
-        "POST",
-        "/api/v1/namespaces/default/services",
-        "application/json",
-        svc.to_string().into_bytes(),
-    )
-    .await;
+    let (code, _) = post(&client, "services", &svc).await;
     assert_eq!(code, 422);
 
     // 60 levels pass; a JSON patch adding 60 more is refused.
     let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "half", "managedFields": managed(nested(60))}});
-    let (code, status) = raw(
-        &client,
-        "POST",
-        "/api/v1/namespaces/default/configmaps",
-        "application/json",
-        body.to_string().into_bytes(),
-    )
-    .await;
+    let (code, status) = post(&client, "configmaps", &body).await;
     assert_eq!(code, 200, "{status}");
     let mut path = String::from("/metadata/managedFields/0/fieldsV1");
     for _ in 1..60 {
         path.push_str("/f:a");
     }
     let patch = json!([{"op": "add", "path": format!("{path}/f:b"), "value": nested(60)}]);
-    let (code, status) = raw(
-        &client,
-        "PATCH",
-        "/api/v1/namespaces/default/configmaps/half",
-        "application/json-patch+json",
-        patch.to_string().into_bytes(),
-    )
-    .await;
+    let (code, status) = json_patch(&client, "half", &patch).await;
     assert_eq!(code, 422, "{status}");
     // A patch that nests by moving a subtree into itself over and over is
     // stopped as it goes.
@@ -119,14 +109,7 @@ async fn deep_objects_are_refused_and_everything_stays_readable(backend: Backend
     )
     .await
     .expect("create");
-    let (code, status) = raw(
-        &client,
-        "PATCH",
-        "/api/v1/namespaces/default/configmaps/grow",
-        "application/json-patch+json",
-        Value::Array(ops).to_string().into_bytes(),
-    )
-    .await;
+    let (code, status) = json_patch(&client, "grow", &Value::Array(ops)).await;
     assert!(code == 422 || code == 400, "{code} {status}");
 
     // Everything is still readable, by kubectl too, and deletable.
@@ -167,40 +150,19 @@ async fn json_patch_and_object_size_are_bounded(backend: Backend) {
     let ops: Vec<Value> = (0..2000)
         .map(|i| json!({"op": "copy", "from": "/data/k", "path": format!("/data/k{i}")}))
         .collect();
-    let (code, status) = raw(
-        &client,
-        "PATCH",
-        "/api/v1/namespaces/default/configmaps/c",
-        "application/json-patch+json",
-        Value::Array(ops).to_string().into_bytes(),
-    )
-    .await;
-    assert_eq!(code, 413, "{status}");
-    assert!(
-        status["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("--max-json-patch-copy-bytes")),
-        "{status}"
-    );
+    let (code, status) = json_patch(&client, "c", &Value::Array(ops)).await;
+    assert_refused(code, &status, 413, &["--max-json-patch-copy-bytes"]);
 
     // More than 10,000 operations.
     let ops: Vec<Value> = (0..10_001)
         .map(|_| json!({"op": "test", "path": "/metadata/name", "value": "c"}))
         .collect();
-    let (code, status) = raw(
-        &client,
-        "PATCH",
-        "/api/v1/namespaces/default/configmaps/c",
-        "application/json-patch+json",
-        Value::Array(ops).to_string().into_bytes(),
-    )
-    .await;
-    assert_eq!(code, 413, "{status}");
-    assert!(
-        status["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("10000") && m.contains("--max-json-patch-operations")),
-        "{status}"
+    let (code, status) = json_patch(&client, "c", &Value::Array(ops)).await;
+    assert_refused(
+        code,
+        &status,
+        413,
+        &["10000", "--max-json-patch-operations"],
     );
 
     // A merge patch that would store 1.6 MiB (under the 3 MiB body limit).
@@ -344,14 +306,7 @@ async fn managed_fields_names_and_continue_tokens(backend: Backend) {
     // A fieldsV1 that is not a field set is ignored, as kube-apiserver does.
     let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "odd", "managedFields": managed(json!({"x:bad": 5}))}});
-    let (code, obj) = raw(
-        &client,
-        "POST",
-        "/api/v1/namespaces/default/configmaps",
-        "application/json",
-        body.to_string().into_bytes(),
-    )
-    .await;
+    let (code, obj) = post(&client, "configmaps", &body).await;
     assert_eq!(code, 200);
     assert!(!obj.to_string().contains("x:bad"), "{obj}");
     // An operation other than Apply or Update is invalid.
@@ -359,14 +314,7 @@ async fn managed_fields_names_and_continue_tokens(backend: Backend) {
     bad[0]["operation"] = json!("Merge");
     let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "odd2", "managedFields": bad}});
-    let (code, status) = raw(
-        &client,
-        "POST",
-        "/api/v1/namespaces/default/configmaps",
-        "application/json",
-        body.to_string().into_bytes(),
-    )
-    .await;
+    let (code, status) = post(&client, "configmaps", &body).await;
     assert_eq!(code, 422, "{status}");
 
     // Names up to 253 characters, with no 63-character rule per label.

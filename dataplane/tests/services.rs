@@ -293,6 +293,17 @@ fn probe(netns: &Netns, addr: SocketAddr, cgroup: Option<&Path>, args: &[&str]) 
         .collect()
 }
 
+/// Two nodes of two ferry-cni pods each, routed to each other's pods.
+fn two_nodes() -> World {
+    World::builder()
+        .nodes(2)
+        .pods_per_node(2)
+        .cni(ferry_cni())
+        .route_pod_cidrs(true)
+        .build()
+        .expect("world")
+}
+
 /// The underlay's own IPv4 address: the client outside the cluster.
 fn underlay_v4(underlay: &Netns) -> String {
     underlay
@@ -752,13 +763,7 @@ fn external_traffic_through_tc() {
     if skip_if_not_root() {
         return;
     }
-    let world = World::builder()
-        .nodes(2)
-        .pods_per_node(2)
-        .cni(ferry_cni())
-        .route_pod_cidrs(true)
-        .build()
-        .expect("world");
+    let world = two_nodes();
     let c = Cluster::with_world(
         world,
         &[
@@ -1127,13 +1132,7 @@ fn node_ports_from_outside_and_inside_the_node() {
     if skip_if_not_root() {
         return;
     }
-    let world = World::builder()
-        .nodes(2)
-        .pods_per_node(2)
-        .cni(ferry_cni())
-        .route_pod_cidrs(true)
-        .build()
-        .expect("world");
+    let world = two_nodes();
     let c = Cluster::with_world(world, &["--devices", UNDERLAY_IF]);
     c.add_pod(0, 0, "web");
     c.add_pod(1, 0, "web");

@@ -289,6 +289,24 @@ struct Shared {
 }
 
 impl Shared {
+    /// A new connection's state, counted by `tracker`, accepted at `start`.
+    fn new(id: u64, tracker: &Arc<Tracker>, start: Instant, http1: bool) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            tracker: Arc::downgrade(tracker),
+            start,
+            promoted: AtomicBool::new(false),
+            counted_authenticated: AtomicBool::new(false),
+            http1: AtomicBool::new(http1),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            first_read: AtomicU64::new(0),
+            changed: Notify::new(),
+            evict: Notify::new(),
+        })
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -506,23 +524,8 @@ impl Api {
         loop {
             let (tcp, peer) = ferry_daemon::accept(&listener, &mut backoff).await;
             let start = Instant::now();
-            let weak = Arc::downgrade(&tracker);
-            let Some(registration) = tracker.admit(|id| {
-                Arc::new(Shared {
-                    id,
-                    tracker: weak,
-                    start,
-                    promoted: AtomicBool::new(false),
-                    counted_authenticated: AtomicBool::new(false),
-                    http1: AtomicBool::new(false),
-                    in_flight: AtomicUsize::new(0),
-                    served: AtomicU64::new(0),
-                    idle_since: AtomicU64::new(0),
-                    first_read: AtomicU64::new(0),
-                    changed: Notify::new(),
-                    evict: Notify::new(),
-                })
-            }) else {
+            let Some(registration) = tracker.admit(|id| Shared::new(id, &tracker, start, false))
+            else {
                 drop(tcp);
                 continue;
             };
@@ -677,20 +680,7 @@ mod tests {
     }
 
     fn shared(t: &Arc<Tracker>, id: u64) -> Arc<Shared> {
-        Arc::new(Shared {
-            id,
-            tracker: Arc::downgrade(t),
-            start: Instant::now(),
-            promoted: AtomicBool::new(false),
-            counted_authenticated: AtomicBool::new(false),
-            http1: AtomicBool::new(true),
-            in_flight: AtomicUsize::new(0),
-            served: AtomicU64::new(0),
-            idle_since: AtomicU64::new(0),
-            first_read: AtomicU64::new(0),
-            changed: Notify::new(),
-            evict: Notify::new(),
-        })
+        Shared::new(id, t, Instant::now(), true)
     }
 
     fn evicted(s: &Arc<Shared>) -> bool {

@@ -304,7 +304,7 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
             SCOPE_INTERNAL
         },
     };
-    node_port(&mut svc, false);
+    let to_node = node_port(&mut svc, false);
     let affinity = AffinityKey {
         client: p.src,
         ..AffinityKey::default()
@@ -312,7 +312,11 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
     let mut chosen = Chosen::default();
     match select(&svc, &affinity, &mut chosen) {
         Verdict::Pass => {
-            forget_superseded(p);
+            // Traffic for the node itself never met a translation: only a
+            // flow toward a backend can clash with a stale one.
+            if !to_node {
+                forget_superseded(p);
+            }
             return TC_ACT_OK as i32;
         }
         // kube-proxy rejects: a SYN gets a RST, a datagram an ICMP port

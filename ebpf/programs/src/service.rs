@@ -47,8 +47,9 @@ pub enum Counter {
 /// node's (or, with `loopback`, a loopback address: from the node's own
 /// processes, as kube-proxy allows `127.0.0.1:<nodePort>`) and no frontend
 /// has that exact address (an externalIP may be a node's address).
+/// Returns whether the address is the node's own.
 #[inline(always)]
-pub fn node_port(key: &mut ServiceKey, loopback: bool) {
+pub fn node_port(key: &mut ServiceKey, loopback: bool) -> bool {
     let v4 = is_v4(&key.addr);
     let is_loopback = loopback
         && if v4 {
@@ -57,12 +58,12 @@ pub fn node_port(key: &mut ServiceKey, loopback: bool) {
             key.addr[0] == 0 && key.addr[1] == 0 && key.addr[2] == 0 && u32::from_be(key.addr[3]) == 1
         };
     if !is_loopback && NODEPORT_ADDRS.get_ptr(&key.addr).is_none() {
-        return;
+        return false;
     }
-    if SERVICES.get_ptr(&*key).is_some() {
-        return;
+    if SERVICES.get_ptr(&*key).is_none() {
+        key.addr = if v4 { NODEPORT_ANY_V4 } else { NODEPORT_ANY_V6 };
     }
-    key.addr = if v4 { NODEPORT_ANY_V4 } else { NODEPORT_ANY_V6 };
+    true
 }
 
 pub fn select(key: &ServiceKey, affinity: &AffinityKey, out: &mut Chosen) -> Verdict {

@@ -186,7 +186,7 @@ fn translate(ctx: &SockAddrContext, family: Family) -> i32 {
         proto,
         scope: SCOPE_INTERNAL,
     };
-    node_port(&mut key, true);
+    let _ = node_port(&mut key, true);
     let affinity = AffinityKey {
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         ..AffinityKey::default()

@@ -1177,11 +1177,21 @@ fn node_ports_from_outside_and_inside_the_node() {
     .to_vec();
     let v4 = SocketAddr::new(IpAddr::V4(node0.ipv4), 30080);
     let v6 = SocketAddr::new(IpAddr::V6(node0.ipv6), 30080);
-    // Wait until the agent has written the node's addresses (and the
-    // underlay's neighbours are resolved).
+    // Wait until the agent has written the node's addresses and the
+    // underlay's neighbours (the client's, the other node's) are resolved:
+    // a first contact may cost a retransmission. Warm until a run of
+    // attempts, spread over local and remote backends, all succeed.
     for addr in [v4, v6] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !probe(underlay, addr, None, &["--timeout-ms", "500"])[0].starts_with("ok ") {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !probe(
+            underlay,
+            addr,
+            None,
+            &["--count", "10", "--timeout-ms", "1000"],
+        )
+        .iter()
+        .all(|l| l.starts_with("ok "))
+        {
             assert!(
                 Instant::now() < deadline,
                 "NodePort {addr} never answered\n{}",

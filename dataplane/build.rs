@@ -62,7 +62,9 @@ fn main() {
         status.success(),
         "building the eBPF programs failed ({status}); `cargo xtask setup` installs the nightly rust-src and bpf-linker they need"
     );
-    let object = target_dir.join("bpfel-unknown-none/release/ferry-ebpf");
-    std::fs::copy(&object, out_dir.join("ferry-ebpf"))
-        .unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
+    for name in ["ferry-ebpf", "ferry-xdp-pass"] {
+        let object = target_dir.join("bpfel-unknown-none/release").join(name);
+        std::fs::copy(&object, out_dir.join(name))
+            .unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
+    }
 }

@@ -11,22 +11,30 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
+};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::service::programmer::{LbMaps, MapOpError, addr_words};
 use ferry_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, MAP_AFFINITY, MAP_BACKENDS,
-    MAP_CONNTRACK, MAP_NODE_ADDRS, MAP_NODEPORT_ADDRS, MAP_SERVICES, MAP_SOCK_REVNAT, MAP_STATS,
-    NodeAddrs, ServiceKey, ServiceStats, ServiceValue, SockRevNatKey, SockRevNatValue,
+    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, LbConfig, MAP_AFFINITY,
+    MAP_BACKENDS, MAP_CONNTRACK, MAP_LB_CONFIG, MAP_MAGLEV, MAP_NODE_ADDRS, MAP_NODEPORT_ADDRS,
+    MAP_SERVICES, MAP_SOCK_REVNAT, MAP_STATS, MAP_XDP_STATS, MaglevChunk, MaglevKey, NodeAddrs,
+    ServiceKey, ServiceStats, ServiceValue, SockRevNatKey, SockRevNatValue, XdpStats,
 };
 
 use crate::devices::Device;
 
 /// The object built from `ebpf/programs` by this crate's build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry-ebpf"));
+
+/// `ferry_xdp_pass`, in an object of its own: see [`XdpPass`].
+static XDP_PASS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry-xdp-pass"));
 
 /// The socket-level programs, each attached to the cgroup root.
 pub const SOCK_PROGRAMS: &[&str] = &[
@@ -45,6 +53,19 @@ pub const SOCK_PROGRAMS: &[&str] = &[
 /// The per-packet programs, attached to each of `--devices`.
 pub const TC_INGRESS: &str = "ferry_tc_ingress";
 pub const TC_EGRESS: &str = "ferry_tc_egress";
+/// The fast path for traffic from outside, at XDP on `--devices`.
+pub const XDP: &str = "ferry_xdp";
+
+/// Whether `--devices` get the XDP fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpSetting {
+    /// In the driver, or the agent fails to start.
+    Native,
+    /// In the driver where it supports XDP (veth does), else TC alone.
+    BestEffort,
+    /// TC alone.
+    Off,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -97,6 +118,9 @@ pub struct MapSizes {
     pub stats: u32,
     /// Tracked flows of per-packet translation (LRU), two to three each.
     pub conntrack: u32,
+    /// Maglev table chunks of 512 entries (32 per table of the default
+    /// 16381 entries); allocated as written, not up front.
+    pub maglev: u32,
 }
 
 impl Default for MapSizes {
@@ -108,6 +132,7 @@ impl Default for MapSizes {
             sock_revnat: 262144,
             stats: 16384,
             conntrack: 262144,
+            maglev: 65536,
         }
     }
 }
@@ -138,6 +163,9 @@ pub struct Maps {
     pub stats: PerCpuArray<MapData, ServiceStats>,
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub node_addrs: HashMap<MapData, u32, NodeAddrs>,
+    pub maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
+    pub lb_config: Array<MapData, LbConfig>,
+    pub xdp_stats: PerCpuArray<MapData, XdpStats>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -166,6 +194,8 @@ pub fn load_detached(maps_dir: &Path, sizes: &MapSizes) -> Result<Ebpf, BpfError
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
         prog.load().map_err(prog_err(name))?;
     }
+    let prog: &mut Xdp = program(&mut ebpf, XDP)?;
+    prog.load().map_err(prog_err(XDP))?;
     Ok(ebpf)
 }
 
@@ -178,19 +208,21 @@ fn loader<'a>(maps_dir: &'a Path, sizes: &MapSizes) -> EbpfLoader<'a> {
         .map_max_entries(MAP_AFFINITY, sizes.affinity)
         .map_max_entries(MAP_SOCK_REVNAT, sizes.sock_revnat)
         .map_max_entries(MAP_STATS, sizes.stats)
-        .map_max_entries(MAP_CONNTRACK, sizes.conntrack);
+        .map_max_entries(MAP_CONNTRACK, sizes.conntrack)
+        .map_max_entries(MAP_MAGLEV, sizes.maglev);
     loader
 }
 
 /// Loads the object (reusing pinned maps), attaches every socket program to
-/// the cgroup and the packet programs to `devices`, and pins the links,
-/// replacing those of a previous agent (and dropping its links to devices
-/// no longer listed).
+/// the cgroup and the packet programs to `devices` (with `xdp`, the XDP
+/// fast path too), and pins the links, replacing those of a previous agent
+/// (and dropping its links to devices no longer listed).
 pub fn install(
     layout: &Layout,
     sizes: &MapSizes,
     devices: &[Device],
     pod_prefix: Option<&str>,
+    xdp: XdpSetting,
 ) -> Result<(Maps, PacketHooks), BpfError> {
     let maps_dir = layout.maps_dir();
     let links_dir = layout.links_dir();
@@ -214,6 +246,10 @@ pub fn install(
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
         prog.load().map_err(prog_err(name))?;
     }
+    if xdp != XdpSetting::Off {
+        let prog: &mut Xdp = program(&mut ebpf, XDP)?;
+        prog.load().map_err(prog_err(XDP))?;
+    }
     let mut hooks = PacketHooks {
         ebpf,
         links_dir: links_dir.clone(),
@@ -221,6 +257,21 @@ pub fn install(
     };
     for dev in devices {
         pinned.extend(hooks.attach(&dev.name)?);
+        if xdp == XdpSetting::Off {
+            continue;
+        }
+        match hooks.attach_xdp(&dev.name) {
+            Ok(pin) => {
+                tracing::info!(device = %dev.name, "XDP fast path attached (native)");
+                pinned.push(pin);
+            }
+            Err(e) if xdp == XdpSetting::BestEffort => tracing::warn!(
+                device = %dev.name,
+                error = %e,
+                "no native XDP on this device; its traffic is handled at TC (--xdp native would refuse to start)"
+            ),
+            Err(e) => return Err(e),
+        }
     }
     // Links of a previous agent this one did not replace: devices no
     // longer listed, or programs renamed by an upgrade.
@@ -300,6 +351,40 @@ impl PacketHooks {
         }
         self.attached.push(device.to_owned());
         Ok(pins)
+    }
+
+    /// Attaches the XDP fast path to `device` in its driver, pinned: a
+    /// previous agent's link there gets this program atomically (an XDP
+    /// link cannot be swapped as TC's are: one per device).
+    pub fn attach_xdp(&mut self, device: &str) -> Result<PathBuf, BpfError> {
+        let path = self.links_dir.join(pin_name(XDP, device));
+        let link_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| BpfError::Link {
+                path,
+                source: Box::new(source),
+            }
+        };
+        let prog: &mut Xdp = program(&mut self.ebpf, XDP)?;
+        if path.exists() {
+            let pinned = PinnedLink::from_pin(&path).map_err(link_err(&path))?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(link_err(&path))?;
+            prog.attach_to_link(link).map_err(prog_err(XDP))?;
+            return Ok(path);
+        }
+        let id = prog
+            .attach(device, XdpMode::Driver)
+            .map_err(prog_err(XDP))?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(prog_err(XDP))?
+            .try_into()
+            .map_err(link_err(&path))?;
+        link.pin(&path).map_err(|source| BpfError::Pin {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        Ok(path)
     }
 
     /// Keeps the programs on exactly the devices named `prefix*` in
@@ -424,12 +509,52 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps, BpfError> {
         stats: map(ebpf, MAP_STATS)?,
         conntrack: map(ebpf, MAP_CONNTRACK)?,
         node_addrs: map(ebpf, MAP_NODE_ADDRS)?,
+        maglev: map(ebpf, MAP_MAGLEV)?,
+        lb_config: map(ebpf, MAP_LB_CONFIG)?,
+        xdp_stats: map(ebpf, MAP_XDP_STATS)?,
     })
+}
+
+/// An XDP program that passes everything, attached (in its driver) to a
+/// device for as long as this value lives. On the far end of a veth that a
+/// node uses as its uplink it turns on that end's XDP receive path: a veth
+/// delivers the frames its peer sends back with `XDP_TX` (the node's fast
+/// path) only to an end with an XDP program. Test worlds and `ferry up`
+/// put one on their underlay's side of every node link.
+pub struct XdpPass {
+    _ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for XdpPass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("XdpPass")
+    }
+}
+
+impl XdpPass {
+    /// Attaches to `device` in the calling thread's network namespace.
+    pub fn attach(device: &str) -> Result<Self, BpfError> {
+        const NAME: &str = "ferry_xdp_pass";
+        let mut ebpf = Ebpf::load(XDP_PASS_OBJECT).map_err(|source| BpfError::Load {
+            pins: PathBuf::new(),
+            source: Box::new(source),
+        })?;
+        let prog: &mut Xdp = program(&mut ebpf, NAME)?;
+        prog.load().map_err(prog_err(NAME))?;
+        prog.attach(device, XdpMode::Driver)
+            .map_err(prog_err(NAME))?;
+        Ok(Self { _ebpf: ebpf })
+    }
 }
 
 /// Opens the pinned maps without loading anything (for `inspect`).
 pub fn open_pinned(layout: &Layout) -> Result<Maps, BpfError> {
-    let dir = layout.maps_dir();
+    open_maps(&layout.maps_dir())
+}
+
+/// Opens the maps pinned in `dir` (as [`load_detached`] pins them).
+pub fn open_maps(dir: &Path) -> Result<Maps, BpfError> {
+    let dir = dir.to_owned();
     Ok(Maps {
         services: open(&dir, MAP_SERVICES)?,
         backends: open(&dir, MAP_BACKENDS)?,
@@ -438,6 +563,9 @@ pub fn open_pinned(layout: &Layout) -> Result<Maps, BpfError> {
         stats: open(&dir, MAP_STATS)?,
         conntrack: open(&dir, MAP_CONNTRACK)?,
         node_addrs: open(&dir, MAP_NODE_ADDRS)?,
+        maglev: open(&dir, MAP_MAGLEV)?,
+        lb_config: open(&dir, MAP_LB_CONFIG)?,
+        xdp_stats: open(&dir, MAP_XDP_STATS)?,
     })
 }
 
@@ -580,6 +708,32 @@ impl LbMaps for Maps {
         dead: &mut dyn FnMut(&AffinityKey, &AffinityValue) -> bool,
     ) -> Result<usize, MapOpError> {
         purge(&mut self.affinity, dead, "an affinity entry")
+    }
+
+    fn set_lb_config(&mut self, config: &LbConfig) -> Result<(), MapOpError> {
+        self.lb_config
+            .set(0, config, 0)
+            .map_err(op_err("writing the load-balancing settings"))
+    }
+
+    fn maglev_keys(&self) -> Result<Vec<MaglevKey>, MapOpError> {
+        self.maglev
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(op_err("reading the Maglev map"))
+    }
+
+    fn set_maglev(&mut self, key: &MaglevKey, chunk: &MaglevChunk) -> Result<(), MapOpError> {
+        self.maglev
+            .insert(key, chunk, 0)
+            .map_err(op_err("writing a Maglev table chunk (raise --map-maglev)"))
+    }
+
+    fn del_maglev(&mut self, key: &MaglevKey) -> Result<(), MapOpError> {
+        match self.maglev.remove(key) {
+            Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(e) => Err(op_err("deleting a Maglev table chunk")(e)),
+        }
     }
 
     fn read_stats(&self, id: u32) -> Result<Option<ServiceStats>, MapOpError> {

@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 
 use ferry_ebpf_common::{
     Backend, CT_FLAG_CLOSING, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP, SCOPE_EXTERNAL, SVC_FLAG_AFFINITY, ServiceKey,
+    PROTO_UDP, SCOPE_EXTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_MAGLEV, ServiceKey, XdpStats,
 };
 
-use crate::bpf::Maps;
+use crate::bpf::{Maps, TC_EGRESS, TC_INGRESS, XDP};
 use crate::service::programmer::words_addr;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -26,6 +27,9 @@ pub enum What {
     Sockets,
     /// Flows tracked by per-packet translation.
     Conntrack,
+    /// Which programs each device has (XDP fast path, TC), and the XDP
+    /// counters.
+    Devices,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +80,13 @@ fn backend(b: &Backend) -> SocketAddr {
     sockaddr(&b.addr, b.port)
 }
 
-pub fn print(maps: &Maps, what: What, out: &mut impl Write) -> Result<(), InspectError> {
+/// Prints `what`; `links_dir` is where the agent pins its program links.
+pub fn print(
+    maps: &Maps,
+    links_dir: &Path,
+    what: What,
+    out: &mut impl Write,
+) -> Result<(), InspectError> {
     match what {
         What::Services => {
             let mut slots: BTreeMap<(u32, u8, u16), SocketAddr> = BTreeMap::new();
@@ -93,11 +103,14 @@ pub fn print(maps: &Maps, what: What, out: &mut impl Write) -> Result<(), Inspec
                         None => format!("<missing slot {slot}>"),
                     })
                     .collect();
-                let affinity = if v.flags & SVC_FLAG_AFFINITY != 0 {
+                let mut affinity = if v.flags & SVC_FLAG_AFFINITY != 0 {
                     format!(" affinity={}s", v.affinity_timeout)
                 } else {
                     String::new()
                 };
+                if v.flags & SVC_FLAG_MAGLEV != 0 {
+                    affinity.push_str(" lb=maglev");
+                }
                 let list = if backends.is_empty() {
                     "(no endpoints: reject)".to_owned()
                 } else {
@@ -180,7 +193,17 @@ pub fn print(maps: &Maps, what: What, out: &mut impl Write) -> Result<(), Inspec
                     v.flags & CT_FLAG_REPLY != 0,
                     v.flags & CT_FLAG_SNAT != 0,
                 ) {
-                    (false, false, _) => ("forward", format!("dst={}", sockaddr(&v.addr, v.port))),
+                    (false, false, false) => {
+                        ("forward", format!("dst={}", sockaddr(&v.addr, v.port)))
+                    }
+                    (false, false, true) => (
+                        "forward(snat)",
+                        format!(
+                            "dst={} src={}",
+                            sockaddr(&v.addr, v.port),
+                            sockaddr(&v.nat_addr, v.nat_port)
+                        ),
+                    ),
                     (false, true, _) => (
                         "reply(snat)",
                         format!(
@@ -209,6 +232,57 @@ pub fn print(maps: &Maps, what: What, out: &mut impl Write) -> Result<(), Inspec
                 )?;
             }
         }
+        What::Devices => devices(maps, links_dir, out)?,
     }
+    Ok(())
+}
+
+/// One line per device with the programs pinned for it, then the XDP
+/// fast path's counters.
+fn devices(maps: &Maps, links_dir: &Path, out: &mut impl Write) -> Result<(), InspectError> {
+    let mut by_device: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    let names = std::fs::read_dir(links_dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for name in names {
+        for (program, path) in [
+            (XDP, "xdp(native)"),
+            (TC_INGRESS, "tc-ingress"),
+            (TC_EGRESS, "tc-egress"),
+        ] {
+            if let Some(dev) = name.strip_prefix(&format!("{program}_")) {
+                by_device.entry(dev.to_owned()).or_default().push(path);
+            }
+        }
+    }
+    writeln!(out, "{:<24} {:<14} PROGRAMS", "DEVICE", "FAST PATH")?;
+    for (dev, programs) in by_device {
+        let path = if programs.contains(&"xdp(native)") {
+            "xdp"
+        } else {
+            "tc"
+        };
+        writeln!(out, "{dev:<24} {path:<14} {}", programs.join(", "))?;
+    }
+    let mut sum = XdpStats::default();
+    if let Ok(per_cpu) = maps.xdp_stats.get(&0, 0) {
+        for s in per_cpu.iter() {
+            sum.passed += s.passed;
+            sum.tx += s.tx;
+            sum.redirected += s.redirected;
+            sum.dropped += s.dropped;
+            sum.local += s.local;
+            sum.to_tc += s.to_tc;
+        }
+    }
+    writeln!(
+        out,
+        "xdp packets: tx={} redirected={} dropped={} local={} to_tc={} passed={}",
+        sum.tx, sum.redirected, sum.dropped, sum.local, sum.to_tc, sum.passed
+    )?;
     Ok(())
 }

@@ -7,8 +7,10 @@
 //! It owns the routes it installs (marked with its own route protocol), the
 //! `ferry.vxlan` device, and every pin under its bpffs root. It must not
 //! touch pod interfaces (the CNI plugin's), routes it did not install, or
-//! cgroups other than the one it is given.
+//! cgroups other than the one it is given. For L2 announcement it owns its
+//! `ferry-l2.*` Leases and packet sockets on `--devices` ([`announce`]).
 
+pub mod announce;
 pub mod bpf;
 pub mod conntrack;
 pub mod devices;

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_daemon::http::HttpLimits;
 use ferry_daemon::watch::{DecodeErrors, Decoded};
+use ferry_dataplane::announce::{self, Announcer};
 use ferry_dataplane::bpf::{self, Layout, MapSizes};
 use ferry_dataplane::conntrack::Timeouts;
 use ferry_dataplane::devices;
@@ -19,7 +20,9 @@ use ferry_dataplane::inspect;
 use ferry_dataplane::metrics::{self, Metrics};
 use ferry_dataplane::nodes::NodeInfo;
 use ferry_dataplane::routing::{Mode, Router};
-use ferry_dataplane::service::programmer::Programmer;
+use ferry_dataplane::service::maglev::{self, Seed};
+use ferry_dataplane::service::model::LbAlgorithm;
+use ferry_dataplane::service::programmer::{LbSettings, Programmer};
 use ferry_dataplane::service::proxy;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -78,6 +81,11 @@ struct Cli {
     /// e.g. the node's uplink; none: socket-level balancing only.
     #[arg(long, global = true, value_delimiter = ',')]
     devices: Vec<String>,
+    /// The XDP fast path for traffic from outside on `--devices`: `native`
+    /// (in the driver, or fail), `best-effort` (native where the driver
+    /// supports it, TC alone elsewhere) or `off`.
+    #[arg(long, global = true, value_enum, default_value = "best-effort")]
+    xdp: bpf::XdpSetting,
     /// NodePorts answer only at the node's addresses in these CIDRs
     /// (kube-proxy's flag); empty: at every address but loopback and
     /// link-local ones (and, from the node's own processes, at 127.0.0.1
@@ -89,6 +97,27 @@ struct Cli {
     /// are `fer...`), for pods whose processes are outside the cgroup.
     #[arg(long, global = true)]
     pod_devices: Option<String>,
+    /// Answer ARP and NDP for LoadBalancer IPs on `--devices`, one node
+    /// per Service, elected through a Lease (L2 announcement, for bare
+    /// metal and local clusters); `--l2-announce=false` turns it off.
+    #[arg(long, global = true, default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true")]
+    l2_announce: bool,
+    /// Namespace of the L2 announcement Leases
+    /// (`ferry-l2.<namespace>.<service>`).
+    #[arg(long, global = true, default_value = "kube-system")]
+    l2_lease_namespace: String,
+    /// How long the other nodes wait, from when they last saw a Lease
+    /// change, before taking it over (`5s`, `1500ms`).
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    l2_lease_duration: Duration,
+    /// A holder that could not renew its Lease for this long stops
+    /// answering (below the lease duration).
+    #[arg(long, global = true, default_value = "3s", value_parser = parse_duration)]
+    l2_lease_renew_deadline: Duration,
+    /// Between attempts to take or renew a Lease.
+    #[arg(long, global = true, default_value = "1s", value_parser = parse_duration)]
+    l2_lease_retry_period: Duration,
     /// Where `/healthz`, `/readyz` and `/metrics` are served (kube-proxy's
     /// metrics port); empty to turn them off.
     #[arg(long, global = true, default_value = "127.0.0.1:10249")]
@@ -133,6 +162,23 @@ struct Cli {
     /// Conntrack entries for per-packet translation (LRU).
     #[arg(long, global = true, default_value_t = MapSizes::default().conntrack)]
     map_conntrack: u32,
+    /// Maglev table chunks of 512 entries (a table of the default size
+    /// takes 32); allocated as used.
+    #[arg(long, global = true, default_value_t = MapSizes::default().maglev)]
+    map_maglev: u32,
+    /// How new flows from outside the cluster (NodePort, LoadBalancer,
+    /// externalIPs) pick a backend; a Service's `ferry.dev/lb-algorithm`
+    /// annotation overrides it. In-cluster traffic is always random.
+    #[arg(long, global = true, value_enum, default_value = "random")]
+    lb_algorithm: LbAlgorithm,
+    /// Entries per Maglev table: a prime (251, 509, 1021, 2039, 4093, 8191,
+    /// 16381, 32749, 65521 or 131071); the same on every node.
+    #[arg(long, global = true, default_value_t = maglev::DEFAULT_SIZE)]
+    maglev_table_size: u32,
+    /// The cluster-wide Maglev hash seed (any string); every node must be
+    /// given the same one, or they pick different backends for a flow.
+    #[arg(long, global = true, env = "FERRY_MAGLEV_SEED", default_value = maglev::DEFAULT_SEED)]
+    maglev_seed: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -146,6 +192,7 @@ impl Cli {
             sock_revnat: self.map_sock_revnat,
             stats: self.map_stats,
             conntrack: self.map_conntrack,
+            maglev: self.map_maglev,
         }
     }
 
@@ -159,6 +206,37 @@ impl Cli {
             cgroup_root,
         })
     }
+}
+
+/// A duration as `5s`, `1500ms`, `1m` (or ISO 8601).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s.parse().map_err(|e| format!("{e}"))?;
+    Duration::try_from(d).map_err(|_| format!("{s}: a duration cannot be negative"))
+}
+
+/// The L2 announcer: off without the service proxy, with
+/// `--l2-announce=false`, or without `--devices` to answer on.
+fn announcer(cli: &Cli, client: Client, metrics: Arc<Metrics>) -> anyhow::Result<Announcer> {
+    if cli.no_service_proxy || !cli.l2_announce {
+        return Ok(Announcer::disabled());
+    }
+    if cli.devices.is_empty() {
+        tracing::info!(
+            "L2 announcement needs --devices to answer on; no LoadBalancer IP is announced"
+        );
+        return Ok(Announcer::disabled());
+    }
+    let settings = announce::Settings {
+        namespace: cli.l2_lease_namespace.clone(),
+        identity: cli.node_name.clone(),
+        timings: announce::Timings {
+            lease_duration: cli.l2_lease_duration,
+            renew_deadline: cli.l2_lease_renew_deadline,
+            retry_period: cli.l2_lease_retry_period,
+        },
+    };
+    Announcer::start(client, settings, &cli.devices, metrics)
+        .context("starting L2 announcement (--l2-announce=false turns it off)")
 }
 
 /// The first cgroup2 mount point, from /proc/self/mountinfo.
@@ -219,14 +297,16 @@ async fn main() -> anyhow::Result<()> {
     };
     match &cli.command {
         Some(Command::Inspect { what }) => {
-            let maps = bpf::open_pinned(&cli.layout()?).with_context(|| {
+            let layout = cli.layout()?;
+            let maps = bpf::open_pinned(&layout).with_context(|| {
                 format!(
                     "opening the pinned maps under {} (is ferry-agent running with this --bpffs-root?)",
                     cli.bpffs_root.display()
                 )
             })?;
             let mut out = std::io::stdout().lock();
-            return inspect::print(&maps, *what, &mut out).context("printing the maps");
+            return inspect::print(&maps, &layout.links_dir(), *what, &mut out)
+                .context("printing the maps");
         }
         Some(Command::Uninstall) => {
             let router = router(mode)?;
@@ -254,19 +334,32 @@ async fn main() -> anyhow::Result<()> {
     let client = client(cli.kubeconfig.as_ref()).await?;
     let metrics = Arc::new(Metrics::new());
     let routes = routes(&cli, mode, client.clone(), metrics.decode_errors.clone());
+    let announcer = announcer(&cli, client.clone(), metrics.clone())?;
     let services = async {
         if cli.no_service_proxy {
             return std::future::pending().await;
         }
         let layout = cli.layout()?;
         let sizes = cli.sizes();
+        let lb = LbSettings {
+            algorithm: cli.lb_algorithm,
+            maglev_size: maglev::check_size(cli.maglev_table_size)
+                .context("--maglev-table-size")?,
+            seed: Seed::from_setting(&cli.maglev_seed),
+        };
         let (connection, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
         tokio::spawn(connection);
         let devices = devices::lookup(&handle, &cli.devices)
             .await
             .context("looking up --devices")?;
-        let (maps, mut hooks) = bpf::install(&layout, &sizes, &devices, cli.pod_devices.as_deref())
-            .context("installing the eBPF programs")?;
+        let (maps, mut hooks) = bpf::install(
+            &layout,
+            &sizes,
+            &devices,
+            cli.pod_devices.as_deref(),
+            cli.xdp,
+        )
+        .context("installing the eBPF programs")?;
         let mut node_port_addrs =
             bpf::NodePortAddrs::open(&layout).context("opening the NodePort address map")?;
         let (np_handle, only) = (handle.clone(), cli.nodeport_addresses.clone());
@@ -318,7 +411,8 @@ async fn main() -> anyhow::Result<()> {
             devices = ?cli.devices,
             "service load balancing attached"
         );
-        let programmer = Programmer::new(maps, sizes.stats).context("reading the pinned maps")?;
+        let programmer =
+            Programmer::new(maps, sizes.stats, lb).context("reading the pinned maps")?;
         if !cli.metrics_bind_address.is_empty() {
             let addr: SocketAddr = cli
                 .metrics_bind_address
@@ -381,6 +475,7 @@ async fn main() -> anyhow::Result<()> {
             settings,
             programmer,
             firewall,
+            announcer.clone(),
             metrics.clone(),
         )
         .await
@@ -393,10 +488,12 @@ async fn main() -> anyhow::Result<()> {
         r = tokio::signal::ctrl_c() => {
             r.context("waiting for a signal")?;
             stopping();
+            announcer.release_all(cli.l2_lease_renew_deadline).await;
             Ok(())
         }
         _ = term.recv() => {
             stopping();
+            announcer.release_all(cli.l2_lease_renew_deadline).await;
             Ok(())
         }
     }

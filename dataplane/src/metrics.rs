@@ -36,6 +36,11 @@ pub struct MapLabels {
     pub map: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabels {
+    pub family: String,
+}
+
 /// Everything the agent reports, shared by the proxy loop and the server.
 pub struct Metrics {
     registry: Registry,
@@ -50,6 +55,14 @@ pub struct Metrics {
     pub map_entries: Family<MapLabels, Gauge>,
     pub map_capacity: Family<MapLabels, Gauge>,
     pub flows_expired: Counter,
+    /// L2 announcement: LoadBalancer IPs this node answers ARP/NDP for.
+    pub l2_held: Gauge,
+    /// L2 announcement: frames that did not parse (dropped).
+    pub l2_malformed: Counter,
+    /// L2 announcement: socket reads and writes that failed.
+    pub l2_errors: Counter,
+    l2_replies_v4: Counter,
+    l2_replies_v6: Counter,
     /// Objects from the API skipped because they did not decode.
     pub decode_errors: DecodeErrors,
     ready: AtomicBool,
@@ -93,6 +106,15 @@ impl Metrics {
         let map_entries = Family::<MapLabels, Gauge>::default();
         let map_capacity = Family::<MapLabels, Gauge>::default();
         let flows_expired = Counter::default();
+        let l2_held = Gauge::default();
+        let l2_malformed = Counter::default();
+        let l2_errors = Counter::default();
+        let l2_replies = Family::<FamilyLabels, Counter>::default();
+        let family = |f: &str| FamilyLabels {
+            family: f.to_owned(),
+        };
+        let l2_replies_v4 = l2_replies.get_or_create(&family("IPv4")).clone();
+        let l2_replies_v6 = l2_replies.get_or_create(&family("IPv6")).clone();
         registry.register(
             "kubeproxy_sync_proxy_rules_duration_seconds",
             "SyncProxyRules latency in seconds",
@@ -148,6 +170,26 @@ impl Metrics {
             "Conntrack entries removed for idleness",
             flows_expired.clone(),
         );
+        registry.register(
+            "ferry_l2_announced_ips",
+            "LoadBalancer IPs this node holds the L2 lease of and answers ARP/NDP for",
+            l2_held.clone(),
+        );
+        registry.register(
+            "ferry_l2_replies",
+            "ARP replies (IPv4) and Neighbor Advertisements (IPv6) sent for held IPs",
+            l2_replies,
+        );
+        registry.register(
+            "ferry_l2_malformed_frames",
+            "ARP and Neighbor Solicitation frames dropped as malformed",
+            l2_malformed.clone(),
+        );
+        registry.register(
+            "ferry_l2_socket_errors",
+            "Failed reads and writes on the L2 announcement sockets",
+            l2_errors.clone(),
+        );
         let decode_errors = DecodeErrors::default();
         decode_errors.register(&mut registry);
         Self {
@@ -164,6 +206,11 @@ impl Metrics {
             map_entries,
             map_capacity,
             flows_expired,
+            l2_held,
+            l2_malformed,
+            l2_errors,
+            l2_replies_v4,
+            l2_replies_v6,
             ready: AtomicBool::new(false),
             heartbeat: AtomicU64::new(0),
             refresh: OnceLock::new(),
@@ -183,6 +230,15 @@ impl Metrics {
         let (done, wait) = oneshot::channel();
         if tx.try_send(done).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+        }
+    }
+
+    /// The L2 reply counter of `family` (`IPv4`: ARP, `IPv6`: NDP).
+    pub fn l2_replies(&self, family: &str) -> &Counter {
+        if family == "IPv6" {
+            &self.l2_replies_v6
+        } else {
+            &self.l2_replies_v4
         }
     }
 

@@ -10,8 +10,13 @@ use std::path::PathBuf;
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use ferry_dataplane::bpf::{MapSizes, TC_EGRESS, TC_INGRESS, load_detached};
-use ferry_dataplane::service::programmer::addr_words;
+use ferry_dataplane::bpf::{self, MapSizes, TC_EGRESS, TC_INGRESS, load_detached};
+use ferry_dataplane::service::maglev::{BackendId, Seed, Table, flow_bytes};
+use ferry_dataplane::service::model::{
+    Backend as ModelBackend, Frontend, FrontendKind, LbAlgorithm, Protocol, ServicePortEntries,
+    ServicePortName,
+};
+use ferry_dataplane::service::programmer::{LbSettings, Programmer, addr_words};
 use ferry_ebpf_common::{
     BACKEND_FLAG_LOCAL, Backend, BackendKey, CtKey, CtValue, MAP_BACKENDS, MAP_CONNTRACK,
     MAP_NODE_ADDRS, MAP_SERVICES, NodeAddrs, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
@@ -541,4 +546,149 @@ fn a_direct_flow_supersedes_a_stale_translation_of_its_tuple() {
     assert_eq!(read(&out), ((client, 41234), (pod, 5353)));
     let (_, out) = l.run(TC_EGRESS, &reply);
     assert_eq!(read(&out), ((vip, 53), (client, 41234)));
+}
+
+/// Maglev through the real programs and the agent's programmer: two nodes
+/// (two loaded objects with maps of their own) given the same Service and
+/// seed send each of 10,000 flows to the same backend, the one the
+/// user-space reference table names; removing one of 10 backends moves
+/// about a tenth of the flows, and only the removed backend's flows are
+/// bound to move.
+#[test]
+fn maglev_same_backend_on_every_node_and_a_tenth_moves_on_a_removal() {
+    if skip_if_not_root() {
+        return;
+    }
+    let lb = LbSettings {
+        algorithm: LbAlgorithm::Maglev,
+        seed: Seed::from_setting("packet-test"),
+        ..LbSettings::default()
+    };
+    let lb_ip = ip("192.0.2.80");
+    let svc = ("default".to_owned(), "web".to_owned());
+    let entries = |n: u8| {
+        let backends: Vec<ModelBackend> = (1..=n)
+            .map(|i| ModelBackend {
+                addr: IpAddr::from([10, 244, 0, i]),
+                port: 8080,
+                local: true,
+            })
+            .collect();
+        vec![ServicePortEntries {
+            id: ServicePortName {
+                namespace: svc.0.clone(),
+                name: svc.1.clone(),
+                port: "http".into(),
+            },
+            protocol: Protocol::Tcp,
+            frontends: vec![Frontend {
+                addr: lb_ip,
+                port: 80,
+                protocol: Protocol::Tcp,
+                kind: FrontendKind::LoadBalancer,
+            }],
+            cluster_backends: backends.clone(),
+            external_backends: backends,
+            external_drop: false,
+            source_ranges: Vec::new(),
+            affinity_timeout: None,
+            lb_algorithm: None,
+        }]
+    };
+    let mut nodes = [Loaded::new("maglev-a"), Loaded::new("maglev-b")];
+    let mut programmers: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let maps = bpf::open_maps(&n.dir).expect("pinned maps");
+            Programmer::new(maps, MapSizes::default().stats, lb).expect("programmer")
+        })
+        .collect();
+    for p in &mut programmers {
+        p.apply(&svc, &entries(10)).expect("ten backends");
+    }
+    let flows: Vec<(IpAddr, u16)> = (0..10_000u32)
+        .map(|i| {
+            (
+                IpAddr::from([198, 51, (i >> 8) as u8 % 4, i as u8]),
+                20_000 + (i % 40_000) as u16,
+            )
+        })
+        .collect();
+    let backend_of = |l: &mut Loaded, client: (IpAddr, u16)| {
+        let (rc, out) = l.run(TC_INGRESS, &packet(PROTO_TCP, client, (lb_ip, 80), true));
+        assert_eq!(rc, TC_ACT_OK);
+        read(&out).1
+    };
+    let ten: Vec<BackendId> = (1..=10u8)
+        .map(|i| BackendId::new(IpAddr::from([10, 244, 0, i]), 8080))
+        .collect();
+    let reference = Table::build(&ten, lb.maglev_size, &lb.seed).expect("table");
+    let mut before = Vec::with_capacity(flows.len());
+    for &client in &flows {
+        let a = backend_of(&mut nodes[0], client);
+        let b = backend_of(&mut nodes[1], client);
+        assert_eq!(a, b, "{client:?}: the nodes disagree");
+        let hash = lb.seed.flow_hash(&flow_bytes(
+            std::net::SocketAddr::from(client),
+            std::net::SocketAddr::new(lb_ip, 80),
+            PROTO_TCP,
+        ));
+        let want = ten[usize::from(reference.lookup(hash).expect("entry"))];
+        assert_eq!(
+            a,
+            (want.addr, want.port),
+            "{client:?}: not the reference's backend"
+        );
+        before.push(a);
+    }
+    let used: std::collections::BTreeSet<_> = before.iter().collect();
+    assert_eq!(used.len(), 10, "every backend gets flows");
+
+    // Backend 10.244.0.4 goes; the flows are replayed as new ones.
+    programmers[0]
+        .apply(
+            &svc,
+            &entries(10)
+                .into_iter()
+                .map(|mut e| {
+                    e.external_backends
+                        .retain(|b| b.addr != IpAddr::from([10, 244, 0, 4]));
+                    e.cluster_backends = e.external_backends.clone();
+                    e
+                })
+                .collect::<Vec<_>>(),
+        )
+        .expect("nine backends");
+    let mut ct = nodes[0].map::<CtKey, CtValue>(MAP_CONNTRACK);
+    let keys: Vec<CtKey> = ct.keys().map(|k| k.expect("key")).collect();
+    for k in keys {
+        let _ = ct.remove(&k);
+    }
+    let gone = (IpAddr::from([10, 244, 0, 4]), 8080);
+    let (mut moved, mut moved_needlessly) = (0, 0);
+    for (client, was) in flows.iter().zip(&before) {
+        let now = backend_of(&mut nodes[0], *client);
+        assert_ne!(now, gone, "a flow still goes to the removed backend");
+        if now != *was {
+            moved += 1;
+            if *was != gone {
+                moved_needlessly += 1;
+            }
+        }
+    }
+    let share = f64::from(moved) / flows.len() as f64;
+    eprintln!(
+        "moved {moved} of {} flows ({:.1} %), {moved_needlessly} off surviving backends",
+        flows.len(),
+        share * 100.0
+    );
+    assert!(
+        (0.05..=0.15).contains(&share),
+        "{:.1} % of flows moved",
+        share * 100.0
+    );
+    assert!(
+        moved_needlessly * 100 < flows.len(),
+        "{moved_needlessly} flows left surviving backends"
+    );
 }

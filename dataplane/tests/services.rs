@@ -7,15 +7,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{ControlPlane, binary, ferry_cni, node_object, start_agent, start_agent_under};
+use common::{
+    ControlPlane, binary, ferry_cni, node_object, probe, probe_argv, replies, start_agent,
+    start_agent_under, two_nodes, underlay_v4,
+};
 use ferry_testbed::{
-    AgentHooks, NETEXEC_HTTP_PORT, NETEXEC_UDP_PORT, Netns, Pod, Process, UNDERLAY_IF, World,
-    pressure, skip_if_not_root, start_netexec, store_spoiled_copy,
+    AgentHooks, Netns, Pod, Process, UNDERLAY_IF, World, pressure, skip_if_not_root, start_netexec,
+    store_spoiled_copy,
 };
 use serde_json::{Value, json};
 
@@ -30,6 +32,7 @@ struct Cluster {
     _servers: Vec<Process>,
     hooks: AgentHooks,
     cp: ControlPlane,
+    _xdp_peers: Vec<ferry_dataplane::bpf::XdpPass>,
     world: World,
     /// More agent flags.
     extra: Vec<String>,
@@ -75,6 +78,7 @@ impl Cluster {
             _servers: servers,
             hooks,
             cp,
+            _xdp_peers: common::xdp_peers(&world),
             world,
             extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         }
@@ -120,43 +124,9 @@ impl Cluster {
         self.world.pod(0, BACKENDS)
     }
 
-    /// The Pod object for pod `j` of node `node`, labelled `app`, Running
-    /// and Ready, so the EndpointSlice controller lists it.
+    /// The Pod object for pod `j` of node `node` ([`common::add_pod`]).
     fn add_pod(&self, node: usize, j: usize, app: &str) {
-        let pod = self.world.pod(node, j);
-        let ips: Vec<Value> = pod
-            .addrs()
-            .iter()
-            .map(|ip| json!({"ip": ip.to_string()}))
-            .collect();
-        self.cp.apply(&json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod.name, "namespace": "default",
-                         "labels": {"app": app, "tier": "any"}},
-            "spec": {"nodeName": self.world.node(node).name, "containers": [{
-                "name": "netexec", "image": "ferry-netexec",
-                "ports": [
-                    {"name": "http", "containerPort": NETEXEC_HTTP_PORT, "protocol": "TCP"},
-                    {"name": "udp", "containerPort": NETEXEC_UDP_PORT, "protocol": "UDP"},
-                ],
-            }]},
-        }));
-        let status = json!({"status": {
-            "phase": "Running",
-            "podIP": ips[0]["ip"], "podIPs": ips,
-            "conditions": [{"type": "Ready", "status": "True"}],
-        }});
-        self.cp
-            .kubectl(&[
-                "patch",
-                "pod",
-                &pod.name,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &status.to_string(),
-            ])
-            .expect("pod status");
+        common::add_pod(&self.cp, &self.world, node, j, app);
     }
 
     fn delete_pod(&self, name: &str) {
@@ -265,68 +235,6 @@ impl Drop for Cluster {
             eprintln!("agent output:\n{}", self.agent_output());
         }
     }
-}
-
-/// `ferry-probe`'s command line: to `addr`, in `cgroup` if given.
-fn probe_argv(addr: SocketAddr, cgroup: Option<&Path>, args: &[&str]) -> Vec<String> {
-    let mut argv = vec![
-        binary("ferry-testbed", "ferry-probe")
-            .to_string_lossy()
-            .into_owned(),
-        addr.to_string(),
-    ];
-    if let Some(cg) = cgroup {
-        argv.push("--cgroup".into());
-        argv.push(cg.to_string_lossy().into_owned());
-    }
-    argv.extend(args.iter().map(|a| (*a).to_owned()));
-    argv
-}
-
-/// Runs `ferry-probe` in `netns` and returns its lines.
-fn probe(netns: &Netns, addr: SocketAddr, cgroup: Option<&Path>, args: &[&str]) -> Vec<String> {
-    netns
-        .exec_timeout(probe_argv(addr, cgroup, args), Duration::from_secs(120))
-        .expect("ferry-probe")
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Two nodes of two ferry-cni pods each, routed to each other's pods.
-fn two_nodes() -> World {
-    World::builder()
-        .nodes(2)
-        .pods_per_node(2)
-        .cni(ferry_cni())
-        .route_pod_cidrs(true)
-        .build()
-        .expect("world")
-}
-
-/// The underlay's own IPv4 address: the client outside the cluster.
-fn underlay_v4(underlay: &Netns) -> String {
-    underlay
-        .exec(["ip", "-4", "-o", "addr", "show", "dev", "br0"])
-        .expect("underlay address")
-        .split_whitespace()
-        .nth(3)
-        .and_then(|a| a.split('/').next())
-        .expect("br0 address")
-        .to_owned()
-}
-
-/// The names replies came from, counted; panics on a failed attempt.
-fn replies(lines: &[String]) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for line in lines {
-        let rest = line
-            .strip_prefix("ok ")
-            .unwrap_or_else(|| panic!("attempt failed: {line}\nall: {lines:#?}"));
-        let name = rest.split_whitespace().next().unwrap_or_default();
-        *out.entry(name.to_owned()).or_default() += 1;
-    }
-    out
 }
 
 fn peers(lines: &[String]) -> Vec<String> {
@@ -771,6 +679,9 @@ fn external_traffic_through_tc() {
             UNDERLAY_IF,
             "--pod-devices",
             "fer",
+            // The TC path alone (the NodePort test covers XDP).
+            "--xdp",
+            "off",
             // Idle UDP flows go after 2 s, so the test sees them collected.
             "--conntrack-udp-timeout",
             "2",
@@ -1264,6 +1175,25 @@ fn node_ports_from_outside_and_inside_the_node() {
     let pod = c.world.pod(0, 1);
     let got = replies(&c.probe(&pod.netns, v4, &["--count", "20"]));
     assert!(got.len() >= 2, "from a pod: {got:?}");
+
+    // The device runs the XDP fast path, and it forwarded (XDP_TX) the
+    // flows to the other node's backends and their replies.
+    let devices = c.inspect("devices");
+    let ul0 = devices
+        .lines()
+        .find(|l| l.starts_with(UNDERLAY_IF))
+        .unwrap_or_default();
+    assert!(
+        ul0.contains(" xdp ") && ul0.contains("xdp(native)"),
+        "{devices}"
+    );
+    let tx: u64 = devices
+        .split("tx=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no XDP counters: {devices}"));
+    assert!(tx >= 20, "XDP forwarded {tx} packets\n{devices}");
 
     // Local: outside traffic only to this node's endpoint, with the
     // client's own address; the node's own traffic still reaches all.

@@ -362,6 +362,12 @@ impl World {
         &self.underlay
     }
 
+    /// The underlay's end of node `i`'s link (a bridge port in the
+    /// underlay namespace).
+    pub fn underlay_port(&self, i: usize) -> String {
+        format!("n{i}")
+    }
+
     /// All nodes.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
@@ -634,7 +640,12 @@ impl World {
                 format!("link add {UNDERLAY_BRIDGE} type bridge stp_state 0"),
                 format!("link set {UNDERLAY_BRIDGE} up"),
             ],
-        )
+        )?;
+        // The underlay's own senders (the tests' outside clients) too.
+        self.underlay
+            .exec(["ethtool", "-K", UNDERLAY_BRIDGE, "tx", "off"])
+            .map(|_| ())
+            .map_err(|e| Error::Config(format!("{UNDERLAY_BRIDGE}: checksum offload off (ethtool; `cargo xtask setup` installs it): {e}")))
     }
 
     fn build_node(
@@ -702,6 +713,12 @@ impl World {
                 format!("route add ::/0 dev {sink0}"),
             ],
         )?;
+        // Frames on the underlay carry whole checksums, as a physical
+        // network's do: a local sender's veth frames otherwise hold only the
+        // pseudo-header's sum (checksum offload), which an XDP program that
+        // rewrites addresses cannot tell from a real checksum.
+        ns.exec(["ethtool", "-K", UNDERLAY_IF, "tx", "off"])
+            .map_err(|e| Error::Config(format!("{UNDERLAY_IF}: checksum offload off (ethtool; `cargo xtask setup` installs it): {e}")))?;
         self.nodes.push(Node {
             index: i,
             name: name.clone(),

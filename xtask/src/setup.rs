@@ -15,6 +15,8 @@ use crate::{cargo, output, run, succeeds, workspace_root};
 /// Debian packages the build, the dataplane, its tests and the benchmarks use.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
+    // Test worlds turn checksum offload off on their underlay, as on a wire.
+    "ethtool",
     "iptables",
     "nftables",
     "bpftool",
@@ -23,6 +25,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iperf3",
     "wrk",
     "hping3",
+    // trafgen: the packet generator of the NodePort forwarding bench.
+    "netsniff-ng",
     "dnsutils",
     "knot-dnsutils",
     "dnsperf",

@@ -180,6 +180,7 @@ mod tests {
             external_backends: Vec::new(),
             external_drop: false,
             source_ranges: ranges.iter().map(|r| r.parse().expect("cidr")).collect(),
+            lb_algorithm: None,
             affinity_timeout: None,
         }]
     }

@@ -45,14 +45,17 @@
 //! rotates, xors and adds, which the BPF instruction set has; a 5-tuple is a
 //! fixed length per family, so its loops unroll.
 //!
-//! The flow lookup the BPF programs will do is
-//! `table[h1 % M]` where `(h1, _) = murmur3_x64_128(tuple_bytes, k0, k1)`
-//! with the seed's two keys ([`Seed::keys`]) as the hash's two initial state
-//! words; [`Seed::flow_hash`] and [`Table::lookup`] are the user-space
-//! reference for that. (With `k0 == k1 == s` this is exactly the reference
-//! MurmurHash3_x64_128 with the 32-bit seed `s`.)
+//! The flow lookup the BPF programs do is `table[h1 % M]` where
+//! `(h1, _) = murmur3_x64_128(flow_bytes, k0, k1)` over [`flow_bytes`], with
+//! the seed's two keys ([`Seed::keys`]) as the hash's two initial state
+//! words. The block and finalisation steps live once, in
+//! `ferry_ebpf_common::maglev`, which also holds the fixed-length flow hash
+//! the programs run; [`Seed::flow_hash`] and [`Table::lookup`] are the
+//! user-space reference for it, and the tests hold the two equal. (With
+//! `k0 == k1 == s` this is exactly the reference MurmurHash3_x64_128 with
+//! the 32-bit seed `s`.)
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use thiserror::Error;
 
@@ -219,24 +222,7 @@ impl Default for Seed {
     }
 }
 
-const C1: u64 = 0x87c3_7b91_1142_53d5;
-const C2: u64 = 0x4cf5_ad43_2745_937f;
-
-fn fmix64(mut k: u64) -> u64 {
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    k ^ (k >> 33)
-}
-
-fn mix_k1(k: u64) -> u64 {
-    k.wrapping_mul(C1).rotate_left(31).wrapping_mul(C2)
-}
-
-fn mix_k2(k: u64) -> u64 {
-    k.wrapping_mul(C2).rotate_left(33).wrapping_mul(C1)
-}
+use ferry_ebpf_common::maglev::{block, finish, mix_k1, mix_k2};
 
 /// Reads up to 8 bytes as a little-endian word (zero-padded).
 fn le_word(bytes: &[u8]) -> u64 {
@@ -252,20 +238,9 @@ pub fn murmur3_x64_128(data: &[u8], seed1: u64, seed2: u64) -> (u64, u64) {
     let mut h1 = seed1;
     let mut h2 = seed2;
     let mut blocks = data.chunks_exact(16);
-    for block in &mut blocks {
-        let (lo, hi) = block.split_at(8);
-        h1 ^= mix_k1(le_word(lo));
-        h1 = h1
-            .rotate_left(27)
-            .wrapping_add(h2)
-            .wrapping_mul(5)
-            .wrapping_add(0x52dc_e729);
-        h2 ^= mix_k2(le_word(hi));
-        h2 = h2
-            .rotate_left(31)
-            .wrapping_add(h1)
-            .wrapping_mul(5)
-            .wrapping_add(0x3849_5ab5);
+    for b in &mut blocks {
+        let (lo, hi) = b.split_at(8);
+        block(&mut h1, &mut h2, le_word(lo), le_word(hi));
     }
     let tail = blocks.remainder();
     if tail.len() > 8 {
@@ -274,16 +249,25 @@ pub fn murmur3_x64_128(data: &[u8], seed1: u64, seed2: u64) -> (u64, u64) {
     if !tail.is_empty() {
         h1 ^= mix_k1(le_word(tail));
     }
-    let len = data.len() as u64;
-    h1 ^= len;
-    h2 ^= len;
-    h1 = h1.wrapping_add(h2);
-    h2 = h2.wrapping_add(h1);
-    h1 = fmix64(h1);
-    h2 = fmix64(h2);
-    h1 = h1.wrapping_add(h2);
-    h2 = h2.wrapping_add(h1);
-    (h1, h2)
+    finish(h1, h2, data.len() as u64)
+}
+
+/// The bytes of a flow as the BPF programs hash it (see
+/// `ferry_ebpf_common::maglev`): source and destination addresses (16
+/// bytes each, IPv4 mapped), source and destination ports (big-endian),
+/// protocol number.
+pub fn flow_bytes(src: SocketAddr, dst: SocketAddr, proto: u8) -> [u8; 37] {
+    let mut out = [0u8; 37];
+    let v6 = |a: IpAddr| match a.to_canonical() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    out[..16].copy_from_slice(&v6(src.ip()));
+    out[16..32].copy_from_slice(&v6(dst.ip()));
+    out[32..34].copy_from_slice(&src.port().to_be_bytes());
+    out[34..36].copy_from_slice(&dst.port().to_be_bytes());
+    out[36] = proto;
+    out
 }
 
 /// One Service's lookup table: `M` entries, each the index (in the slice
@@ -474,6 +458,50 @@ mod tests {
                 seed.flow_hash(&tuple)
             })
             .collect()
+    }
+
+    /// The programs' fixed-length flow hash is this module's hash of
+    /// [`flow_bytes`], for both families and any seed.
+    #[test]
+    fn maglev_bpf_flow_hash_matches_the_reference() {
+        use crate::service::programmer::addr_words;
+        let mut state = 7;
+        for i in 0..2_000u32 {
+            let r = splitmix(&mut state);
+            let seed = Seed::from_setting(&format!("cluster-{}", i % 5));
+            let (src, dst): (IpAddr, IpAddr) = if i % 2 == 0 {
+                (
+                    Ipv4Addr::from(r as u32).into(),
+                    Ipv4Addr::new(192, 0, 2, (r >> 40) as u8).into(),
+                )
+            } else {
+                (
+                    Ipv6Addr::from(u128::from(r) << 64 | u128::from(i)).into(),
+                    Ipv6Addr::from(u128::from(r).rotate_left(17)).into(),
+                )
+            };
+            let (sport, dport) = ((r >> 32) as u16, (r >> 48) as u16);
+            let proto = if r & 1 == 0 { 6 } else { 17 };
+            let (k0, k1) = seed.keys();
+            let bpf = ferry_ebpf_common::maglev::flow_hash(
+                &addr_words(src),
+                &addr_words(dst),
+                sport.to_be(),
+                dport.to_be(),
+                proto,
+                &[k0, k1],
+            );
+            let bytes = flow_bytes(
+                SocketAddr::new(src, sport),
+                SocketAddr::new(dst, dport),
+                proto,
+            );
+            assert_eq!(
+                bpf,
+                seed.flow_hash(&bytes),
+                "flow {i}: {src}:{sport} -> {dst}:{dport}"
+            );
+        }
     }
 
     #[test]

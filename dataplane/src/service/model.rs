@@ -38,6 +38,32 @@ pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 pub const PROXIED_SELECTOR: &str =
     "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
+/// Picks how a Service's traffic from outside the cluster chooses its
+/// backend ([`LbAlgorithm`]), over the agent's `--lb-algorithm`.
+pub const ANNOTATION_LB_ALGORITHM: &str = "ferry.dev/lb-algorithm";
+
+/// How traffic from outside (NodePort, LoadBalancer, externalIPs) picks a
+/// backend. In-cluster traffic is always balanced at random, as kube-proxy
+/// does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+pub enum LbAlgorithm {
+    /// Uniformly at random per new flow, as kube-proxy.
+    Random,
+    /// Maglev consistent hashing of the flow: every node given the same
+    /// seed and table size picks the same backend, and a backend change
+    /// moves few flows.
+    Maglev,
+}
+
+impl LbAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::Maglev => "maglev",
+        }
+    }
+}
+
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when it is absent (the API
 /// server's default: 3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
@@ -154,6 +180,33 @@ pub struct ServicePortEntries {
     pub source_ranges: Vec<ipnet::IpNet>,
     /// ClientIP affinity timeout in seconds, None when sessionAffinity is None.
     pub affinity_timeout: Option<u32>,
+    /// The Service's [`ANNOTATION_LB_ALGORITHM`]; None: the agent's default
+    /// (also when the annotation is unreadable: [`lb_algorithm`] says why).
+    pub lb_algorithm: Option<LbAlgorithm>,
+}
+
+/// The algorithm `service`'s annotation asks for, if any.
+pub fn lb_algorithm(service: &Service) -> Result<Option<LbAlgorithm>, ModelError> {
+    let Some(value) = service
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_LB_ALGORITHM))
+    else {
+        return Ok(None);
+    };
+    match value.trim() {
+        "random" => Ok(Some(LbAlgorithm::Random)),
+        "maglev" => Ok(Some(LbAlgorithm::Maglev)),
+        _ => Err(ModelError::BadLbAlgorithm {
+            service: format!(
+                "{}/{}",
+                service.metadata.namespace.as_deref().unwrap_or_default(),
+                service.metadata.name.as_deref().unwrap_or_default()
+            ),
+            value: value.clone(),
+        }),
+    }
 }
 
 /// A Service field this module cannot translate. Each names the Service
@@ -184,6 +237,10 @@ pub enum ModelError {
         field: String,
         value: String,
     },
+    #[error(
+        "service {service}: annotation {ANNOTATION_LB_ALGORITHM}: {value:?} is neither \"random\" nor \"maglev\"; using the agent's --lb-algorithm"
+    )]
+    BadLbAlgorithm { service: String, value: String },
     #[error(
         "service {service}: spec.sessionAffinityConfig.clientIP.timeoutSeconds: {value} is not a positive number of seconds"
     )]
@@ -238,6 +295,7 @@ pub fn service_entries(
         .collect::<Result<Vec<_>, _>>()?;
     let lb_ips = load_balancer_ips(service, &svc)?;
     let affinity_timeout = affinity_timeout(spec, &svc)?;
+    let lb_algorithm = lb_algorithm(service).ok().flatten();
     let source_ranges = spec
         .load_balancer_source_ranges
         .iter()
@@ -353,6 +411,7 @@ pub fn service_entries(
                 && !usable_backends(&endpoints, false).is_empty(),
             affinity_timeout,
             source_ranges: source_ranges.clone(),
+            lb_algorithm,
         });
     }
     Ok(out)

@@ -8,20 +8,30 @@
 //! uses, then points the frontends at it, so every lookup sees either the old
 //! set or the new one. Only the changed Service's groups are touched.
 //!
-//! Owns the service and backend maps' contents and the backend group ids;
-//! must not read the Kubernetes API or decide which endpoints count (that is
-//! the model's job).
+//! A group whose new flows pick backends by Maglev (traffic from outside,
+//! `--lb-algorithm maglev` or the Service's annotation) also has a table per
+//! revision, written with the revision's slots before frontends move to it;
+//! the table of the revision no frontend uses any more is deleted after the
+//! move, so a group keeps one table.
+//!
+//! Owns the service, backend and Maglev maps' contents and the backend group
+//! ids; must not read the Kubernetes API or decide which endpoints count
+//! (that is the model's job).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use ferry_ebpf_common::{
-    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend, BackendKey, CtKey, CtValue,
-    PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_AFFINITY,
-    SVC_FLAG_DROP, ServiceKey, ServiceStats, ServiceValue, v4_mapped,
+    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend, BackendKey, CtKey, CtValue, LbConfig,
+    MAGLEV_CHUNK, MaglevChunk, MaglevKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    SCOPE_INTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_DROP, SVC_FLAG_MAGLEV, ServiceKey, ServiceStats,
+    ServiceValue, v4_mapped,
 };
 
-use super::model::{self, FrontendKind, Protocol, ServicePortEntries, ServicePortName};
+use super::maglev::{self, BackendId, MaglevError, Seed, TableBuilder};
+use super::model::{
+    self, FrontendKind, LbAlgorithm, Protocol, ServicePortEntries, ServicePortName,
+};
 
 /// A failed map operation, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +64,12 @@ pub trait LbMaps {
         let _ = dead;
         Ok(0)
     }
+    /// Writes the settings every node shares.
+    fn set_lb_config(&mut self, config: &LbConfig) -> Result<(), MapOpError>;
+    /// Every Maglev table chunk present.
+    fn maglev_keys(&self) -> Result<Vec<MaglevKey>, MapOpError>;
+    fn set_maglev(&mut self, key: &MaglevKey, chunk: &MaglevChunk) -> Result<(), MapOpError>;
+    fn del_maglev(&mut self, key: &MaglevKey) -> Result<(), MapOpError>;
     /// A backend group's counters summed over CPUs, where kept.
     fn read_stats(&self, id: u32) -> Result<Option<ServiceStats>, MapOpError> {
         let _ = id;
@@ -67,6 +83,47 @@ pub enum ProgramError {
     Map(#[from] MapOpError),
     #[error("no free backend group id (limit {0}); raise the service map size")]
     IdsExhausted(u32),
+    #[error(transparent)]
+    Maglev(#[from] MaglevError),
+}
+
+/// How new flows from outside the cluster pick their backend, the same on
+/// every node (the agent's `--lb-algorithm`, `--maglev-table-size` and
+/// `--maglev-seed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbSettings {
+    /// For Services without the `ferry.dev/lb-algorithm` annotation.
+    pub algorithm: LbAlgorithm,
+    /// Maglev table size `M`, a prime ([`maglev::check_size`]).
+    pub maglev_size: u32,
+    pub seed: Seed,
+}
+
+impl Default for LbSettings {
+    fn default() -> Self {
+        Self {
+            algorithm: LbAlgorithm::Random,
+            maglev_size: maglev::DEFAULT_SIZE,
+            seed: Seed::default(),
+        }
+    }
+}
+
+impl LbSettings {
+    /// What the programs read ([`LbConfig`]).
+    pub fn config(&self) -> LbConfig {
+        let (k0, k1) = self.seed.keys();
+        LbConfig {
+            maglev_size: self.maglev_size,
+            _pad: 0,
+            seed: [k0, k1],
+        }
+    }
+
+    /// Chunks in one table.
+    fn chunks(&self) -> u16 {
+        u16::try_from((self.maglev_size as usize).div_ceil(MAGLEV_CHUNK)).unwrap_or(u16::MAX)
+    }
 }
 
 /// Which Service a group belongs to.
@@ -133,6 +190,8 @@ struct Group {
     /// Taken over from a previous agent: its affinity entries and flows may
     /// point at backends that went while no agent ran.
     adopted: bool,
+    /// Revisions that may have a Maglev table in the map.
+    tables: [bool; 2],
 }
 
 impl Group {
@@ -235,6 +294,10 @@ pub struct Programmer<M> {
     /// UDP backends that left a group, for the caller to end the sockets
     /// still connected to them ([`take_removed_udp`](Self::take_removed_udp)).
     removed_udp: Vec<SocketAddr>,
+    lb: LbSettings,
+    tables: TableBuilder,
+    /// Scratch for the table being written.
+    table: Vec<u16>,
 }
 
 impl<M> std::fmt::Debug for Programmer<M> {
@@ -249,7 +312,10 @@ impl<M> std::fmt::Debug for Programmer<M> {
 impl<M: LbMaps> Programmer<M> {
     /// Starts from what the maps already hold, so a restarted agent keeps
     /// the same group ids (and with them affinity) for unchanged services.
-    pub fn new(maps: M, max_id: u32) -> Result<Self, ProgramError> {
+    pub fn new(maps: M, max_id: u32, lb: LbSettings) -> Result<Self, ProgramError> {
+        maglev::check_size(lb.maglev_size)?;
+        let mut maps = maps;
+        maps.set_lb_config(&lb.config())?;
         let mut adopted = HashMap::new();
         let mut adopted_slots: HashMap<u32, AdoptedGroup> = HashMap::new();
         for (key, value) in maps.services()? {
@@ -278,6 +344,9 @@ impl<M: LbMaps> Programmer<M> {
             adopted,
             adopted_slots,
             removed_udp: Vec::new(),
+            lb,
+            tables: TableBuilder::default(),
+            table: Vec::new(),
         })
     }
 
@@ -337,7 +406,7 @@ impl<M: LbMaps> Programmer<M> {
         service: &ServiceName,
         entries: &[ServicePortEntries],
     ) -> Result<ApplyStats, ProgramError> {
-        let desired = desired_groups(entries);
+        let desired = desired_groups(entries, &self.lb);
         let mut stats = ApplyStats::default();
         let mut first_err = None;
         let old: BTreeSet<GroupKey> = self.by_service.get(service).cloned().unwrap_or_default();
@@ -415,6 +484,23 @@ impl<M: LbMaps> Programmer<M> {
         }
         self.maps
             .purge_affinity(&mut |k, _| !live.contains(&k.id))?;
+        // Tables of dead groups, of revisions no frontend uses, or beyond
+        // this table size (a previous agent's, with another size).
+        let chunks = self.lb.chunks();
+        let tables: HashSet<(u32, u8)> = self
+            .groups
+            .values()
+            .flat_map(|g| {
+                (0..2u8)
+                    .filter(|r| g.tables[usize::from(*r)])
+                    .map(|r| (g.id, r))
+            })
+            .collect();
+        for key in self.maps.maglev_keys()? {
+            if !tables.contains(&(key.id, key.rev)) || key.chunk >= chunks {
+                self.maps.del_maglev(&key)?;
+            }
+        }
         let dead: Vec<u32> = self
             .adopted_slots
             .keys()
@@ -469,6 +555,7 @@ impl<M: LbMaps> Programmer<M> {
                 ..Desired::default()
             },
             adopted,
+            tables: [false; 2],
         };
         if adopted {
             for key in theirs.frontends {
@@ -516,6 +603,11 @@ impl<M: LbMaps> Programmer<M> {
         for (slot, b) in want.backends.iter().take(usize::from(n)).enumerate() {
             let key = backend_key(group.id, next, slot as u16);
             self.maps.set_backend(&key, b)?;
+        }
+        if want.flags & SVC_FLAG_MAGLEV != 0 {
+            group.tables[usize::from(next)] = true;
+            self.groups.insert(gk.clone(), group.clone());
+            self.write_table(group.id, next, &want.backends)?;
         }
         // Everything this group serves, and every frontend it newly wants
         // (the latest claim wins), now points at the new revision.
@@ -566,6 +658,15 @@ impl<M: LbMaps> Programmer<M> {
         // Stale slots of the new revision, above the new count.
         for slot in n..group.slots[usize::from(next)] {
             self.maps.del_backend(&backend_key(id, next, slot))?;
+        }
+        // The table no frontend reads any more: a lookup still under way
+        // that misses it picks at random once.
+        let old = next ^ 1;
+        if group.tables[usize::from(old)] {
+            self.delete_table(id, old)?;
+            if let Some(g) = self.groups.get_mut(gk) {
+                g.tables[usize::from(old)] = false;
+            }
         }
         if let Some(g) = self.groups.get_mut(gk) {
             g.slots[usize::from(next)] = n;
@@ -692,6 +793,9 @@ impl<M: LbMaps> Programmer<M> {
             for slot in 0..group.slots[usize::from(rev)] {
                 self.maps.del_backend(&backend_key(group.id, rev, slot))?;
             }
+            if group.tables[usize::from(rev)] {
+                self.delete_table(group.id, rev)?;
+            }
         }
         self.note_removed(&group.live, group.live.backends.iter().copied());
         let id = group.id;
@@ -702,6 +806,43 @@ impl<M: LbMaps> Programmer<M> {
         self.groups.remove(gk);
         self.free_ids.push(id);
         Ok(())
+    }
+}
+
+impl<M: LbMaps> Programmer<M> {
+    /// Writes the Maglev table of `backends` (a revision's slots, in slot
+    /// order) for group `id`, revision `rev`.
+    fn write_table(&mut self, id: u32, rev: u8, backends: &[Backend]) -> Result<(), ProgramError> {
+        let ids: Vec<BackendId> = backends
+            .iter()
+            .map(|b| BackendId::new(words_addr(&b.addr), u16::from_be(b.port)))
+            .collect();
+        self.tables
+            .fill(&ids, self.lb.maglev_size, &self.lb.seed, &mut self.table)?;
+        let mut chunk = MaglevChunk::default();
+        for (i, part) in self.table.chunks(MAGLEV_CHUNK).enumerate() {
+            chunk.slots[..part.len()].copy_from_slice(part);
+            chunk.slots[part.len()..].fill(0);
+            let key = maglev_key(id, rev, u16::try_from(i).unwrap_or(u16::MAX));
+            self.maps.set_maglev(&key, &chunk)?;
+        }
+        Ok(())
+    }
+
+    fn delete_table(&mut self, id: u32, rev: u8) -> Result<(), ProgramError> {
+        for chunk in 0..self.lb.chunks() {
+            self.maps.del_maglev(&maglev_key(id, rev, chunk))?;
+        }
+        Ok(())
+    }
+}
+
+fn maglev_key(id: u32, rev: u8, chunk: u16) -> MaglevKey {
+    MaglevKey {
+        id,
+        rev,
+        _pad: 0,
+        chunk,
     }
 }
 
@@ -718,7 +859,10 @@ fn backend_key(id: u32, rev: u8, slot: u16) -> BackendKey {
 /// in-cluster traffic (every frontend, socket hooks included) and, when it
 /// has ExternalIP or LoadBalancer frontends, one for traffic arriving from
 /// outside (externalTrafficPolicy's backends).
-fn desired_groups(entries: &[ServicePortEntries]) -> BTreeMap<GroupKey, Desired> {
+///
+/// External groups pick by Maglev when the Service (or, without an
+/// annotation, `lb`) asks for it and the table has room for the backends.
+fn desired_groups(entries: &[ServicePortEntries], lb: &LbSettings) -> BTreeMap<GroupKey, Desired> {
     let mut out: BTreeMap<GroupKey, Desired> = BTreeMap::new();
     for e in entries {
         let (flags, timeout) = match e.affinity_timeout {
@@ -775,6 +919,25 @@ fn desired_groups(entries: &[ServicePortEntries]) -> BTreeMap<GroupKey, Desired>
                 .map(|f| key(f, SCOPE_EXTERNAL))
                 .collect();
             if !external.is_empty() {
+                let backends: Vec<Backend> = e
+                    .external_backends
+                    .iter()
+                    .filter(of_family)
+                    .map(backend)
+                    .collect();
+                let mut flags = flags;
+                if e.external_drop {
+                    flags |= SVC_FLAG_DROP;
+                }
+                if e.lb_algorithm.unwrap_or(lb.algorithm) == LbAlgorithm::Maglev
+                    && !backends.is_empty()
+                {
+                    if backends.len() <= maglev::max_backends(lb.maglev_size) {
+                        flags |= SVC_FLAG_MAGLEV;
+                    } else {
+                        tracing::warn!(service = %e.id, backends = backends.len(), table_size = lb.maglev_size, "too many backends for a Maglev table; picking at random (raise --maglev-table-size)");
+                    }
+                }
                 out.insert(
                     GroupKey {
                         port: e.id.clone(),
@@ -783,17 +946,8 @@ fn desired_groups(entries: &[ServicePortEntries]) -> BTreeMap<GroupKey, Desired>
                     },
                     Desired {
                         frontends: external,
-                        backends: e
-                            .external_backends
-                            .iter()
-                            .filter(of_family)
-                            .map(backend)
-                            .collect(),
-                        flags: if e.external_drop {
-                            flags | SVC_FLAG_DROP
-                        } else {
-                            flags
-                        },
+                        backends,
+                        flags,
                         timeout,
                     },
                 );

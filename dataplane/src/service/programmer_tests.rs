@@ -7,15 +7,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use ferry_ebpf_common::{
-    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend, BackendKey, SCOPE_EXTERNAL,
-    SCOPE_INTERNAL, SVC_FLAG_AFFINITY, ServiceKey, ServiceValue, is_v4,
+    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend, BackendKey, LbConfig, MAGLEV_CHUNK,
+    MaglevChunk, MaglevKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_MAGLEV,
+    ServiceKey, ServiceValue, is_v4,
 };
 
 use super::model::{
     Backend as MBackend, Frontend, FrontendKind, Protocol, ServicePortEntries, ServicePortName,
 };
 use super::{
-    ApplyStats, LbMaps, MapOpError, ProgramError, Programmer, ServiceName, addr_words,
+    ApplyStats, LbMaps, LbSettings, MapOpError, ProgramError, Programmer, ServiceName, addr_words,
     proto_number, words_addr,
 };
 
@@ -36,6 +37,8 @@ enum Op {
     DelBackend(BackendKey),
     /// A purge, with the keys it removed.
     PurgeAffinity(Vec<AffinityKey>),
+    SetMaglev(MaglevKey, Box<MaglevChunk>),
+    DelMaglev(MaglevKey),
 }
 
 /// What the three maps hold.
@@ -44,6 +47,8 @@ struct State {
     services: HashMap<ServiceKey, ServiceValue>,
     backends: HashMap<BackendKey, Backend>,
     affinity: HashMap<AffinityKey, AffinityValue>,
+    maglev: HashMap<MaglevKey, MaglevChunk>,
+    config: LbConfig,
 }
 
 impl State {
@@ -66,7 +71,39 @@ impl State {
                     self.affinity.remove(k);
                 }
             }
+            Op::SetMaglev(k, c) => {
+                self.maglev.insert(*k, **c);
+            }
+            Op::DelMaglev(k) => {
+                self.maglev.remove(k);
+            }
         }
+    }
+
+    /// No entry in any map (the settings aside).
+    fn is_empty(&self) -> bool {
+        self.services.is_empty()
+            && self.backends.is_empty()
+            && self.affinity.is_empty()
+            && self.maglev.is_empty()
+    }
+
+    /// The Maglev table a service value points at, if it is whole.
+    fn table(&self, v: &ServiceValue) -> Option<Vec<u16>> {
+        let m = self.config.maglev_size as usize;
+        let mut out = Vec::with_capacity(m);
+        for chunk in 0..m.div_ceil(MAGLEV_CHUNK) {
+            let key = MaglevKey {
+                id: v.id,
+                rev: v.rev,
+                _pad: 0,
+                chunk: chunk as u16,
+            };
+            let c = self.maglev.get(&key)?;
+            let n = MAGLEV_CHUNK.min(m - chunk * MAGLEV_CHUNK);
+            out.extend_from_slice(&c.slots[..n]);
+        }
+        Some(out)
     }
 }
 
@@ -161,6 +198,25 @@ impl LbMaps for FakeMaps {
         let n = doomed.len();
         self.record(Op::PurgeAffinity(doomed));
         Ok(n)
+    }
+
+    fn set_lb_config(&mut self, config: &LbConfig) -> Result<(), MapOpError> {
+        self.state.config = *config;
+        Ok(())
+    }
+
+    fn maglev_keys(&self) -> Result<Vec<MaglevKey>, MapOpError> {
+        Ok(self.state.maglev.keys().copied().collect())
+    }
+
+    fn set_maglev(&mut self, key: &MaglevKey, chunk: &MaglevChunk) -> Result<(), MapOpError> {
+        self.record(Op::SetMaglev(*key, Box::new(*chunk)));
+        Ok(())
+    }
+
+    fn del_maglev(&mut self, key: &MaglevKey) -> Result<(), MapOpError> {
+        self.record(Op::DelMaglev(*key));
+        Ok(())
     }
 }
 
@@ -264,6 +320,7 @@ fn port(svc: &ServiceName, port_name: &str, protocol: Protocol) -> ServicePortEn
         external_drop: false,
         affinity_timeout: None,
         source_ranges: Vec::new(),
+        lb_algorithm: None,
     }
 }
 
@@ -381,13 +438,15 @@ fn expected(want: &BTreeMap<ServiceName, Vec<ServicePortEntries>>) -> (View, BTr
 }
 
 /// What each frontend in the maps resolves to (panics on a missing slot).
+/// The Maglev flag is left out: whether a group has a table is the Maglev
+/// tests' business, and the checks hold every flagged group's table whole.
 fn actual(st: &State) -> View {
     st.services
         .iter()
         .map(|(k, v)| {
             let mut b: Vec<Bt> = slots(st, v).iter().map(bt).collect();
             b.sort();
-            (sk(k), (b, v.flags, v.affinity_timeout))
+            (sk(k), (b, v.flags & !SVC_FLAG_MAGLEV, v.affinity_timeout))
         })
         .collect()
 }
@@ -403,7 +462,8 @@ fn slots(st: &State, v: &ServiceValue) -> Vec<Backend> {
         .collect()
 }
 
-/// The first service entry whose live slots are not all there.
+/// The first service entry whose live slots (and, for a Maglev group, its
+/// table, naming only those slots) are not all there.
 fn dangling(st: &State) -> Option<String> {
     let mut entries: Vec<_> = st.services.iter().collect();
     entries.sort_by_key(|(k, _)| sk(k));
@@ -414,6 +474,22 @@ fn dangling(st: &State) -> Option<String> {
                     "frontend {k:?} points at {v:?} but slot {slot} of revision {} is missing",
                     v.rev
                 ));
+            }
+        }
+        if v.flags & SVC_FLAG_MAGLEV != 0 {
+            match st.table(v) {
+                None => {
+                    return Some(format!(
+                        "frontend {k:?} points at {v:?} but its Maglev table is not whole"
+                    ));
+                }
+                Some(t) if t.iter().any(|s| *s >= v.count) => {
+                    return Some(format!(
+                        "frontend {k:?} points at {v:?} but its Maglev table names a slot >= {}",
+                        v.count
+                    ));
+                }
+                Some(_) => {}
             }
         }
     }
@@ -463,6 +539,20 @@ fn check_structure(st: &State, labels: &BTreeMap<Sk, Label>) {
                 v.count
             );
         }
+    }
+    for k in st.maglev.keys() {
+        let v = by_id
+            .get(&k.id)
+            .unwrap_or_else(|| panic!("Maglev chunk {k:?} of no group (leaked)"));
+        assert!(
+            v.flags & SVC_FLAG_MAGLEV != 0 && v.rev == k.rev,
+            "Maglev chunk {k:?} is not the live table of {v:?} (leaked)"
+        );
+        assert!(
+            usize::from(k.chunk) < (st.config.maglev_size as usize).div_ceil(MAGLEV_CHUNK),
+            "Maglev chunk {k:?} beyond the table size {}",
+            st.config.maglev_size
+        );
     }
     for (k, a) in &st.affinity {
         let v = by_id
@@ -546,6 +636,7 @@ fn replay(start: &State, ops: &[Op], checks: &Checks) -> Result<State, String> {
 struct Harness {
     p: Programmer<FakeMaps>,
     want: BTreeMap<ServiceName, Vec<ServicePortEntries>>,
+    lb: LbSettings,
 }
 
 impl Harness {
@@ -554,17 +645,26 @@ impl Harness {
     }
 
     fn over(maps: FakeMaps) -> Self {
+        Self::with_lb(maps, LbSettings::default())
+    }
+
+    fn with_lb(maps: FakeMaps, lb: LbSettings) -> Self {
         Self {
-            p: Programmer::new(maps, MAX_ID).expect("a programmer over the maps"),
+            p: Programmer::new(maps, MAX_ID, lb).expect("a programmer over the maps"),
             want: BTreeMap::new(),
+            lb,
         }
     }
 
     /// A programmer started over a copy of these maps (an agent restart).
     fn restarted(&self) -> Self {
+        self.restarted_with(self.lb)
+    }
+
+    fn restarted_with(&self, lb: LbSettings) -> Self {
         let mut maps = self.p.maps().clone();
         maps.log.clear();
-        Self::over(maps)
+        Self::with_lb(maps, lb)
     }
 
     fn maps_mut(&mut self) -> &mut FakeMaps {
@@ -695,6 +795,10 @@ impl Harness {
                         );
                     }
                 }
+                Op::SetMaglev(k, _) | Op::DelMaglev(k) => assert!(
+                    own_ids.contains(&k.id),
+                    "{svc:?} wrote another group's Maglev table: {op:?}"
+                ),
             }
         }
         for (k, v) in &before.services {
@@ -1210,6 +1314,7 @@ impl Spec {
                 external_drop: false,
                 affinity_timeout: self.affinity,
                 source_ranges: Vec::new(),
+                lb_algorithm: None,
             })
             .collect()
     }
@@ -1469,6 +1574,9 @@ fn only_the_changed_services_entries_are_touched() {
                     keys.iter().all(|k| !db_ids.contains(&k.id)),
                     "purged db's: {op:?}"
                 );
+            }
+            Op::SetMaglev(k, _) | Op::DelMaglev(k) => {
+                assert!(!db_ids.contains(&k.id), "wrote db's table: {op:?}");
             }
         }
     }
@@ -2137,7 +2245,7 @@ fn finish_on_a_fresh_start_empties_the_maps() {
         .replayed(&Checks::default(), |p| p.finish_initial_sync())
         .expect("finish");
     assert_eq!(removed, 8);
-    assert_eq!(h2.state(), &State::default());
+    assert!(h2.state().is_empty(), "{:?}", h2.state());
 }
 
 // ---------------------------------------------------------------------------
@@ -2233,8 +2341,9 @@ fn a_full_service_map_leaves_other_services_alone_and_a_retry_succeeds() {
 #[test]
 fn running_out_of_group_ids_is_an_error_and_removal_frees_them() {
     let mut h = Harness {
-        p: Programmer::new(FakeMaps::default(), 2).expect("programmer"),
+        p: Programmer::new(FakeMaps::default(), 2, LbSettings::default()).expect("programmer"),
         want: BTreeMap::new(),
+        lb: LbSettings::default(),
     };
     let a = name("ns", "a");
     let b = name("ns", "b");
@@ -2341,7 +2450,7 @@ fn a_shared_frontend_goes_to_the_latest_write_and_survives_the_losers_removal() 
     }
     h.check();
     h.apply(&a, &[]).expect("remove a");
-    assert_eq!(h.state(), &State::default());
+    assert!(h.state().is_empty(), "{:?}", h.state());
     assert_eq!((h.p.groups(), h.p.frontends()), (0, 0));
 }
 
@@ -2495,4 +2604,171 @@ fn removing_the_winner_of_a_shared_frontend_hands_it_back() {
     h.apply(&b, &claimant(&b, 2, "10.0.0.2")).expect("b");
     h.apply(&b, &[]).expect("remove b");
     h.check();
+}
+
+// ---------------------------------------------------------------------------
+// Maglev tables
+// ---------------------------------------------------------------------------
+
+fn maglev_lb(size: u32) -> LbSettings {
+    LbSettings {
+        algorithm: super::LbAlgorithm::Maglev,
+        maglev_size: size,
+        ..LbSettings::default()
+    }
+}
+
+/// A Service with a ClusterIP and a LoadBalancer IP, `backends` behind both.
+fn lb_service(svc: &ServiceName, backends: &[(&str, u16)]) -> Vec<ServicePortEntries> {
+    vec![
+        port(svc, "http", Protocol::Tcp)
+            .fe("10.96.0.10", 80, ClusterIp)
+            .fe("198.51.100.10", 80, LoadBalancer)
+            .cluster(backends)
+            .external(backends),
+    ]
+}
+
+/// The table the frontend's group holds, as backends.
+fn table_of(h: &Harness, key: &ServiceKey) -> Vec<Backend> {
+    let v = h.value(key);
+    let st = h.state();
+    let slots = slots(st, &v);
+    st.table(&v)
+        .unwrap_or_else(|| panic!("{key:?}: no whole table"))
+        .iter()
+        .map(|s| slots[usize::from(*s)])
+        .collect()
+}
+
+/// What [`super::maglev::Table`] builds for these backends, as backends.
+fn reference_table(backends: &[(&str, u16)], lb: &LbSettings) -> Vec<Backend> {
+    let list: Vec<Backend> = mb(backends)
+        .iter()
+        .map(|b| sbackend(&b.addr.to_string(), b.port))
+        .collect();
+    let ids: Vec<super::maglev::BackendId> = mb(backends)
+        .iter()
+        .map(|b| super::maglev::BackendId::new(b.addr, b.port))
+        .collect();
+    super::maglev::Table::build(&ids, lb.maglev_size, &lb.seed)
+        .expect("table")
+        .entries()
+        .iter()
+        .map(|i| list[usize::from(*i)])
+        .collect()
+}
+
+#[test]
+fn maglev_external_groups_get_a_table_before_their_frontends_and_keep_one() {
+    let lb = maglev_lb(1021);
+    let mut h = Harness::with_lb(FakeMaps::default(), lb);
+    let web = name("default", "web");
+    let three = [("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)];
+    // Every step is replayed: no moment where a frontend flagged Maglev
+    // lacks a whole table naming live slots.
+    h.apply_ok(&web, &lb_service(&web, &three));
+    let ext = skey("198.51.100.10", 80, Protocol::Tcp, SCOPE_EXTERNAL);
+    let internal = skey("10.96.0.10", 80, Protocol::Tcp, SCOPE_INTERNAL);
+    assert_ne!(h.value(&ext).flags & SVC_FLAG_MAGLEV, 0);
+    assert_eq!(
+        h.value(&internal).flags & SVC_FLAG_MAGLEV,
+        0,
+        "in-cluster traffic stays random"
+    );
+    assert_eq!(table_of(&h, &ext), reference_table(&three, &lb));
+    // 1021 entries: two chunks, one table.
+    assert_eq!(h.state().maglev.len(), 2);
+
+    let two = [("10.0.0.1", 80), ("10.0.0.3", 80)];
+    h.apply_ok(&web, &lb_service(&web, &two));
+    assert_eq!(table_of(&h, &ext), reference_table(&two, &lb));
+    assert_eq!(h.state().maglev.len(), 2, "the old revision's table went");
+    h.check();
+
+    h.apply_ok(&web, &[]);
+    assert!(h.state().is_empty(), "{:?}", h.state().maglev.keys());
+}
+
+#[test]
+fn maglev_annotation_overrides_the_default_both_ways() {
+    let web = name("default", "web");
+    let two = [("10.0.0.1", 80), ("10.0.0.2", 80)];
+    let ext = skey("198.51.100.10", 80, Protocol::Tcp, SCOPE_EXTERNAL);
+
+    let mut h = Harness::with_lb(FakeMaps::default(), LbSettings::default());
+    let mut entries = lb_service(&web, &two);
+    entries[0].lb_algorithm = Some(super::LbAlgorithm::Maglev);
+    h.apply_ok(&web, &entries);
+    assert_ne!(h.value(&ext).flags & SVC_FLAG_MAGLEV, 0);
+    // Back to the default (random): the table goes with the flag.
+    h.apply_ok(&web, &lb_service(&web, &two));
+    assert_eq!(h.value(&ext).flags & SVC_FLAG_MAGLEV, 0);
+    assert!(h.state().maglev.is_empty());
+    h.check();
+
+    let mut h = Harness::with_lb(FakeMaps::default(), maglev_lb(251));
+    let mut entries = lb_service(&web, &two);
+    entries[0].lb_algorithm = Some(super::LbAlgorithm::Random);
+    h.apply_ok(&web, &entries);
+    assert_eq!(h.value(&ext).flags & SVC_FLAG_MAGLEV, 0);
+    assert!(h.state().maglev.is_empty());
+}
+
+#[test]
+fn maglev_more_backends_than_entries_fall_back_to_random() {
+    let mut h = Harness::with_lb(FakeMaps::default(), maglev_lb(251));
+    let web = name("default", "web");
+    let many: Vec<(String, u16)> = (0..252)
+        .map(|i| (format!("10.1.{}.{}", i / 200, i % 200 + 1), 80))
+        .collect();
+    let many: Vec<(&str, u16)> = many.iter().map(|(a, p)| (a.as_str(), *p)).collect();
+    h.apply_ok(&web, &lb_service(&web, &many));
+    let ext = skey("198.51.100.10", 80, Protocol::Tcp, SCOPE_EXTERNAL);
+    assert_eq!(h.value(&ext).count, 252);
+    assert_eq!(h.value(&ext).flags & SVC_FLAG_MAGLEV, 0);
+    assert!(h.state().maglev.is_empty());
+}
+
+#[test]
+fn maglev_a_restart_with_another_table_size_rewrites_and_sweeps() {
+    let web = name("default", "web");
+    let three = [("10.0.0.1", 80), ("10.0.0.2", 80), ("10.0.0.3", 80)];
+    let mut h = Harness::with_lb(FakeMaps::default(), maglev_lb(1021));
+    h.apply_ok(&web, &lb_service(&web, &three));
+    // A second Service whose table the next agent finds but no one wants.
+    let gone = name("default", "gone");
+    let mut gone_entries = lb_service(&gone, &three);
+    gone_entries[0].frontends = vec![Frontend {
+        addr: ip("198.51.100.99"),
+        port: 80,
+        protocol: Protocol::Tcp,
+        kind: LoadBalancer,
+    }];
+    h.apply_ok(&gone, &gone_entries);
+    assert_eq!(h.state().maglev.len(), 4);
+
+    let small = maglev_lb(251);
+    let mut h2 = h.restarted_with(small);
+    assert_eq!(
+        h2.state().config.maglev_size,
+        251,
+        "the settings are written at start"
+    );
+    // Only web is applied (gone's leftovers stay until the sync ends).
+    h2.apply(&web, &lb_service(&web, &three))
+        .expect("apply web");
+    h2.replayed(&Checks::default(), |p| p.finish_initial_sync())
+        .expect("finish");
+    let ext = skey("198.51.100.10", 80, Protocol::Tcp, SCOPE_EXTERNAL);
+    assert_eq!(table_of(&h2, &ext), reference_table(&three, &small));
+    assert_eq!(h2.state().maglev.len(), 1, "one chunk of 251, nothing else");
+    h2.check();
+}
+
+#[test]
+fn maglev_a_bad_table_size_is_refused_at_start() {
+    let err =
+        Programmer::new(FakeMaps::default(), MAX_ID, maglev_lb(1000)).expect_err("not a prime");
+    assert!(err.to_string().contains("not a prime"), "{err}");
 }

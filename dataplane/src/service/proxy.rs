@@ -56,11 +56,21 @@ struct Cache {
     slice_owner: HashMap<(String, String), ServiceName>,
 }
 
-/// A Service as the model reads it: no managed fields or annotations, which
-/// are most of an object's memory.
+/// A Service as the model reads it: no managed fields or annotations (but
+/// Ferry's own), which are most of an object's memory.
 fn slim_service(mut svc: Service) -> Service {
     slim_meta(&mut svc.metadata);
-    svc.metadata.annotations = None;
+    if let Some(a) = svc.metadata.annotations.as_mut() {
+        a.retain(|k, _| k == model::ANNOTATION_LB_ALGORITHM);
+    }
+    if svc
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.is_empty())
+    {
+        svc.metadata.annotations = None;
+    }
     if let Some(spec) = svc.spec.as_mut() {
         // Endpoints come from the slices; the selector is the controller's.
         spec.selector = None;
@@ -266,6 +276,9 @@ impl Cache {
         let Some(svc) = self.services.get(key) else {
             return Ok(Vec::new());
         };
+        if let Err(e) = model::lb_algorithm(svc) {
+            tracing::warn!(namespace = %key.0, service = %key.1, error = %e, "ignoring an annotation");
+        }
         let slices: Vec<&EndpointSlice> = self
             .slices
             .get(key)
@@ -295,6 +308,7 @@ pub async fn run<M: LbMaps>(
     settings: Settings,
     mut programmer: Programmer<M>,
     mut firewall: super::firewall::SourceRanges,
+    announcer: crate::announce::Announcer,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Change>(1024);
@@ -353,6 +367,7 @@ pub async fn run<M: LbMaps>(
                 cache.services.get(&key).and_then(super::health::port_of),
                 super::health::local_endpoints(&entries),
             );
+            announcer.update(&key, crate::announce::eligible_ips(&entries));
             if let Err(e) = firewall.update(&key, &entries) {
                 tracing::warn!(namespace = %key.0, service = %key.1, error = %e, "writing source ranges failed; will retry");
                 failed.insert(key.clone());

@@ -2,9 +2,11 @@
 //! the node agent writes, defined once for both sides.
 //!
 //! Owns the byte layout of every map entry (all `#[repr(C)]`, padding
-//! explicit, so the kernel, the programs and user space agree) and the map
-//! names. Must not hold logic: choosing backends, parsing Kubernetes objects
-//! and touching maps belong to the programs and the agent.
+//! explicit, so the kernel, the programs and user space agree), the map
+//! names, and the one computation both sides must agree on bit for bit: the
+//! Maglev flow hash ([`maglev`]). Must not hold other logic: choosing
+//! backends, building tables, parsing Kubernetes objects and touching maps
+//! belong to the programs and the agent.
 //!
 //! Addresses are 16 bytes as four `u32` words holding the address bytes in
 //! network order (the way the kernel's `bpf_sock_addr` and IPv6 headers hold
@@ -13,6 +15,8 @@
 //! the v4 service. Ports are in network byte order.
 
 #![no_std]
+
+pub mod maglev;
 
 /// IP protocol numbers as the kernel reports them.
 pub const PROTO_TCP: u8 = 6;
@@ -39,6 +43,11 @@ pub const SVC_FLAG_AFFINITY: u8 = 1;
 /// one): its packets are dropped, as kube-proxy does, not refused, so an
 /// external load balancer's health check moves traffic to another node.
 pub const SVC_FLAG_DROP: u8 = 2;
+
+/// [`ServiceValue::flags`]: new flows pick their backend from the group's
+/// Maglev table ([`MAP_MAGLEV`]) by [`maglev::flow_hash`] rather than at
+/// random, so every node picks the same backend for a flow.
+pub const SVC_FLAG_MAGLEV: u8 = 4;
 
 /// [`Backend::flags`]: the backend runs on this node, so per-packet
 /// translation needs no source NAT to bring its replies back.
@@ -68,6 +77,35 @@ pub const MAP_SOURCE_RANGES: &str = "FERRY_SRC_RANGES";
 /// The node's addresses where NodePorts answer (key: the address in the
 /// stored form; value: unused).
 pub const MAP_NODEPORT_ADDRS: &str = "FERRY_NODEPORT_ADDRS";
+
+/// Maglev lookup tables, in chunks of [`MAGLEV_CHUNK`] entries
+/// ([`MaglevKey`] to [`MaglevChunk`]).
+pub const MAP_MAGLEV: &str = "FERRY_MAGLEV";
+/// Settings every node must share (one [`LbConfig`] at index 0).
+pub const MAP_LB_CONFIG: &str = "FERRY_LB_CONFIG";
+
+/// Counters of the XDP fast path (a per-CPU array of [`XdpStats`], one
+/// entry).
+pub const MAP_XDP_STATS: &str = "FERRY_XDP_STATS";
+
+/// What the XDP program did with packets, summed over its devices.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct XdpStats {
+    /// Not for a frontend nor a tracked flow: left to the stack untouched.
+    pub passed: u64,
+    /// Translated and sent back out of the device they came in on.
+    pub tx: u64,
+    /// Translated and sent out of another of the node's devices.
+    pub redirected: u64,
+    /// Dropped (source ranges, `Local` policy without a local endpoint).
+    pub dropped: u64,
+    /// Translated toward a backend on this node, then left to the stack.
+    pub local: u64,
+    /// For a frontend or tracked flow, but left to TC: no neighbour entry
+    /// or route yet, options, fragments, a TTL about to expire.
+    pub to_tc: u64,
+}
 
 /// The word that marks an IPv4-mapped address (`::ffff:0:0/96`), as stored.
 pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
@@ -221,6 +259,50 @@ pub struct ServiceStats {
     pub bytes: u64,
 }
 
+/// Entries per [`MaglevChunk`]: a table of `M` entries is `ceil(M / 512)`
+/// chunks, so any table size up to the largest fits one map of fixed value
+/// size.
+pub const MAGLEV_CHUNK: usize = 512;
+
+/// One chunk of a backend group's Maglev table, for one revision of its
+/// backend slots (the table is written with the slots it indexes, before
+/// frontends move to them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct MaglevKey {
+    pub id: u32,
+    pub rev: u8,
+    pub _pad: u8,
+    /// Entry `i` of the table is in chunk `i / MAGLEV_CHUNK`.
+    pub chunk: u16,
+}
+
+/// Table entries: backend slots of the revision ([`BackendKey::slot`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevChunk {
+    pub slots: [u16; MAGLEV_CHUNK],
+}
+
+impl Default for MaglevChunk {
+    fn default() -> Self {
+        Self {
+            slots: [0; MAGLEV_CHUNK],
+        }
+    }
+}
+
+/// Load-balancing settings the agent writes once at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LbConfig {
+    /// Maglev table size `M` (a prime); 0: no tables (random choice).
+    pub maglev_size: u32,
+    pub _pad: u32,
+    /// The flow hash's two seed keys, the same on every node.
+    pub seed: [u64; 2],
+}
+
 /// Whether a stored address is IPv4-mapped, i.e. an IPv4 address.
 #[inline(always)]
 pub fn is_v4(addr: &[u32; 4]) -> bool {
@@ -273,6 +355,10 @@ mod user {
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for NodeAddrs {}
+    unsafe impl aya::Pod for MaglevKey {}
+    unsafe impl aya::Pod for MaglevChunk {}
+    unsafe impl aya::Pod for LbConfig {}
+    unsafe impl aya::Pod for XdpStats {}
 }
 
 #[cfg(test)]
@@ -295,6 +381,10 @@ mod tests {
         assert_eq!(size_of::<CtKey>(), 40);
         assert_eq!(size_of::<CtValue>(), 56);
         assert_eq!(size_of::<NodeAddrs>(), 32);
+        assert_eq!(size_of::<MaglevKey>(), 8);
+        assert_eq!(size_of::<MaglevChunk>(), 2 * MAGLEV_CHUNK);
+        assert_eq!(size_of::<LbConfig>(), 24);
+        assert_eq!(size_of::<XdpStats>(), 48);
     }
 
     #[test]

@@ -12,10 +12,12 @@
 #![no_std]
 #![no_main]
 
+mod flow;
 mod maps;
 mod packet;
 mod service;
 mod sock;
+mod xdp;
 
 #[cfg(not(test))]
 #[panic_handler]

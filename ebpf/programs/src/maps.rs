@@ -3,12 +3,17 @@
 //! defaults; the agent sets the real ones at load time.
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray};
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray};
 use ferry_ebpf_common::CtKey as Key;
 use ferry_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, NodeAddrs, ServiceKey,
-    ServiceStats, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRangeKey,
+    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, LbConfig, MaglevChunk,
+    MaglevKey, NodeAddrs, ServiceKey, ServiceStats, ServiceValue, SockRevNatKey, SockRevNatValue,
+    SourceRangeKey, XdpStats,
 };
+
+/// Entries are allocated as written, not up front: only Maglev groups
+/// have tables, and a full preallocation would be every chunk at once.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[map(name = "FERRY_SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(65536, 0);
@@ -40,6 +45,18 @@ pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(16384, 0
 #[map(name = "FERRY_NODEPORT_ADDRS")]
 pub static NODEPORT_ADDRS: HashMap<[u32; 4], u8> = HashMap::pinned(256, 0);
 
+/// Maglev tables of the groups that use them.
+#[map(name = "FERRY_MAGLEV")]
+pub static MAGLEV: HashMap<MaglevKey, MaglevChunk> = HashMap::pinned(65536, BPF_F_NO_PREALLOC);
+
+/// The settings every node shares.
+#[map(name = "FERRY_LB_CONFIG")]
+pub static LB_CONFIG: Array<LbConfig> = Array::pinned(1, 0);
+
+/// What the XDP program did (one entry, per CPU).
+#[map(name = "FERRY_XDP_STATS")]
+pub static XDP_STATS: PerCpuArray<XdpStats> = PerCpuArray::pinned(1, 0);
+
 /// Room for building conntrack entries: the BPF stack (512 bytes for a
 /// whole call chain) cannot hold several of them. Per CPU and never pinned.
 #[repr(C)]
@@ -50,3 +67,8 @@ pub struct Scratch {
 
 #[map(name = "FERRY_SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The XDP path's FIB lookup parameters (64 bytes), off the stack too.
+#[map(name = "FERRY_FIB_SCRATCH")]
+pub static FIB_SCRATCH: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
+    PerCpuArray::with_max_entries(1, 0);

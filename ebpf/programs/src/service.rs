@@ -1,14 +1,16 @@
 //! Backend selection, shared by the socket hooks and the packet path:
-//! kube-proxy's uniform random choice among the group's backends, or the
-//! remembered one under ClientIP affinity.
+//! kube-proxy's uniform random choice among the group's backends, the
+//! remembered one under ClientIP affinity, or, for groups with a Maglev
+//! table (external traffic only), the table's entry for the flow's hash.
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use ferry_ebpf_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, NODEPORT_ANY_V4, NODEPORT_ANY_V6,
-    SVC_FLAG_AFFINITY, SVC_FLAG_DROP, ServiceKey, ServiceStats, ServiceValue, is_v4,
+    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, MAGLEV_CHUNK, MaglevKey,
+    NODEPORT_ANY_V4, NODEPORT_ANY_V6, SVC_FLAG_AFFINITY, SVC_FLAG_DROP, SVC_FLAG_MAGLEV,
+    ServiceKey, ServiceStats, ServiceValue, is_v4, maglev,
 };
 
-use crate::maps::{AFFINITY, BACKENDS, NODEPORT_ADDRS, SERVICES, STATS};
+use crate::maps::{AFFINITY, BACKENDS, LB_CONFIG, MAGLEV, NODEPORT_ADDRS, SERVICES, STATS};
 
 /// What a frontend lookup decided.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -38,11 +40,6 @@ pub enum Counter {
     Rejected,
 }
 
-/// Looks up `key` and picks a backend into `out`. `affinity` identifies the
-/// client for ClientIP affinity (netns cookie for sockets, source address
-/// for packets). A function of its own (a BPF subprogram) so its locals get
-/// their own stack frame.
-#[inline(never)]
 /// Turns `key` into its NodePort frontend's when its address is one of the
 /// node's (or, with `loopback`, a loopback address: from the node's own
 /// processes, as kube-proxy allows `127.0.0.1:<nodePort>`) and no frontend
@@ -55,7 +52,10 @@ pub fn node_port(key: &mut ServiceKey, loopback: bool) -> bool {
         && if v4 {
             u32::from_be(key.addr[3]) >> 24 == 127
         } else {
-            key.addr[0] == 0 && key.addr[1] == 0 && key.addr[2] == 0 && u32::from_be(key.addr[3]) == 1
+            key.addr[0] == 0
+                && key.addr[1] == 0
+                && key.addr[2] == 0
+                && u32::from_be(key.addr[3]) == 1
         };
     if !is_loopback && NODEPORT_ADDRS.get_ptr(&key.addr).is_none() {
         return false;
@@ -66,7 +66,19 @@ pub fn node_port(key: &mut ServiceKey, loopback: bool) -> bool {
     true
 }
 
-pub fn select(key: &ServiceKey, affinity: &AffinityKey, out: &mut Chosen) -> Verdict {
+/// Looks up `key` and picks a backend into `out`. The packet path gives
+/// the packet's tuple as `flow`: ClientIP affinity remembers its source
+/// address, and a group with a Maglev table hashes it. The socket hooks
+/// give none (their groups have no table): affinity remembers the client's
+/// `netns_cookie`. A function of its own (a BPF subprogram) so its locals
+/// get their own stack frame.
+#[inline(never)]
+pub fn select(
+    key: &ServiceKey,
+    netns_cookie: u64,
+    flow: Option<&CtKey>,
+    out: &mut Chosen,
+) -> Verdict {
     // Copy the value out at once: a preallocated hash element may be reused
     // after a concurrent delete.
     let svc: ServiceValue = match SERVICES.get_ptr(key) {
@@ -82,8 +94,13 @@ pub fn select(key: &ServiceKey, affinity: &AffinityKey, out: &mut Chosen) -> Ver
     }
     let sticky = svc.flags & SVC_FLAG_AFFINITY != 0;
     let akey = AffinityKey {
+        netns_cookie,
+        client: match flow {
+            Some(f) => f.src,
+            None => [0; 4],
+        },
         id: svc.id,
-        ..*affinity
+        _pad: 0,
     };
     let now = unsafe { bpf_ktime_get_ns() };
     if sticky {
@@ -103,7 +120,14 @@ pub fn select(key: &ServiceKey, affinity: &AffinityKey, out: &mut Chosen) -> Ver
             }
         }
     }
-    let slot = (unsafe { bpf_get_prandom_u32() } % svc.count as u32) as u16;
+    let maglev = match flow {
+        Some(flow) if svc.flags & SVC_FLAG_MAGLEV != 0 => maglev_slot(&svc, flow),
+        _ => None,
+    };
+    let slot = match maglev {
+        Some(slot) => slot,
+        None => (unsafe { bpf_get_prandom_u32() } % svc.count as u32) as u16,
+    };
     let bkey = BackendKey {
         id: svc.id,
         slot,
@@ -128,6 +152,37 @@ pub fn select(key: &ServiceKey, affinity: &AffinityKey, out: &mut Chosen) -> Ver
     out.backend = backend;
     out.id = svc.id;
     Verdict::To
+}
+
+/// The slot a Maglev group's table gives the flow: entry `hash % M` of
+/// the live revision's table. `None` (random choice) when the entry is not
+/// there (the agent is between writes).
+#[inline(never)]
+fn maglev_slot(svc: &ServiceValue, flow: &CtKey) -> Option<u16> {
+    let config = LB_CONFIG.get(0)?;
+    let m = u64::from(config.maglev_size);
+    if m == 0 {
+        return None;
+    }
+    let hash = maglev::flow_hash(
+        &flow.src,
+        &flow.dst,
+        flow.sport,
+        flow.dport,
+        flow.proto,
+        &config.seed,
+    );
+    let index = hash % m;
+    let key = MaglevKey {
+        id: svc.id,
+        rev: svc.rev,
+        _pad: 0,
+        chunk: (index / MAGLEV_CHUNK as u64) as u16,
+    };
+    let chunk = MAGLEV.get_ptr(&key)?;
+    let at = (index % MAGLEV_CHUNK as u64) as usize & (MAGLEV_CHUNK - 1);
+    let slot = unsafe { (*chunk).slots[at] };
+    (slot < svc.count).then_some(slot)
 }
 
 #[inline(always)]

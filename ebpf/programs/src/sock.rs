@@ -12,8 +12,8 @@ use aya_ebpf::helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_ret
 use aya_ebpf::macros::cgroup_sock_addr;
 use aya_ebpf::programs::SockAddrContext;
 use ferry_ebpf_common::{
-    AffinityKey, Backend, NODEPORT_ANY_V4, NODEPORT_ANY_V6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    SCOPE_INTERNAL, ServiceKey, SockRevNatKey, SockRevNatValue, is_v4, v4_mapped,
+    Backend, NODEPORT_ANY_V4, NODEPORT_ANY_V6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_INTERNAL,
+    ServiceKey, SockRevNatKey, SockRevNatValue, is_v4, v4_mapped,
 };
 
 use crate::maps::{NODEPORT_ADDRS, SERVICES, SOCK_REVNAT};
@@ -187,12 +187,10 @@ fn translate(ctx: &SockAddrContext, family: Family) -> i32 {
         scope: SCOPE_INTERNAL,
     };
     let _ = node_port(&mut key, true);
-    let affinity = AffinityKey {
-        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
-        ..AffinityKey::default()
-    };
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let mut chosen = Chosen::default();
-    match select(&key, &affinity, &mut chosen) {
+    // In-cluster balancing stays random: no group the hooks see has a table.
+    match select(&key, netns_cookie, None, &mut chosen) {
         Verdict::Pass => ALLOW,
         // Drop is for external traffic only, which never meets a socket.
         Verdict::Reject | Verdict::Drop => {

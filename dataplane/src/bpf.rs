@@ -337,20 +337,31 @@ impl PacketHooks {
     pub fn attach(&mut self, device: &str) -> Result<Vec<PathBuf>, BpfError> {
         let mut pins = Vec::new();
         for (name, kind) in TC_PROGRAMS {
-            let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-            let id = prog.attach(device, kind).map_err(prog_err(name))?;
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(prog_err(name))?
-                .try_into()
-                .map_err(|source| BpfError::Link {
-                    path: self.links_dir.join(name),
-                    source: Box::new(source),
-                })?;
-            pins.push(swap_pin(link, &self.links_dir, &pin_name(name, device))?);
+            pins.push(self.attach_one(name, kind, device)?);
         }
         self.attached.push(device.to_owned());
         Ok(pins)
+    }
+
+    /// Attaches TC program `name` to `device`, pinned (replacing a previous
+    /// agent's link there); returns the pin.
+    fn attach_one(
+        &mut self,
+        name: &'static str,
+        kind: TcAttachType,
+        device: &str,
+    ) -> Result<PathBuf, BpfError> {
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+        let id = prog.attach(device, kind).map_err(prog_err(name))?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(prog_err(name))?
+            .try_into()
+            .map_err(|source| BpfError::Link {
+                path: self.links_dir.join(name),
+                source: Box::new(source),
+            })?;
+        swap_pin(link, &self.links_dir, &pin_name(name, device))
     }
 
     /// Attaches the XDP fast path to `device` in its driver, pinned: a

@@ -8,8 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use ferry_ebpf_common::{
-    Backend, CT_FLAG_CLOSING, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP, SCOPE_EXTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_MAGLEV, ServiceKey, XdpStats,
+    Backend, CT_FLAG_CLOSING, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_MAGLEV, ServiceKey, XdpStats,
 };
 
 use crate::bpf::{Maps, TC_EGRESS, TC_INGRESS, XDP};
@@ -188,33 +188,44 @@ pub fn print(
                     sockaddr(&k.src, k.sport),
                     sockaddr(&k.dst, k.dport)
                 );
-                let (kind, rewrite) = match (
-                    v.flags & CT_FLAG_EGRESS != 0,
-                    v.flags & CT_FLAG_REPLY != 0,
-                    v.flags & CT_FLAG_SNAT != 0,
-                ) {
-                    (false, false, false) => {
-                        ("forward", format!("dst={}", sockaddr(&v.addr, v.port)))
-                    }
-                    (false, false, true) => (
-                        "forward(snat)",
+                let (kind, rewrite) = if v.flags & CT_FLAG_DSR != 0 {
+                    (
+                        "forward(dsr)",
                         format!(
-                            "dst={} src={}",
+                            "dst={} via {}",
                             sockaddr(&v.addr, v.port),
-                            sockaddr(&v.nat_addr, v.nat_port)
+                            words_addr(&v.nat_addr)
                         ),
-                    ),
-                    (false, true, _) => (
-                        "reply(snat)",
-                        format!(
-                            "src={} dst={}",
-                            sockaddr(&v.addr, v.port),
-                            sockaddr(&v.nat_addr, v.nat_port)
+                    )
+                } else {
+                    match (
+                        v.flags & CT_FLAG_EGRESS != 0,
+                        v.flags & CT_FLAG_REPLY != 0,
+                        v.flags & CT_FLAG_SNAT != 0,
+                    ) {
+                        (false, false, false) => {
+                            ("forward", format!("dst={}", sockaddr(&v.addr, v.port)))
+                        }
+                        (false, false, true) => (
+                            "forward(snat)",
+                            format!(
+                                "dst={} src={}",
+                                sockaddr(&v.addr, v.port),
+                                sockaddr(&v.nat_addr, v.nat_port)
+                            ),
                         ),
-                    ),
-                    (true, true, _) => ("reply", format!("src={}", sockaddr(&v.addr, v.port))),
-                    (true, false, _) => {
-                        ("snat", format!("src={}", sockaddr(&v.nat_addr, v.nat_port)))
+                        (false, true, _) => (
+                            "reply(snat)",
+                            format!(
+                                "src={} dst={}",
+                                sockaddr(&v.addr, v.port),
+                                sockaddr(&v.nat_addr, v.nat_port)
+                            ),
+                        ),
+                        (true, true, _) => ("reply", format!("src={}", sockaddr(&v.addr, v.port))),
+                        (true, false, _) => {
+                            ("snat", format!("src={}", sockaddr(&v.nat_addr, v.nat_port)))
+                        }
                     }
                 };
                 let idle = now.saturating_sub(v.last_seen_ns) / 1_000_000_000;

@@ -22,7 +22,7 @@ use ferry_dataplane::nodes::NodeInfo;
 use ferry_dataplane::routing::{Mode, Router};
 use ferry_dataplane::service::maglev::{self, Seed};
 use ferry_dataplane::service::model::LbAlgorithm;
-use ferry_dataplane::service::programmer::{LbSettings, Programmer};
+use ferry_dataplane::service::programmer::{LbMode, LbSettings, Programmer};
 use ferry_dataplane::service::proxy;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -171,6 +171,13 @@ struct Cli {
     /// annotation overrides it. In-cluster traffic is always random.
     #[arg(long, global = true, value_enum, default_value = "random")]
     lb_algorithm: LbAlgorithm,
+    /// How traffic from outside reaches a backend on another node: `snat`
+    /// (through the entry node both ways, as kube-proxy), `dsr` (to the
+    /// backend's node in Geneve, UDP port 6081, replies straight to the
+    /// client) or `hybrid` (DSR for TCP only). The same on every node: a
+    /// node takes DSR packets only when it runs DSR itself.
+    #[arg(long, global = true, value_enum, default_value = "snat")]
+    lb_mode: LbMode,
     /// Entries per Maglev table: a prime (251, 509, 1021, 2039, 4093, 8191,
     /// 16381, 32749, 65521 or 131071); the same on every node.
     #[arg(long, global = true, default_value_t = maglev::DEFAULT_SIZE)]
@@ -346,6 +353,7 @@ async fn main() -> anyhow::Result<()> {
             maglev_size: maglev::check_size(cli.maglev_table_size)
                 .context("--maglev-table-size")?,
             seed: Seed::from_setting(&cli.maglev_seed),
+            mode: cli.lb_mode,
         };
         let (connection, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
         tokio::spawn(connection);

@@ -22,10 +22,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use ferry_ebpf_common::{
-    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend, BackendKey, CtKey, CtValue, LbConfig,
-    MAGLEV_CHUNK, MaglevChunk, MaglevKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
-    SCOPE_INTERNAL, SVC_FLAG_AFFINITY, SVC_FLAG_DROP, SVC_FLAG_MAGLEV, ServiceKey, ServiceStats,
-    ServiceValue, v4_mapped,
+    AffinityKey, AffinityValue, BACKEND_FLAG_LOCAL, Backend, BackendKey, CtKey, CtValue,
+    LB_MODE_DSR, LB_MODE_HYBRID, LB_MODE_SNAT, LbConfig, MAGLEV_CHUNK, MaglevChunk, MaglevKey,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_AFFINITY,
+    SVC_FLAG_DROP, SVC_FLAG_MAGLEV, ServiceKey, ServiceStats, ServiceValue, v4_mapped,
 };
 
 use super::maglev::{self, BackendId, MaglevError, Seed, TableBuilder};
@@ -87,9 +87,24 @@ pub enum ProgramError {
     Maglev(#[from] MaglevError),
 }
 
-/// How new flows from outside the cluster pick their backend, the same on
-/// every node (the agent's `--lb-algorithm`, `--maglev-table-size` and
-/// `--maglev-seed`).
+/// How traffic from outside reaches a backend on another node
+/// (`--lb-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LbMode {
+    /// Source NAT to the entry node, which the replies pass again
+    /// (kube-proxy's way).
+    Snat,
+    /// Direct server return: to the backend's node in Geneve (UDP 6081,
+    /// built by the programs) with the client's address intact; replies go
+    /// straight to the client.
+    Dsr,
+    /// DSR for TCP, source NAT for UDP and SCTP.
+    Hybrid,
+}
+
+/// How new flows from outside the cluster pick and reach their backend, the
+/// same on every node (the agent's `--lb-algorithm`, `--maglev-table-size`,
+/// `--maglev-seed` and `--lb-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LbSettings {
     /// For Services without the `ferry.dev/lb-algorithm` annotation.
@@ -97,6 +112,7 @@ pub struct LbSettings {
     /// Maglev table size `M`, a prime ([`maglev::check_size`]).
     pub maglev_size: u32,
     pub seed: Seed,
+    pub mode: LbMode,
 }
 
 impl Default for LbSettings {
@@ -105,6 +121,7 @@ impl Default for LbSettings {
             algorithm: LbAlgorithm::Random,
             maglev_size: maglev::DEFAULT_SIZE,
             seed: Seed::default(),
+            mode: LbMode::Snat,
         }
     }
 }
@@ -115,8 +132,14 @@ impl LbSettings {
         let (k0, k1) = self.seed.keys();
         LbConfig {
             maglev_size: self.maglev_size,
-            _pad: 0,
+            _pad0: 0,
             seed: [k0, k1],
+            lb_mode: match self.mode {
+                LbMode::Snat => LB_MODE_SNAT,
+                LbMode::Dsr => LB_MODE_DSR,
+                LbMode::Hybrid => LB_MODE_HYBRID,
+            },
+            _pad: [0; 7],
         }
     }
 

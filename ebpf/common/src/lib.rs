@@ -61,6 +61,40 @@ pub const CT_FLAG_SNAT: u8 = 2;
 pub const CT_FLAG_CLOSING: u8 = 4;
 /// Used by the egress program (the others by ingress).
 pub const CT_FLAG_EGRESS: u8 = 8;
+/// A forward entry whose packets go to the backend's node by direct
+/// server return: encapsulated toward `nat_addr`, the frontend carried in a
+/// Geneve option, replies straight from that node to the client.
+pub const CT_FLAG_DSR: u8 = 16;
+
+/// [`LbConfig::lb_mode`]: how traffic from outside reaches a backend on
+/// another node. Source NAT to the entry node (replies come back through
+/// it), as kube-proxy does.
+pub const LB_MODE_SNAT: u8 = 0;
+/// Direct server return for every protocol.
+pub const LB_MODE_DSR: u8 = 1;
+/// Direct server return for TCP, source NAT for the rest.
+pub const LB_MODE_HYBRID: u8 = 2;
+
+/// The Geneve option (UDP port 6081, inner IP) that carries a DSR flow's
+/// frontend to the backend's node: class (experimental range), type, and
+/// length in 4-byte words.
+pub const DSR_OPT_CLASS: u16 = 0xff66;
+pub const DSR_OPT_TYPE: u8 = 1;
+pub const DSR_OPT_WORDS: u8 = 5;
+
+/// The Geneve option a DSR packet carries (network order throughout):
+/// header, then the frontend the client dialled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DsrOpt {
+    pub class: u16,
+    pub kind: u8,
+    /// Length of what follows in 4-byte words ([`DSR_OPT_WORDS`]).
+    pub words: u8,
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub _pad: u16,
+}
 
 /// Pinned map names, shared by the programs' definitions and the agent.
 pub const MAP_SERVICES: &str = "FERRY_SERVICES";
@@ -298,9 +332,12 @@ impl Default for MaglevChunk {
 pub struct LbConfig {
     /// Maglev table size `M` (a prime); 0: no tables (random choice).
     pub maglev_size: u32,
-    pub _pad: u32,
+    pub _pad0: u32,
     /// The flow hash's two seed keys, the same on every node.
     pub seed: [u64; 2],
+    /// `LB_MODE_*`.
+    pub lb_mode: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Whether a stored address is IPv4-mapped, i.e. an IPv4 address.
@@ -383,7 +420,8 @@ mod tests {
         assert_eq!(size_of::<NodeAddrs>(), 32);
         assert_eq!(size_of::<MaglevKey>(), 8);
         assert_eq!(size_of::<MaglevChunk>(), 2 * MAGLEV_CHUNK);
-        assert_eq!(size_of::<LbConfig>(), 24);
+        assert_eq!(size_of::<LbConfig>(), 32);
+        assert_eq!(size_of::<DsrOpt>(), 24);
         assert_eq!(size_of::<XdpStats>(), 48);
     }
 

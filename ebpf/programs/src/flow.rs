@@ -5,8 +5,9 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use ferry_ebpf_common::{
-    BACKEND_FLAG_LOCAL, CT_FLAG_CLOSING, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtKey,
-    CtValue, PROTO_TCP, PROTO_UDP, SOURCE_RANGE_DENY, SOURCE_RANGE_FRONTEND_BITS, SourceRangeKey,
+    BACKEND_FLAG_LOCAL, CT_FLAG_CLOSING, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT,
+    CtKey, CtValue, PROTO_TCP, PROTO_UDP, SOURCE_RANGE_DENY, SOURCE_RANGE_FRONTEND_BITS,
+    SourceRangeKey,
 };
 
 use crate::maps::{CONNTRACK, NODE_ADDRS, SCRATCH, SOURCE_RANGES, STATS};
@@ -190,5 +191,25 @@ pub fn track(p: &Packet, chosen: &Chosen, snat_from: u32, now: u64) -> Option<()
         value.nat_addr = [0; 4];
     }
     value.nat_port = nat_port;
+    CONNTRACK.insert(&*key, &*value, 0).ok()
+}
+
+/// Records a new flow sent by direct server return: one forward entry
+/// (backend, and the backend's node as the tunnel's far end in
+/// `nat_addr`); its replies never pass this node.
+#[inline(never)]
+pub fn track_dsr(p: &Packet, chosen: &Chosen, node: &[u32; 4], now: u64) -> Option<()> {
+    let s = SCRATCH.get_ptr_mut(0)?;
+    let (key, value) = unsafe { (&mut (*s).key, &mut (*s).value) };
+    *key = p.key();
+    *value = CtValue {
+        last_seen_ns: now,
+        addr: chosen.backend.addr,
+        port: chosen.backend.port,
+        nat_addr: *node,
+        id: chosen.id,
+        flags: CT_FLAG_DSR,
+        ..CtValue::default()
+    };
     CONNTRACK.insert(&*key, &*value, 0).ok()
 }

@@ -12,6 +12,7 @@
 #![no_std]
 #![no_main]
 
+mod dsr;
 mod flow;
 mod maps;
 mod packet;

@@ -68,6 +68,17 @@ pub struct Scratch {
 #[map(name = "FERRY_SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// A DSR packet's outer headers being built (IPv6, UDP, Geneve and its
+/// option at most) and an arriving one's option, off the stack.
+#[repr(C)]
+pub struct TunnelScratch {
+    pub headers: [u8; 88],
+    pub opt: ferry_ebpf_common::DsrOpt,
+}
+
+#[map(name = "FERRY_TUNNEL_SCRATCH")]
+pub static TUNNEL_SCRATCH: PerCpuArray<TunnelScratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// The XDP path's FIB lookup parameters (64 bytes), off the stack too.
 #[map(name = "FERRY_FIB_SCRATCH")]
 pub static FIB_SCRATCH: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =

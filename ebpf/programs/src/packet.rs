@@ -27,20 +27,21 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::classifier;
 use aya_ebpf::programs::TcContext;
 use ferry_ebpf_common::{
-    CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtKey, CtValue, PROTO_TCP, PROTO_UDP,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, is_v4, v4_mapped,
+    BACKEND_FLAG_LOCAL, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtKey, CtValue,
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, is_v4, v4_mapped,
 };
 
+use crate::dsr;
 use crate::flow::{
     ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Packet, TCP_ACK, TCP_RST, TCP_SYN, count_packet,
-    source_allowed, touch, track,
+    source_allowed, touch, track, track_dsr,
 };
 use crate::maps::{CONNTRACK, NODE_ADDRS, NODEPORT_ADDRS, SCRATCH};
 use crate::service::{Chosen, Verdict, node_port, select};
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Packet> {
+pub fn parse(ctx: &TcContext) -> Option<Packet> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     let l3 = ETH_HLEN;
     let (v4, proto, src, dst, l4) = match ethertype {
@@ -98,7 +99,7 @@ fn parse(ctx: &TcContext) -> Option<Packet> {
 /// keeping the IPv4 header and TCP/UDP checksums right. A subprogram, so
 /// its locals do not pile onto the callers' stack frames.
 #[inline(never)]
-fn rewrite(skb: *mut __sk_buff, p: &Packet, src: bool, addr: &[u32; 4], port: u16) -> i32 {
+pub fn rewrite(skb: *mut __sk_buff, p: &Packet, src: bool, addr: &[u32; 4], port: u16) -> i32 {
     match rewrite_inner(&TcContext::new(skb), p, src, addr, port) {
         Some(()) => 0,
         None => -1,
@@ -161,6 +162,14 @@ fn ingress(ctx: &TcContext) -> Option<i32> {
     let p = parse(ctx)?;
     let now = unsafe { bpf_ktime_get_ns() };
     let skb = ctx.skb.skb;
+    // Geneve from another node's DSR, for this node (a `--devices` one).
+    if p.proto == PROTO_UDP
+        && p.dport == dsr::GENEVE_PORT
+        && dsr::enabled()
+        && NODE_ADDRS.get_ptr(&unsafe { (*skb).ifindex }).is_some()
+    {
+        return Some(dsr::arrive(skb, &p));
+    }
     // The packet's tuple, kept in the scratch map for `new_flow` too.
     let scratch = SCRATCH.get_ptr_mut(0)?;
     let key = unsafe {
@@ -177,6 +186,9 @@ fn ingress(ctx: &TcContext) -> Option<i32> {
         touch(entry, &p, now);
         count_packet(id, p.len);
         let ct = unsafe { &*entry };
+        if flags & CT_FLAG_DSR != 0 {
+            return Some(dsr::send(skb, &p, ct));
+        }
         if flags & CT_FLAG_REPLY == 0 {
             // A tracked flow keeps its backend.
             ok(rewrite(skb, &p, false, &ct.addr, ct.port))?;
@@ -198,8 +210,18 @@ fn ingress(ctx: &TcContext) -> Option<i32> {
         }
         return Some(TC_ACT_OK as i32);
     }
-    Some(new_flow(skb, &p, now))
+    let rc = new_flow(skb, &p, now);
+    if rc == DSR_STARTED {
+        // `new_flow` wrote the flow's entry under the tuple in the scratch.
+        let entry = CONNTRACK.get_ptr(key)?;
+        return Some(dsr::send(skb, &p, unsafe { &*entry }));
+    }
+    Some(rc)
 }
+
+/// [`new_flow`] tracked a DSR flow: the caller sends it (a return value no
+/// TC verdict uses).
+const DSR_STARTED: i32 = -1000;
 
 #[inline(always)]
 fn ok(rc: i32) -> Option<()> {
@@ -265,6 +287,19 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
     }
     if is_v4(&chosen.backend.addr) != p.v4 {
         return TC_ACT_OK as i32;
+    }
+    if external && chosen.backend.flags & BACKEND_FLAG_LOCAL == 0 && dsr::applies(p.proto) {
+        let mut node = [0u32; 4];
+        // A backend without a node to tunnel to is source-translated.
+        if dsr::node_of(skb, p, &chosen.backend.addr, &mut node).is_some() {
+            return match track_dsr(p, &chosen, &node, now) {
+                Some(()) => {
+                    count_packet(chosen.id, p.len);
+                    DSR_STARTED
+                }
+                None => TC_ACT_SHOT as i32,
+            };
+        }
     }
     // ifindex 0 is no device: no source translation.
     match track(p, &chosen, if external { ifindex } else { 0 }, now) {
@@ -427,7 +462,7 @@ fn send_back(skb: *mut __sk_buff) -> Option<()> {
 
 /// One's-complement sum of big-endian 16-bit words, onto `sum`.
 #[inline(always)]
-fn add_words(bytes: &[u8], mut sum: u32) -> u32 {
+pub fn add_words(bytes: &[u8], mut sum: u32) -> u32 {
     let mut i = 0;
     while i + 1 < bytes.len() {
         sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
@@ -437,7 +472,7 @@ fn add_words(bytes: &[u8], mut sum: u32) -> u32 {
 }
 
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
+pub fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16

@@ -25,8 +25,8 @@ use aya_ebpf::helpers::{bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect};
 use aya_ebpf::macros::xdp;
 use aya_ebpf::programs::XdpContext;
 use ferry_ebpf_common::{
-    BACKEND_FLAG_LOCAL, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtKey, CtValue, PROTO_TCP,
-    PROTO_UDP, SCOPE_EXTERNAL, ServiceKey, XdpStats, is_v4, v4_mapped,
+    BACKEND_FLAG_LOCAL, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtKey, CtValue,
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, ServiceKey, XdpStats, is_v4, v4_mapped,
 };
 
 use crate::flow::{
@@ -113,6 +113,10 @@ fn fast_path(ctx: &XdpContext) -> Option<(Action, u32)> {
                 now.saturating_sub((*entry).last_seen_ns) > REFRESH_NS,
             )
         };
+        // DSR flows are encapsulated at TC (the Geneve device takes an skb).
+        if flags & CT_FLAG_DSR != 0 {
+            return Some((Action::ToTc, XDP_PASS));
+        }
         // Only source-translated flows (a remote backend) leave here; a
         // local backend's are translated by TC.
         if flags & CT_FLAG_SNAT == 0 || flags & CT_FLAG_EGRESS != 0 {
@@ -189,6 +193,10 @@ fn new_flow(ctx: &XdpContext, p: &Packet, now: u64) -> NewFlow {
         proto: p.proto,
         scope: SCOPE_EXTERNAL,
     };
+    // Under DSR, TC picks the backend and sends (or translates) the flow.
+    if crate::dsr::applies(p.proto) {
+        return NewFlow::Pass;
+    }
     let _ = node_port(&mut svc, false);
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return NewFlow::Pass;

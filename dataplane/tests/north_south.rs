@@ -1,9 +1,12 @@
-//! L2 announcement of LoadBalancer IPs through the kernel: two nodes on the
-//! underlay bridge, a ferry-agent on each answering on its underlay device,
-//! LoadBalancer IPs from ferry-apiserver's LB IPAM in pools outside the
-//! underlay's subnets. The client (the underlay namespace) has only on-link
-//! routes for the pools, so nothing but an ARP or NDP answer from a node
-//! brings its traffic anywhere.
+//! Traffic entering the cluster from outside, with a ferry-agent on each
+//! of two nodes on the underlay bridge (answering on its underlay device):
+//!
+//! - L2 announcement of LoadBalancer IPs from ferry-apiserver's LB IPAM in
+//!   pools outside the underlay's subnets. The client (the underlay
+//!   namespace) has only on-link routes for the pools, so nothing but an
+//!   ARP or NDP answer from a node brings its traffic anywhere.
+//! - Direct server return: a NodePort reached at one node, served by a
+//!   backend on the other, whose replies go straight to the client.
 //!
 //! Needs root; prints `SKIP: needs root` otherwise.
 
@@ -413,4 +416,143 @@ fn load_balancer_ips_announced_and_taken_over() {
     }
     assert_eq!(c.holder("lb"), Some(dead_holder));
     assert_eq!(c.announced(held), Some(0), "{}", c.outputs());
+}
+
+/// `--lb-mode dsr`: the client reaches node 0's NodePort (TCP and UDP, v4
+/// and v6) whose only backend runs on node 1. Node 0 sends the packets to
+/// node 1 in Geneve with the client's address intact; node 1's replies,
+/// from node 0's address and the node port, reach the client without
+/// crossing node 0 (a capture on the underlay's port of each node shows
+/// them leaving node 1 only), and node 0 keeps one forward entry per flow
+/// and no reply entries.
+#[test]
+fn direct_server_return_replies_skip_the_entry_node() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut c = Cluster::start();
+    add_pod(&c.cp, &c.world, 1, 0, "web");
+    let dsr = ["--lb-mode", "dsr", "--l2-announce=false"];
+    c.start_agent(0, &dsr);
+    c.start_agent(1, &dsr);
+    let node0 = c.world.node(0);
+    let client_v6 = std::net::Ipv6Addr::from(u128::from(node0.underlay_v6.network()) + 250);
+    c.underlay()
+        .exec([
+            "ip",
+            "addr",
+            "add",
+            &format!("{client_v6}/{}", node0.underlay_v6.prefix_len()),
+            "dev",
+            "br0",
+            "nodad",
+        ])
+        .expect("client IPv6 address");
+    c.cp.apply(&json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "dsr", "namespace": "default"},
+        "spec": {
+            "type": "NodePort",
+            "selector": {"app": "web"},
+            "ipFamilyPolicy": "RequireDualStack",
+            "ports": [
+                {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http", "nodePort": 30070},
+                {"name": "udp", "port": 80, "protocol": "UDP", "targetPort": "udp", "nodePort": 30070},
+            ],
+        },
+    }));
+    let backend = c.world.pod(1, 0).name.clone();
+    let v4 = SocketAddr::new(IpAddr::V4(node0.ipv4), 30070);
+    let v6 = SocketAddr::new(IpAddr::V6(node0.ipv6), 30070);
+    for addr in [v4, v6] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !probe(
+            c.underlay(),
+            addr,
+            None,
+            &["--count", "5", "--timeout-ms", "1000"],
+        )
+        .iter()
+        .all(|l| l.starts_with("ok "))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "NodePort {addr} never answered by DSR\n{}",
+                c.outputs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Replies leaving each node for the client, as the underlay sees them.
+    let capture = |port: &str| {
+        let mut p = c
+            .underlay()
+            .spawn([
+                "tcpdump",
+                "-i",
+                port,
+                "-n",
+                "-l",
+                "-Q",
+                "in",
+                "src port 30070",
+            ])
+            .expect("tcpdump");
+        p.wait_for_output("listening on", Duration::from_secs(10))
+            .expect("tcpdump started");
+        p
+    };
+    let (via0, via1) = (
+        capture(&c.world.underlay_port(0)),
+        capture(&c.world.underlay_port(1)),
+    );
+    for addr in [v4, v6] {
+        for udp in [false, true] {
+            let mut args = vec!["--count", "10"];
+            if udp {
+                args.push("--udp");
+            }
+            let lines = probe(c.underlay(), addr, None, &args);
+            let got = replies(&lines);
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                vec![&backend],
+                "{addr} udp={udp}"
+            );
+            assert!(
+                lines.iter().all(|l| l.ends_with(&format!("peer={addr}"))),
+                "replies come from the node port: {lines:?}"
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let count = |p: &Process| {
+        p.output()
+            .lines()
+            .filter(|l| l.contains(".30070 >"))
+            .count()
+    };
+    let (n0, n1) = (count(&via0), count(&via1));
+    assert_eq!(n0, 0, "replies crossed the entry node:\n{}", via0.output());
+    assert!(
+        n1 >= 40,
+        "{n1} replies seen leaving node 1:\n{}",
+        via1.output()
+    );
+    let flows = c
+        .world
+        .node(0)
+        .netns
+        .command(common::binary("ferry-dataplane", "ferry-agent"))
+        .args(["--bpffs-root"])
+        .arg(&c.hooks[0].bpffs)
+        .args(["inspect", "conntrack"])
+        .output()
+        .expect("inspect");
+    let flows = String::from_utf8_lossy(&flows.stdout);
+    assert!(flows.contains("forward(dsr)"), "{flows}");
+    assert!(
+        !flows.lines().any(|l| l.contains("reply")),
+        "the entry node tracks no replies:\n{flows}"
+    );
 }

@@ -429,6 +429,37 @@ async fn node_and_loadbalancer_ipam(backend: Backend) {
     .await
     .expect("lb");
     assert_eq!(eventually(10, || ingress("again")).await, ["192.0.2.2"]);
+    // An IP outside every pool: no ingress, a Warning Event naming the
+    // pools, and the other Services keep theirs.
+    svcs.create(
+        &PostParams::default(),
+        &lb("outside", json!({"loadBalancerIP": "203.0.113.9"})),
+    )
+    .await
+    .expect("lb");
+    let events = eventually(10, || {
+        let out = api.kubectl_ok(&["get", "events", "-o", "json"]);
+        async move {
+            let list: Value = serde_json::from_str(&out).ok()?;
+            let found: Vec<Value> = list["items"]
+                .as_array()?
+                .iter()
+                .filter(|e| e["involvedObject"]["name"] == "outside")
+                .cloned()
+                .collect();
+            (!found.is_empty()).then_some(found)
+        }
+    })
+    .await;
+    assert_eq!(events[0]["reason"], "AllocationFailed", "{events:?}");
+    assert_eq!(events[0]["type"], "Warning");
+    let message = events[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("203.0.113.9") && message.contains("outside every pool"),
+        "{message}"
+    );
+    assert_eq!(ingress("outside").await, None);
+    assert_eq!(ingress("again").await, Some(vec!["192.0.2.2".to_string()]));
 }
 
 async fn namespace_deletion_and_owner_garbage_collection(backend: Backend) {

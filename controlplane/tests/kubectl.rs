@@ -144,6 +144,17 @@ fn seed_service_manifests_with_create_get_describe_delete(backend: Backend) {
         ),
         "{err}"
     );
+    // An absurd loadBalancerSourceRanges entry is refused the same way.
+    let ranges = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"ranges"},"spec":{"type":"LoadBalancer","ports":[{"port":80}],"loadBalancerSourceRanges":["10.0.0.0/8"," 192.0.2.0/24 ","10.0.0.0/40"]}}"#;
+    let err = api.kubectl_err(&["create", "-f", "-"], Some(ranges));
+    assert!(
+        err.contains("spec.loadBalancerSourceRanges[2]: Invalid value: \"10.0.0.0/40\": must be a list of IP ranges"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("loadBalancerSourceRanges[1]"),
+        "whitespace is allowed: {err}"
+    );
     let out_of_range = dup.replace("30000", "40000");
     let err = api.kubectl_err(&["create", "-f", "-"], Some(&out_of_range));
     assert!(

@@ -14,6 +14,7 @@ pub mod announce;
 pub mod bpf;
 pub mod conntrack;
 pub mod devices;
+pub mod events;
 pub mod inspect;
 pub mod metrics;
 pub mod nodes;

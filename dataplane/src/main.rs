@@ -472,6 +472,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .context("starting the conntrack collector")?;
         let settings = proxy::Settings {
+            events: ferry_dataplane::events::Recorder::start(client.clone(), &cli.node_name),
             node_name: cli.node_name.clone(),
             sizes,
             cgroup_root: layout.cgroup_root.clone(),

@@ -1000,14 +1000,82 @@ fn an_undecodable_service_does_not_stop_the_proxy() {
         c.add_pod(0, i, "web");
     }
     let ips = c.service("web", "web", json!({}));
+    // An annotation value the agent does not know: the Service is still
+    // programmed (at random), and an Event says why the annotation is not.
+    c.cp.apply(&json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "odd", "namespace": "default",
+                     "annotations": {"ferry.dev/lb-algorithm": "roulette"}},
+        "spec": {"selector": {"app": "web"},
+                 "ports": [{"port": 81, "protocol": "TCP", "targetPort": "http"}]},
+    }));
     c.cp.restart_with(|dir| {
         store_spoiled_copy(dir, "services", "default", "web", "broken", |o| {
             o["spec"]["clusterIP"] = json!(5)
+        });
+        // Stored before validation refused it: an absurd source range.
+        store_spoiled_copy(dir, "services", "default", "web", "absurd", |o| {
+            o["spec"]["clusterIP"] = json!("10.96.200.200");
+            o["spec"]["clusterIPs"] = json!(["10.96.200.200"]);
+            o["spec"]["ipFamilies"] = json!(["IPv4"]);
+            o["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+            o["spec"]["loadBalancerSourceRanges"] = json!(["10.0.0.0/40"]);
         });
     });
     let c = c.started();
     let addr = SocketAddr::new(vip(&ips, false), 80);
     c.wait_backends(addr, "TCP", BACKENDS);
+    let odd =
+        c.cp.kubectl(&["get", "svc", "odd", "-o", "jsonpath={.spec.clusterIP}"])
+            .expect("odd's cluster IP");
+    c.wait_backends(
+        SocketAddr::new(odd.trim().parse().expect("ip"), 81),
+        "TCP",
+        BACKENDS,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let out =
+            c.cp.kubectl(&["get", "events", "-o", "json"])
+                .expect("events");
+        let list: Value = serde_json::from_str(&out).expect("events json");
+        let found: Vec<(String, String, String)> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let s = |p: &str| {
+                    e.pointer(p)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                (s("/involvedObject/name"), s("/reason"), s("/message"))
+            })
+            .collect();
+        if found.iter().any(|e| e.0 == "absurd") && found.iter().any(|e| e.0 == "odd") {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Events: {found:?}\n{}",
+            c.agent_output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let absurd = events.iter().find(|e| e.0 == "absurd").expect("absurd");
+    assert_eq!(absurd.1, "InvalidService");
+    assert!(
+        absurd.2.contains("10.0.0.0/40") && absurd.2.contains("loadBalancerSourceRanges"),
+        "{absurd:?}"
+    );
+    let odd = events.iter().find(|e| e.0 == "odd").expect("odd");
+    assert_eq!(odd.1, "InvalidAnnotation");
+    assert!(odd.2.contains("roulette"), "{odd:?}");
+    assert!(
+        !c.inspect("services").contains("10.96.200.200"),
+        "the absurd Service is not programmed"
+    );
     let lines = c.probe(&c.client().netns, addr, &["--count", "20"]);
     assert!(replies(&lines).len() >= 2, "not balanced: {lines:#?}");
     let metrics_addr: SocketAddr = "127.0.0.1:10249".parse().expect("addr");
@@ -1355,6 +1423,40 @@ fn load_balancer_source_ranges() {
         }
     };
     answered(lb, true);
+    // A second client on the same link, outside the range, at the same
+    // time: dropped, while the first is still answered.
+    let other = std::net::Ipv4Addr::from(u32::from(node0.underlay_v4.network()) + 251);
+    underlay
+        .exec([
+            "ip",
+            "addr",
+            "add",
+            &format!("{other}/{}", node0.underlay_v4.prefix_len()),
+            "dev",
+            "br0",
+        ])
+        .expect("a second client address");
+    let curl_from = |src: &str| {
+        underlay
+            .exec_output(
+                [
+                    "curl",
+                    "-sS",
+                    "-m",
+                    "2",
+                    "--interface",
+                    src,
+                    &format!("http://{lb_ip}/hostname"),
+                ],
+                Duration::from_secs(10),
+            )
+            .expect("curl")
+    };
+    let allowed = curl_from(&client);
+    assert!(allowed.status.success(), "{allowed:?}");
+    let refused = curl_from(&other.to_string());
+    // 28: curl's timeout (dropped, not refused).
+    assert_eq!(refused.status.code(), Some(28), "{refused:?}");
     // Ranges without the client: dropped (a timeout, not a refusal).
     c.patch_service(
         "lb",
@@ -1369,4 +1471,110 @@ fn load_balancer_source_ranges() {
     // No ranges: everyone again.
     c.patch_service("lb", json!({"spec": {"loadBalancerSourceRanges": null}}));
     answered(lb, true);
+}
+
+/// The walkthrough in shared/seeds (003, "a Deployment behind NodePort
+/// 30000"): its Service manifest, unchanged, in front of pods labelled
+/// `app: nginx` serving HTTP on port 80, answers `curl http://<node-ip>:30000/`
+/// from outside the cluster and `curl http://localhost:30000/` on the node,
+/// and `kubectl get svc -o wide` shows it as the walkthrough does.
+#[test]
+fn seed_walkthrough_node_port_30000_answers_curl() {
+    if skip_if_not_root() {
+        return;
+    }
+    const SEED_SERVICE: &str = "apiVersion: v1
+kind: Service #リソースの種類
+metadata:
+  name: service-test
+spec:
+  type: NodePort
+  ports:
+    - port: 80
+      nodePort: 30000
+  selector: #下記のLabel(ラベル)を指定したPodに伝送
+    app: nginx
+";
+    let c = Cluster::with_world(two_nodes(), &["--devices", UNDERLAY_IF]);
+    // "nginx": a web server on port 80 in one pod per node.
+    let mut web = Vec::new();
+    for node in 0..2 {
+        let pod = c.world.pod(node, 0);
+        web.push(
+            start_netexec(
+                &pod.netns,
+                &[
+                    "--hostname",
+                    &pod.name,
+                    "--http-port",
+                    "80",
+                    "--udp-port",
+                    "0",
+                ],
+            )
+            .expect("web server on port 80"),
+        );
+        c.add_pod(node, 0, "nginx");
+    }
+    let manifest = c.world.state_dir().join("nginx.yaml");
+    std::fs::write(&manifest, SEED_SERVICE).expect("manifest");
+    c.cp.kubectl(&["create", "-f", &manifest.to_string_lossy()])
+        .expect("kubectl create -f nginx.yaml");
+    let c = c.started();
+    let wide =
+        c.cp.kubectl(&["get", "svc", "service-test", "-o", "wide"])
+            .expect("get svc");
+    assert!(
+        wide.contains("NodePort") && wide.contains("80:30000/TCP") && wide.contains("app=nginx"),
+        "{wide}"
+    );
+    let node0 = c.world.node(0);
+    let curl = |netns: &Netns, url: &str, cgroup: Option<&std::path::Path>| -> Option<String> {
+        let script = match cgroup {
+            Some(cg) => format!(
+                "echo $$ > {}/cgroup.procs && exec curl -sS -m 3 {url}",
+                cg.display()
+            ),
+            None => format!("exec curl -sS -m 3 {url}"),
+        };
+        netns.exec(["sh", "-c", &script]).ok()
+    };
+    let pods: Vec<String> = (0..2).map(|n| c.world.pod(n, 0).name.clone()).collect();
+    let answered = |got: &Option<String>| {
+        got.as_deref().is_some_and(|body| {
+            pods.iter()
+                .any(|p| body.trim() == format!("ferry-netexec on {p}"))
+        })
+    };
+    let from_outside = format!("http://{}:30000/", node0.ipv4);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = curl(c.world.underlay(), &from_outside, None);
+        if answered(&got) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "curl {from_outside} never answered: {got:?}\n{}\n{}",
+            c.inspect("services"),
+            c.agent_output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let got = curl(c.world.underlay(), &from_outside, None);
+        assert!(answered(&got), "curl {from_outside}: {got:?}");
+        seen.insert(got.unwrap_or_default());
+    }
+    assert_eq!(seen.len(), 2, "both pods answer: {seen:?}");
+    for _ in 0..5 {
+        let got = curl(
+            &node0.netns,
+            "http://localhost:30000/",
+            Some(&c.hooks.cgroup),
+        );
+        assert!(answered(&got), "curl localhost:30000 on the node: {got:?}");
+    }
+    drop(web);
 }

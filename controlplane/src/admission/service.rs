@@ -451,6 +451,21 @@ fn validate_spec(
             ));
         }
     }
+    // As kube-apiserver: whitespace around a range is allowed.
+    for (i, r) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        if r.trim().parse::<ipnet::IpNet>().is_err() {
+            causes.push(Cause::invalid(
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                format!("\"{r}\""),
+                "must be a list of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24 ",
+            ));
+        }
+    }
     if ty == "ExternalName" {
         let en = spec.external_name.as_deref().unwrap_or("");
         if en.is_empty() {

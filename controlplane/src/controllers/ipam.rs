@@ -287,7 +287,23 @@ impl LoadBalancerIpam {
             }
         }
         if ips.is_empty() {
-            tracing::warn!(service = %key.1, namespace = %key.0, "no load-balancer IP available");
+            let message = match requested {
+                Some(ip) if !self.pools.iter().any(|p| p.net().contains(&ip)) => format!(
+                    "spec.loadBalancerIP {ip} is outside every pool (--loadbalancer-ip-pool {})",
+                    self.pools
+                        .iter()
+                        .map(|p| p.net().to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                Some(ip) => format!("spec.loadBalancerIP {ip} is already allocated"),
+                None if self.pools.is_empty() => {
+                    "no load-balancer IP pool is configured (--loadbalancer-ip-pool)".to_owned()
+                }
+                None => "every load-balancer IP pool of the Service's families is full".to_owned(),
+            };
+            tracing::warn!(service = %key.1, namespace = %key.0, reason = %message, "no load-balancer IP available");
+            super::warn_event(reg, self.name(), &svc, "AllocationFailed", &message);
             return;
         }
         self.held.insert(key.clone(), ips.clone());

@@ -314,6 +314,61 @@ pub(crate) fn list_all(reg: &Registry, res: &Resource, ns: Option<&str>) -> Vec<
     reg.store.list(res, ns, |_| true).unwrap_or_default()
 }
 
+/// Records a Warning Event about `obj` from controller `component`, as
+/// kube's event recorder does: one Event per object and reason, whose
+/// `count` and `lastTimestamp` go up when it recurs (so a retrying
+/// controller writes one object, not one per attempt), shown by
+/// `kubectl get events` and `kubectl describe`.
+pub(crate) fn warn_event(
+    reg: &Registry,
+    component: &str,
+    obj: &Value,
+    reason: &str,
+    message: &str,
+) {
+    use crate::object;
+    use crate::resources::EVENTS;
+    let ns = object::namespace(obj);
+    let name = format!("{}.{}", object::name(obj), reason.to_ascii_lowercase());
+    let now = object::now();
+    let res = match reg.store.get(&EVENTS, ns, &name) {
+        Ok(Some(cur)) => {
+            let mut ev = (*cur).clone();
+            let count = ev.get("count").and_then(Value::as_i64).unwrap_or(1);
+            ev["count"] = serde_json::json!(count.saturating_add(1));
+            ev["lastTimestamp"] = serde_json::json!(now);
+            ev["message"] = serde_json::json!(message);
+            reg.update(&EVENTS, ns, &name, None, ev, &write_opts())
+                .map(|_| ())
+        }
+        _ => {
+            let ev = serde_json::json!({
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": name, "namespace": ns},
+                "involvedObject": {
+                    "apiVersion": obj.get("apiVersion").cloned().unwrap_or(Value::Null),
+                    "kind": obj.get("kind").cloned().unwrap_or(Value::Null),
+                    "namespace": ns,
+                    "name": object::name(obj),
+                    "uid": obj.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
+                },
+                "reason": reason,
+                "message": message,
+                "type": "Warning",
+                "count": 1,
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "source": {"component": component},
+                "reportingComponent": component,
+            });
+            reg.create(&EVENTS, ns, ev, &write_opts()).map(|_| ())
+        }
+    };
+    if let Err(e) = res {
+        log_failure(component, &name, &e);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,7 +59,10 @@ struct Cache {
 /// A Service as the model reads it: no managed fields or annotations (but
 /// Ferry's own), which are most of an object's memory.
 fn slim_service(mut svc: Service) -> Service {
+    // The uid stays: Events about the Service name it.
+    let uid = svc.metadata.uid.take();
     slim_meta(&mut svc.metadata);
+    svc.metadata.uid = uid;
     if let Some(a) = svc.metadata.annotations.as_mut() {
         a.retain(|k, _| k == model::ANNOTATION_LB_ALGORITHM);
     }
@@ -276,9 +279,6 @@ impl Cache {
         let Some(svc) = self.services.get(key) else {
             return Ok(Vec::new());
         };
-        if let Err(e) = model::lb_algorithm(svc) {
-            tracing::warn!(namespace = %key.0, service = %key.1, error = %e, "ignoring an annotation");
-        }
         let slices: Vec<&EndpointSlice> = self
             .slices
             .get(key)
@@ -296,6 +296,24 @@ pub struct Settings {
     pub sizes: MapSizes,
     /// The cgroup whose processes' UDP sockets to a gone backend are ended.
     pub cgroup_root: PathBuf,
+    /// Where Events about Services the agent cannot program go.
+    pub events: crate::events::Recorder,
+}
+
+/// An Event's note about Service `key`.
+fn note(
+    cache: &Cache,
+    key: &ServiceName,
+    reason: &'static str,
+    message: String,
+) -> crate::events::Note {
+    crate::events::Note {
+        namespace: key.0.clone(),
+        name: key.1.clone(),
+        uid: cache.services.get(key).and_then(|s| s.metadata.uid.clone()),
+        reason,
+        message,
+    }
 }
 
 /// The EndpointSlice annotation kube-proxy measures programming latency
@@ -359,9 +377,21 @@ pub async fn run<M: LbMaps>(
                 Err(e) => {
                     // A Service we cannot read keeps whatever it had.
                     tracing::warn!(namespace = %key.0, service = %key.1, error = %e, "skipping service");
+                    settings.events.warn(note(
+                        &cache,
+                        &key,
+                        "InvalidService",
+                        format!("not programmed on this node (it keeps what it had): {e}"),
+                    ));
                     continue;
                 }
             };
+            if let Some(Err(e)) = cache.services.get(&key).map(model::lb_algorithm) {
+                tracing::warn!(namespace = %key.0, service = %key.1, error = %e, "ignoring an annotation");
+                settings
+                    .events
+                    .warn(note(&cache, &key, "InvalidAnnotation", e.to_string()));
+            }
             health.update(
                 &key,
                 cache.services.get(&key).and_then(super::health::port_of),

@@ -1,10 +1,13 @@
 //! Ferry's eBPF programs, one object loaded by `ferry-agent`.
 //!
 //! Owns the per-connection decisions: which backend a service frontend
-//! translates to, session affinity, and making replies look as if they came
-//! from the frontend. Reads the maps in [`maps`]; it must never write the
-//! service or backend maps (the agent owns them), only the affinity,
-//! socket reverse-NAT and statistics maps.
+//! translates to (at random, by ClientIP affinity or by a Maglev table),
+//! and making replies look as if they came from the frontend, at the
+//! socket hooks, at TC ([`packet`]), at XDP ([`xdp`]) and across nodes by
+//! direct server return ([`dsr`]). Reads the maps in [`maps`]; it must never
+//! write the service, backend, Maglev or settings maps (the agent owns
+//! them), only the affinity, socket reverse-NAT, conntrack and statistics
+//! maps.
 //!
 //! Every lookup is a hash or array lookup keyed by the packet or socket, so
 //! the cost does not grow with the number of services or endpoints.

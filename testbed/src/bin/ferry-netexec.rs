@@ -4,7 +4,8 @@
 //! - HTTP on `--http-port` (default 8080): `GET /hostname` answers the
 //!   hostname, `GET /clientip` the peer's `ip:port` as the server sees it
 //!   (v4-mapped addresses shown as IPv4), `GET /echo?msg=...` the decoded
-//!   `msg`, `GET /healthz` `ok`.
+//!   `msg`, `GET /healthz` `ok`, `GET /` a line naming the host (a web
+//!   server's front page, for walkthroughs that `curl` it).
 //! - UDP echo on `--udp-port` (default 8081): any datagram is answered with
 //!   the hostname, except, as agnhost does, `clientip` (answered with the
 //!   peer's `ip:port`) and `echo <text>` (answered with `<text>`).
@@ -153,6 +154,8 @@ fn handle_http(stream: TcpStream, hostname: &str) -> std::io::Result<()> {
     let target = parts.next().unwrap_or_default();
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let (status, body) = match (method, path) {
+        // A web server's front page, for walkthroughs that curl `/`.
+        ("GET", "/") => ("200 OK", format!("ferry-netexec on {hostname}\n")),
         ("GET", "/hostname") => ("200 OK", hostname.to_owned()),
         ("GET", "/clientip") => ("200 OK", client.to_string()),
         ("GET", "/echo") => ("200 OK", query_param(query, "msg").unwrap_or_default()),

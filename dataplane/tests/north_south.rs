@@ -331,11 +331,8 @@ fn load_balancer_ips_announced_and_taken_over() {
     c.start_agent(1, &[]);
     // The client: an IPv6 address of the underlay's, and only on-link
     // routes for the pools (no route via any node).
-    let node0 = c.world.node(0);
-    let client_v6 = std::net::Ipv6Addr::from(u128::from(node0.underlay_v6.network()) + 250);
-    let client_v6 = format!("{client_v6}/{}", node0.underlay_v6.prefix_len());
+    common::underlay_v6_client(&c.world);
     for cmd in [
-        vec!["ip", "addr", "add", &client_v6, "dev", "br0", "nodad"],
         vec!["ip", "route", "add", POOL_V4, "dev", "br0"],
         vec!["ip", "-6", "route", "add", POOL_V6, "dev", "br0"],
     ] {
@@ -436,18 +433,7 @@ fn direct_server_return_replies_skip_the_entry_node() {
     c.start_agent(0, &dsr);
     c.start_agent(1, &dsr);
     let node0 = c.world.node(0);
-    let client_v6 = std::net::Ipv6Addr::from(u128::from(node0.underlay_v6.network()) + 250);
-    c.underlay()
-        .exec([
-            "ip",
-            "addr",
-            "add",
-            &format!("{client_v6}/{}", node0.underlay_v6.prefix_len()),
-            "dev",
-            "br0",
-            "nodad",
-        ])
-        .expect("client IPv6 address");
+    common::underlay_v6_client(&c.world);
     c.cp.apply(&json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "dsr", "namespace": "default"},
@@ -465,23 +451,9 @@ fn direct_server_return_replies_skip_the_entry_node() {
     let v4 = SocketAddr::new(IpAddr::V4(node0.ipv4), 30070);
     let v6 = SocketAddr::new(IpAddr::V6(node0.ipv6), 30070);
     for addr in [v4, v6] {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !probe(
-            c.underlay(),
-            addr,
-            None,
-            &["--count", "5", "--timeout-ms", "1000"],
-        )
-        .iter()
-        .all(|l| l.starts_with("ok "))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "NodePort {addr} never answered by DSR\n{}",
-                c.outputs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        common::warm(c.underlay(), addr, 5, Duration::from_secs(20), || {
+            c.outputs()
+        });
     }
     // Replies leaving each node for the client, as the underlay sees them.
     let capture = |port: &str| {

@@ -1120,18 +1120,7 @@ fn node_ports_from_outside_and_inside_the_node() {
     let node0 = c.world.node(0);
     let underlay = c.world.underlay();
     // The client: the underlay's own addresses, on-link to the nodes only.
-    let client_v6 = std::net::Ipv6Addr::from(u128::from(node0.underlay_v6.network()) + 250);
-    underlay
-        .exec([
-            "ip",
-            "addr",
-            "add",
-            &format!("{client_v6}/{}", node0.underlay_v6.prefix_len()),
-            "dev",
-            "br0",
-            "nodad",
-        ])
-        .expect("client IPv6 address");
+    common::underlay_v6_client(&c.world);
     let ports = |policy: &str| {
         json!({
             "type": "NodePort",
@@ -1161,23 +1150,9 @@ fn node_ports_from_outside_and_inside_the_node() {
     // a first contact may cost a retransmission. Warm until a run of
     // attempts, spread over local and remote backends, all succeed.
     for addr in [v4, v6] {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !probe(
-            underlay,
-            addr,
-            None,
-            &["--count", "10", "--timeout-ms", "1000"],
-        )
-        .iter()
-        .all(|l| l.starts_with("ok "))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "NodePort {addr} never answered\n{}",
-                c.agent_output()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        common::warm(underlay, addr, 10, Duration::from_secs(15), || {
+            c.agent_output()
+        });
     }
     for addr in [v4, v6] {
         for udp in [false, true] {

@@ -175,3 +175,53 @@ pub fn xdp_peers(world: &World) -> Vec<ferry_dataplane::bpf::XdpPass> {
         })
         .collect()
 }
+
+/// Probes `addr` from `netns` until a whole run of `count` attempts
+/// succeeds (the first contact over a fresh neighbour entry may cost a
+/// retransmission), for at most `within`; panics with `context()` after.
+pub fn warm(
+    netns: &Netns,
+    addr: SocketAddr,
+    count: u32,
+    within: Duration,
+    context: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + within;
+    let count = count.to_string();
+    while !probe(
+        netns,
+        addr,
+        None,
+        &["--count", &count, "--timeout-ms", "1000"],
+    )
+    .iter()
+    .all(|l| l.starts_with("ok "))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{addr} never answered\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Gives the underlay (the outside client) an IPv6 address on the nodes'
+/// link, next to its IPv4 one, and returns it.
+pub fn underlay_v6_client(world: &World) -> std::net::Ipv6Addr {
+    let node0 = world.node(0);
+    let v6 = std::net::Ipv6Addr::from(u128::from(node0.underlay_v6.network()) + 250);
+    world
+        .underlay()
+        .exec([
+            "ip",
+            "addr",
+            "add",
+            &format!("{v6}/{}", node0.underlay_v6.prefix_len()),
+            "dev",
+            "br0",
+            "nodad",
+        ])
+        .expect("client IPv6 address");
+    v6
+}

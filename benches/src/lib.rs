@@ -10,6 +10,11 @@
 //! memory) in a network namespace of its own; the `dns-bench` binary
 //! drives it.
 //!
+//! [`nodeport`] measures a NodePort reached from outside (forwarding cost
+//! per core of the entry node, new connections and their latency) through
+//! Ferry's variants against kube-proxy's nftables and iptables rulesets;
+//! the `nodeport-bench` binary drives it.
+//!
 //! [`packet`] times the TC program per packet with BPF_PROG_TEST_RUN; the
 //! `packet-bench` binary drives it.
 //!
@@ -39,6 +44,7 @@ pub mod etcd;
 pub mod ferry;
 pub mod harness;
 pub mod measure;
+pub mod nodeport;
 pub mod objects;
 pub mod packet;
 pub mod process;

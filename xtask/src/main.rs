@@ -49,7 +49,7 @@ enum Cmd {
         which: Bench,
         /// Passed on unchanged, e.g. `-- --services 1000 --watchers 100`
         /// (apiserver), `-- --pods 40 --stacks v4` (cni) or `-- --quick`
-        /// (services, dns).
+        /// (services, dns, nodeport).
         #[arg(last = true)]
         args: Vec<OsString>,
     },
@@ -103,6 +103,14 @@ enum Bench {
     /// Then the TC program's per-packet cost by BPF_PROG_TEST_RUN with 1,
     /// 1,000 and 100,000 services; writes target/bench/packet.md.
     Services,
+    /// A NodePort from outside, backend on the other node: forwarding
+    /// packets per second per core of the entry node (trafgen bursts,
+    /// established and new flows), new-connection rate and latency, for
+    /// Ferry's variants (TC; XDP and DSR once the agent has them) against
+    /// kube-proxy's nftables and iptables NodePort rulesets, with 1, 1,000
+    /// and 100,000 Services, in a testbed world (root); writes
+    /// target/bench/nodeport.md.
+    Nodeport,
     /// ferry-dns against Debian's unbound and knot serving the equivalent
     /// static zone: dnsperf queries/s and latency for a mix of cluster names
     /// with 10,000 Services and 100,000 Pods in the API, time to ready and
@@ -193,6 +201,23 @@ fn bench(which: Bench, args: &[OsString]) -> Result<()> {
             )?;
             run_bench(&[], "packet-bench", &[], "packet.md", &[])
         }
+        Bench::Nodeport => run_bench(
+            &[
+                ("ferry-controlplane", "ferry-apiserver"),
+                ("ferry-dataplane", "ferry-agent"),
+                ("ferry-cni", "ferry-cni"),
+                ("ferry-testbed", "ferry-netexec"),
+            ],
+            "nodeport-bench",
+            &[
+                ("--apiserver", "ferry-apiserver"),
+                ("--agent", "ferry-agent"),
+                ("--cni", "ferry-cni"),
+                ("--netexec", "ferry-netexec"),
+            ],
+            "nodeport.md",
+            args,
+        ),
         Bench::Dns => run_bench(
             &[
                 ("ferry-controlplane", "ferry-apiserver"),

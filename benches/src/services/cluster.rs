@@ -143,46 +143,13 @@ impl Lab {
     pub fn start_apiserver(&mut self, bins: &Binaries) -> Result<()> {
         self.apiserver = None;
         self.generation += 1;
-        let dir = self
-            .world
-            .state_dir()
-            .join(format!("apiserver-{}", self.generation));
-        let kubeconfig = dir.join("admin.kubeconfig");
-        let port = 6443 + self.generation;
-        let argv: Vec<std::ffi::OsString> = vec![
-            "env".into(),
-            "RUST_LOG=info".into(),
-            bins.apiserver.clone().into(),
-            "--data-dir".into(),
-            dir.clone().into(),
-            "--bind".into(),
-            format!("{}:{port}", self.api_ip).into(),
-            "--kubeconfig-out".into(),
-            kubeconfig.clone().into(),
-            // The node's pod CIDRs are the world's, not allocated.
-            "--controllers".into(),
-            "*,-nodeipam".into(),
-            "--service-cluster-ip-range".into(),
-            super::model::SERVICE_CIDR.into(),
-        ];
-        let mut server = self
-            .world
-            .underlay()
-            .spawn(argv)
-            .context("starting ferry-apiserver")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while kube::config::Kubeconfig::read_from(&kubeconfig).is_err() {
-            if let Some(status) = server.try_wait()? {
-                bail!("ferry-apiserver exited ({status}):\n{}", server.output());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "ferry-apiserver wrote no kubeconfig within 30 s:\n{}",
-                    server.output()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (server, kubeconfig) = start_apiserver(
+            &self.world,
+            bins,
+            self.api_ip,
+            self.generation,
+            &["--service-cluster-ip-range", super::model::SERVICE_CIDR],
+        )?;
         self.kubeconfig = kubeconfig;
         self.apiserver = Some(server);
         Ok(())
@@ -239,6 +206,55 @@ impl Lab {
     }
 }
 
+/// Starts `ferry-apiserver` number `generation` of `world` in its underlay
+/// at `api_ip` (a fresh data dir, port 6443 + `generation`, the node IPAM
+/// controller off: the nodes' pod CIDRs are the world's), with `extra`
+/// flags; waits until its kubeconfig is written and returns the server and
+/// the kubeconfig's path.
+pub fn start_apiserver(
+    world: &World,
+    bins: &Binaries,
+    api_ip: Ipv4Addr,
+    generation: u16,
+    extra: &[&str],
+) -> Result<(Process, PathBuf)> {
+    let dir = world.state_dir().join(format!("apiserver-{generation}"));
+    let kubeconfig = dir.join("admin.kubeconfig");
+    let port = 6443 + generation;
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "env".into(),
+        "RUST_LOG=info".into(),
+        bins.apiserver.clone().into(),
+        "--data-dir".into(),
+        dir.clone().into(),
+        "--bind".into(),
+        format!("{api_ip}:{port}").into(),
+        "--kubeconfig-out".into(),
+        kubeconfig.clone().into(),
+        "--controllers".into(),
+        "*,-nodeipam".into(),
+    ];
+    argv.extend(extra.iter().map(Into::into));
+    let mut server = world
+        .underlay()
+        .spawn(argv)
+        .context("starting ferry-apiserver")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kube::config::Kubeconfig::read_from(&kubeconfig).is_err() {
+        if let Some(status) = server.try_wait()? {
+            bail!("ferry-apiserver exited ({status}):\n{}", server.output());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "ferry-apiserver wrote no kubeconfig within 30 s:\n{}",
+                server.output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((server, kubeconfig))
+}
+
 /// Map sizes for an agent holding `services` Services with up to
 /// `endpoints` each (with room for a second backend revision).
 #[derive(Debug, Clone, Copy)]
@@ -276,16 +292,38 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent for the lab's node with hooks named `<prefix>-<tag>`.
     pub fn start(lab: &Lab, bins: &Binaries, tag: &str, sizes: MapSizes) -> Result<Self> {
-        let hooks = AgentHooks::create(&format!("{}-{tag}", lab.world.prefix()))
+        Self::spawn(
+            &lab.world,
+            lab.node(),
+            &lab.kubeconfig,
+            bins,
+            tag,
+            sizes,
+            &[],
+        )
+    }
+
+    /// Starts the agent for `node` of `world` with hooks named
+    /// `<prefix>-<tag>`, `--routing none` and `extra` flags after the rest.
+    pub fn spawn(
+        world: &World,
+        node: &Node,
+        kubeconfig: &Path,
+        bins: &Binaries,
+        tag: &str,
+        sizes: MapSizes,
+        extra: &[String],
+    ) -> Result<Self> {
+        let hooks = AgentHooks::create(&format!("{}-{tag}", world.prefix()))
             .context("creating the agent's cgroup and bpffs dir")?;
-        let argv: Vec<std::ffi::OsString> = vec![
+        let mut argv: Vec<std::ffi::OsString> = vec![
             "env".into(),
             "RUST_LOG=info".into(),
             bins.agent.clone().into(),
             "--kubeconfig".into(),
-            lab.kubeconfig.clone().into(),
+            kubeconfig.into(),
             "--node-name".into(),
-            lab.node().name.clone().into(),
+            node.name.clone().into(),
             "--routing".into(),
             "none".into(),
             "--cgroup-root".into(),
@@ -299,17 +337,19 @@ impl Agent {
             "--map-stats".into(),
             sizes.stats.to_string().into(),
         ];
+        argv.extend(extra.iter().map(Into::into));
         let spawned = Instant::now();
-        let process = lab
-            .node()
-            .netns
-            .spawn(argv)
-            .context("starting ferry-agent")?;
+        let process = node.netns.spawn(argv).context("starting ferry-agent")?;
         Ok(Self {
             process,
             hooks,
             spawned,
         })
+    }
+
+    /// Whether the agent has exited, and how.
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        Ok(self.process.try_wait()?)
     }
 
     /// Waits for the agent's first full sync; returns the time since spawn.

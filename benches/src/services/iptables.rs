@@ -1,7 +1,8 @@
 //! kube-proxy's iptables-mode ruleset (pkg/proxy/iptables/proxier.go,
-//! `syncProxyRules`) for a set of ClusterIP Services with Cluster traffic
-//! policy, no session affinity and no NodePorts, as kube-proxy writes it with
-//! `--cluster-cidr` set (its local-traffic detector) and the default
+//! `syncProxyRules`) for a set of ClusterIP and NodePort Services (TCP or
+//! UDP) with Cluster traffic policies and no session affinity, as kube-proxy
+//! writes it with `--cluster-cidr` set (its local-traffic detector), the
+//! default `--nodeport-addresses` (every local address) and the default
 //! masquerade bit 14:
 //!
 //! - filter: `KUBE-SERVICES`, `KUBE-EXTERNAL-SERVICES`, `KUBE-FORWARD`,
@@ -18,11 +19,19 @@
 //!   --probability 1/(n-i)` (the last one unconditionally) into
 //!   `KUBE-SEP-<hash>`: hairpin masquerade mark, then `DNAT
 //!   --to-destination`;
+//! - per NodePort: one `KUBE-NODEPORTS` rule matching protocol and node
+//!   port with the `ns/svc:port` comment, jumping to `KUBE-EXT-<hash>`, which
+//!   marks the packet for masquerade ("masquerade traffic for ... external
+//!   destinations": the endpoint may be on another node) and jumps to the
+//!   Service's `KUBE-SVC-<hash>`;
 //! - `KUBE-SERVICES` ends with the NodePorts rule ("this must be the last
-//!   rule in this chain").
+//!   rule in this chain", `-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS`):
+//!   a packet to a node port walks every `KUBE-SERVICES` rule, then
+//!   `KUBE-NODEPORTS` up to its own.
 //!
-//! Chain names are kube-proxy's: `KUBE-SVC-` + base32(sha256(port name +
-//! "tcp"))[:16], `KUBE-SEP-` the same over port name + "tcp" + "ip:port".
+//! Chain names are kube-proxy's: `KUBE-SVC-` and `KUBE-EXT-` +
+//! base32(sha256(port name + protocol))[:16], `KUBE-SEP-` the same over port
+//! name + protocol + "ip:port".
 //! Above 1000 endpoints kube-proxy drops the per-endpoint comments ("large
 //! cluster mode"); so does this. The Services go into `KUBE-SERVICES` in the
 //! order given: the caller puts the one it dials last (the worst case; real
@@ -94,12 +103,20 @@ const MASQ_MARK: &str = "0x004000";
 /// kube-proxy's `largeClusterEndpointsThreshold`.
 const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
 
+/// kube-proxy's `portProtoHash`: the chain-name hash of a Service port.
+fn port_proto_hash(svc: &Svc) -> String {
+    hash_prefix(&format!("{}{}", svc.port_name(), svc.protocol.lower()), 16)
+}
+
 /// `KUBE-SVC-<hash>` of a Service's port.
 pub fn svc_chain(svc: &Svc) -> String {
-    format!(
-        "KUBE-SVC-{}",
-        hash_prefix(&format!("{}tcp", svc.port_name()), 16)
-    )
+    format!("KUBE-SVC-{}", port_proto_hash(svc))
+}
+
+/// `KUBE-EXT-<hash>` of a Service's port: where its external traffic
+/// (here: its NodePort) goes.
+pub fn ext_chain(svc: &Svc) -> String {
+    format!("KUBE-EXT-{}", port_proto_hash(svc))
 }
 
 /// `KUBE-SEP-<hash>` of one of its endpoints.
@@ -107,7 +124,12 @@ pub fn sep_chain(svc: &Svc, ep: std::net::Ipv4Addr) -> String {
     format!(
         "KUBE-SEP-{}",
         hash_prefix(
-            &format!("{}tcp{ep}:{}", svc.port_name(), svc.target_port),
+            &format!(
+                "{}{}{ep}:{}",
+                svc.port_name(),
+                svc.protocol.lower(),
+                svc.target_port
+            ),
             16
         )
     )
@@ -290,10 +312,21 @@ fn service_rules(w: &mut Writer, svc: &Svc, large: bool) {
     let name = svc.port_name();
     let chain = svc_chain(svc);
     let ip = svc.ip;
+    let p = svc.protocol.lower();
     w.rule(format_args!(
-        "{chain} -m comment --comment \"{name} cluster IP\" -m tcp -p tcp -d {ip} \
+        "{chain} -m comment --comment \"{name} cluster IP\" -m {p} -p {p} -d {ip} \
          --dport {SERVICE_PORT} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ"
     ));
+    if svc.node_port.is_some() {
+        // externalTrafficPolicy Cluster: masquerade (the endpoint may be on
+        // another node), then the Service's own chain.
+        let ext = ext_chain(svc);
+        w.rule(format_args!(
+            "{ext} -m comment --comment \"masquerade traffic for {name} external destinations\" \
+             -j KUBE-MARK-MASQ"
+        ));
+        w.rule(format_args!("{ext} -j {chain}"));
+    }
     let n = svc.endpoints.len();
     for (i, ep) in svc.endpoints.iter().enumerate() {
         let sep = sep_chain(svc, *ep);
@@ -323,19 +356,31 @@ fn service_rules(w: &mut Writer, svc: &Svc, large: bool) {
         };
         w.rule(format_args!("{sep} {comment}-s {ep} -j KUBE-MARK-MASQ"));
         w.rule(format_args!(
-            "{sep} {comment}-m tcp -p tcp -j DNAT --to-destination {ep}:{}",
+            "{sep} {comment}-m {p} -p {p} -j DNAT --to-destination {ep}:{}",
             svc.target_port
         ));
     }
 }
 
 fn services_rule(w: &mut Writer, svc: &Svc) {
+    let p = svc.protocol.lower();
     w.rule(format_args!(
-        "KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m tcp -p tcp -d {} \
+        "KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m {p} -p {p} -d {} \
          --dport {SERVICE_PORT} -j {}",
         svc.port_name(),
         svc.ip,
         svc_chain(svc)
+    ));
+}
+
+/// A NodePort's rule in `KUBE-NODEPORTS` (a linear chain, like
+/// `KUBE-SERVICES`: one rule per node port, rewritten on every sync).
+fn nodeport_rule(w: &mut Writer, svc: &Svc, node_port: u16) {
+    let p = svc.protocol.lower();
+    w.rule(format_args!(
+        "KUBE-NODEPORTS -m comment --comment {} -m {p} -p {p} --dport {node_port} -j {}",
+        svc.port_name(),
+        ext_chain(svc)
     ));
 }
 
@@ -357,6 +402,9 @@ fn nat_table(w: &mut Writer, svcs: &[Svc], first: bool, write_chains: &dyn Fn(us
     for (i, svc) in svcs.iter().enumerate() {
         if write_chains(i) && !svc.endpoints.is_empty() {
             w.chain(&svc_chain(svc));
+            if svc.node_port.is_some() {
+                w.chain(&ext_chain(svc));
+            }
             for ep in &svc.endpoints {
                 w.chain(&sep_chain(svc, *ep));
             }
@@ -385,6 +433,9 @@ fn nat_table(w: &mut Writer, svcs: &[Svc], first: bool, write_chains: &dyn Fn(us
             continue;
         }
         services_rule(w, svc);
+        if let Some(np) = svc.node_port {
+            nodeport_rule(w, svc, np);
+        }
         if write_chains(i) {
             service_rules(w, svc, large);
         }
@@ -468,5 +519,80 @@ mod tests {
         );
         assert!(p.text.contains(&format!(":{} -", svc_chain(&svcs[1]))));
         assert!(!p.text.contains(&format!(":{} -", svc_chain(&svcs[0]))));
+    }
+
+    #[test]
+    fn nodeports_as_kube_proxy_writes_them() {
+        let mut svcs = model::fakes(2, 1);
+        svcs[0].node_port = Some(31000);
+        let udp = Svc {
+            name: "np-udp".into(),
+            ip: std::net::Ipv4Addr::new(10, 96, 9, 9),
+            endpoints: vec![std::net::Ipv4Addr::new(10, 244, 1, 2)],
+            target_port: 9001,
+            protocol: model::Proto::Udp,
+            node_port: Some(30081),
+        };
+        svcs.push(udp.clone());
+        let t = full(&svcs).text;
+        // The chain hashes cover the protocol, as kube-proxy's portProtoHash.
+        let svc = svc_chain(&udp);
+        let ext = ext_chain(&udp);
+        assert_eq!(
+            svc,
+            format!("KUBE-SVC-{}", hash_prefix("bench/np-udp:httpudp", 16))
+        );
+        assert_eq!(&ext[9..], &svc[9..]);
+        assert_ne!(svc_chain(&svcs[0]), svc);
+        assert!(t.contains(&format!(":{ext} - [0:0]")), "{t}");
+        // KUBE-NODEPORTS: one rule per node port, in Service order, the
+        // UDP target's last.
+        let nodeports: Vec<&str> = t
+            .lines()
+            .filter(|l| l.starts_with("-A KUBE-NODEPORTS"))
+            .collect();
+        assert_eq!(
+            nodeports,
+            [
+                format!(
+                    "-A KUBE-NODEPORTS -m comment --comment bench/svc-0:http -m tcp -p tcp \
+                     --dport 31000 -j {}",
+                    ext_chain(&svcs[0])
+                ),
+                format!(
+                    "-A KUBE-NODEPORTS -m comment --comment bench/np-udp:http -m udp -p udp \
+                     --dport 30081 -j {ext}"
+                ),
+            ]
+        );
+        // KUBE-EXT: masquerade (Cluster policy), then the Service chain.
+        let ext_rules: Vec<&str> = t
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {ext} ")))
+            .collect();
+        assert_eq!(
+            ext_rules,
+            [
+                format!(
+                    "-A {ext} -m comment --comment \"masquerade traffic for bench/np-udp:http \
+                     external destinations\" -j KUBE-MARK-MASQ"
+                ),
+                format!("-A {ext} -j {svc}"),
+            ]
+        );
+        assert!(t.contains("-m udp -p udp -j DNAT --to-destination 10.244.1.2:9001"));
+        assert!(t.contains("-j MASQUERADE --random-fully"));
+        // A ClusterIP-only Service has no KUBE-EXT chain.
+        assert!(!t.contains(&ext_chain(&svcs[1])));
+        // Partial syncs rewrite every node port rule too.
+        let p = partial(&svcs, &[0]);
+        assert_eq!(
+            p.text
+                .lines()
+                .filter(|l| l.starts_with("-A KUBE-NODEPORTS"))
+                .count(),
+            2
+        );
+        assert!(!p.text.contains(&format!(":{ext} -")));
     }
 }

@@ -122,7 +122,7 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    fn of(c: ClientSummary) -> Self {
+    pub fn of(c: ClientSummary) -> Self {
         let samples = |v: &[u64]| {
             let mut s = Samples::with_capacity(v.len());
             for &n in v {
@@ -318,29 +318,63 @@ pub fn run(s: &Settings, bins: &Binaries, stop: &AtomicBool, say: fn(&str)) -> R
     Ok(results)
 }
 
-/// The node's rules, reset between runs.
-struct Rules<'a> {
-    lab: &'a Lab,
+/// A node's rules, reset between runs.
+pub(crate) struct Rules<'a> {
+    node: &'a ferry_testbed::Netns,
     dir: PathBuf,
-    backend: Backend,
+    pub(crate) backend: Backend,
     /// Legacy tables were made in the node (they stay, empty, once reset).
     legacy_used: bool,
-    stop: &'a AtomicBool,
+    pub(crate) stop: &'a AtomicBool,
 }
 
 const RESTORE_LIMIT: Duration = Duration::from_secs(600);
 
 impl<'a> Rules<'a> {
     fn new(lab: &'a Lab, backend: Backend, stop: &'a AtomicBool) -> Result<Self> {
-        let dir = lab.world.state_dir().join("rules");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Self::in_node(
+            &lab.node().netns,
+            &lab.world.state_dir().join("rules"),
+            backend,
+            stop,
+        )
+    }
+
+    /// The rules of the node namespace `node`, their files kept in `dir`.
+    pub(crate) fn in_node(
+        node: &'a ferry_testbed::Netns,
+        dir: &Path,
+        backend: Backend,
+        stop: &'a AtomicBool,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self {
-            lab,
-            dir,
+            node,
+            dir: dir.to_path_buf(),
             backend,
             legacy_used: false,
             stop,
         })
+    }
+
+    /// Runs `cmd` in the node (spawned from a thread that entered it),
+    /// failing unless it exits 0.
+    fn run_ok(&self, mut cmd: Command) -> Result<crate::cni::exec::Timed> {
+        let shown = crate::cni::exec::display(&cmd);
+        let stop = self.stop;
+        let timed = self
+            .node
+            .in_netns(move || crate::cni::exec::run_timed(&mut cmd, &[], RESTORE_LIMIT, stop))
+            .context("entering the node namespace")?
+            .with_context(|| format!("running `{shown}` in the node"))?;
+        if !timed.status.success() {
+            bail!(
+                "`{shown}` failed ({}): {}",
+                timed.status,
+                timed.stderr_text()
+            );
+        }
+        Ok(timed)
     }
 
     fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
@@ -351,22 +385,27 @@ impl<'a> Rules<'a> {
 
     /// Empties the node's netfilter state: every nf_tables table (kube-proxy's
     /// and iptables-nft's), and the legacy tables if they were used.
-    fn reset(&mut self) -> Result<()> {
+    pub(crate) fn reset(&mut self) -> Result<()> {
         let mut nft = Command::new("nft");
         nft.args(["flush", "ruleset"]);
-        self.lab.in_node_ok(nft, RESTORE_LIMIT, self.stop)?;
+        self.run_ok(nft)?;
         if self.legacy_used {
             let path = self.write("reset.rules", iptables::RESET)?;
             let mut cmd = Command::new(Backend::Legacy.restore());
             cmd.arg(path);
-            self.lab.in_node_ok(cmd, RESTORE_LIMIT, self.stop)?;
+            self.run_ok(cmd)?;
         }
         Ok(())
     }
 
     /// `iptables-restore` of a whole ruleset (`partial`: `--noflush
     /// --counters`, as kube-proxy's syncs).
-    fn iptables_restore(&mut self, name: &str, text: &str, partial: bool) -> Result<Duration> {
+    pub(crate) fn iptables_restore(
+        &mut self,
+        name: &str,
+        text: &str,
+        partial: bool,
+    ) -> Result<Duration> {
         let path = self.write(name, text)?;
         let mut cmd = Command::new(self.backend.restore());
         cmd.args(["-w", "5", "-W", "100000"]);
@@ -377,31 +416,28 @@ impl<'a> Rules<'a> {
         if self.backend == Backend::Legacy {
             self.legacy_used = true;
         }
-        Ok(self.lab.in_node_ok(cmd, RESTORE_LIMIT, self.stop)?.wall)
+        Ok(self.run_ok(cmd)?.wall)
     }
 
-    fn nft(&self, name: &str, text: &str) -> Result<Duration> {
+    pub(crate) fn nft(&self, name: &str, text: &str) -> Result<Duration> {
         let path = self.write(name, text)?;
         let mut cmd = Command::new("nft");
         cmd.arg("-f").arg(path);
-        Ok(self.lab.in_node_ok(cmd, RESTORE_LIMIT, self.stop)?.wall)
+        Ok(self.run_ok(cmd)?.wall)
     }
 
     /// What knftables runs before each sync to find stale chains.
     fn nft_list_chains(&self) -> Result<Duration> {
         let mut cmd = Command::new("nft");
         cmd.args(["--json", "list", "chains", "ip"]);
-        Ok(self.lab.in_node_ok(cmd, RESTORE_LIMIT, self.stop)?.wall)
+        Ok(self.run_ok(cmd)?.wall)
     }
 
-    fn output(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn output(&self, args: &[&str]) -> Result<String> {
         let program = args.first().context("empty command")?;
         let mut cmd = Command::new(program);
         cmd.args(args.get(1..).unwrap_or_default());
-        Ok(self
-            .lab
-            .in_node_ok(cmd, RESTORE_LIMIT, self.stop)?
-            .stdout_text())
+        Ok(self.run_ok(cmd)?.stdout_text())
     }
 }
 
@@ -559,7 +595,7 @@ async fn end_to_end(
         for e in &mut out {
             stopped(stop)?;
             say(&format!("nftables: {} Services", e.services));
-            let r = nft_e2e(&mut rules, bins, s, &set(e.services), &mut e.nftables);
+            let r = nft_e2e(&mut rules, lab, bins, s, &set(e.services), &mut e.nftables);
             let reset = rules.reset();
             contain(&mut e.nftables, r.and(reset), "nftables", say);
         }
@@ -568,7 +604,7 @@ async fn end_to_end(
         for e in &mut out {
             stopped(stop)?;
             say(&format!("iptables: {} Services", e.services));
-            let r = iptables_e2e(&mut rules, bins, s, &set(e.services), &mut e.iptables);
+            let r = iptables_e2e(&mut rules, lab, bins, s, &set(e.services), &mut e.iptables);
             let reset = rules.reset();
             contain(&mut e.iptables, r.and(reset), "iptables", say);
         }
@@ -634,6 +670,7 @@ fn ferry_e2e(
 
 fn nft_e2e(
     rules: &mut Rules<'_>,
+    lab: &Lab,
     bins: &Binaries,
     s: &Settings,
     set: &[Svc],
@@ -648,19 +685,13 @@ fn nft_e2e(
     );
     run.program = Some(rules.nft(&format!("nft-{}.nft", set.len()), &tx.text)?);
     drop(tx);
-    run.traffic = Some(run_client(
-        rules.lab,
-        NFTABLES_CLIENT,
-        bins,
-        s,
-        None,
-        rules.stop,
-    )?);
+    run.traffic = Some(run_client(lab, NFTABLES_CLIENT, bins, s, None, rules.stop)?);
     Ok(())
 }
 
 fn iptables_e2e(
     rules: &mut Rules<'_>,
+    lab: &Lab,
     bins: &Binaries,
     s: &Settings,
     set: &[Svc],
@@ -673,14 +704,7 @@ fn iptables_e2e(
     run.program =
         Some(rules.iptables_restore(&format!("iptables-{}.rules", set.len()), &rs.text, false)?);
     drop(rs);
-    run.traffic = Some(run_client(
-        rules.lab,
-        IPTABLES_CLIENT,
-        bins,
-        s,
-        None,
-        rules.stop,
-    )?);
+    run.traffic = Some(run_client(lab, IPTABLES_CLIENT, bins, s, None, rules.stop)?);
     Ok(())
 }
 

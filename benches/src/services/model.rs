@@ -41,7 +41,32 @@ const FAKE_EP_BASE: u32 = u32::from_be_bytes([10, 248, 0, 0]);
 /// Addresses the endpoint-change phase swaps in: 10.252.0.0/16.
 const CHANGE_EP_BASE: u32 = u32::from_be_bytes([10, 252, 0, 0]);
 
-/// One Service with one TCP port.
+/// A Service port's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// As kube-proxy writes it in rules and chain names.
+    pub fn lower(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+
+    /// As the API spells it.
+    pub fn api(self) -> &'static str {
+        match self {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+        }
+    }
+}
+
+/// One Service with one port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Svc {
     pub name: String,
@@ -49,6 +74,10 @@ pub struct Svc {
     /// Ready endpoints, all on `target_port`.
     pub endpoints: Vec<Ipv4Addr>,
     pub target_port: u16,
+    pub protocol: Proto,
+    /// Set: a NodePort Service (externalTrafficPolicy Cluster) with this
+    /// node port; unset: a ClusterIP Service.
+    pub node_port: Option<u16>,
 }
 
 impl Svc {
@@ -74,6 +103,8 @@ pub fn fake(i: usize, endpoints: usize) -> Svc {
             .map(|j| Ipv4Addr::from(FAKE_EP_BASE + 1 + idx.saturating_mul(per) + j))
             .collect(),
         target_port: TARGET_PORT,
+        protocol: Proto::Tcp,
+        node_port: None,
     }
 }
 
@@ -90,6 +121,8 @@ pub fn target(backends: &[Ipv4Addr]) -> Svc {
         ip: TARGET_IP,
         endpoints: backends.to_vec(),
         target_port: TARGET_PORT,
+        protocol: Proto::Tcp,
+        node_port: None,
     }
 }
 
@@ -100,6 +133,8 @@ pub fn connect_target(backends: &[Ipv4Addr]) -> Svc {
         ip: CONNECT_IP,
         endpoints: backends.to_vec(),
         target_port: SINK_PORT,
+        protocol: Proto::Tcp,
+        node_port: None,
     }
 }
 
@@ -124,17 +159,22 @@ pub fn check_sizes(services: usize, endpoints: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// The Service object: no selector, the harness's ClusterIP.
+/// The Service object: no selector, the harness's ClusterIP (and node
+/// port, for a NodePort Service).
 pub fn service_object(svc: &Svc) -> serde_json::Result<Service> {
+    let mut port = json!({"name": PORT_NAME, "port": SERVICE_PORT,
+                          "protocol": svc.protocol.api(), "targetPort": svc.target_port});
+    let mut spec = json!({"type": "ClusterIP", "clusterIP": svc.ip.to_string()});
+    if let Some(np) = svc.node_port {
+        port["nodePort"] = json!(np);
+        spec["type"] = json!("NodePort");
+        spec["externalTrafficPolicy"] = json!("Cluster");
+    }
+    spec["ports"] = json!([port]);
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": svc.name, "namespace": NAMESPACE},
-        "spec": {
-            "type": "ClusterIP",
-            "clusterIP": svc.ip.to_string(),
-            "ports": [{"name": PORT_NAME, "port": SERVICE_PORT, "protocol": "TCP",
-                       "targetPort": svc.target_port}],
-        },
+        "spec": spec,
     }))
 }
 
@@ -158,7 +198,7 @@ pub fn slice_object(svc: &Svc) -> serde_json::Result<EndpointSlice> {
             "labels": {"kubernetes.io/service-name": svc.name},
         },
         "addressType": "IPv4",
-        "ports": [{"name": PORT_NAME, "port": svc.target_port, "protocol": "TCP"}],
+        "ports": [{"name": PORT_NAME, "port": svc.target_port, "protocol": svc.protocol.api()}],
         "endpoints": endpoints_json(svc),
     }))
 }
@@ -195,5 +235,27 @@ mod tests {
         let e = slice_object(&svc).expect("slice");
         assert_eq!(e.endpoints.len(), 2);
         assert_eq!(e.address_type, "IPv4");
+    }
+
+    #[test]
+    fn nodeport_objects() {
+        let mut svc = fake(3, 1);
+        svc.protocol = Proto::Udp;
+        svc.node_port = Some(30081);
+        let s = service_object(&svc).expect("service");
+        let spec = s.spec.expect("spec");
+        assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Cluster"));
+        let port = &spec.ports.expect("ports")[0];
+        assert_eq!(port.node_port, Some(30081));
+        assert_eq!(port.protocol.as_deref(), Some("UDP"));
+        let e = slice_object(&svc).expect("slice");
+        assert_eq!(e.ports.expect("ports")[0].protocol.as_deref(), Some("UDP"));
+        // ClusterIP Services stay as they were.
+        let plain = service_object(&fake(3, 1)).expect("service");
+        assert_eq!(
+            plain.spec.and_then(|s| s.type_).as_deref(),
+            Some("ClusterIP")
+        );
     }
 }

@@ -12,7 +12,13 @@
 //!   inet_service`, looked up once by `services` (`ip daddr . meta l4proto .
 //!   th dport vmap @service-ips`), plus the `cluster-ips` set and the other
 //!   maps kube-proxy keeps (empty here);
-//! - per Service a `service-<hash>-ns/name/tcp/port` chain: masquerade mark
+//! - per NodePort (externalTrafficPolicy Cluster) an `external-<hash>-…`
+//!   chain (masquerade mark, then `goto` the Service's chain) and a
+//!   `service-nodeports` element `proto . nodePort : goto external-…`,
+//!   looked up by `services` at the node-port addresses: every local address
+//!   (`fib daddr type local`), or the `nodeport-ips` set that nftables mode's
+//!   default `--nodeport-addresses primary` fills ([`NodePortAddrs`]);
+//! - per Service a `service-<hash>-ns/name/proto/port` chain: masquerade mark
 //!   for traffic from outside the cluster CIDR, then `numgen random mod N
 //!   vmap { i : goto endpoint-… }`; per endpoint an
 //!   `endpoint-<hash>-ns/name/tcp/port__ip/port` chain: hairpin mark, then
@@ -59,21 +65,59 @@ fn hash_and_truncate(name: &str) -> String {
     s
 }
 
-pub fn svc_chain(svc: &Svc) -> String {
+/// `ns/name/proto/port`: what kube-proxy's chain names are made from.
+fn port_name(svc: &Svc) -> String {
     format!(
-        "service-{}",
-        hash_and_truncate(&format!("{NAMESPACE}/{}/tcp/{PORT_NAME}", svc.name))
+        "{NAMESPACE}/{}/{}/{PORT_NAME}",
+        svc.name,
+        svc.protocol.lower()
     )
+}
+
+pub fn svc_chain(svc: &Svc) -> String {
+    format!("service-{}", hash_and_truncate(&port_name(svc)))
+}
+
+/// The chain a Service port's external traffic (here: its NodePort) goes
+/// to.
+pub fn ext_chain(svc: &Svc) -> String {
+    format!("external-{}", hash_and_truncate(&port_name(svc)))
 }
 
 pub fn ep_chain(svc: &Svc, ep: Ipv4Addr) -> String {
     format!(
         "endpoint-{}",
-        hash_and_truncate(&format!(
-            "{NAMESPACE}/{}/tcp/{PORT_NAME}__{ep}/{}",
-            svc.name, svc.target_port
-        ))
+        hash_and_truncate(&format!("{}__{ep}/{}", port_name(svc), svc.target_port))
     )
+}
+
+/// Which node addresses accept NodePort traffic (kube-proxy's
+/// `--nodeport-addresses`).
+#[derive(Debug, Clone, Copy, Default)]
+pub enum NodePortAddrs<'a> {
+    /// Every local address: `fib daddr type local` (no `nodeport-ips` set).
+    #[default]
+    All,
+    /// Only these: the `nodeport-ips` set, as nftables mode's default
+    /// (`primary`: the node's primary addresses) writes it.
+    Only(&'a [Ipv4Addr]),
+}
+
+/// What the whole ruleset depends on besides the Services.
+#[derive(Debug, Clone, Copy)]
+pub struct Options<'a> {
+    /// The Service CIDR (the "unallocated ClusterIPs" drop rule).
+    pub service_cidr: &'a str,
+    pub nodeport_addrs: NodePortAddrs<'a>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Self {
+            service_cidr: SERVICE_CIDR,
+            nodeport_addrs: NodePortAddrs::All,
+        }
+    }
 }
 
 struct Tx {
@@ -149,7 +193,8 @@ const JUMP_CHAINS: [(&str, &str, &str); 11] = [
 ];
 
 /// kube-proxy's `setupNFTables`, as on its first sync.
-fn setup(tx: &mut Tx) {
+fn setup(tx: &mut Tx, opts: &Options<'_>) {
+    let service_cidr = opts.service_cidr;
     tx.op(format_args!(
         "add table {TABLE} {{ comment \"rules for kube-proxy\" ; }}"
     ));
@@ -208,13 +253,26 @@ fn setup(tx: &mut Tx) {
     tx.rule(
         "cluster-ips-check",
         format_args!(
-            "ip daddr {{ {SERVICE_CIDR} }} drop comment \"Drop traffic to unallocated ClusterIPs\""
+            "ip daddr {{ {service_cidr} }} drop comment \"Drop traffic to unallocated ClusterIPs\""
         ),
     );
     tx.op(format_args!(
         "add set {TABLE} nodeport-ips {{ type ipv4_addr ; comment \"IPs that accept NodePort traffic\" ; }}"
     ));
-    tx.op(format_args!("delete set {TABLE} nodeport-ips"));
+    let only = match opts.nodeport_addrs {
+        NodePortAddrs::All => {
+            tx.op(format_args!("delete set {TABLE} nodeport-ips"));
+            None
+        }
+        NodePortAddrs::Only(ips) => Some(ips),
+    };
+    // Where a node port is matched: at the listed addresses, or at any
+    // local one.
+    let nodeport_match = if only.is_some() {
+        "ip daddr @nodeport-ips"
+    } else {
+        "fib daddr type local ip daddr != 127.0.0.0/8"
+    };
     tx.op(format_args!(
         "add map {TABLE} no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; \
          comment \"vmap to drop or reject packets to services with no endpoints\" ; }}"
@@ -233,10 +291,19 @@ fn setup(tx: &mut Tx) {
         "service-endpoints-check",
         format_args!("ip daddr . meta l4proto . th dport vmap @no-endpoint-services"),
     );
-    tx.rule(
-        "nodeport-endpoints-check",
-        format_args!("ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports"),
-    );
+    if only.is_some() {
+        tx.rule(
+            "nodeport-endpoints-check",
+            format_args!("{nodeport_match} meta l4proto . th dport vmap @no-endpoint-nodeports"),
+        );
+    } else {
+        tx.rule(
+            "nodeport-endpoints-check",
+            format_args!(
+                "ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports"
+            ),
+        );
+    }
     tx.op(format_args!(
         "add map {TABLE} firewall-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; \
          comment \"destinations that are subject to LoadBalancerSourceRanges\" ; }}"
@@ -259,11 +326,15 @@ fn setup(tx: &mut Tx) {
     );
     tx.rule(
         "services",
-        format_args!(
-            "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports"
-        ),
+        format_args!("{nodeport_match} meta l4proto . th dport vmap @service-nodeports"),
     );
     tx.op(format_args!("flush set {TABLE} cluster-ips"));
+    if let Some(ips) = only {
+        tx.op(format_args!("flush set {TABLE} nodeport-ips"));
+        for ip in ips {
+            tx.element("nodeport-ips", format_args!("{ip}"));
+        }
+    }
     for m in [
         "service-ips",
         "firewall-ips",
@@ -282,25 +353,38 @@ fn service(tx: &mut Tx, svc: &Svc, elements: bool) {
         return;
     }
     let chain = svc_chain(svc);
+    let p = svc.protocol.lower();
     let eps: Vec<String> = svc.endpoints.iter().map(|ep| ep_chain(svc, *ep)).collect();
     for ep in &eps {
         tx.ensure_chain(ep);
     }
     tx.ensure_chain(&chain);
+    let ext = svc.node_port.map(|np| (np, ext_chain(svc)));
+    if let Some((_, ext)) = &ext {
+        tx.ensure_chain(ext);
+    }
     if elements {
         tx.element("cluster-ips", format_args!("{}", svc.ip));
         tx.element(
             "service-ips",
-            format_args!("{} . tcp . {SERVICE_PORT} : goto {chain}", svc.ip),
+            format_args!("{} . {p} . {SERVICE_PORT} : goto {chain}", svc.ip),
         );
+        if let Some((np, ext)) = &ext {
+            tx.element("service-nodeports", format_args!("{p} . {np} : goto {ext}"));
+        }
     }
     tx.rule(
         &chain,
         format_args!(
-            "ip daddr {} tcp dport {SERVICE_PORT} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
+            "ip daddr {} {p} dport {SERVICE_PORT} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
             svc.ip
         ),
     );
+    if let Some((_, ext)) = &ext {
+        // externalTrafficPolicy Cluster: masquerade, then the Service.
+        tx.rule(ext, format_args!("jump mark-for-masquerade"));
+        tx.rule(ext, format_args!("goto {chain}"));
+    }
     let mut vmap = String::new();
     for (i, ep) in eps.iter().enumerate() {
         if i > 0 {
@@ -316,15 +400,20 @@ fn service(tx: &mut Tx, svc: &Svc, elements: bool) {
         tx.rule(ep, format_args!("ip saddr {ip} jump mark-for-masquerade"));
         tx.rule(
             ep,
-            format_args!("meta l4proto tcp dnat to {ip}:{}", svc.target_port),
+            format_args!("meta l4proto {p} dnat to {ip}:{}", svc.target_port),
         );
     }
 }
 
-/// The first (full) sync.
+/// The first (full) sync, with the default [`Options`].
 pub fn full(svcs: &[Svc]) -> Transaction {
+    full_with(svcs, &Options::default())
+}
+
+/// The first (full) sync.
+pub fn full_with(svcs: &[Svc], opts: &Options<'_>) -> Transaction {
     let mut tx = Tx::new(svcs.len() * 900 + 8192);
-    setup(&mut tx);
+    setup(&mut tx, opts);
     for svc in svcs {
         service(&mut tx, svc, true);
     }
@@ -376,5 +465,63 @@ mod tests {
             ep_chain(&svcs[1], svcs[1].endpoints[0])
         )));
         assert!(!p.text.contains("add element"));
+    }
+
+    #[test]
+    fn nodeports_as_kube_proxy_writes_them() {
+        let svc = Svc {
+            name: "np-udp".into(),
+            ip: Ipv4Addr::new(10, 111, 255, 250),
+            endpoints: vec![Ipv4Addr::new(10, 244, 1, 2)],
+            target_port: 9001,
+            protocol: model::Proto::Udp,
+            node_port: Some(30081),
+        };
+        let node = [Ipv4Addr::new(172, 31, 0, 1)];
+        let t = full_with(
+            std::slice::from_ref(&svc),
+            &Options {
+                service_cidr: "10.96.0.0/12",
+                nodeport_addrs: NodePortAddrs::Only(&node),
+            },
+        )
+        .text;
+        let chain = svc_chain(&svc);
+        let ext = ext_chain(&svc);
+        assert!(ext.starts_with("external-") && ext.ends_with("-bench/np-udp/udp/http"));
+        assert_eq!(&ext["external-".len()..], &chain["service-".len()..]);
+        for line in [
+            "add rule ip kube-proxy services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports".to_string(),
+            "add rule ip kube-proxy nodeport-endpoints-check ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports".to_string(),
+            "add element ip kube-proxy nodeport-ips { 172.31.0.1 }".to_string(),
+            format!("add element ip kube-proxy service-nodeports {{ udp . 30081 : goto {ext} }}"),
+            format!("add element ip kube-proxy service-ips {{ 10.111.255.250 . udp . 80 : goto {chain} }}"),
+            format!("add rule ip kube-proxy {ext} jump mark-for-masquerade"),
+            format!("add rule ip kube-proxy {ext} goto {chain}"),
+            "add rule ip kube-proxy cluster-ips-check ip daddr { 10.96.0.0/12 } drop comment \"Drop traffic to unallocated ClusterIPs\"".to_string(),
+        ] {
+            assert!(t.lines().any(|l| l == line), "missing {line}\n{t}");
+        }
+        assert!(t.contains("meta l4proto udp dnat to 10.244.1.2:9001"));
+        assert!(!t.contains("delete set ip kube-proxy nodeport-ips"));
+        assert!(!t.contains("fib daddr type local"));
+        // The external chain's rules follow its creation.
+        let add = t
+            .find(&format!("add chain ip kube-proxy {ext}"))
+            .expect("chain");
+        let rule = t
+            .find(&format!("add rule ip kube-proxy {ext} "))
+            .expect("rule");
+        assert!(add < rule);
+        // Every local address (the default here): fib, no set.
+        let all = full(std::slice::from_ref(&svc)).text;
+        assert!(all.contains("delete set ip kube-proxy nodeport-ips"));
+        assert!(all.contains(
+            "services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports"
+        ));
+        // A ClusterIP Service has no external chain or node port element.
+        let clusterip = full(&model::fakes(1, 1)).text;
+        assert!(!clusterip.contains("external-"));
+        assert!(!clusterip.contains("add element ip kube-proxy service-nodeports"));
     }
 }

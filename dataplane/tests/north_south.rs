@@ -527,4 +527,65 @@ fn direct_server_return_replies_skip_the_entry_node() {
         !flows.lines().any(|l| l.contains("reply")),
         "the entry node tracks no replies:\n{flows}"
     );
+
+    // With Maglev the entry node keeps no state at all for DSR flows: every
+    // packet hashes to the same backend again.
+    let forward_entries = || {
+        let out = c
+            .world
+            .node(0)
+            .netns
+            .command(common::binary("ferry-dataplane", "ferry-agent"))
+            .args(["--bpffs-root"])
+            .arg(&c.hooks[0].bpffs)
+            .args(["inspect", "conntrack"])
+            .output()
+            .expect("inspect");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("forward(dsr)"))
+            .count()
+    };
+    c.cp.kubectl(&["annotate", "svc", "dsr", "ferry.dev/lb-algorithm=maglev"])
+        .expect("annotate");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c
+        .world
+        .node(0)
+        .netns
+        .command(common::binary("ferry-dataplane", "ferry-agent"))
+        .args(["--bpffs-root"])
+        .arg(&c.hooks[0].bpffs)
+        .args(["inspect", "services"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.contains(":30070 TCP (external)") && l.contains("lb=maglev"))
+        })
+        .unwrap_or(false)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no Maglev table\n{}",
+            c.outputs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = forward_entries();
+    for addr in [v4, v6] {
+        for udp in [false, true] {
+            let mut args = vec!["--count", "10"];
+            if udp {
+                args.push("--udp");
+            }
+            let got = replies(&probe(c.underlay(), addr, None, &args));
+            assert_eq!(got.values().sum::<usize>(), 10, "{addr} udp={udp}: {got:?}");
+        }
+    }
+    let after = forward_entries();
+    assert!(
+        after <= before,
+        "Maglev DSR flows were tracked: {before} -> {after}"
+    );
 }

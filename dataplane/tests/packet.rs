@@ -22,7 +22,7 @@ use ferry_ebpf_common::{
     MAP_NODE_ADDRS, MAP_SERVICES, NodeAddrs, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
     ServiceKey, ServiceValue,
 };
-use ferry_testbed::packet::{endpoints, frame};
+use ferry_testbed::packet::{PROTO_SCTP, endpoints, frame};
 use ferry_testbed::{BPFFS, skip_if_not_root};
 
 const TC_ACT_OK: u32 = 0;
@@ -691,4 +691,75 @@ fn maglev_same_backend_on_every_node_and_a_tenth_moves_on_a_removal() {
         moved_needlessly * 100 < flows.len(),
         "{moved_needlessly} flows left surviving backends"
     );
+}
+
+/// SCTP NodePort and externalIP traffic from outside is translated like
+/// TCP and UDP, with SCTP's CRC32c (no IP pseudo-header; ports only)
+/// updated on every port rewrite: to a local backend and back at egress,
+/// and to a remote backend through source NAT both ways, IPv4 and IPv6.
+/// `endpoints` recomputes the CRC32c of every packet it reads.
+#[test]
+fn sctp_is_translated_with_its_crc32c_kept_right() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut l = Loaded::new("sctp");
+    let (ext, client, pod) = (ip("192.0.2.84"), ip("198.51.100.20"), ip("10.244.0.9"));
+    l.service(
+        ext,
+        9000,
+        PROTO_SCTP,
+        5,
+        &[backend("10.244.0.9", 9999, true)],
+    );
+    let init = packet(PROTO_SCTP, (client, 40000), (ext, 9000), true);
+    let (rc, out) = l.run(TC_INGRESS, &init);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(read(&out), ((client, 40000), (pod, 9999)));
+    let reply = packet(PROTO_SCTP, (pod, 9999), (client, 40000), false);
+    let (rc, out) = l.run(TC_EGRESS, &reply);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(read(&out), ((ext, 9000), (client, 40000)));
+
+    // A remote backend: source NAT to the node, both ways.
+    let node = ip("172.31.0.1");
+    let remote = ip("10.244.1.7");
+    l.node_addrs(NodeAddrs {
+        v4: addr_words(node),
+        v6: [0; 4],
+    });
+    l.service(
+        ext,
+        9001,
+        PROTO_SCTP,
+        6,
+        &[backend("10.244.1.7", 7777, false)],
+    );
+    let data = packet(PROTO_SCTP, (client, 40001), (ext, 9001), false);
+    let (_, out) = l.run(TC_INGRESS, &data);
+    assert_eq!(read(&out), ((client, 40001), (remote, 7777)));
+    let (_, out) = l.run(TC_EGRESS, &out);
+    let ((src, nat_port), dst) = read(&out);
+    assert_eq!((src, dst), (node, (remote, 7777)));
+    let back = packet(PROTO_SCTP, (remote, 7777), (node, nat_port), false);
+    let (_, out) = l.run(TC_INGRESS, &back);
+    assert_eq!(read(&out), ((ext, 9001), (client, 40001)));
+
+    // IPv6.
+    let (ext6, client6, pod6) = (
+        ip("2001:db8::84"),
+        ip("2001:db8:1::20"),
+        ip("fd00:10:244::9"),
+    );
+    l.service(
+        ext6,
+        9000,
+        PROTO_SCTP,
+        7,
+        &[backend("fd00:10:244::9", 9999, true)],
+    );
+    let init6 = packet(PROTO_SCTP, (client6, 40000), (ext6, 9000), true);
+    let (rc, out) = l.run(TC_INGRESS, &init6);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(read(&out), ((client6, 40000), (pod6, 9999)));
 }

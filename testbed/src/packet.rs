@@ -1,11 +1,40 @@
 //! Raw frames for running packet programs with BPF_PROG_TEST_RUN:
-//! Ethernet + IPv4/IPv6 + TCP/UDP with valid checksums, and the reverse,
-//! reading addresses and ports back after checking every checksum.
+//! Ethernet + IPv4/IPv6 + TCP/UDP/SCTP with valid checksums (SCTP's is
+//! CRC32c), and the reverse, reading addresses and ports back after
+//! checking every checksum.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+/// CRC32c as RFC 9260 defines SCTP's checksum, a bit at a time.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Whether an SCTP packet's stored CRC32c is right.
+fn sctp_ok(l4: &[u8]) -> bool {
+    if l4.len() < 12 {
+        return false;
+    }
+    let stored = [l4[8], l4[9], l4[10], l4[11]];
+    let mut copy = l4.to_vec();
+    copy[8..12].fill(0);
+    crc32c(&copy).to_le_bytes() == stored
+}
 
 /// One end of a flow.
 pub type Endpoint = (IpAddr, u16);
@@ -35,14 +64,27 @@ fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
     sum16(&octets(src)) + sum16(&octets(dst)) + u32::from(proto) + len as u32
 }
 
-/// A frame from `src` to `dst`: TCP (a SYN when `syn`, else an ACK) or UDP,
-/// carrying a few bytes of payload. Both addresses must be of one family.
+/// A frame from `src` to `dst`: TCP (a SYN when `syn`, else an ACK), UDP,
+/// or SCTP (an INIT when `syn`, else a DATA chunk), carrying a few bytes of
+/// payload. Both addresses must be of one family.
 pub fn frame(proto: u8, src: Endpoint, dst: Endpoint, syn: bool) -> Vec<u8> {
     let payload = b"ferry";
     let mut l4 = Vec::with_capacity(40);
     l4.extend_from_slice(&src.1.to_be_bytes());
     l4.extend_from_slice(&dst.1.to_be_bytes());
-    if proto == PROTO_TCP {
+    if proto == PROTO_SCTP {
+        // Verification tag, checksum (filled below), then one chunk: type,
+        // flags, length, and a body ending in the payload, padded to 4.
+        l4.extend_from_slice(&(if syn { 0u32 } else { 0x5eed_f00d }).to_be_bytes());
+        l4.extend_from_slice(&[0; 4]);
+        let body = [&[0u8; 12][..], payload, &[0, 0, 0]].concat();
+        l4.push(if syn { 1 } else { 0 });
+        l4.push(if syn { 0 } else { 3 });
+        l4.extend_from_slice(&((4 + 12 + payload.len()) as u16).to_be_bytes());
+        l4.extend_from_slice(&body);
+        let c = crc32c(&l4);
+        l4[8..12].copy_from_slice(&c.to_le_bytes());
+    } else if proto == PROTO_TCP {
         l4.extend_from_slice(&1u32.to_be_bytes());
         l4.extend_from_slice(&0u32.to_be_bytes());
         l4.push(5 << 4);
@@ -53,13 +95,15 @@ pub fn frame(proto: u8, src: Endpoint, dst: Endpoint, syn: bool) -> Vec<u8> {
         l4.extend_from_slice(&len.to_be_bytes());
         l4.extend_from_slice(&[0, 0]);
     }
-    l4.extend_from_slice(payload);
-    let at = if proto == PROTO_TCP { 16 } else { 6 };
-    let mut c = !fold(pseudo(src.0, dst.0, proto, l4.len()) + sum16(&l4));
-    if c == 0 && proto == PROTO_UDP {
-        c = 0xffff;
+    if proto != PROTO_SCTP {
+        l4.extend_from_slice(payload);
+        let at = if proto == PROTO_TCP { 16 } else { 6 };
+        let mut c = !fold(pseudo(src.0, dst.0, proto, l4.len()) + sum16(&l4));
+        if c == 0 && proto == PROTO_UDP {
+            c = 0xffff;
+        }
+        l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
     }
-    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
 
     let mut p = vec![0u8; 12];
     match (src.0, dst.0) {
@@ -131,7 +175,12 @@ pub fn endpoints(p: &[u8]) -> Result<(Endpoint, Endpoint), String> {
     if l4.len() < 8 {
         return Err(short());
     }
-    if fold(pseudo(src, dst, proto, l4.len()) + sum16(l4)) != 0xffff {
+    let good = if proto == PROTO_SCTP {
+        sctp_ok(l4)
+    } else {
+        fold(pseudo(src, dst, proto, l4.len()) + sum16(l4)) == 0xffff
+    };
+    if !good {
         return Err(format!("bad L4 checksum (protocol {proto})"));
     }
     let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
@@ -145,7 +194,7 @@ mod tests {
     #[test]
     fn frames_round_trip_with_valid_checksums() {
         for (s, d) in [("10.0.0.1", "10.0.0.2"), ("fd00::1", "fd00::2")] {
-            for proto in [PROTO_TCP, PROTO_UDP] {
+            for proto in [PROTO_TCP, PROTO_UDP, PROTO_SCTP] {
                 let src: Endpoint = (s.parse().expect("ip"), 1234);
                 let dst: Endpoint = (d.parse().expect("ip"), 80);
                 let f = frame(proto, src, dst, true);
@@ -160,5 +209,11 @@ mod tests {
             }
         }
         assert!(endpoints(&[0u8; 10]).is_err());
+    }
+
+    #[test]
+    fn crc32c_matches_the_rfc_test_vector() {
+        // RFC 3720 B.4: 32 bytes of zeros.
+        assert_eq!(crc32c(&[0; 32]), 0x8a91_36aa);
     }
 }

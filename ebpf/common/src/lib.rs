@@ -17,6 +17,7 @@
 #![no_std]
 
 pub mod maglev;
+pub mod sctp;
 
 /// IP protocol numbers as the kernel reports them.
 pub const PROTO_TCP: u8 = 6;

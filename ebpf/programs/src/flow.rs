@@ -6,8 +6,8 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use ferry_ebpf_common::{
     BACKEND_FLAG_LOCAL, CT_FLAG_CLOSING, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT,
-    CtKey, CtValue, PROTO_TCP, PROTO_UDP, SOURCE_RANGE_DENY, SOURCE_RANGE_FRONTEND_BITS,
-    SourceRangeKey,
+    CtKey, CtValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SOURCE_RANGE_DENY,
+    SOURCE_RANGE_FRONTEND_BITS, SourceRangeKey,
 };
 
 use crate::maps::{CONNTRACK, NODE_ADDRS, SCRATCH, SOURCE_RANGES, STATS};
@@ -57,11 +57,12 @@ impl Packet {
         }
     }
 
+    /// Where the L4 checksum is: TCP's, UDP's, or SCTP's CRC32c.
     pub fn csum_off(&self) -> usize {
-        if self.proto == PROTO_TCP {
-            self.l4 + 16
-        } else {
-            self.l4 + 6
+        match self.proto {
+            PROTO_TCP => self.l4 + 16,
+            PROTO_SCTP => self.l4 + 8,
+            _ => self.l4 + 6,
         }
     }
 
@@ -196,9 +197,10 @@ pub fn track(p: &Packet, chosen: &Chosen, snat_from: u32, now: u64) -> Option<()
 
 /// Records a new flow sent by direct server return: one forward entry
 /// (backend, and the backend's node as the tunnel's far end in
-/// `nat_addr`); its replies never pass this node.
+/// `nat_addr`), built in the scratch value and, with `keep`, stored; its
+/// replies never pass this node.
 #[inline(never)]
-pub fn track_dsr(p: &Packet, chosen: &Chosen, node: &[u32; 4], now: u64) -> Option<()> {
+pub fn track_dsr(p: &Packet, chosen: &Chosen, node: &[u32; 4], now: u64, keep: bool) -> Option<()> {
     let s = SCRATCH.get_ptr_mut(0)?;
     let (key, value) = unsafe { (&mut (*s).key, &mut (*s).value) };
     *key = p.key();
@@ -211,5 +213,8 @@ pub fn track_dsr(p: &Packet, chosen: &Chosen, node: &[u32; 4], now: u64) -> Opti
         flags: CT_FLAG_DSR,
         ..CtValue::default()
     };
+    if !keep {
+        return Some(());
+    }
     CONNTRACK.insert(&*key, &*value, 0).ok()
 }

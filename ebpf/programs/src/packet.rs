@@ -28,7 +28,7 @@ use aya_ebpf::macros::classifier;
 use aya_ebpf::programs::TcContext;
 use ferry_ebpf_common::{
     BACKEND_FLAG_LOCAL, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtKey, CtValue,
-    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, is_v4, v4_mapped,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, is_v4, v4_mapped,
 };
 
 use crate::dsr;
@@ -71,7 +71,7 @@ pub fn parse(ctx: &TcContext) -> Option<Packet> {
         }
         _ => return None,
     };
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_SCTP {
         return None;
     }
     let sport: u16 = ctx.load(l4).ok()?;
@@ -110,6 +110,8 @@ pub fn rewrite(skb: *mut __sk_buff, p: &Packet, src: bool, addr: &[u32; 4], port
 fn rewrite_inner(ctx: &TcContext, p: &Packet, src: bool, addr: &[u32; 4], port: u16) -> Option<()> {
     let csum = p.csum_off();
     let flags = p.csum_flags();
+    // SCTP's CRC32c covers no IP pseudo-header: only its ports change it.
+    let sctp = p.proto == PROTO_SCTP;
     let (old_addr, old_port) = if src {
         (&p.src, p.sport)
     } else {
@@ -118,29 +120,62 @@ fn rewrite_inner(ctx: &TcContext, p: &Packet, src: bool, addr: &[u32; 4], port: 
     if p.v4 {
         let off = p.l3 + if src { 12 } else { 16 };
         let (old, new) = (old_addr[3], addr[3]);
-        ctx.l4_csum_replace(csum, old as u64, new as u64, flags | BPF_F_PSEUDO_HDR | 4)
-            .ok()?;
+        if !sctp {
+            ctx.l4_csum_replace(csum, old as u64, new as u64, flags | BPF_F_PSEUDO_HDR | 4)
+                .ok()?;
+        }
         ctx.l3_csum_replace(p.l3 + 10, old as u64, new as u64, 4)
             .ok()?;
         ctx.store(off, &new, 0).ok()?;
     } else {
         let off = p.l3 + if src { 8 } else { 24 };
-        for i in 0..4 {
-            ctx.l4_csum_replace(
-                csum,
-                old_addr[i] as u64,
-                addr[i] as u64,
-                flags | BPF_F_PSEUDO_HDR | 4,
-            )
-            .ok()?;
+        if !sctp {
+            for i in 0..4 {
+                ctx.l4_csum_replace(
+                    csum,
+                    old_addr[i] as u64,
+                    addr[i] as u64,
+                    flags | BPF_F_PSEUDO_HDR | 4,
+                )
+                .ok()?;
+            }
         }
         ctx.store(off, addr, 0).ok()?;
     }
     let port_off = p.l4 + if src { 0 } else { 2 };
-    ctx.l4_csum_replace(csum, old_port as u64, port as u64, flags | 2)
-        .ok()?;
+    if sctp {
+        ok(sctp_port(ctx.skb.skb, p, src, old_port, port))?;
+    } else {
+        ctx.l4_csum_replace(csum, old_port as u64, port as u64, flags | 2)
+            .ok()?;
+    }
     ctx.store(port_off, &port, 0).ok()?;
     Some(())
+}
+
+/// Updates an SCTP packet's CRC32c for its source (`src`) or destination
+/// port changing from `old` to `new` (`ferry_ebpf_common::sctp`); the SCTP
+/// packet's length comes from the IP header.
+#[inline(never)]
+fn sctp_port(skb: *mut __sk_buff, p: &Packet, src: bool, old: u16, new: u16) -> i32 {
+    let ctx = TcContext::new(skb);
+    let len = if p.v4 {
+        ctx.load::<u16>(p.l3 + 2)
+            .map(|t| u32::from(u16::from_be(t)).saturating_sub((p.l4 - p.l3) as u32))
+    } else {
+        ctx.load::<u16>(p.l3 + 4)
+            .map(|t| u32::from(u16::from_be(t)))
+    };
+    let (Ok(len), Ok(crc)) = (len, ctx.load::<u32>(p.csum_off())) else {
+        return -1;
+    };
+    let offset = if src { 0 } else { 2 };
+    let crc =
+        ferry_ebpf_common::sctp::update_port(u32::from_le(crc), old, new, offset, len & 0xffff);
+    match ctx.store(p.csum_off(), &crc.to_le(), 0) {
+        Ok(()) => 0,
+        Err(_) => -1,
+    }
 }
 
 #[classifier]
@@ -212,9 +247,9 @@ fn ingress(ctx: &TcContext) -> Option<i32> {
     }
     let rc = new_flow(skb, &p, now);
     if rc == DSR_STARTED {
-        // `new_flow` wrote the flow's entry under the tuple in the scratch.
-        let entry = CONNTRACK.get_ptr(key)?;
-        return Some(dsr::send(skb, &p, unsafe { &*entry }));
+        // `new_flow` left the flow's entry (tracked or not) in the scratch.
+        let entry = unsafe { &(*scratch).value };
+        return Some(dsr::send(skb, &p, entry));
     }
     Some(rc)
 }
@@ -274,7 +309,7 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
             if p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
                 return refuse(skb, p);
             }
-            if p.proto == PROTO_UDP {
+            if p.proto == PROTO_UDP || p.proto == PROTO_SCTP {
                 return unreachable(skb, p);
             }
             return TC_ACT_SHOT as i32;
@@ -292,7 +327,9 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
         let mut node = [0u32; 4];
         // A backend without a node to tunnel to is source-translated.
         if dsr::node_of(skb, p, &chosen.backend.addr, &mut node).is_some() {
-            return match track_dsr(p, &chosen, &node, now) {
+            // A Maglev pick needs no entry: every packet of the flow hashes
+            // to the same backend again (and on any node).
+            return match track_dsr(p, &chosen, &node, now, !chosen.maglev) {
                 Some(()) => {
                     count_packet(chosen.id, p.len);
                     DSR_STARTED

@@ -31,6 +31,9 @@ pub enum Verdict {
 pub struct Chosen {
     pub backend: Backend,
     pub id: u32,
+    /// Picked by the group's Maglev table: any packet of the flow would
+    /// pick the same backend again, on any node.
+    pub maglev: bool,
 }
 
 /// Which statistic to count.
@@ -151,6 +154,7 @@ pub fn select(
     count(svc.id, Counter::Connection);
     out.backend = backend;
     out.id = svc.id;
+    out.maglev = maglev.is_some();
     Verdict::To
 }
 

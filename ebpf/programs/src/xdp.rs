@@ -13,7 +13,8 @@
 //! frontend lookups: a new flow to a backend on this node gets its
 //! backend and entries here and is translated by TC (whose conntrack hit
 //! does it), as is a packet of ours the FIB cannot send yet (no neighbour
-//! entry), one with IP options, a fragment, or one whose TTL would expire.
+//! entry), one with IP options, a fragment, SCTP (its CRC32c is patched at
+//! TC), or one whose TTL would expire.
 //! Service refusals (RST, ICMP) are left to TC too.
 
 use core::mem::size_of;

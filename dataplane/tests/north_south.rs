@@ -117,6 +117,11 @@ impl Cluster {
             .collect()
     }
 
+    /// `ferry-agent inspect <what>` of node `i`'s agent.
+    fn inspect(&self, i: usize, what: &str) -> String {
+        common::inspect(&self.world.node(i).netns, &self.hooks[i].bpffs, what)
+    }
+
     fn underlay(&self) -> &Netns {
         self.world.underlay()
     }
@@ -511,17 +516,7 @@ fn direct_server_return_replies_skip_the_entry_node() {
         "{n1} replies seen leaving node 1:\n{}",
         via1.output()
     );
-    let flows = c
-        .world
-        .node(0)
-        .netns
-        .command(common::binary("ferry-dataplane", "ferry-agent"))
-        .args(["--bpffs-root"])
-        .arg(&c.hooks[0].bpffs)
-        .args(["inspect", "conntrack"])
-        .output()
-        .expect("inspect");
-    let flows = String::from_utf8_lossy(&flows.stdout);
+    let flows = c.inspect(0, "conntrack");
     assert!(flows.contains("forward(dsr)"), "{flows}");
     assert!(
         !flows.lines().any(|l| l.contains("reply")),
@@ -531,17 +526,7 @@ fn direct_server_return_replies_skip_the_entry_node() {
     // With Maglev the entry node keeps no state at all for DSR flows: every
     // packet hashes to the same backend again.
     let forward_entries = || {
-        let out = c
-            .world
-            .node(0)
-            .netns
-            .command(common::binary("ferry-dataplane", "ferry-agent"))
-            .args(["--bpffs-root"])
-            .arg(&c.hooks[0].bpffs)
-            .args(["inspect", "conntrack"])
-            .output()
-            .expect("inspect");
-        String::from_utf8_lossy(&out.stdout)
+        c.inspect(0, "conntrack")
             .lines()
             .filter(|l| l.contains("forward(dsr)"))
             .count()
@@ -550,20 +535,9 @@ fn direct_server_return_replies_skip_the_entry_node() {
         .expect("annotate");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !c
-        .world
-        .node(0)
-        .netns
-        .command(common::binary("ferry-dataplane", "ferry-agent"))
-        .args(["--bpffs-root"])
-        .arg(&c.hooks[0].bpffs)
-        .args(["inspect", "services"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.contains(":30070 TCP (external)") && l.contains("lb=maglev"))
-        })
-        .unwrap_or(false)
+        .inspect(0, "services")
+        .lines()
+        .any(|l| l.contains(":30070 TCP (external)") && l.contains("lb=maglev"))
     {
         assert!(
             Instant::now() < deadline,

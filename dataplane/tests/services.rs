@@ -187,17 +187,7 @@ impl Cluster {
     }
 
     fn inspect(&self, what: &str) -> String {
-        let out = self
-            .world
-            .node(0)
-            .netns
-            .command(binary("ferry-dataplane", "ferry-agent"))
-            .args(["--bpffs-root"])
-            .arg(&self.hooks.bpffs)
-            .args(["inspect", what])
-            .output()
-            .expect("inspect");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::inspect(&self.world.node(0).netns, &self.hooks.bpffs, what)
     }
 
     /// Waits until the maps show `addr` with `backends` backends.

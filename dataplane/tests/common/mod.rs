@@ -225,3 +225,16 @@ pub fn underlay_v6_client(world: &World) -> std::net::Ipv6Addr {
         .expect("client IPv6 address");
     v6
 }
+
+/// `ferry-agent inspect <what>` of the agent whose pins are in `bpffs`,
+/// run in its node's namespace: the table it prints.
+pub fn inspect(netns: &Netns, bpffs: &Path, what: &str) -> String {
+    let out = netns
+        .command(binary("ferry-dataplane", "ferry-agent"))
+        .arg("--bpffs-root")
+        .arg(bpffs)
+        .args(["inspect", what])
+        .output()
+        .expect("ferry-agent inspect");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

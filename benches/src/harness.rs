@@ -1,8 +1,8 @@
-//! What every harness binary does around its measurements: run them on a
-//! thread that stops cleanly on ctrl-c, SIGTERM or a time limit, and write
-//! the table.
+//! What every harness binary does around its measurements: find the
+//! binaries it runs, run them on a thread that stops cleanly on ctrl-c,
+//! SIGTERM or a time limit, and write the table.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -75,4 +75,34 @@ pub fn write_table(out: &Path, table: &str, say: fn(&str)) -> Result<(), BenchEr
     println!("{table}");
     say(&format!("wrote {}", out.display()));
     Ok(())
+}
+
+/// `name` where `given` says, else beside this binary when it is there,
+/// else target/release/`name`: an absolute path to an existing file, or an
+/// error naming `cargo xtask bench <bench>` and the `--<flag>` to pass.
+pub fn beside(
+    name: &str,
+    flag: &str,
+    given: Option<&PathBuf>,
+    bench: &str,
+) -> Result<PathBuf, BenchError> {
+    let path = match given {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join(name)))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("target/release").join(name)),
+    };
+    let path = std::path::absolute(&path).map_err(|source| BenchError::Io {
+        what: format!("resolving {name}"),
+        source,
+    })?;
+    if !path.is_file() {
+        return Err(BenchError::Check(format!(
+            "{} not found: build it with `cargo xtask bench {bench}` or pass --{flag}",
+            path.display()
+        )));
+    }
+    Ok(path)
 }

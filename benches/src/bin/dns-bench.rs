@@ -116,26 +116,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `name` beside this binary when it is there, else target/release/`name`.
-fn beside(name: &str, flag: &str, given: Option<&PathBuf>) -> Result<PathBuf> {
-    let path = match given {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|d| d.join(name)))
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("target/release").join(name)),
-    };
-    let path = std::path::absolute(&path).with_context(|| format!("resolving {name}"))?;
-    if !path.is_file() {
-        bail!(
-            "{} not found: build it with `cargo xtask bench dns` or pass --{flag}",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 fn tool(path: &Path, package: &str) -> Result<PathBuf> {
     if !path.is_file() {
         bail!(
@@ -198,9 +178,19 @@ fn run(cli: &Cli) -> Result<()> {
     }
     let s = settings(cli)?;
     let bins = Binaries {
-        apiserver: beside("ferry-apiserver", "apiserver", cli.apiserver.as_ref())?,
+        apiserver: ferry_benches::harness::beside(
+            "ferry-apiserver",
+            "apiserver",
+            cli.apiserver.as_ref(),
+            "dns",
+        )?,
         ferry_dns: if s.servers.contains(&Which::FerryDns) {
-            Some(beside("ferry-dns", "ferry-dns", cli.ferry_dns.as_ref())?)
+            Some(ferry_benches::harness::beside(
+                "ferry-dns",
+                "ferry-dns",
+                cli.ferry_dns.as_ref(),
+                "dns",
+            )?)
         } else {
             None
         },

@@ -141,22 +141,7 @@ fn main() -> ExitCode {
         };
     }
     if let Some(Sub::Client(args)) = &cli.command {
-        return match client::run(args) {
-            Ok(summary) => match serde_json::to_string(&summary) {
-                Ok(json) => {
-                    println!("{json}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("services-bench client: encoding the summary: {e}");
-                    ExitCode::FAILURE
-                }
-            },
-            Err(e) => {
-                eprintln!("services-bench client: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return client::main(args, "services-bench");
     }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -165,27 +150,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `name` beside this binary when it is there, else target/release/`name`.
-fn beside(name: &str, given: Option<&PathBuf>) -> Result<PathBuf> {
-    let path = match given {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|d| d.join(name)))
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("target/release").join(name)),
-    };
-    let path = std::path::absolute(&path).with_context(|| format!("resolving {name}"))?;
-    if !path.is_file() {
-        bail!(
-            "{} not found: build it with `cargo xtask bench services` or pass --{}",
-            path.display(),
-            name.trim_start_matches("ferry-")
-        );
-    }
-    Ok(path)
 }
 
 fn settings(cli: &Cli) -> Result<Settings> {
@@ -243,10 +207,25 @@ fn run(cli: &Cli) -> Result<()> {
         bail!("needs root: it makes network namespaces, cgroups, BPF pins and netfilter rules");
     }
     let bins = Binaries {
-        apiserver: beside("ferry-apiserver", cli.apiserver.as_ref())?,
-        agent: beside("ferry-agent", cli.agent.as_ref())?,
-        cni: beside("ferry-cni", cli.cni.as_ref())?,
-        netexec: beside("ferry-netexec", cli.netexec.as_ref())?,
+        apiserver: ferry_benches::harness::beside(
+            "ferry-apiserver",
+            "apiserver",
+            cli.apiserver.as_ref(),
+            "services",
+        )?,
+        agent: ferry_benches::harness::beside(
+            "ferry-agent",
+            "agent",
+            cli.agent.as_ref(),
+            "services",
+        )?,
+        cni: ferry_benches::harness::beside("ferry-cni", "cni", cli.cni.as_ref(), "services")?,
+        netexec: ferry_benches::harness::beside(
+            "ferry-netexec",
+            "netexec",
+            cli.netexec.as_ref(),
+            "services",
+        )?,
         bench: std::env::current_exe().context("finding this binary")?,
     };
     let s = settings(cli)?;

@@ -248,3 +248,26 @@ pub fn run(args: &ClientArgs) -> Result<ClientSummary, String> {
     }
     Ok(out)
 }
+
+/// The client as a harness binary's hidden subcommand: runs it and prints
+/// its summary as one JSON line for the parent to read; `bench` names the
+/// binary in error messages.
+pub fn main(args: &ClientArgs, bench: &str) -> std::process::ExitCode {
+    let summary = match run(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{bench} client: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match serde_json::to_string(&summary) {
+        Ok(json) => {
+            println!("{json}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{bench} client: encoding the summary: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -106,3 +106,33 @@ pub fn beside(
     }
     Ok(path)
 }
+
+/// The first line `program arg` prints (its version), or "(version
+/// unknown)".
+pub fn version_of(program: &Path, arg: &str) -> String {
+    std::process::Command::new(program)
+        .arg(arg)
+        .output()
+        .ok()
+        .map(|o| {
+            let text = String::from_utf8_lossy(&o.stdout);
+            text.lines().next().unwrap_or("").trim().to_string()
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "(version unknown)".into())
+}
+
+/// Fails early, naming the first of `tools` not on the PATH.
+pub fn require_tools(tools: &[&str]) -> Result<(), BenchError> {
+    for t in tools {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
+            .unwrap_or(false);
+        if !found {
+            return Err(BenchError::Check(format!(
+                "`{t}` is not installed (cargo xtask setup installs what the benches need)"
+            )));
+        }
+    }
+    Ok(())
+}

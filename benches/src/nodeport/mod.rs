@@ -538,38 +538,17 @@ fn check_tools(s: &Settings) -> Result<()> {
     {
         tools.push("nft");
     }
-    for t in tools {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
-            .unwrap_or(false);
-        if !found {
-            bail!("`{t}` is not installed (cargo xtask setup installs what the benches need)");
-        }
-    }
-    Ok(())
-}
-
-fn version_of(program: &Path, arg: &str) -> String {
-    Command::new(program)
-        .arg(arg)
-        .output()
-        .ok()
-        .map(|o| {
-            let text = String::from_utf8_lossy(&o.stdout);
-            text.lines().next().unwrap_or("").trim().to_string()
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "(version unknown)".into())
+    Ok(crate::harness::require_tools(&tools)?)
 }
 
 /// Runs every phase; `say` reports progress.
 pub fn run(s: &Settings, bins: &Binaries, stop: &AtomicBool, say: fn(&str)) -> Result<Results> {
     check_tools(s)?;
     let versions = Versions {
-        agent: version_of(&bins.agent, "--version"),
-        trafgen: version_of(Path::new("trafgen"), "--version"),
-        iptables: version_of(Path::new(s.iptables.restore()), "--version"),
-        nft: version_of(Path::new("nft"), "--version"),
+        agent: crate::harness::version_of(&bins.agent, "--version"),
+        trafgen: crate::harness::version_of(Path::new("trafgen"), "--version"),
+        iptables: crate::harness::version_of(Path::new(s.iptables.restore()), "--version"),
+        nft: crate::harness::version_of(Path::new("nft"), "--version"),
     };
     let max = s.sizes.iter().copied().max().unwrap_or(1);
     let fakes: Vec<Svc> = (0..max.saturating_sub(3))

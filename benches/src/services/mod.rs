@@ -261,16 +261,6 @@ fn stopped(stop: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
-fn version_of(program: &Path, arg: &str) -> String {
-    Command::new(program)
-        .arg(arg)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "(version unknown)".into())
-}
-
 /// Fails early when a tool the run needs is missing.
 fn check_tools(s: &Settings) -> Result<()> {
     let mut tools = vec!["nsenter", "ip", "bpftool"];
@@ -281,24 +271,16 @@ fn check_tools(s: &Settings) -> Result<()> {
     if s.modes.nftables || s.modes.iptables {
         tools.push("nft");
     }
-    for t in tools {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
-            .unwrap_or(false);
-        if !found {
-            bail!("`{t}` is not installed (cargo xtask setup installs what the benches need)");
-        }
-    }
-    Ok(())
+    Ok(crate::harness::require_tools(&tools)?)
 }
 
 /// Runs every phase; `say` reports progress.
 pub fn run(s: &Settings, bins: &Binaries, stop: &AtomicBool, say: fn(&str)) -> Result<Results> {
     check_tools(s)?;
     let versions = Versions {
-        agent: version_of(&bins.agent, "--version"),
-        iptables: version_of(Path::new(s.iptables.restore()), "--version"),
-        nft: version_of(Path::new("nft"), "--version"),
+        agent: crate::harness::version_of(&bins.agent, "--version"),
+        iptables: crate::harness::version_of(Path::new(s.iptables.restore()), "--version"),
+        nft: crate::harness::version_of(Path::new("nft"), "--version"),
     };
     say("building the world (1 node, 3 backend pods, 3 client pods)");
     let mut lab = Lab::build(bins)?;

@@ -26,9 +26,10 @@ use ferry_ebpf_common::{
     LB_MODE_DSR, LB_MODE_HYBRID, PROTO_TCP, PROTO_UDP,
 };
 
+use crate::flow::parse;
 use crate::flow::{ETH_HLEN, Packet, REFRESH_NS};
 use crate::maps::{CONNTRACK, FIB_SCRATCH, LB_CONFIG, NODE_ADDRS, SCRATCH, TUNNEL_SCRATCH};
-use crate::packet::{add_words, fold, parse, rewrite};
+use crate::packet::{add_words, fold, rewrite};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;

@@ -7,7 +7,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use ferry_ebpf_common::{
     BACKEND_FLAG_LOCAL, CT_FLAG_CLOSING, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT,
     CtKey, CtValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SOURCE_RANGE_DENY,
-    SOURCE_RANGE_FRONTEND_BITS, SourceRangeKey,
+    SOURCE_RANGE_FRONTEND_BITS, SourceRangeKey, v4_mapped,
 };
 
 use crate::maps::{CONNTRACK, NODE_ADDRS, SCRATCH, SOURCE_RANGES, STATS};
@@ -73,6 +73,75 @@ impl Packet {
             0
         }
     }
+}
+
+/// A frame being read: the TC programs' skb or the XDP program's buffer.
+pub trait Frame {
+    /// Whether IPv4 options and SCTP are handled (TC), or left to the next
+    /// hook (XDP: L4 at a fixed offset, no CRC32c to patch).
+    const FULL: bool;
+    fn load<T: Copy>(&self, off: usize) -> Option<T>;
+    fn frame_len(&self) -> u32;
+}
+
+/// The addresses, ports and offsets of a TCP, UDP or SCTP packet over IPv4
+/// or IPv6; `None` for anything else, a non-first fragment, or (without
+/// [`Frame::FULL`]) IPv4 options and SCTP.
+#[inline(always)]
+pub fn parse<F: Frame>(f: &F) -> Option<Packet> {
+    let ethertype = u16::from_be(f.load::<u16>(12)?);
+    let l3 = ETH_HLEN;
+    let (v4, proto, src, dst, l4) = match ethertype {
+        ETH_P_IP => {
+            let vihl: u8 = f.load(l3)?;
+            let ihl = usize::from(vihl & 0x0f) * 4;
+            if ihl < 20 || (!F::FULL && vihl != 0x45) {
+                return None;
+            }
+            // Fragments carry no ports after the first; leave them alone.
+            let frag = u16::from_be(f.load::<u16>(l3 + 6)?);
+            if frag & 0x3fff != 0 {
+                return None;
+            }
+            let proto: u8 = f.load(l3 + 9)?;
+            let src: u32 = f.load(l3 + 12)?;
+            let dst: u32 = f.load(l3 + 16)?;
+            let l4 = if F::FULL { l3 + ihl } else { l3 + 20 };
+            (true, proto, v4_mapped(src), v4_mapped(dst), l4)
+        }
+        ETH_P_IPV6 => {
+            // Only L4 right after the fixed header: extension headers are
+            // rare on service traffic and passed untouched.
+            let proto: u8 = f.load(l3 + 6)?;
+            let src: [u32; 4] = f.load(l3 + 8)?;
+            let dst: [u32; 4] = f.load(l3 + 24)?;
+            (false, proto, src, dst, l3 + 40)
+        }
+        _ => return None,
+    };
+    let sctp = F::FULL && proto == PROTO_SCTP;
+    if proto != PROTO_TCP && proto != PROTO_UDP && !sctp {
+        return None;
+    }
+    let sport: u16 = f.load(l4)?;
+    let dport: u16 = f.load(l4 + 2)?;
+    let tcp_flags = if proto == PROTO_TCP {
+        f.load::<u8>(l4 + 13)?
+    } else {
+        0
+    };
+    Some(Packet {
+        v4,
+        l3,
+        l4,
+        proto,
+        src,
+        dst,
+        sport,
+        dport,
+        tcp_flags,
+        len: f.frame_len(),
+    })
 }
 
 /// Refreshes a hit entry's age and notes a closing TCP flow.

@@ -28,71 +28,32 @@ use aya_ebpf::macros::classifier;
 use aya_ebpf::programs::TcContext;
 use ferry_ebpf_common::{
     BACKEND_FLAG_LOCAL, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtKey, CtValue,
-    PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, is_v4, v4_mapped,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, is_v4,
 };
 
 use crate::dsr;
 use crate::flow::{
-    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Packet, TCP_ACK, TCP_RST, TCP_SYN, count_packet,
-    source_allowed, touch, track, track_dsr,
+    ETH_HLEN, Frame, Packet, TCP_ACK, TCP_RST, TCP_SYN, count_packet, parse, source_allowed, touch,
+    track, track_dsr,
 };
 use crate::maps::{CONNTRACK, NODE_ADDRS, NODEPORT_ADDRS, SCRATCH};
 use crate::service::{Chosen, Verdict, node_port, select};
 
 const BPF_F_PSEUDO_HDR: u64 = 0x10;
-#[inline(always)]
-pub fn parse(ctx: &TcContext) -> Option<Packet> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
-    let l3 = ETH_HLEN;
-    let (v4, proto, src, dst, l4) = match ethertype {
-        ETH_P_IP => {
-            let vihl: u8 = ctx.load(l3).ok()?;
-            let ihl = usize::from(vihl & 0x0f) * 4;
-            if ihl < 20 {
-                return None;
-            }
-            // Fragments carry no ports after the first; leave them alone.
-            let frag = u16::from_be(ctx.load::<u16>(l3 + 6).ok()?);
-            if frag & 0x3fff != 0 {
-                return None;
-            }
-            let proto: u8 = ctx.load(l3 + 9).ok()?;
-            let src: u32 = ctx.load(l3 + 12).ok()?;
-            let dst: u32 = ctx.load(l3 + 16).ok()?;
-            (true, proto, v4_mapped(src), v4_mapped(dst), l3 + ihl)
-        }
-        ETH_P_IPV6 => {
-            // Only TCP or UDP right after the fixed header: extension
-            // headers are rare on service traffic and passed untouched.
-            let proto: u8 = ctx.load(l3 + 6).ok()?;
-            let src: [u32; 4] = ctx.load(l3 + 8).ok()?;
-            let dst: [u32; 4] = ctx.load(l3 + 24).ok()?;
-            (false, proto, src, dst, l3 + 40)
-        }
-        _ => return None,
-    };
-    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_SCTP {
-        return None;
+/// The TC programs read a frame through the skb helpers and handle IPv4
+/// options and SCTP.
+impl Frame for TcContext {
+    const FULL: bool = true;
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, off: usize) -> Option<T> {
+        TcContext::load(self, off).ok()
     }
-    let sport: u16 = ctx.load(l4).ok()?;
-    let dport: u16 = ctx.load(l4 + 2).ok()?;
-    let tcp_flags = if proto == PROTO_TCP {
-        ctx.load::<u8>(l4 + 13).ok()?
-    } else {
-        0
-    };
-    Some(Packet {
-        v4,
-        l3,
-        l4,
-        proto,
-        src,
-        dst,
-        sport,
-        dport,
-        tcp_flags,
-        len: ctx.len(),
-    })
+
+    #[inline(always)]
+    fn frame_len(&self) -> u32 {
+        self.len()
+    }
 }
 
 /// Rewrites the source (`src = true`) or destination address and port,

@@ -27,21 +27,17 @@ use aya_ebpf::macros::xdp;
 use aya_ebpf::programs::XdpContext;
 use ferry_ebpf_common::{
     BACKEND_FLAG_LOCAL, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtKey, CtValue,
-    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, ServiceKey, XdpStats, is_v4, v4_mapped,
+    PROTO_UDP, SCOPE_EXTERNAL, ServiceKey, XdpStats, is_v4,
 };
 
 use crate::flow::{
-    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Packet, REFRESH_NS, count_packet, source_allowed, touch, track,
+    ETH_HLEN, Frame, Packet, REFRESH_NS, count_packet, parse, source_allowed, touch, track,
 };
 use crate::maps::{CONNTRACK, FIB_SCRATCH, NODE_ADDRS, SCRATCH, XDP_STATS};
 use crate::service::{Chosen, Verdict, node_port, select};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-/// Only option-free IPv4 headers are handled here, so L4 is at a fixed
-/// offset per family.
-const L4_V4: usize = ETH_HLEN + 20;
-const L4_V6: usize = ETH_HLEN + 40;
 
 /// What happened to a packet, for the counters.
 #[derive(Clone, Copy)]
@@ -292,55 +288,20 @@ fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
     Some(unsafe { core::ptr::read_unaligned(at::<T>(ctx, off)?) })
 }
 
-#[inline(always)]
-fn parse(ctx: &XdpContext) -> Option<Packet> {
-    let ethertype = u16::from_be(load::<u16>(ctx, 12)?);
-    let l3 = ETH_HLEN;
-    let (v4, proto, src, dst, l4) = match ethertype {
-        ETH_P_IP => {
-            // Options move L4: TC handles those.
-            if load::<u8>(ctx, l3)? != 0x45 {
-                return None;
-            }
-            let frag = u16::from_be(load::<u16>(ctx, l3 + 6)?);
-            if frag & 0x3fff != 0 {
-                return None;
-            }
-            let proto: u8 = load(ctx, l3 + 9)?;
-            let src: u32 = load(ctx, l3 + 12)?;
-            let dst: u32 = load(ctx, l3 + 16)?;
-            (true, proto, v4_mapped(src), v4_mapped(dst), L4_V4)
-        }
-        ETH_P_IPV6 => {
-            let proto: u8 = load(ctx, l3 + 6)?;
-            let src: [u32; 4] = load(ctx, l3 + 8)?;
-            let dst: [u32; 4] = load(ctx, l3 + 24)?;
-            (false, proto, src, dst, L4_V6)
-        }
-        _ => return None,
-    };
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return None;
+/// The XDP program reads the buffer directly, and leaves IPv4 options
+/// (L4 at a fixed offset only) and SCTP (its CRC32c) to TC.
+impl Frame for XdpContext {
+    const FULL: bool = false;
+
+    #[inline(always)]
+    fn load<T: Copy>(&self, off: usize) -> Option<T> {
+        load(self, off)
     }
-    let sport: u16 = load(ctx, l4)?;
-    let dport: u16 = load(ctx, l4 + 2)?;
-    let tcp_flags = if proto == PROTO_TCP {
-        load::<u8>(ctx, l4 + 13)?
-    } else {
-        0
-    };
-    Some(Packet {
-        v4,
-        l3,
-        l4,
-        proto,
-        src,
-        dst,
-        sport,
-        dport,
-        tcp_flags,
-        len: (ctx.data_end() - ctx.data()) as u32,
-    })
+
+    #[inline(always)]
+    fn frame_len(&self) -> u32 {
+        (self.data_end() - self.data()) as u32
+    }
 }
 
 /// The one's-complement change of replacing the 32-bit word `old` by

@@ -34,6 +34,10 @@ pub struct ClusterConfig {
     pub loadbalancer_pools: Vec<IpNet>,
     /// Which external IPs Services may claim.
     pub external_ips: crate::admission::external_ips::ExternalIpPolicy,
+    /// How long a node with a Lease may go without renewing it or posting
+    /// its Ready condition before it is marked unreachable
+    /// (`--node-monitor-grace-period`).
+    pub node_monitor_grace_period: std::time::Duration,
 }
 
 impl Default for ClusterConfig {
@@ -46,6 +50,7 @@ impl Default for ClusterConfig {
             node_cidr_mask_size: 24,
             loadbalancer_pools: Vec::new(),
             external_ips: Default::default(),
+            node_monitor_grace_period: std::time::Duration::from_secs(40),
         }
     }
 }

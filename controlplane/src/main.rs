@@ -66,9 +66,15 @@ struct Cli {
     #[arg(long, default_value = "/registry")]
     etcd_prefix: String,
     /// Controllers to run: `*` for all, `name` to add, `-name` to remove
-    /// (namespace, garbagecollector, endpointslice, nodeipam, lbipam, podgc).
+    /// (namespace, garbagecollector, endpointslice, nodeipam, lbipam, podgc,
+    /// scheduler, nodelifecycle).
     #[arg(long, default_value = "*")]
     controllers: String,
+    /// A node with a Lease that neither renews it nor posts its Ready
+    /// condition for this long is marked unreachable (Ready=Unknown, tainted,
+    /// its pods not ready).
+    #[arg(long, default_value = "40s", value_parser = conn::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
     /// Watch events kept for resuming watches (older versions get 410).
     #[arg(long, default_value_t = History::default().events)]
     watch_history: usize,
@@ -178,6 +184,7 @@ async fn serve() -> anyhow::Result<()> {
                 &cli.service_external_ip_cidrs,
             )?,
         },
+        node_monitor_grace_period: cli.node_monitor_grace_period,
     };
     anyhow::ensure!(
         !cluster.service_cidrs.is_empty(),

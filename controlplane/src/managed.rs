@@ -42,12 +42,25 @@ enum ListType {
 fn list_type(kind: &str, names: &[&str]) -> ListType {
     use ListType::*;
     const CONTAINERS: &str = "containers";
+    // A workload's pod template has a pod's list types.
+    if let (
+        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet",
+        ["spec", "template", rest @ ..],
+    ) = (kind, names)
+        && !rest.is_empty()
+    {
+        return list_type("Pod", rest);
+    }
     match names {
         ["metadata", "finalizers"] => Set,
         ["metadata", "ownerReferences"] => Map(&["uid"]),
         _ => match (kind, names) {
             ("Service", ["spec", "ports"]) => Map(&["port", "protocol"]),
-            ("Service" | "Namespace" | "Pod" | "Node", ["status", "conditions"]) => Map(&["type"]),
+            (
+                "Service" | "Namespace" | "Pod" | "Node" | "Deployment" | "ReplicaSet"
+                | "DaemonSet" | "StatefulSet",
+                ["status", "conditions"],
+            ) => Map(&["type"]),
             (
                 "Pod",
                 [

@@ -42,6 +42,15 @@ enum ListStrategy {
 /// root, list indices left out) in `kind`.
 fn list_strategy(kind: &str, path: &[&str]) -> ListStrategy {
     use ListStrategy::*;
+    // A workload's pod template merges as a pod does.
+    if let (
+        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet",
+        ["spec", "template", rest @ ..],
+    ) = (kind, path)
+        && !rest.is_empty()
+    {
+        return list_strategy("Pod", rest);
+    }
     match path {
         ["metadata", "ownerReferences"] => MergeKey("uid"),
         ["metadata", "finalizers"] => Set,
@@ -97,7 +106,10 @@ fn list_strategy(kind: &str, path: &[&str]) -> ListStrategy {
             ("Pod", ["status", "conditions"]) => MergeKey("type"),
             ("Pod", ["status", "podIPs" | "hostIPs"]) => MergeKey("ip"),
             ("Service", ["spec", "ports"]) => MergeKey("port"),
-            ("Service" | "Namespace", ["status", "conditions"]) => MergeKey("type"),
+            (
+                "Service" | "Namespace" | "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet",
+                ["status", "conditions"],
+            ) => MergeKey("type"),
             ("Service", ["status", "loadBalancer", "ingress", "ports"]) => Atomic,
             ("Node", ["status", "conditions" | "addresses"]) => MergeKey("type"),
             ("Node", ["spec", "podCIDRs"]) => Set,

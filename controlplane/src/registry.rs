@@ -42,6 +42,38 @@ pub struct DeleteOptions {
     pub precondition_resource_version: Option<String>,
 }
 
+/// A write to the `scale` subresource.
+#[derive(Debug, Clone)]
+pub enum ScaleChange<'a> {
+    /// PUT of a whole Scale.
+    Replace(Value),
+    /// PATCH of the Scale.
+    Patch(PatchType, &'a [u8]),
+}
+
+/// The autoscaling/v1 Scale of a workload object.
+fn scale_of(obj: &Value) -> Value {
+    let meta = object::metadata(obj);
+    let field = |f: &str| meta.and_then(|m| m.get(f)).cloned().unwrap_or(Value::Null);
+    let selector = obj
+        .pointer("/spec/selector")
+        .map(crate::api::table::label_selector_string)
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": field("name"), "namespace": field("namespace"), "uid": field("uid"),
+            "resourceVersion": field("resourceVersion"), "creationTimestamp": field("creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "selector": selector,
+        },
+    })
+}
+
 pub struct Registry {
     pub store: Store,
     pub config: ClusterConfig,
@@ -56,7 +88,27 @@ impl std::fmt::Debug for Registry {
 
 /// Kinds whose metadata.generation tracks spec changes.
 fn tracks_generation(res: &Resource) -> bool {
-    matches!(res.kind, "NetworkPolicy")
+    matches!(
+        res.kind,
+        "NetworkPolicy" | "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet"
+    )
+}
+
+/// Whether an update from `old` to `new` is a new generation: a change of
+/// spec, and for a Deployment of its annotations too (they are copied to
+/// its ReplicaSets), as kube-apiserver's strategies decide.
+fn new_generation(res: &Resource, old: &Value, new: &Value) -> bool {
+    tracks_generation(res)
+        && (new.get("spec") != old.get("spec")
+            || (res.kind == "Deployment"
+                && new.pointer("/metadata/annotations") != old.pointer("/metadata/annotations")))
+}
+
+/// Kinds whose status subresource also takes the request's labels and
+/// annotations (the workload controllers write revision annotations with
+/// their status, as kube-apiserver's status strategies allow).
+fn status_carries_metadata(res: &Resource) -> bool {
+    res.group == "apps"
 }
 
 /// Kinds a PUT may create, as kube-apiserver allows.
@@ -120,6 +172,17 @@ fn merge_update(res: &Resource, sub: Option<&str>, old: &Value, mut new: Value) 
     match sub {
         Some("status") => {
             let mut out = old.clone();
+            if status_carries_metadata(res)
+                && let (Some(src), Some(dst)) =
+                    (object::metadata(&new), object::metadata_mut(&mut out))
+            {
+                for field in ["labels", "annotations"] {
+                    match src.get(field) {
+                        Some(v) => dst.insert(field.to_string(), v.clone()),
+                        None => dst.remove(field),
+                    };
+                }
+            }
             out["status"] = new.get("status").cloned().unwrap_or(Value::Null);
             if out["status"].is_null()
                 && let Value::Object(m) = &mut out
@@ -155,15 +218,6 @@ fn merge_update(res: &Resource, sub: Option<&str>, old: &Value, mut new: Value) 
                             m.remove("status");
                         }
                     }
-                }
-            }
-            if tracks_generation(res) && new.get("spec") != old.get("spec") {
-                let generation = old
-                    .pointer("/metadata/generation")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(1);
-                if let Some(m) = object::metadata_mut(&mut new) {
-                    m.insert("generation".into(), json!(generation + 1));
                 }
             }
             new
@@ -517,7 +571,7 @@ impl Registry {
         }
         // Status set by a client on create is dropped for kinds whose status
         // the system owns.
-        if matches!(res.kind, "Pod" | "Service")
+        if (matches!(res.kind, "Pod" | "Service") || res.group == "apps")
             && let Value::Object(m) = &mut obj
         {
             m.remove("status");
@@ -621,6 +675,17 @@ impl Registry {
     ) -> Result<Mutation, ApiError> {
         let merged = merge_update(res, sub, cur, with_type_meta(res, new));
         let mut admitted = admission::admit(res, Op::Update, merged, Some(cur), ctx)?;
+        // Compared after defaulting, so a write that only spells out
+        // defaults is not a new generation.
+        if sub.is_none() && new_generation(res, cur, &admitted) {
+            let generation = cur
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            if let Some(m) = object::metadata_mut(&mut admitted) {
+                m.insert("generation".into(), json!(generation + 1));
+            }
+        }
         managed::track_update(
             res.kind,
             &res.api_version(),
@@ -734,6 +799,78 @@ impl Registry {
         })?;
         obj.map(|v| (v, false))
             .ok_or_else(|| ApiError::not_found(res, name))
+    }
+
+    /// The `scale` subresource of an object: an autoscaling/v1 Scale
+    /// with the object's identity, `spec.replicas`, the observed
+    /// `status.replicas` and the selector as a string.
+    pub fn scale(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Value, ApiError> {
+        let obj = self
+            .store
+            .get(res, ns, name)?
+            .ok_or_else(|| ApiError::not_found(res, name))?;
+        Ok(scale_of(&obj))
+    }
+
+    /// Writes a Scale (PUT) or a patch of one (PATCH) through to the
+    /// object's `spec.replicas`; returns the Scale after the write.
+    pub fn update_scale(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        change: ScaleChange<'_>,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        if !res.has_scale() {
+            return Err(ApiError::path_not_found());
+        }
+        let entry = self.write(res, ns, name, opts.dry_run, |cur, ctx| {
+            let Some(cur) = cur else {
+                return Err(ApiError::not_found(res, name));
+            };
+            let current = scale_of(cur);
+            let wanted = match change {
+                ScaleChange::Replace(ref body) => body.clone(),
+                ScaleChange::Patch(ty, body) => {
+                    patch::apply("Scale", &current, ty, body, self.store.limits())?
+                }
+            };
+            if wanted.get("kind").and_then(Value::as_str).is_some_and(|k| k != "Scale") {
+                return Err(ApiError::bad_request("the body of a scale request must be an autoscaling/v1 Scale"));
+            }
+            if object::name(&wanted) != name {
+                return Err(ApiError::bad_request(
+                    "the name of the object does not match the name on the URL",
+                ));
+            }
+            let wanted_rv = object::resource_version(&wanted);
+            if wanted_rv != 0 && wanted_rv != object::resource_version(cur) {
+                return Err(ApiError::conflict(
+                    res,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+            let replicas = match wanted.pointer("/spec/replicas") {
+                None | Some(Value::Null) => 0,
+                Some(v) => v.as_i64().filter(|n| i32::try_from(*n).is_ok()).ok_or_else(|| {
+                    ApiError::bad_request(format!("Scale.spec.replicas must be an integer, not {v}"))
+                })?,
+            };
+            if replicas < 0 {
+                return Err(ApiError::invalid(
+                    res,
+                    name,
+                    vec![crate::error::Cause::invalid("spec.replicas", replicas, "must be greater than or equal to 0")],
+                ));
+            }
+            let mut next = cur.clone();
+            next["spec"]["replicas"] = json!(replicas);
+            self.decide_update(res, None, cur, next, opts, ctx)
+        })?;
+        let entry = entry.ok_or_else(|| ApiError::not_found(res, name))?;
+        Ok(scale_of(&entry.value()?))
     }
 
     /// Deletes the object, or marks it for deletion while finalizers (or a

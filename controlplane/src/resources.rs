@@ -32,6 +32,11 @@ impl Resource {
         self.subresources.contains(&"status")
     }
 
+    /// Whether the kind serves `scale` (autoscaling/v1 Scale).
+    pub fn has_scale(&self) -> bool {
+        self.subresources.contains(&"scale")
+    }
+
     /// The storage key of one object.
     pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
         match namespace {
@@ -179,6 +184,73 @@ pub const LEASES: Resource = Resource {
     subresources: &[],
 };
 
+pub const SECRETS: Resource = Resource {
+    group: "",
+    version: "v1",
+    plural: "secrets",
+    singular: "secret",
+    kind: "Secret",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+};
+pub const DEPLOYMENTS: Resource = Resource {
+    group: "apps",
+    version: "v1",
+    plural: "deployments",
+    singular: "deployment",
+    kind: "Deployment",
+    namespaced: true,
+    short_names: &["deploy"],
+    categories: ALL,
+    subresources: &["status", "scale"],
+};
+pub const REPLICASETS: Resource = Resource {
+    group: "apps",
+    version: "v1",
+    plural: "replicasets",
+    singular: "replicaset",
+    kind: "ReplicaSet",
+    namespaced: true,
+    short_names: &["rs"],
+    categories: ALL,
+    subresources: &["status", "scale"],
+};
+pub const DAEMONSETS: Resource = Resource {
+    group: "apps",
+    version: "v1",
+    plural: "daemonsets",
+    singular: "daemonset",
+    kind: "DaemonSet",
+    namespaced: true,
+    short_names: &["ds"],
+    categories: ALL,
+    subresources: &["status"],
+};
+pub const STATEFULSETS: Resource = Resource {
+    group: "apps",
+    version: "v1",
+    plural: "statefulsets",
+    singular: "statefulset",
+    kind: "StatefulSet",
+    namespaced: true,
+    short_names: &["sts"],
+    categories: ALL,
+    subresources: &["status", "scale"],
+};
+pub const CONTROLLERREVISIONS: Resource = Resource {
+    group: "apps",
+    version: "v1",
+    plural: "controllerrevisions",
+    singular: "controllerrevision",
+    kind: "ControllerRevision",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+};
+
 /// Every served kind, core group first, in discovery order.
 pub const RESOURCES: &[Resource] = &[
     NAMESPACES,
@@ -189,6 +261,12 @@ pub const RESOURCES: &[Resource] = &[
     CONFIGMAPS,
     SERVICEACCOUNTS,
     EVENTS,
+    SECRETS,
+    DEPLOYMENTS,
+    REPLICASETS,
+    DAEMONSETS,
+    STATEFULSETS,
+    CONTROLLERREVISIONS,
     ENDPOINTSLICES,
     NETWORKPOLICIES,
     LEASES,
@@ -196,6 +274,7 @@ pub const RESOURCES: &[Resource] = &[
 
 /// Served API groups besides core, each with its one version.
 pub const GROUPS: &[(&str, &str)] = &[
+    ("apps", "v1"),
     ("discovery.k8s.io", "v1"),
     ("networking.k8s.io", "v1"),
     ("coordination.k8s.io", "v1"),

@@ -107,17 +107,68 @@ impl LabelSelector {
         self.0.is_empty()
     }
 
-    pub fn matches(&self, attrs: &Attrs) -> bool {
-        self.0.iter().all(|req| {
-            let get = |k: &str| attrs.label(k);
-            match req {
-                Requirement::Equals(k, v) => get(k) == Some(v.as_str()),
-                Requirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
-                Requirement::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
-                Requirement::NotIn(k, vs) => !get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
-                Requirement::Exists(k) => get(k).is_some(),
-                Requirement::NotExists(k) => get(k).is_none(),
+    /// A `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`)
+    /// as the requirements it stands for; the error names what is wrong.
+    /// `{}` selects everything.
+    pub fn from_api(sel: &Value) -> Result<Self, String> {
+        let mut reqs = Vec::new();
+        if let Some(ml) = sel.get("matchLabels").and_then(Value::as_object) {
+            for (k, v) in ml {
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| format!("matchLabels[{k}] is not a string"))?;
+                reqs.push(Requirement::Equals(k.clone(), v.to_string()));
             }
+        }
+        for e in sel
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = e
+                .get("key")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let values: Vec<String> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
+            let op = e.get("operator").and_then(Value::as_str).unwrap_or("");
+            reqs.push(match op {
+                "In" | "NotIn" if values.is_empty() => {
+                    return Err(format!("values: Required value: must be specified when `operator` is 'In' or 'NotIn' (key {key})"));
+                }
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    return Err(format!("values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist' (key {key})"));
+                }
+                "In" => Requirement::In(key, values),
+                "NotIn" => Requirement::NotIn(key, values),
+                "Exists" => Requirement::Exists(key),
+                "DoesNotExist" => Requirement::NotExists(key),
+                other => return Err(format!("operator: Invalid value: \"{other}\": not a valid selector operator")),
+            });
+        }
+        Ok(Self(reqs))
+    }
+
+    pub fn matches(&self, attrs: &Attrs) -> bool {
+        self.matches_with(|k| attrs.label(k))
+    }
+
+    /// Matches against labels read through `get`.
+    pub fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.0.iter().all(|req| match req {
+            Requirement::Equals(k, v) => get(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
+            Requirement::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+            Requirement::NotIn(k, vs) => !get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+            Requirement::Exists(k) => get(k).is_some(),
+            Requirement::NotExists(k) => get(k).is_none(),
         })
     }
 }

@@ -691,6 +691,7 @@ async fn discovery_documents(backend: Backend) {
     assert_eq!(
         groups,
         [
+            "apps",
             "discovery.k8s.io",
             "networking.k8s.io",
             "coordination.k8s.io"
@@ -791,7 +792,7 @@ async fn deletion_edge_cases(backend: Backend) {
     // An owner of a kind this server does not serve is never taken for gone.
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     let owned: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "owned", "ownerReferences": [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d", "uid": "6b5d3c1e-0000-4000-8000-000000000001"}]}}))
+        {"apiVersion": "example.com/v1", "kind": "Widget", "name": "d", "uid": "6b5d3c1e-0000-4000-8000-000000000001"}]}}))
     .expect("cm");
     cms.create(&PostParams::default(), &owned)
         .await

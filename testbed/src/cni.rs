@@ -1,7 +1,10 @@
 //! Calling a CNI plugin the way a container runtime does.
 //!
 //! The network config is either a single plugin config or a conflist (an
-//! object with a `plugins` array). For a conflist the plugins run in order
+//! object with a `plugins` array). [`Cni::call`] and [`Cni::gc_valid`] are
+//! the runtime's side with everything explicit (network config, command,
+//! netns path, container id, interface name, `CNI_ARGS`): the world's pods
+//! go through them, and so does `ferry-node`, the node runtime. For a conflist the plugins run in order
 //! on ADD, each given the list's `name` and `cniVersion` and the previous
 //! plugin's result as `prevResult`, and in reverse order on DEL with the
 //! cached final result, like libcni. Each binary is found by its `type` in
@@ -105,6 +108,31 @@ pub struct Attachment {
     pub pod_name: String,
 }
 
+impl Attachment {
+    /// The `CNI_ARGS` a Kubernetes runtime passes for this attachment.
+    pub fn cni_args(&self) -> String {
+        format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+            self.pod_namespace, self.pod_name, self.container_id
+        )
+    }
+}
+
+/// What a runtime passes a plugin in the environment for one attachment,
+/// spelled out: for callers that manage their own namespaces (a node
+/// runtime keeps its pods' namespaces under its own state directory).
+#[derive(Debug, Clone, Copy)]
+pub struct CniCall<'a> {
+    /// `CNI_CONTAINERID`.
+    pub container_id: &'a str,
+    /// `CNI_NETNS`: the path of the pod's network namespace.
+    pub netns: &'a Path,
+    /// `CNI_IFNAME`.
+    pub ifname: &'a str,
+    /// `CNI_ARGS` (`IgnoreUnknown=1;K8S_POD_NAMESPACE=...;...`).
+    pub args: &'a str,
+}
+
 /// host-local range sets for a node: one per pod CIDR.
 pub fn host_local_ranges(node: &Node) -> Vec<Value> {
     node.pod_cidrs
@@ -130,6 +158,14 @@ impl Cni {
             env: Vec::new(),
             timeout: CNI_TIMEOUT,
         }
+    }
+
+    /// Plugins found in the `path` directories, for a caller that passes
+    /// the network config with each call ([`call`](Self::call),
+    /// [`gc_valid`](Self::gc_valid)): a node runtime reading its config
+    /// directory. [`config_for`](Self::config_for) gives `null`.
+    pub fn plugins<P: Into<PathBuf>>(path: impl IntoIterator<Item = P>) -> Self {
+        Cni::new(path, |_: &Node| Value::Null)
     }
 
     /// Ferry's own plugin (the `ferry-cni` binary in `plugin_dir`), wired
@@ -203,13 +239,35 @@ impl Cni {
         netconf: &Value,
         cached: Option<&Value>,
     ) -> Result<Option<Value>> {
+        let args = attachment.cni_args();
+        let call = CniCall {
+            container_id: &attachment.container_id,
+            netns: attachment.netns.path(),
+            ifname: &attachment.ifname,
+            args: &args,
+        };
+        self.call(command, Some(node_netns), netconf, &call, cached)
+    }
+
+    /// [`invoke`](Self::invoke) with the attachment spelled out: runs
+    /// `command` for `call` with the network config `netconf`, the plugins
+    /// inside `host` (through `nsenter --net=`) or, when `None`, in this
+    /// process's own network namespace (a runtime running in its node's).
+    pub fn call(
+        &self,
+        command: CniCommand,
+        host: Option<&Netns>,
+        netconf: &Value,
+        call: &CniCall<'_>,
+        cached: Option<&Value>,
+    ) -> Result<Option<Value>> {
         let confs = plugin_configs(netconf)?;
         match command {
             CniCommand::Add => {
                 let mut prev: Option<Value> = None;
                 for conf in confs {
                     let conf = with_prev_result(conf, prev.as_ref());
-                    let result = self.exec(command, node_netns, Some(attachment), &conf)?;
+                    let result = self.exec(command, host, Some(call), &conf)?;
                     prev = Some(result.ok_or_else(|| Error::CniResult {
                         plugin: self.plugin_of(&conf),
                         reason: "ADD printed no result".into(),
@@ -220,7 +278,7 @@ impl Cni {
             CniCommand::Check => {
                 for conf in confs {
                     let conf = with_prev_result(conf, cached);
-                    self.exec(command, node_netns, Some(attachment), &conf)?;
+                    self.exec(command, host, Some(call), &conf)?;
                 }
                 Ok(None)
             }
@@ -230,7 +288,7 @@ impl Cni {
                 let mut first_err = None;
                 for conf in confs.into_iter().rev() {
                     let conf = with_prev_result(conf, cached);
-                    if let Err(e) = self.exec(command, node_netns, Some(attachment), &conf) {
+                    if let Err(e) = self.exec(command, host, Some(call), &conf) {
                         first_err.get_or_insert(e);
                     }
                 }
@@ -246,9 +304,25 @@ impl Cni {
     /// attachments that are still valid (`cni.dev/valid-attachments`) and
     /// releases everything else.
     pub fn gc(&self, node_netns: &Netns, netconf: &Value, valid: &[Attachment]) -> Result<()> {
+        let valid: Vec<(&str, &str)> = valid
+            .iter()
+            .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+            .collect();
+        self.gc_valid(Some(node_netns), netconf, &valid)
+    }
+
+    /// [`gc`](Self::gc) with the valid attachments as `(container id,
+    /// ifname)` pairs, the plugins run inside `host` or, when `None`, in
+    /// this process's network namespace.
+    pub fn gc_valid(
+        &self,
+        host: Option<&Netns>,
+        netconf: &Value,
+        valid: &[(&str, &str)],
+    ) -> Result<()> {
         let valid: Vec<Value> = valid
             .iter()
-            .map(|a| serde_json::json!({ "containerID": a.container_id, "ifname": a.ifname }))
+            .map(|(id, ifname)| serde_json::json!({ "containerID": id, "ifname": ifname }))
             .collect();
         for mut conf in plugin_configs(netconf)? {
             if let Some(obj) = conf.as_object_mut() {
@@ -257,7 +331,7 @@ impl Cni {
                     Value::Array(valid.clone()),
                 );
             }
-            self.exec(CniCommand::Gc, node_netns, None, &conf)?;
+            self.exec(CniCommand::Gc, host, None, &conf)?;
         }
         Ok(())
     }
@@ -265,7 +339,7 @@ impl Cni {
     /// CNI STATUS (spec 1.1) for every plugin of `netconf`, in order.
     pub fn status(&self, node_netns: &Netns, netconf: &Value) -> Result<()> {
         for conf in plugin_configs(netconf)? {
-            self.exec(CniCommand::Status, node_netns, None, &conf)?;
+            self.exec(CniCommand::Status, Some(node_netns), None, &conf)?;
         }
         Ok(())
     }
@@ -280,7 +354,7 @@ impl Cni {
                     "cniVersion": version,
                     "type": conf.get("type").cloned().unwrap_or(Value::Null),
                 });
-                self.exec(CniCommand::Version, node_netns, None, &input)?
+                self.exec(CniCommand::Version, Some(node_netns), None, &input)?
                     .ok_or_else(|| Error::CniResult {
                         plugin: self.plugin_of(conf),
                         reason: "VERSION printed nothing".into(),
@@ -299,8 +373,8 @@ impl Cni {
     fn exec(
         &self,
         command: CniCommand,
-        node_netns: &Netns,
-        attachment: Option<&Attachment>,
+        node_netns: Option<&Netns>,
+        attachment: Option<&CniCall<'_>>,
         conf: &Value,
     ) -> Result<Option<Value>> {
         let kind = conf
@@ -310,7 +384,10 @@ impl Cni {
         let plugin = self.find_plugin(kind)?;
         let cni_path = std::env::join_paths(&self.path)
             .map_err(|e| Error::Config(format!("bad CNI_PATH: {e}")))?;
-        let mut cmd = node_netns.command(&plugin);
+        let mut cmd = match node_netns {
+            Some(ns) => ns.command(&plugin),
+            None => std::process::Command::new(&plugin),
+        };
         cmd.env_clear()
             .env(
                 "PATH",
@@ -321,16 +398,10 @@ impl Cni {
             cmd.env("CNI_PATH", cni_path);
         }
         if let Some(a) = attachment {
-            cmd.env("CNI_CONTAINERID", &a.container_id)
-                .env("CNI_NETNS", a.netns.path())
-                .env("CNI_IFNAME", &a.ifname)
-                .env(
-                    "CNI_ARGS",
-                    format!(
-                        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
-                        a.pod_namespace, a.pod_name, a.container_id
-                    ),
-                );
+            cmd.env("CNI_CONTAINERID", a.container_id)
+                .env("CNI_NETNS", a.netns)
+                .env("CNI_IFNAME", a.ifname)
+                .env("CNI_ARGS", a.args);
         }
         for (k, v) in &self.env {
             cmd.env(k, v);

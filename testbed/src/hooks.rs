@@ -83,8 +83,17 @@ pub(crate) fn remove_cgroup(dir: &Path) {
     if !dir.exists() {
         return;
     }
-    // cgroup.kill (5.14+) kills every member at once.
+    // cgroup.kill (5.14+) kills every member at once, in child cgroups too
+    // (a node runtime's pods live in cgroups under its agent's).
     let _ = fs::write(dir.join("cgroup.kill"), "1");
+    // A cgroup with children cannot be removed: the deepest go first.
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&entry.path());
+            }
+        }
+    }
     for _ in 0..50 {
         match fs::remove_dir(dir) {
             Ok(()) => return,

@@ -52,8 +52,8 @@ pub use client::{
     retry, start_netexec, udp_request,
 };
 pub use cni::{
-    Attachment, CNI_TIMEOUT, Cni, CniCommand, REFERENCE_PLUGINS, host_local_ranges, result_ips,
-    target_profile_dir,
+    Attachment, CNI_TIMEOUT, Cni, CniCall, CniCommand, REFERENCE_PLUGINS, host_local_ranges,
+    result_ips, target_profile_dir,
 };
 pub use controlplane::{ControlPlane, binary, store_spoiled_copy};
 pub use error::{Error, Result};

@@ -212,7 +212,7 @@ pub fn sweep() -> SweepReport {
                 continue;
             }
             let path = entry.path();
-            match fs::remove_dir_all(&path) {
+            match remove_state_dir(&path) {
                 Ok(()) => report.state_dirs.push(path),
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => report.failures.push(format!("{}: {e}", path.display())),
@@ -220,6 +220,25 @@ pub fn sweep() -> SweepReport {
         }
     }
     report
+}
+
+/// Removes a world's state directory, unmounting first whatever is mounted
+/// under it (a node runtime's pod namespaces are bind mounts there; a
+/// mount point cannot be removed, and it would keep its namespace alive).
+pub(crate) fn remove_state_dir(dir: &Path) -> std::io::Result<()> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    // Deepest first, so no mount hides another.
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for mount in mounts {
+        let _ = rustix::mount::unmount(&mount, rustix::mount::UnmountFlags::DETACH);
+    }
+    fs::remove_dir_all(dir)
 }
 
 #[cfg(test)]

@@ -7,8 +7,9 @@
 //! cgroup mounts the Ferry agent needs.
 
 use std::ffi::OsStr;
+use std::fs;
 use std::fs::File;
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -110,7 +111,23 @@ impl Netns {
         S: AsRef<OsStr>,
     {
         let cmd = self.command_from(args)?;
-        Process::spawn(cmd)
+        Process::spawn(cmd, None)
+    }
+
+    /// [`spawn`](Self::spawn), also appending the output to the file `log`
+    /// (a daemon's log, kept after it exits).
+    pub fn spawn_logged<I, S>(&self, args: I, log: &Path) -> Result<Process>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| Error::io(format!("opening {}", log.display()), e))?;
+        let cmd = self.command_from(args)?;
+        Process::spawn(cmd, Some(file))
     }
 
     /// Runs `f` on a fresh thread that has entered this namespace with
@@ -267,6 +284,8 @@ struct OutputState {
 struct Shared {
     state: Mutex<OutputState>,
     changed: Condvar,
+    /// Where the output is also appended, if anywhere.
+    log: Option<Mutex<File>>,
 }
 
 impl Shared {
@@ -293,7 +312,7 @@ impl std::fmt::Debug for Process {
 }
 
 impl Process {
-    fn spawn(mut cmd: Command) -> Result<Self> {
+    fn spawn(mut cmd: Command, log: Option<File>) -> Result<Self> {
         let command = cmd::display(&cmd);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -305,6 +324,7 @@ impl Process {
         let shared = Arc::new(Shared {
             state: Mutex::new(OutputState::default()),
             changed: Condvar::new(),
+            log: log.map(Mutex::new),
         });
         let stdout = child
             .stdout
@@ -404,15 +424,19 @@ fn collect(mut pipe: Box<dyn std::io::Read + Send>, shared: &Shared) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let bytes = chunk.get(..n).unwrap_or_default();
+        if let Some(log) = &shared.log {
+            let mut file = log.lock().unwrap_or_else(PoisonError::into_inner);
+            // A full disk loses log lines, never the process.
+            let _ = file.write_all(bytes);
+        }
         let mut state = shared.lock();
         if state.buf.len() + n > OUTPUT_CAP {
             let keep = state.buf.len() / 2;
             let cut = state.buf.len() - keep;
             state.buf.drain(..cut);
         }
-        state
-            .buf
-            .extend_from_slice(chunk.get(..n).unwrap_or_default());
+        state.buf.extend_from_slice(bytes);
         shared.changed.notify_all();
     }
     shared.lock().closed += 1;

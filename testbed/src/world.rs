@@ -760,7 +760,7 @@ impl World {
                 problems.push(format!("netns {name}: {e}"));
             }
         }
-        if let Err(e) = fs::remove_dir_all(&self.state_dir)
+        if let Err(e) = names::remove_state_dir(&self.state_dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             problems.push(format!("{}: {e}", self.state_dir.display()));

@@ -9,6 +9,8 @@
 //!   developers all run the same thing.
 //! - `bench`: building the release binaries a benchmark harness needs and
 //!   running it (the harnesses themselves live in `benches/`).
+//! - `up`: building the release binaries of a local cluster and running
+//!   `ferry up` with them (the README's first command).
 //! - `fuzz`: running a cargo-fuzz target for a while (installing cargo-fuzz
 //!   first if it is missing).
 //!
@@ -35,6 +37,13 @@ struct Cli {
 enum Cmd {
     /// Install everything the project needs (idempotent; run as root on Debian).
     Setup,
+    /// Build the release binaries of a cluster and run `ferry up` with them;
+    /// extra arguments go to `ferry up` (e.g. `-- --nodes 3`). `ferry
+    /// status` and `ferry down` are then `target/release/ferry status|down`.
+    Up {
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
     /// Run every test in the workspace; extra arguments go to `cargo test`.
     Test {
         /// Passed on unchanged, e.g. `-p ferry-controlplane -- --nocapture`.
@@ -122,6 +131,7 @@ enum Bench {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Setup => setup::all(),
+        Cmd::Up { args } => up(&args),
         Cmd::Test { .. } => test(&raw_args_after("test")),
         Cmd::Bench { which, args } => bench(which, &args),
         Cmd::Fuzz { target, seconds } => fuzz(target, seconds),
@@ -145,6 +155,28 @@ fn raw_args_after(subcommand: &str) -> Vec<OsString> {
         .skip_while(|arg| arg != subcommand)
         .skip(1)
         .collect()
+}
+
+/// The packages whose binaries a `ferry up` cluster runs.
+const CLUSTER_PACKAGES: &[&str] = &[
+    "ferry-cluster",
+    "ferry-controlplane",
+    "ferry-dataplane",
+    "ferry-node",
+    "ferry-cni",
+    "ferry-dns",
+    "ferry-testbed",
+];
+
+fn up(args: &[OsString]) -> Result<()> {
+    let mut build = cargo();
+    build.args(["build", "--release", "--bins"]);
+    for p in CLUSTER_PACKAGES {
+        build.args(["-p", p]);
+    }
+    run(&mut build)?;
+    let ferry = target_dir().join("release").join("ferry");
+    run(Command::new(ferry).arg("up").args(args))
 }
 
 fn test(args: &[OsString]) -> Result<()> {

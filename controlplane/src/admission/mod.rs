@@ -7,10 +7,14 @@ pub mod external_ips;
 pub mod meta;
 pub mod networking;
 pub mod service;
+pub mod workloads;
 
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, Namespace, Node, Pod, Service, ServiceAccount,
+    ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -74,6 +78,12 @@ pub fn normalize(res: &Resource, value: Value) -> Result<Value, ApiError> {
         "EndpointSlice" => roundtrip::<EndpointSlice>(res, value),
         "NetworkPolicy" => roundtrip::<NetworkPolicy>(res, value),
         "Lease" => roundtrip::<Lease>(res, value),
+        "Secret" => roundtrip::<Secret>(res, value),
+        "Deployment" => roundtrip::<Deployment>(res, value),
+        "ReplicaSet" => roundtrip::<ReplicaSet>(res, value),
+        "DaemonSet" => roundtrip::<DaemonSet>(res, value),
+        "StatefulSet" => roundtrip::<StatefulSet>(res, value),
+        "ControllerRevision" => roundtrip::<ControllerRevision>(res, value),
         _ => Ok(value),
     }
 }
@@ -103,6 +113,12 @@ pub fn admit(
         }
         "Namespace" => namespace(obj),
         "Pod" => pod(op, obj, &mut causes),
+        "Deployment" => workloads::deployment(obj, old, &mut causes),
+        "ReplicaSet" => workloads::replica_set(obj, old, &mut causes),
+        "DaemonSet" => workloads::daemon_set(obj, old, &mut causes),
+        "StatefulSet" => workloads::stateful_set(obj, old, &mut causes),
+        "ControllerRevision" => workloads::controller_revision(obj, &mut causes),
+        "Secret" => workloads::secret(obj, old, &mut causes),
         "NetworkPolicy" => {
             let mut np: NetworkPolicy = decode(res, obj)?;
             causes.extend(networking::admit_network_policy(&mut np));
@@ -142,84 +158,21 @@ fn namespace(mut obj: Value) -> Value {
 /// Pod defaults kube-apiserver applies that clients read back, and the
 /// structural checks on containers.
 fn pod(op: Op, mut obj: Value, causes: &mut Vec<Cause>) -> Value {
+    if !obj.get("spec").is_some_and(Value::is_object) {
+        obj["spec"] = json!({});
+    }
     let spec = &mut obj["spec"];
+    // Set on pods only (SetDefaults_Pod, the ServiceAccount admission), not
+    // on the templates of workloads.
     for (field, default) in [
-        ("restartPolicy", json!("Always")),
-        ("dnsPolicy", json!("ClusterFirst")),
-        ("schedulerName", json!("default-scheduler")),
-        ("terminationGracePeriodSeconds", json!(30)),
         ("serviceAccountName", json!("default")),
         ("enableServiceLinks", json!(true)),
-        ("securityContext", json!({})),
     ] {
         if spec.get(field).is_none() {
             spec[field] = default;
         }
     }
-    let containers = spec.get_mut("containers").and_then(Value::as_array_mut);
-    match containers {
-        None => causes.push(Cause::required("spec.containers")),
-        Some(cs) if cs.is_empty() => causes.push(Cause::required("spec.containers")),
-        Some(cs) => {
-            let mut names = std::collections::BTreeSet::new();
-            for (i, c) in cs.iter_mut().enumerate() {
-                let name = c
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                if name.is_empty() {
-                    causes.push(Cause::required(format!("spec.containers[{i}].name")));
-                } else if !meta::is_dns1123_label(&name) {
-                    causes.push(Cause::invalid(format!("spec.containers[{i}].name"), format!("\"{name}\""), "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"));
-                } else if !names.insert(name) {
-                    causes.push(Cause::duplicate(
-                        format!("spec.containers[{i}].name"),
-                        "name",
-                    ));
-                }
-                let image = c
-                    .get("image")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                if image.is_empty() {
-                    causes.push(Cause::required(format!("spec.containers[{i}].image")));
-                }
-                if c.get("imagePullPolicy").is_none() {
-                    let tag = image
-                        .rsplit('/')
-                        .next()
-                        .and_then(|s| s.split_once(':'))
-                        .map(|(_, t)| t);
-                    c["imagePullPolicy"] = json!(if tag.is_none_or(|t| t == "latest") {
-                        "Always"
-                    } else {
-                        "IfNotPresent"
-                    });
-                }
-                for key in ["terminationMessagePath", "terminationMessagePolicy"] {
-                    if c.get(key).is_none() {
-                        c[key] = json!(if key == "terminationMessagePath" {
-                            "/dev/termination-log"
-                        } else {
-                            "File"
-                        });
-                    }
-                }
-                for p in c
-                    .get_mut("ports")
-                    .and_then(Value::as_array_mut)
-                    .into_iter()
-                    .flatten()
-                {
-                    if p.get("protocol").is_none() {
-                        p["protocol"] = json!("TCP");
-                    }
-                }
-            }
-        }
-    }
+    workloads::pod_spec(spec, "spec", causes);
     if op == Op::Create && obj.pointer("/status/phase").is_none() {
         obj["status"] = json!({ "phase": "Pending", "qosClass": "BestEffort" });
     }

@@ -101,13 +101,20 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             "categories": r.categories,
         }));
         for sub in r.subresources {
-            out.push(json!({
+            let mut entry = json!({
                 "name": format!("{}/{sub}", r.plural),
                 "singularName": "",
                 "namespaced": r.namespaced,
                 "kind": r.kind,
                 "verbs": sub_verbs(sub),
-            }));
+            });
+            if *sub == "scale" {
+                // The scale client finds the Scale's group/version here.
+                entry["group"] = json!("autoscaling");
+                entry["version"] = json!("v1");
+                entry["kind"] = json!("Scale");
+            }
+            out.push(entry);
         }
     }
     if out.is_empty() {
@@ -125,6 +132,16 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
 
 fn response_kind(r: &Resource) -> Value {
     json!({"group": r.group, "version": r.version, "kind": r.kind})
+}
+
+/// What a subresource answers with: the object itself, or for `scale` an
+/// autoscaling/v1 Scale.
+fn sub_response_kind(r: &Resource, sub: &str) -> Value {
+    if sub == "scale" {
+        json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})
+    } else {
+        response_kind(r)
+    }
 }
 
 fn discovery_group(group: &str, version: &str) -> Value {
@@ -147,7 +164,7 @@ fn discovery_group(group: &str, version: &str) -> Value {
                 d["subresources"] = r
                     .subresources
                     .iter()
-                    .map(|s| json!({"subresource": s, "responseKind": response_kind(r), "verbs": sub_verbs(s)}))
+                    .map(|s| json!({"subresource": s, "responseKind": sub_response_kind(r, s), "verbs": sub_verbs(s)}))
                     .collect();
             }
             d

@@ -93,6 +93,8 @@ enum Route {
     OpenApiV3Root,
     OpenApiV3(String, String),
     Object(Target),
+    /// `pods/{name}/binding` (name given) or the legacy `bindings`, in a namespace.
+    Binding(String, Option<String>),
 }
 
 /// A resource path: the kind, and optionally namespace, name, subresource.
@@ -130,6 +132,12 @@ fn route(path: &str) -> Option<Route> {
         }
         ["openapi", "v3", "apis", g, v] => {
             return Some(Route::OpenApiV3((*g).to_string(), (*v).to_string()));
+        }
+        ["api", "v1", "namespaces", ns, "pods", pod, "binding"] => {
+            return Some(Route::Binding((*ns).to_string(), Some((*pod).to_string())));
+        }
+        ["api", "v1", "namespaces", ns, "bindings"] => {
+            return Some(Route::Binding((*ns).to_string(), None));
         }
         ["api", v] => return Some(Route::ResourceList(String::new(), (*v).to_string())),
         ["apis", g, v] => return Some(Route::ResourceList((*g).to_string(), (*v).to_string())),
@@ -348,6 +356,7 @@ impl Api {
                 Ok(json_response(StatusCode::OK, &doc))
             }
             Route::Object(target) => self.resource(req, target, &accept).await,
+            Route::Binding(ns, pod) => self.binding(req, ns, pod).await,
             Route::Version | Route::Health(..) => Err(ApiError::path_not_found()),
         }
     }
@@ -401,6 +410,10 @@ impl Api {
         };
         let registry = self.registry.clone();
         let res = t.res;
+        if let (Some("scale"), Some(name)) = (t.sub.as_deref(), t.name.clone()) {
+            return scale_subresource(registry, res, ns, name, method, &content_type, body, opts)
+                .await;
+        }
         match (method, t.name.clone()) {
             (Method::GET, None) if flag(&q, "watch") => {
                 self.watch(res, t.namespace, &q, table.then_some(include))
@@ -513,6 +526,31 @@ impl Api {
             }
             (m, _) => Err(ApiError::method_not_allowed(m.as_str())),
         }
+    }
+
+    /// POST of a v1 Binding: binds the pod (see [`crate::binding`]).
+    async fn binding(
+        &self,
+        req: Request<Incoming>,
+        ns: String,
+        pod: Option<String>,
+    ) -> Result<Response<Body>, ApiError> {
+        if req.method() != Method::POST {
+            return Err(ApiError::method_not_allowed(req.method().as_str()));
+        }
+        let dry = dry_run(&query(&req))?;
+        let body = Limited::new(req.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| ApiError::too_large(format!("request body: {e}")))?
+            .to_bytes();
+        let binding = crate::binding::Binding::parse(&ns, pod.as_deref(), &parse_json(&body)?)?;
+        let registry = self.registry.clone();
+        blocking(move || crate::binding::bind(&registry, &ns, &binding, dry)).await?;
+        Ok(json_response(
+            StatusCode::CREATED,
+            &crate::binding::success(),
+        ))
     }
 
     fn object_response(
@@ -720,6 +758,47 @@ fn list(
         hyper::header::HeaderValue::from_static("application/json"),
     );
     Ok(r)
+}
+
+/// GET, PUT and PATCH of a workload's `scale` subresource (an
+/// autoscaling/v1 Scale), as `kubectl scale` uses it.
+#[allow(clippy::too_many_arguments)]
+async fn scale_subresource(
+    registry: Arc<Registry>,
+    res: &'static Resource,
+    ns: String,
+    name: String,
+    method: Method,
+    content_type: &str,
+    body: Bytes,
+    opts: WriteOptions,
+) -> Result<Response<Body>, ApiError> {
+    use crate::registry::ScaleChange;
+    let patch = match method {
+        Method::GET | Method::PUT => None,
+        Method::PATCH => Some(
+            PatchType::from_content_type(content_type)
+                .filter(|t| *t != PatchType::Apply)
+                .ok_or_else(|| ApiError::unsupported_media_type(content_type))?,
+        ),
+        m => return Err(ApiError::method_not_allowed(m.as_str())),
+    };
+    let replace = if method == Method::PUT {
+        Some(parse_json(&body)?)
+    } else {
+        None
+    };
+    let scale = blocking(move || match (replace, patch) {
+        (Some(scale), _) => {
+            registry.update_scale(res, &ns, &name, ScaleChange::Replace(scale), &opts)
+        }
+        (None, Some(ty)) => {
+            registry.update_scale(res, &ns, &name, ScaleChange::Patch(ty, &body), &opts)
+        }
+        (None, None) => registry.scale(res, &ns, &name),
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &scale))
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {

@@ -1,6 +1,6 @@
 //! Decoding of `application/vnd.kubernetes.protobuf` request bodies into
 //! JSON, for the kinds kubectl's typed clients send that way
-//! (`kubectl create namespace|configmap|serviceaccount|service ...`).
+//! (`kubectl create namespace|configmap|secret|serviceaccount|service ...`).
 //!
 //! The envelope is the 4-byte magic `k8s\0` followed by a `runtime.Unknown`
 //! whose `raw` field holds the object message. Each message is decoded by a
@@ -116,6 +116,13 @@ const CONFIG_MAP: &[Field] = &[
     f(3, "binaryData", Ty::BytesMap),
     f(4, "immutable", Ty::Bool),
 ];
+const SECRET: &[Field] = &[
+    f(1, "metadata", Ty::Msg(OBJECT_META)),
+    f(5, "immutable", Ty::Bool),
+    f(2, "data", Ty::BytesMap),
+    f(4, "stringData", Ty::StrMap),
+    f(3, "type", Ty::Str),
+];
 const OBJECT_REFERENCE: &[Field] = &[
     f(1, "kind", Ty::Str),
     f(2, "namespace", Ty::Str),
@@ -204,6 +211,7 @@ fn schema(kind: &str) -> Option<&'static [Field]> {
     match kind {
         "Namespace" => Some(NAMESPACE),
         "ConfigMap" => Some(CONFIG_MAP),
+        "Secret" => Some(SECRET),
         "ServiceAccount" => Some(SERVICE_ACCOUNT),
         "Service" => Some(SERVICE),
         _ => None,

@@ -47,6 +47,39 @@ fn columns(kind: &str) -> &'static [(&'static str, u8)] {
         "ConfigMap" => &[("Data", 0), ("Age", 0)],
         "NetworkPolicy" => &[("Pod-Selector", 0), ("Age", 0)],
         "Lease" => &[("Holder", 0), ("Age", 0)],
+        "Secret" => &[("Type", 0), ("Data", 0), ("Age", 0)],
+        "Deployment" => &[
+            ("Ready", 0),
+            ("Up-to-date", 0),
+            ("Available", 0),
+            ("Age", 0),
+            ("Containers", 1),
+            ("Images", 1),
+            ("Selector", 1),
+        ],
+        "ReplicaSet" => &[
+            ("Desired", 0),
+            ("Current", 0),
+            ("Ready", 0),
+            ("Age", 0),
+            ("Containers", 1),
+            ("Images", 1),
+            ("Selector", 1),
+        ],
+        "DaemonSet" => &[
+            ("Desired", 0),
+            ("Current", 0),
+            ("Ready", 0),
+            ("Up-to-date", 0),
+            ("Available", 0),
+            ("Node Selector", 0),
+            ("Age", 0),
+            ("Containers", 1),
+            ("Images", 1),
+            ("Selector", 1),
+        ],
+        "StatefulSet" => &[("Ready", 0), ("Age", 0), ("Containers", 1), ("Images", 1)],
+        "ControllerRevision" => &[("Controller", 0), ("Revision", 0), ("Age", 0)],
         "EndpointSlice" => &[
             ("AddressType", 0),
             ("Ports", 0),
@@ -188,6 +221,13 @@ fn format_label_selector(sel: Option<&Value>) -> String {
     let Some(sel) = sel else {
         return "<none>".into();
     };
+    or_none(label_selector_string(sel))
+}
+
+/// apimachinery's `LabelSelectorAsSelector(sel).String()`: the
+/// requirements sorted by key, `k=v`, `k in (a,b)`, `k`, `!k`; empty for
+/// the empty selector, `<error>` for an unknown operator.
+pub fn label_selector_string(sel: &Value) -> String {
     let mut parts: Vec<(String, String)> = Vec::new();
     if let Some(ml) = sel.get("matchLabels").and_then(Value::as_object) {
         for (k, v) in ml {
@@ -212,13 +252,114 @@ fn format_label_selector(sel: Option<&Value>) -> String {
         parts.push((key, text));
     }
     parts.sort();
-    or_none(
-        parts
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect::<Vec<_>>()
-            .join(","),
-    )
+    parts
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// labels.FormatLabels: `k=v` sorted by key, `<none>` when empty.
+fn format_labels(m: Option<&Value>) -> String {
+    let mut parts: Vec<String> = m
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect();
+    parts.sort();
+    or_none(parts.join(","))
+}
+
+/// The names and images of a pod template's containers, comma-joined.
+fn containers_and_images(obj: &Value) -> (String, String) {
+    let cs = arr(obj, "/spec/template/spec/containers");
+    let names: Vec<&str> = cs.iter().map(|c| s(c, "/name")).collect();
+    let images: Vec<&str> = cs.iter().map(|c| s(c, "/image")).collect();
+    (names.join(","), images.join(","))
+}
+
+fn int(obj: &Value, ptr: &str) -> i64 {
+    obj.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn selector_cell(obj: &Value) -> String {
+    obj.pointer("/spec/selector")
+        .map(label_selector_string)
+        .unwrap_or_default()
+}
+
+fn workload_cells(kind: &str, obj: &Value) -> Vec<Value> {
+    let (names, images) = containers_and_images(obj);
+    match kind {
+        "Deployment" => vec![
+            json!(format!(
+                "{}/{}",
+                int(obj, "/status/readyReplicas"),
+                int(obj, "/spec/replicas")
+            )),
+            json!(int(obj, "/status/updatedReplicas")),
+            json!(int(obj, "/status/availableReplicas")),
+            json!(age(obj)),
+            json!(names),
+            json!(images),
+            json!(selector_cell(obj)),
+        ],
+        "ReplicaSet" => vec![
+            json!(int(obj, "/spec/replicas")),
+            json!(int(obj, "/status/replicas")),
+            json!(int(obj, "/status/readyReplicas")),
+            json!(age(obj)),
+            json!(names),
+            json!(images),
+            json!(selector_cell(obj)),
+        ],
+        "DaemonSet" => vec![
+            json!(int(obj, "/status/desiredNumberScheduled")),
+            json!(int(obj, "/status/currentNumberScheduled")),
+            json!(int(obj, "/status/numberReady")),
+            json!(int(obj, "/status/updatedNumberScheduled")),
+            json!(int(obj, "/status/numberAvailable")),
+            json!(format_labels(
+                obj.pointer("/spec/template/spec/nodeSelector")
+            )),
+            json!(age(obj)),
+            json!(names),
+            json!(images),
+            json!(selector_cell(obj)),
+        ],
+        _ => vec![
+            json!(format!(
+                "{}/{}",
+                int(obj, "/status/readyReplicas"),
+                int(obj, "/spec/replicas")
+            )),
+            json!(age(obj)),
+            json!(names),
+            json!(images),
+        ],
+    }
+}
+
+/// `<kind>.<group>/<name>` of the controller, as kubectl names a
+/// ControllerRevision's owner.
+fn controller_name(obj: &Value) -> String {
+    let Some(owner) = arr(obj, "/metadata/ownerReferences")
+        .iter()
+        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+    else {
+        return "<none>".into();
+    };
+    let kind = s(owner, "/kind").to_lowercase();
+    let group = s(owner, "/apiVersion")
+        .rsplit_once('/')
+        .map_or("", |(g, _)| g);
+    let gk = if group.is_empty() {
+        kind
+    } else {
+        format!("{kind}.{group}")
+    };
+    format!("{gk}/{}", s(owner, "/name"))
 }
 
 fn pod_cells(obj: &Value) -> Vec<Value> {
@@ -537,6 +678,21 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Value> {
             json!(age(obj)),
         ],
         "Lease" => vec![json!(s(obj, "/spec/holderIdentity")), json!(age(obj))],
+        "Secret" => vec![
+            json!(s(obj, "/type")),
+            json!(
+                obj.get("data")
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len())
+            ),
+            json!(age(obj)),
+        ],
+        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" => workload_cells(kind, obj),
+        "ControllerRevision" => vec![
+            json!(controller_name(obj)),
+            json!(int(obj, "/revision")),
+            json!(age(obj)),
+        ],
         _ => vec![json!(age(obj))],
     });
     out
@@ -620,6 +776,32 @@ mod tests {
         assert_eq!(c[6], json!("app=web"));
         let lb = json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer", "ports": []}});
         assert_eq!(cells("Service", &lb)[3], json!("<pending>"));
+    }
+
+    #[test]
+    fn workload_rows() {
+        let d = json!({"metadata": {"name": "nginx-test"}, "spec": {"replicas": 3,
+            "selector": {"matchLabels": {"pod-template-hash": "59c9f8dff", "app": "nginx"}},
+            "template": {"spec": {"containers": [{"name": "nginx", "image": "nginx:latest"}, {"name": "side", "image": "busybox"}]}}},
+            "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 1}});
+        let c = cells("Deployment", &d);
+        assert_eq!(c[1], json!("2/3"));
+        assert_eq!((c[2].clone(), c[3].clone()), (json!(3), json!(1)));
+        assert_eq!(c[5], json!("nginx,side"));
+        assert_eq!(c[6], json!("nginx:latest,busybox"));
+        assert_eq!(c[7], json!("app=nginx,pod-template-hash=59c9f8dff"));
+        let rs = cells("ReplicaSet", &d);
+        assert_eq!(
+            (rs[1].clone(), rs[2].clone(), rs[3].clone()),
+            (json!(3), json!(0), json!(2))
+        );
+        let cr = json!({"metadata": {"name": "web-1", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "controller": true}]}, "revision": 2});
+        assert_eq!(
+            cells("ControllerRevision", &cr)[1],
+            json!("statefulset.apps/web")
+        );
+        let sel = json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}, {"key": "x", "operator": "DoesNotExist"}]});
+        assert_eq!(label_selector_string(&sel), "tier in (a,b),!x");
     }
 
     #[test]

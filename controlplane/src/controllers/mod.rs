@@ -3,11 +3,15 @@
 //! turned off with `--controllers` (kube-controller-manager's syntax:
 //! `*,-nodeipam`).
 
+pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod ipam;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod podgc;
+pub mod replicaset;
+pub mod scheduler;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock, mpsc};
@@ -99,6 +103,12 @@ impl Change {
     pub fn label(&self, key: &str) -> Option<&str> {
         self.event.object.attrs.label(key)
     }
+
+    /// A selectable field of the new state (`status.phase` of a Pod),
+    /// without parsing it.
+    pub fn field(&self, name: &str) -> &str {
+        self.event.object.attrs.field(name)
+    }
 }
 
 /// Events queued per controller before it is told to resync instead.
@@ -112,6 +122,10 @@ pub const ALL: &[&str] = &[
     "nodeipam",
     "lbipam",
     "podgc",
+    "replicaset",
+    "deployment",
+    "scheduler",
+    "nodelifecycle",
 ];
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -231,6 +245,10 @@ pub fn start(
             "nodeipam" => Box::new(ipam::NodeIpam::new(&reg.config)),
             "lbipam" => Box::new(ipam::LoadBalancerIpam::new(&reg.config)),
             "podgc" => Box::new(podgc::PodGc::default()),
+            "replicaset" => Box::new(replicaset::ReplicaSetController::default()),
+            "deployment" => Box::new(deployment::DeploymentController::default()),
+            "scheduler" => Box::new(scheduler::Scheduler::default()),
+            "nodelifecycle" => Box::new(nodelifecycle::NodeLifecycle::new(&reg.config)),
             _ => continue,
         };
         tracing::info!(controller = name, "starting controller");
@@ -326,10 +344,74 @@ pub(crate) fn warn_event(
     reason: &str,
     message: &str,
 ) {
+    record_event(reg, component, obj, "Warning", reason, message);
+}
+
+/// Records an Event of `event_type` (`Normal` or `Warning`) the same way
+/// as [`warn_event`].
+pub(crate) fn record_event(
+    reg: &Registry,
+    component: &str,
+    obj: &Value,
+    event_type: &str,
+    reason: &str,
+    message: &str,
+) {
+    let name = format!(
+        "{}.{}",
+        crate::object::name(obj),
+        reason.to_ascii_lowercase()
+    );
+    write_event(reg, component, obj, event_type, reason, message, &name);
+}
+
+/// Records an Event as kube's event correlator keeps them: one per object
+/// and distinct `key` (the message, for events such as "Scaled up replica
+/// set web-5d4 from 0 to 3" that differ each time), whose `count` goes up
+/// when the same one recurs.
+pub(crate) fn record_keyed_event(
+    reg: &Registry,
+    component: &str,
+    obj: &Value,
+    event_type: &str,
+    reason: &str,
+    message: &str,
+    key: &str,
+) {
+    // FNV-1a over the object's uid, the reason and the key: a stable name
+    // per distinct event that a recreated object of the same name never
+    // shares.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in crate::object::uid(obj)
+        .bytes()
+        .chain([0])
+        .chain(reason.bytes())
+        .chain([0])
+        .chain(key.bytes())
+    {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let name = format!("{}.{hash:016x}", crate::object::name(obj));
+    write_event(reg, component, obj, event_type, reason, message, &name);
+}
+
+fn write_event(
+    reg: &Registry,
+    component: &str,
+    obj: &Value,
+    event_type: &str,
+    reason: &str,
+    message: &str,
+    name: &str,
+) {
     use crate::object;
     use crate::resources::EVENTS;
-    let ns = object::namespace(obj);
-    let name = format!("{}.{}", object::name(obj), reason.to_ascii_lowercase());
+    // Events about cluster-scoped objects (Nodes) live in `default`.
+    let ns = match object::namespace(obj) {
+        "" => "default",
+        ns => ns,
+    };
+    let name = name.to_string();
     let now = object::now();
     let res = match reg.store.get(&EVENTS, ns, &name) {
         Ok(Some(cur)) => {
@@ -354,7 +436,7 @@ pub(crate) fn warn_event(
                 },
                 "reason": reason,
                 "message": message,
-                "type": "Warning",
+                "type": event_type,
                 "count": 1,
                 "firstTimestamp": now,
                 "lastTimestamp": now,

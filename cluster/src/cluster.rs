@@ -1,0 +1,663 @@
+//! Building a cluster, watching over its processes, and taking it down.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry_dataplane::bpf::XdpPass;
+use ferry_testbed::{AgentHooks, Process, UNDERLAY_BRIDGE, World};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde::{Deserialize, Serialize};
+
+use crate::components::{self, Binaries, NodeRuntime, Spec};
+use crate::forward::{Forwarder, Published};
+use crate::{Error, Result};
+
+/// Address families of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    Ipv4,
+    Ipv6,
+    Dual,
+}
+
+/// What [`Cluster::up`] builds.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The cluster's name: a DNS label of at most 20 characters; node names
+    /// are `<name>-node<i>`.
+    pub name: String,
+    pub nodes: usize,
+    /// Where the apiserver's store and the kubeconfig live; kept across
+    /// `ferry down` and `ferry up`.
+    pub data_dir: PathBuf,
+    pub ip_family: IpFamily,
+    pub binaries: Binaries,
+    /// The host loopback port of the apiserver; `None`: 6443 when free,
+    /// else any.
+    pub api_port: Option<u16>,
+    /// Publish NodePorts on the host's loopback.
+    pub publish_node_ports: bool,
+    /// How long to wait for the cluster to become usable.
+    pub ready_timeout: Duration,
+}
+
+impl Settings {
+    /// Defaults for cluster `name` with `nodes` nodes, data under
+    /// `data_dir`.
+    pub fn new(name: &str, nodes: usize, data_dir: PathBuf, binaries: Binaries) -> Self {
+        Self {
+            name: name.to_owned(),
+            nodes,
+            data_dir,
+            ip_family: IpFamily::Ipv4,
+            binaries,
+            api_port: None,
+            publish_node_ports: true,
+            ready_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let valid = !self.name.is_empty()
+            && self.name.len() <= 20
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !self.name.starts_with('-')
+            && !self.name.ends_with('-');
+        if !valid {
+            return Err(Error::Config(format!(
+                "--name {:?}: a cluster name is 1-20 lowercase letters, digits or '-', starting and ending with a letter or digit",
+                self.name
+            )));
+        }
+        if self.nodes == 0 || self.nodes > ferry_testbed::MAX_NODES {
+            return Err(Error::Config(format!(
+                "--nodes {}: a cluster has 1 to {} nodes",
+                self.nodes,
+                ferry_testbed::MAX_NODES
+            )));
+        }
+        if self.ip_family != IpFamily::Ipv4 {
+            return Err(Error::Config(
+                "--ip-family: only ipv4 clusters can be built yet (ipv6 and dual are planned); use --ip-family ipv4".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One node of a running cluster, as `ferry status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The Kubernetes node name.
+    pub name: String,
+    /// Its network namespace (`ip netns exec <netns> ...`).
+    pub netns: String,
+    pub ip: IpAddr,
+}
+
+/// One process of a running cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComponentInfo {
+    pub name: String,
+    pub node: Option<String>,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    pub log: PathBuf,
+}
+
+/// A running cluster, as `ferry status` and `ferry down` find it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub name: String,
+    /// The world's prefix: every namespace, cgroup and pin of the cluster
+    /// is named `<prefix>-...`.
+    pub prefix: String,
+    pub data_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub api_port: u16,
+    pub nodes: Vec<NodeInfo>,
+    pub components: Vec<ComponentInfo>,
+    #[serde(default)]
+    pub published: Vec<PublishedInfo>,
+}
+
+/// A published port, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishedInfo {
+    pub port: u16,
+    pub proto: String,
+    pub what: String,
+    pub error: Option<String>,
+}
+
+impl From<Published> for PublishedInfo {
+    fn from(p: Published) -> Self {
+        Self {
+            port: p.port,
+            proto: p.proto.to_string(),
+            what: p.what,
+            error: p.error,
+        }
+    }
+}
+
+/// A process the cluster keeps running: restarted with back-off (1 s
+/// doubling to 30 s) when it exits.
+struct Supervised {
+    spec: Spec,
+    process: Option<Process>,
+    restarts: u32,
+    backoff: Duration,
+    next_start: Option<Instant>,
+    started: Instant,
+}
+
+impl Supervised {
+    fn start(spec: Spec) -> Result<Self> {
+        let process = spec.start()?;
+        Ok(Self {
+            spec,
+            process: Some(process),
+            restarts: 0,
+            backoff: Duration::from_secs(1),
+            next_start: None,
+            started: Instant::now(),
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
+    /// Notices an exit and restarts when the back-off has passed.
+    fn tend(&mut self) {
+        if let Some(p) = &mut self.process
+            && let Ok(Some(status)) = p.try_wait()
+        {
+            tracing::warn!(component = %self.spec.label(), %status, log = %self.spec.log.display(),
+                "component exited; restarting in {:?}", self.backoff);
+            self.process = None;
+            // A process that ran for a while starts over with a short wait.
+            if self.started.elapsed() > Duration::from_secs(60) {
+                self.backoff = Duration::from_secs(1);
+            }
+            self.next_start = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+        }
+        if self.process.is_none() && self.next_start.is_some_and(|t| Instant::now() >= t) {
+            match self.spec.start() {
+                Ok(p) => {
+                    self.process = Some(p);
+                    self.restarts += 1;
+                    self.next_start = None;
+                    self.started = Instant::now();
+                }
+                Err(e) => {
+                    tracing::warn!(component = %self.spec.label(), error = %e, "restart failed");
+                    self.next_start = Some(Instant::now() + self.backoff);
+                }
+            }
+        }
+    }
+
+    fn info(&self) -> ComponentInfo {
+        ComponentInfo {
+            name: self.spec.name.to_owned(),
+            node: self.spec.node.clone(),
+            pid: self.pid(),
+            restarts: self.restarts,
+            log: self.spec.log.clone(),
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.spec.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+/// A running cluster. Dropping it stops every process and removes every
+/// namespace, cgroup and pin it made; the data directory stays.
+pub struct Cluster {
+    // Fields drop in this order: the listeners first, the world last.
+    forwarder: Forwarder,
+    /// The node runtimes, agents, DNS and apiserver, stopped in that order.
+    processes: Vec<Supervised>,
+    runtime: tokio::runtime::Runtime,
+    _xdp: Vec<XdpPass>,
+    _hooks: Vec<AgentHooks>,
+    world: World,
+    name: String,
+    data_dir: PathBuf,
+    kubeconfig: PathBuf,
+    api_port: u16,
+    nodes: Vec<NodeInfo>,
+    client: Client,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("prefix", &self.world.prefix())
+            .field("api_port", &self.api_port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates `dir` (and parents) readable by root alone.
+fn private_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("restricting {}", dir.display()), e))
+}
+
+fn node_name(cluster: &str, i: usize) -> String {
+    format!("{cluster}-node{}", i + 1)
+}
+
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> std::result::Result<T, String>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match probe() {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(Error::NotReady {
+                what: what.to_owned(),
+                secs: timeout.as_secs(),
+                detail: if last.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {last}")
+                },
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Cluster {
+    /// Builds the cluster and returns once it is usable: the apiserver
+    /// answers, every node is Ready, every agent healthy, and the cluster
+    /// DNS answers for `kubernetes.default`.
+    pub fn up(settings: Settings) -> Result<Self> {
+        settings.check()?;
+        let started = Instant::now();
+        let logs = settings.data_dir.join("logs");
+        private_dir(&settings.data_dir)?;
+        private_dir(&logs)?;
+        let world = World::builder().nodes(settings.nodes).build()?;
+        let underlay = world.underlay().clone();
+        let first = world.node(0);
+        // The apiserver's own address on the underlay bridge.
+        let api_ip = Ipv4Addr::from(u32::from(first.underlay_v4.network()) + 250);
+        underlay.exec([
+            "ip",
+            "addr",
+            "add",
+            &format!("{api_ip}/{}", first.underlay_v4.prefix_len()),
+            "dev",
+            UNDERLAY_BRIDGE,
+        ])?;
+        // A veth hands frames sent back out by XDP (`XDP_TX`) only to a
+        // peer with an XDP program: one that passes everything, on the
+        // underlay's end of each node link.
+        let mut xdp = Vec::new();
+        for i in 0..settings.nodes {
+            let port = world.underlay_port(i);
+            let pass = underlay
+                .in_netns(|| XdpPass::attach(&port))?
+                .map_err(|e| Error::Config(format!("XDP on the underlay's {port}: {e}")))?;
+            xdp.push(pass);
+        }
+        let bins = &settings.binaries;
+        let api_dir = settings.data_dir.join("apiserver");
+        let internal_kubeconfig = api_dir.join("admin.kubeconfig");
+        let api_addr = SocketAddr::from((api_ip, components::API_PORT));
+        let mut apiserver = Supervised::start(components::apiserver(
+            &underlay,
+            bins,
+            &api_dir,
+            api_addr,
+            &internal_kubeconfig,
+            &logs.join("apiserver.log"),
+        ))?;
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the async runtime", e))?;
+        let forwarder = {
+            let _guard = runtime.enter();
+            Forwarder::new(&underlay, Ipv4Addr::LOCALHOST)?
+        };
+        let api_port = runtime.block_on(async {
+            match settings.api_port {
+                Some(port) => forwarder.publish_fixed(port, "apiserver", api_addr).await,
+                None => match forwarder
+                    .publish_fixed(components::API_PORT, "apiserver", api_addr)
+                    .await
+                {
+                    Ok(port) => Ok(port),
+                    Err(_) => forwarder.publish_fixed(0, "apiserver", api_addr).await,
+                },
+            }
+        });
+        let api_port = api_port.map_err(|e| {
+            Error::io(
+                format!(
+                    "publishing the apiserver on 127.0.0.1:{} (another cluster or program holds it; choose --api-port)",
+                    settings.api_port.unwrap_or(components::API_PORT)
+                ),
+                e,
+            )
+        })?;
+        let kubeconfig = settings.data_dir.join("kubeconfig");
+        wait_for("the apiserver's kubeconfig", settings.ready_timeout, || {
+            apiserver.tend();
+            if internal_kubeconfig.exists() {
+                Ok(())
+            } else {
+                Err(apiserver.log_tail())
+            }
+        })?;
+        components::rewrite_kubeconfig(
+            &internal_kubeconfig,
+            &kubeconfig,
+            &format!("https://127.0.0.1:{api_port}"),
+        )?;
+        let client = runtime.block_on(client_for(&kubeconfig))?;
+        wait_for("the apiserver", settings.ready_timeout, || {
+            runtime
+                .block_on(client.apiserver_version())
+                .map(drop)
+                .map_err(|e| format!("{e}; {}", apiserver.log_tail()))
+        })?;
+
+        let mut processes = Vec::new();
+        let mut hooks = Vec::new();
+        let mut nodes = Vec::new();
+        for node in world.nodes() {
+            let name = node_name(&settings.name, node.index);
+            let hook = AgentHooks::create(&format!("{}-n{}", world.prefix(), node.index))?;
+            let cni_dir = node.state_dir.join("cni").join("net.d");
+            components::write_cni_config(
+                &cni_dir,
+                &components::cni_conflist(&internal_kubeconfig, &name, &node.state_dir),
+            )?;
+            processes.push(Supervised::start(components::node_runtime(
+                &node.netns,
+                bins,
+                &NodeRuntime {
+                    kubeconfig: &internal_kubeconfig,
+                    node_name: &name,
+                    node_ip: IpAddr::V4(node.ipv4),
+                    cni_conf_dir: &cni_dir,
+                    cgroup_root: &hook.cgroup,
+                    state_dir: &node.state_dir.join("runtime"),
+                },
+                &logs.join(format!("{name}-node.log")),
+            ))?);
+            processes.push(Supervised::start(components::agent(
+                &node.netns,
+                bins,
+                &internal_kubeconfig,
+                &name,
+                &node.underlay_if,
+                &hook,
+                &logs.join(format!("{name}-agent.log")),
+            ))?);
+            hooks.push(hook);
+            nodes.push(NodeInfo {
+                name,
+                netns: node.netns.name().to_owned(),
+                ip: IpAddr::V4(node.ipv4),
+            });
+        }
+        let dns_ip = IpAddr::V4(first.ipv4);
+        let upstreams = settings.data_dir.join("dns-upstreams.conf");
+        if !upstreams.exists() {
+            fs::write(
+                &upstreams,
+                "# ferry-dns's upstream resolvers (resolv.conf format). None: the\n\
+             # cluster is cut off from the outside and names outside its zone\n\
+             # are refused at once. Add `nameserver ADDR` lines that the nodes\n\
+             # can reach to forward them.\n",
+            )
+            .map_err(|e| Error::io(format!("writing {}", upstreams.display()), e))?;
+        }
+        processes.push(Supervised::start(components::dns(
+            &first.netns,
+            bins,
+            &internal_kubeconfig,
+            &nodes[0].name,
+            dns_ip,
+            &upstreams,
+            &logs.join("dns.log"),
+        ))?);
+        processes.push(apiserver);
+        runtime.block_on(apply_dns_objects(&client, dns_ip, &nodes[0].name))?;
+
+        let mut cluster = Cluster {
+            forwarder,
+            processes,
+            runtime,
+            _xdp: xdp,
+            _hooks: hooks,
+            world,
+            name: settings.name.clone(),
+            data_dir: settings.data_dir.clone(),
+            kubeconfig,
+            api_port,
+            nodes,
+            client,
+        };
+        if settings.publish_node_ports {
+            let ips = cluster
+                .world
+                .nodes()
+                .iter()
+                .map(|n| n.ipv4)
+                .collect::<Vec<_>>();
+            let _guard = cluster.runtime.enter();
+            cluster
+                .forwarder
+                .follow_services(cluster.client.clone(), ips);
+        }
+        cluster.wait_usable(settings.ready_timeout)?;
+        tracing::info!(name = %cluster.name, nodes = cluster.nodes.len(), elapsed = ?started.elapsed(), "cluster up");
+        Ok(cluster)
+    }
+
+    fn wait_usable(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let want = self.nodes.len();
+        let nodes_api: Api<Node> = Api::all(self.client.clone());
+        wait_for("every node Ready", left(), || {
+            self.tend();
+            let list = self
+                .runtime
+                .block_on(nodes_api.list(&Default::default()))
+                .map_err(|e| e.to_string())?;
+            let ready = list.items.iter().filter(|n| node_ready(n)).count();
+            if ready >= want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{ready} of {want} Ready; node runtime log: {}",
+                    self.tail_of("node")
+                ))
+            }
+        })?;
+        for (i, node) in self.world.nodes().iter().enumerate() {
+            let addr = SocketAddr::from((node.ipv4, components::AGENT_HEALTHZ_PORT));
+            wait_for(
+                &format!("ferry-agent on {}", self.nodes[i].name),
+                left(),
+                || {
+                    let got = node
+                        .netns
+                        .in_netns(|| {
+                            ferry_testbed::http_get_full(addr, "/healthz", Duration::from_secs(1))
+                        })
+                        .map_err(|e| e.to_string())?;
+                    match got {
+                        Ok((200, _)) => Ok(()),
+                        Ok((code, body)) => Err(format!("/healthz {code}: {body}")),
+                        Err(e) => Err(e.to_string()),
+                    }
+                },
+            )?;
+        }
+        let first = self.world.node(0);
+        let dns = SocketAddr::from((first.ipv4, 53));
+        let mut id = 0u16;
+        wait_for("the cluster DNS", left(), || {
+            id = id.wrapping_add(1);
+            let query = components::dns_query(id, "kubernetes.default.svc.cluster.local");
+            let answer = first
+                .netns
+                .in_netns(|| udp_exchange(dns, &query))
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            if components::dns_answered(id, &answer) {
+                Ok(())
+            } else {
+                Err(format!("no answer yet; dns log: {}", self.tail_of("dns")))
+            }
+        })?;
+        Ok(())
+    }
+
+    fn tail_of(&self, component: &str) -> String {
+        self.processes
+            .iter()
+            .find(|p| p.spec.name == component)
+            .map(Supervised::log_tail)
+            .unwrap_or_default()
+    }
+
+    /// Restarts what exited (with back-off); call periodically.
+    pub fn tend(&mut self) {
+        for p in &mut self.processes {
+            p.tend();
+        }
+    }
+
+    /// What `ferry status` shows.
+    pub fn info(&self) -> ClusterInfo {
+        ClusterInfo {
+            name: self.name.clone(),
+            prefix: self.world.prefix().to_owned(),
+            data_dir: self.data_dir.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            api_port: self.api_port,
+            nodes: self.nodes.clone(),
+            components: self.processes.iter().map(Supervised::info).collect(),
+            published: self
+                .forwarder
+                .published()
+                .into_iter()
+                .map(PublishedInfo::from)
+                .collect(),
+        }
+    }
+
+    /// The kubeconfig for the host (the apiserver through the loopback).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The world the cluster lives in.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// The nodes, in order.
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    /// A client for the cluster's apiserver.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Runs `f` on the cluster's async runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// What is published on the host's loopback.
+    pub fn published(&self) -> Vec<Published> {
+        self.forwarder.published()
+    }
+}
+
+fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn client_for(kubeconfig: &Path) -> Result<Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .map_err(|e| Error::Config(format!("reading {}: {e}", kubeconfig.display())))?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| Error::Config(format!("loading {}: {e}", kubeconfig.display())))?;
+    Ok(Client::try_from(config)?)
+}
+
+async fn apply_dns_objects(client: &Client, ip: IpAddr, node: &str) -> Result<()> {
+    let params = PatchParams::apply("ferry-up").force();
+    let services: Api<Service> = Api::namespaced(client.clone(), "kube-system");
+    services
+        .patch(
+            "kube-dns",
+            &params,
+            &Patch::Apply(components::kube_dns_service()),
+        )
+        .await?;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "kube-system");
+    slices
+        .patch(
+            "kube-dns-ferry",
+            &params,
+            &Patch::Apply(components::kube_dns_endpoints(ip, node)),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Sends `query` to `to` over UDP and returns the answer (1 s timeout).
+fn udp_exchange(to: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    socket.send_to(query, to)?;
+    let mut buf = vec![0u8; 1500];
+    let n = socket.recv(&mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}

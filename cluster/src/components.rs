@@ -1,0 +1,418 @@
+//! The processes of a cluster and the files they are started with: where
+//! the binaries are, each component's command line, the nodes' CNI config,
+//! the host's kubeconfig, and the cluster DNS Service.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ferry_testbed::{AgentHooks, Netns, Process};
+use serde_json::{Value, json};
+
+use crate::{Error, Result};
+
+/// The cluster DNS address, kube's conventional one in the default service
+/// range.
+pub const CLUSTER_DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The cluster's DNS zone.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// The port the apiserver serves on, inside the cluster.
+pub const API_PORT: u16 = 6443;
+/// Where each agent serves kube-proxy's `/healthz`.
+pub const AGENT_HEALTHZ_PORT: u16 = 10256;
+
+/// Where the component binaries are: one directory (cargo's target
+/// directory, or wherever they were installed together).
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    dir: PathBuf,
+}
+
+/// Every binary a cluster runs.
+pub const COMPONENTS: &[&str] = &[
+    "ferry-apiserver",
+    "ferry-agent",
+    "ferry-node",
+    "ferry-cni",
+    "ferry-dns",
+];
+
+impl Binaries {
+    /// The binaries in `dir`; fails naming the first one missing.
+    pub fn in_dir(dir: impl Into<PathBuf>) -> Result<Self> {
+        let bins = Self { dir: dir.into() };
+        for name in COMPONENTS {
+            let path = bins.path(name);
+            if !path.is_file() {
+                return Err(Error::Config(format!(
+                    "{} is missing: build the workspace's binaries (`cargo build --release`) or set --bin-dir to where they are",
+                    path.display()
+                )));
+            }
+        }
+        Ok(bins)
+    }
+
+    /// The directory of the running executable (cargo puts every binary of
+    /// the workspace there).
+    pub fn beside_current_exe() -> Result<Self> {
+        let exe = std::env::current_exe().map_err(|e| Error::io("finding this executable", e))?;
+        let dir = exe
+            .parent()
+            .ok_or_else(|| Error::Config(format!("{} has no directory", exe.display())))?;
+        Self::in_dir(dir)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn arg(&self, name: &str) -> String {
+        self.path(name).to_string_lossy().into_owned()
+    }
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// One process of the cluster: what runs where, and its log.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// `apiserver`, `agent`, `node`, `dns`.
+    pub name: &'static str,
+    /// The Kubernetes node it serves, if any.
+    pub node: Option<String>,
+    pub netns: Netns,
+    pub argv: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl Spec {
+    /// Starts it in its namespace, its output appended to its log.
+    pub fn start(&self) -> Result<Process> {
+        Ok(self.netns.spawn_logged(&self.argv, &self.log)?)
+    }
+
+    /// `agent on ferry-node1`.
+    pub fn label(&self) -> String {
+        match &self.node {
+            Some(n) => format!("{} on {n}", self.name),
+            None => self.name.to_owned(),
+        }
+    }
+}
+
+/// ferry-apiserver in the underlay namespace, all controllers on (node IPAM
+/// hands out the nodes' pod CIDRs).
+pub fn apiserver(
+    underlay: &Netns,
+    bins: &Binaries,
+    data_dir: &Path,
+    bind: SocketAddr,
+    kubeconfig_out: &Path,
+    log: &Path,
+) -> Spec {
+    Spec {
+        name: "apiserver",
+        node: None,
+        netns: underlay.clone(),
+        log: log.to_owned(),
+        argv: vec![
+            bins.arg("ferry-apiserver"),
+            "--data-dir".into(),
+            s(data_dir),
+            "--bind".into(),
+            bind.to_string(),
+            "--kubeconfig-out".into(),
+            s(kubeconfig_out),
+        ],
+    }
+}
+
+/// ferry-agent in its node's namespace: routes, and the service proxy on
+/// the node's uplink (`--devices`) and for the processes of its cgroup
+/// (where the node runtime puts the pods).
+pub fn agent(
+    node: &Netns,
+    bins: &Binaries,
+    kubeconfig: &Path,
+    node_name: &str,
+    uplink: &str,
+    hooks: &AgentHooks,
+    log: &Path,
+) -> Spec {
+    Spec {
+        name: "agent",
+        node: Some(node_name.to_owned()),
+        netns: node.clone(),
+        log: log.to_owned(),
+        argv: vec![
+            bins.arg("ferry-agent"),
+            "--kubeconfig".into(),
+            s(kubeconfig),
+            "--node-name".into(),
+            node_name.into(),
+            "--bpffs-root".into(),
+            s(&hooks.bpffs),
+            "--cgroup-root".into(),
+            s(&hooks.cgroup),
+            "--devices".into(),
+            uplink.into(),
+        ],
+    }
+}
+
+/// What the node runtime of one node is started with.
+#[derive(Debug, Clone)]
+pub struct NodeRuntime<'a> {
+    pub kubeconfig: &'a Path,
+    pub node_name: &'a str,
+    pub node_ip: IpAddr,
+    pub cni_conf_dir: &'a Path,
+    pub cgroup_root: &'a Path,
+    pub state_dir: &'a Path,
+}
+
+/// ferry-node in its node's namespace.
+pub fn node_runtime(node: &Netns, bins: &Binaries, rt: &NodeRuntime<'_>, log: &Path) -> Spec {
+    Spec {
+        name: "node",
+        node: Some(rt.node_name.to_owned()),
+        netns: node.clone(),
+        log: log.to_owned(),
+        argv: vec![
+            bins.arg("ferry-node"),
+            "--kubeconfig".into(),
+            s(rt.kubeconfig),
+            "--node-name".into(),
+            rt.node_name.into(),
+            "--node-ip".into(),
+            rt.node_ip.to_string(),
+            "--cni-conf-dir".into(),
+            s(rt.cni_conf_dir),
+            "--cni-bin-dir".into(),
+            s(bins.dir()),
+            "--cgroup-root".into(),
+            s(rt.cgroup_root),
+            "--state-dir".into(),
+            s(rt.state_dir),
+            "--cluster-dns".into(),
+            CLUSTER_DNS.to_string(),
+            "--cluster-domain".into(),
+            CLUSTER_DOMAIN.into(),
+        ],
+    }
+}
+
+/// ferry-dns on a node's own address (`--listen ip:53`), behind the
+/// `kube-system/kube-dns` Service. `resolv_conf` names its upstreams: the
+/// cluster is cut off from the outside, so by default none, and names
+/// outside the zone are refused at once instead of timing out.
+pub fn dns(
+    node: &Netns,
+    bins: &Binaries,
+    kubeconfig: &Path,
+    node_name: &str,
+    ip: IpAddr,
+    resolv_conf: &Path,
+    log: &Path,
+) -> Spec {
+    Spec {
+        name: "dns",
+        node: Some(node_name.to_owned()),
+        netns: node.clone(),
+        log: log.to_owned(),
+        argv: vec![
+            bins.arg("ferry-dns"),
+            "--kubeconfig".into(),
+            s(kubeconfig),
+            "--listen".into(),
+            SocketAddr::new(ip, 53).to_string(),
+            "--metrics-listen".into(),
+            SocketAddr::new(ip, 9153).to_string(),
+            "--resolv-conf".into(),
+            s(resolv_conf),
+        ],
+    }
+}
+
+/// The node's CNI network config: ferry-cni, its IPAM taking the node's
+/// `spec.podCIDRs` from the API, state kept in the node's directory.
+pub fn cni_conflist(kubeconfig: &Path, node_name: &str, state_dir: &Path) -> Value {
+    json!({
+        "cniVersion": "1.1.0",
+        "name": "ferry",
+        "plugins": [{
+            "type": "ferry-cni",
+            "dataDir": s(&state_dir.join("cni-results")),
+            "ipam": {
+                "type": "ferry",
+                "kubeconfig": s(kubeconfig),
+                "nodeName": node_name,
+                "dataDir": s(&state_dir.join("cni-networks")),
+            },
+        }],
+    })
+}
+
+/// Writes the node's CNI config dir with [`cni_conflist`] in it.
+pub fn write_cni_config(dir: &Path, conflist: &Value) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let path = dir.join("10-ferry.conflist");
+    let staged = dir.join(".10-ferry.conflist.tmp");
+    fs::write(&staged, conflist.to_string())
+        .map_err(|e| Error::io(format!("writing {}", staged.display()), e))?;
+    fs::rename(&staged, &path).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// A copy of the apiserver's kubeconfig pointing at `server` instead (the
+/// apiserver's certificate holds 127.0.0.1 and localhost).
+pub fn rewrite_kubeconfig(from: &Path, to: &Path, server: &str) -> Result<()> {
+    let text = fs::read_to_string(from)
+        .map_err(|e| Error::io(format!("reading {}", from.display()), e))?;
+    let mut replaced = false;
+    let out: Vec<String> = text
+        .lines()
+        .map(|line| match line.trim_start().strip_prefix("server:") {
+            Some(_) => {
+                replaced = true;
+                let indent = &line[..line.len() - line.trim_start().len()];
+                format!("{indent}server: {server}")
+            }
+            None => line.to_owned(),
+        })
+        .collect();
+    if !replaced {
+        return Err(Error::Config(format!(
+            "{} names no server to rewrite",
+            from.display()
+        )));
+    }
+    let staged = to.with_extension("tmp");
+    fs::write(&staged, out.join("\n") + "\n")
+        .map_err(|e| Error::io(format!("writing {}", staged.display()), e))?;
+    fs::rename(&staged, to).map_err(|e| Error::io(format!("writing {}", to.display()), e))
+}
+
+/// The `kube-system/kube-dns` Service at [`CLUSTER_DNS`], with the name,
+/// label and ports CoreDNS's manifests use.
+pub fn kube_dns_service() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "kube-dns",
+            "namespace": "kube-system",
+            "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"},
+        },
+        "spec": {
+            "clusterIP": CLUSTER_DNS.to_string(),
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153},
+            ],
+        },
+    })
+}
+
+/// The EndpointSlice of [`kube_dns_service`]: ferry-dns on `ip`.
+pub fn kube_dns_endpoints(ip: IpAddr, node_name: &str) -> Value {
+    let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "kube-dns-ferry",
+            "namespace": "kube-system",
+            "labels": {
+                "kubernetes.io/service-name": "kube-dns",
+                "endpointslice.kubernetes.io/managed-by": "ferry-up",
+            },
+        },
+        "addressType": family,
+        "endpoints": [{
+            "addresses": [ip.to_string()],
+            "conditions": {"ready": true, "serving": true, "terminating": false},
+            "nodeName": node_name,
+        }],
+        "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            {"name": "metrics", "port": 9153, "protocol": "TCP"},
+        ],
+    })
+}
+
+/// A DNS query for `name` (type A, recursion desired) with id `id`.
+pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(name.len() + 18);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        let len = u8::try_from(label.len()).unwrap_or(63).min(63);
+        q.push(len);
+        q.extend_from_slice(label.as_bytes().get(..usize::from(len)).unwrap_or_default());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// Whether `answer` answers query `id` with NOERROR and at least one record.
+pub fn dns_answered(id: u16, answer: &[u8]) -> bool {
+    answer.len() >= 12
+        && answer[..2] == id.to_be_bytes()
+        && answer[2] & 0x80 != 0
+        && answer[3] & 0x0f == 0
+        && u16::from_be_bytes([answer[6], answer[7]]) > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeconfig_server_is_rewritten_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("ferry-cluster-kc-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("dir");
+        let from = dir.join("in");
+        let to = dir.join("out");
+        fs::write(
+            &from,
+            "clusters:\n- name: ferry\n  cluster:\n    server: https://172.31.0.250:6443\n    certificate-authority-data: QQ==\n",
+        )
+        .expect("write");
+        rewrite_kubeconfig(&from, &to, "https://127.0.0.1:7443").expect("rewrite");
+        let out = fs::read_to_string(&to).expect("read");
+        assert!(
+            out.contains("    server: https://127.0.0.1:7443\n"),
+            "{out}"
+        );
+        assert!(out.contains("certificate-authority-data: QQ=="));
+        assert!(!out.contains("172.31.0.250"));
+        fs::write(&from, "nothing: here\n").expect("write");
+        assert!(rewrite_kubeconfig(&from, &to, "x").is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dns_query_encodes_labels_and_answers_are_checked() {
+        let q = dns_query(0x1234, "kubernetes.default.svc.cluster.local.");
+        assert_eq!(&q[..2], &[0x12, 0x34]);
+        assert_eq!(q[12], 10);
+        assert_eq!(&q[13..23], b"kubernetes");
+        assert_eq!(&q[q.len() - 5..], &[0, 0, 1, 0, 1]);
+        let mut answer = q.clone();
+        answer[2] |= 0x80;
+        answer[7] = 1;
+        assert!(dns_answered(0x1234, &answer));
+        assert!(!dns_answered(0x1235, &answer));
+        answer[3] |= 3; // NXDOMAIN
+        assert!(!dns_answered(0x1234, &answer));
+    }
+}

@@ -1,0 +1,70 @@
+//! `ferry up`: a whole Ferry cluster on one machine, in network namespaces,
+//! with no container engine and no VM.
+//!
+//! A cluster is a testbed [`World`](ferry_testbed::World) (the same netns
+//! topology every integration test builds: an underlay bridge in a namespace
+//! of its own, N node namespaces on it) with the real components started in
+//! it: `ferry-apiserver` (and its controllers) in the underlay namespace, and
+//! on every node `ferry-agent` (routes and the eBPF service proxy, on a child
+//! cgroup and bpffs directory of the node's own) and `ferry-node` (the node
+//! runtime: pods as processes in network namespaces wired by `ferry-cni`);
+//! `ferry-dns` answers at the cluster DNS address. [`Cluster::up`] builds it
+//! and returns once it is usable; dropping the [`Cluster`] takes everything
+//! down again.
+//!
+//! The host reaches the cluster through [`forward`]: the apiserver and every
+//! NodePort are published on the host's loopback by plain sockets, so
+//! `kubectl` and `curl http://localhost:30000/` work with no address, route
+//! or link added to the host.
+//!
+//! The `ferry` binary runs a cluster in a detached supervisor process
+//! ([`state`] holds what `ferry status` and `ferry down` find of it).
+//!
+//! **What it owns:** the world's namespaces and everything in them, the
+//! nodes' cgroups and bpffs directories (named with the world's prefix), the
+//! cluster's data directory and its state directory under [`state::RUN_ROOT`],
+//! and the loopback listeners it publishes. **What it must never touch:**
+//! the host's network configuration (no address, route, link, sysctl or
+//! firewall rule in the root namespace), the root cgroup, and anything of
+//! another cluster.
+
+mod cluster;
+pub mod components;
+pub mod forward;
+pub mod state;
+
+pub use cluster::{Cluster, ClusterInfo, IpFamily, NodeInfo, Settings};
+
+/// Errors of building and running a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Testbed(#[from] ferry_testbed::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error("{what} not ready within {secs} s{detail}")]
+    NotReady {
+        what: String,
+        secs: u64,
+        detail: String,
+    },
+    #[error("talking to the apiserver: {0}")]
+    Api(#[from] kube::Error),
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,184 @@
+//! A container as a process.
+//!
+//! ferry-node starts `unshare --mount --propagation private [--uts] --
+//! ferry-node container-init ... -- <argv>` with the container's
+//! environment and its log file as stdout and stderr. util-linux `unshare`
+//! gives the process a mount namespace (and a UTS namespace) of its own and
+//! execs the hidden `container-init` mode of ferry-node, which, still as the
+//! same process:
+//! 1. joins the container's cgroup (writes its pid to `cgroup.procs`);
+//! 2. enters the pod's network namespace (`setns`);
+//! 3. bind-mounts the pod's `resolv.conf` and `hosts` over `/etc/...`
+//!    (only in its own mount namespace);
+//! 4. sets the hostname (in its own UTS namespace);
+//! 5. changes to the working directory and execs the command.
+//!
+//! Every step is the same process, so the pid ferry-node holds is the
+//! container's main process from the start.
+
+use std::convert::Infallible;
+use std::fs::OpenOptions;
+use std::os::fd::AsFd as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+/// What `container-init` is told (the hidden subcommand's flags).
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {
+    /// The cgroup to join.
+    #[arg(long)]
+    pub cgroup: PathBuf,
+    /// The network namespace file to enter (none: stay in the node's).
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    /// The hostname to set (needs a UTS namespace of its own).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// `SRC:DST` bind mounts, made in the container's mount namespace.
+    #[arg(long = "bind")]
+    pub binds: Vec<String>,
+    /// Working directory.
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// The command, program first.
+    #[arg(last = true, required = true)]
+    pub argv: Vec<String>,
+}
+
+/// Everything needed to start one run of a container.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub netns: Option<PathBuf>,
+    pub hostname: Option<String>,
+    pub binds: Vec<(PathBuf, PathBuf)>,
+    pub cgroup: PathBuf,
+    pub workdir: Option<String>,
+    pub log: PathBuf,
+}
+
+/// Programs ferry-node runs, resolved once at start.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub self_exe: PathBuf,
+    pub unshare: PathBuf,
+    pub nsenter: PathBuf,
+}
+
+impl Tools {
+    pub fn find() -> anyhow::Result<Self> {
+        Ok(Tools {
+            self_exe: std::env::current_exe().context("finding ferry-node's own executable")?,
+            unshare: on_path("unshare").context("util-linux `unshare` is not on PATH")?,
+            nsenter: on_path("nsenter").context("util-linux `nsenter` is not on PATH")?,
+        })
+    }
+}
+
+/// `program` on this process's PATH.
+pub fn on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Starts a run of a container; its stdout and stderr go to `launch.log`
+/// (created, appended to).
+pub fn spawn(tools: &Tools, launch: &Launch) -> anyhow::Result<tokio::process::Child> {
+    if launch.argv.is_empty() {
+        bail!("empty command line");
+    }
+    if let Some(dir) = launch.log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&launch.log)
+        .with_context(|| format!("opening {}", launch.log.display()))?;
+    let log2 = log.try_clone().context("duplicating the log file")?;
+    let mut cmd = tokio::process::Command::new(&tools.unshare);
+    cmd.args(["--mount", "--propagation", "private"]);
+    if launch.hostname.is_some() {
+        cmd.arg("--uts");
+    }
+    cmd.arg("--")
+        .arg(&tools.self_exe)
+        .arg("container-init")
+        .arg("--cgroup")
+        .arg(&launch.cgroup);
+    if let Some(ns) = &launch.netns {
+        cmd.arg("--netns").arg(ns);
+    }
+    if let Some(h) = &launch.hostname {
+        cmd.arg("--hostname").arg(h);
+    }
+    for (src, dst) in &launch.binds {
+        cmd.arg("--bind")
+            .arg(format!("{}:{}", src.display(), dst.display()));
+    }
+    if let Some(w) = launch.workdir.as_deref().filter(|w| !w.is_empty()) {
+        cmd.arg("--workdir").arg(w);
+    }
+    cmd.arg("--").args(&launch.argv);
+    cmd.env_clear()
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        // Its own process group: a signal to ferry-node's group (a ^C)
+        // does not reach the pods.
+        .process_group(0);
+    cmd.spawn()
+        .with_context(|| format!("starting {:?}", launch.argv))
+}
+
+/// The hidden `container-init` mode: sets the process up as its container
+/// and execs the command. Returns only on failure.
+pub fn container_init(args: &InitArgs) -> anyhow::Result<Infallible> {
+    let procs = args.cgroup.join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string())
+        .with_context(|| format!("joining cgroup {}", args.cgroup.display()))?;
+    if let Some(ns) = &args.netns {
+        let file = std::fs::File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
+        rustix::thread::move_into_link_name_space(
+            file.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .with_context(|| format!("entering network namespace {}", ns.display()))?;
+    }
+    for bind in &args.binds {
+        let (src, dst) = bind
+            .split_once(':')
+            .with_context(|| format!("bad --bind {bind:?}: want SRC:DST"))?;
+        rustix::mount::mount_bind(Path::new(src), Path::new(dst))
+            .with_context(|| format!("bind-mounting {src} on {dst}"))?;
+    }
+    if let Some(h) = &args.hostname {
+        rustix::system::sethostname(h.as_bytes())
+            .with_context(|| format!("setting hostname {h:?}"))?;
+    }
+    if let Some(dir) = &args.workdir {
+        std::env::set_current_dir(dir)
+            .with_context(|| format!("changing to working directory {}", dir.display()))?;
+    }
+    let (program, rest) = args.argv.split_first().context("empty command line")?;
+    let err = std::process::Command::new(program).args(rest).exec();
+    Err(err).with_context(|| format!("executing {program:?}"))
+}
+
+/// Sends `signal` to `pid`; a process already gone is fine.
+pub fn signal(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}

@@ -1,0 +1,684 @@
+//! ferry-node against a real ferry-apiserver, inside a testbed world: the
+//! node registers, runs pods as processes in network namespaces wired by
+//! ferry-cni, writes their status, deletes them gracefully, and cleans up
+//! after itself across restarts. Root only.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry_testbed::{
+    AgentHooks, ControlPlane, Node, Process, World, binary, host_local_ranges, skip_if_not_root,
+};
+use serde_json::{Value, json};
+
+/// One node's ferry-node and everything it was given; cleans up on drop
+/// (also during a panic) what a crashed ferry-node could leave: processes
+/// in the pods' cgroups, the cgroups, the netns bind mounts.
+struct NodeRuntime {
+    process: Option<Process>,
+    argv: Vec<String>,
+    node: Node,
+    hooks: AgentHooks,
+    state_dir: PathBuf,
+    ipam_dir: PathBuf,
+}
+
+impl NodeRuntime {
+    fn start(cp: &ControlPlane, world: &World, i: usize) -> Self {
+        let node = world.node(i).clone();
+        let cni = binary("ferry-cni", "ferry-cni");
+        // The catalogue's web server and agnhost: found next to ferry-node.
+        binary("ferry-testbed", "ferry-netexec");
+        let conf_dir = node.state_dir.join("cni");
+        let state_dir = node.state_dir.join("ferry-node");
+        let ipam_dir = node.state_dir.join("ipam");
+        std::fs::create_dir_all(&conf_dir).expect("conf dir");
+        let conflist = json!({
+            "cniVersion": "1.1.0", "name": "ferry",
+            "plugins": [{
+                "type": "ferry-cni",
+                "dataDir": node.state_dir.join("ferry-cni"),
+                "ipam": {"type": "host-local", "ranges": host_local_ranges(&node), "dataDir": ipam_dir},
+            }],
+        });
+        std::fs::write(conf_dir.join("10-ferry.conflist"), conflist.to_string()).expect("conflist");
+        let hooks = AgentHooks::create(&format!("{}-node{i}", world.prefix())).expect("cgroup");
+        let argv: Vec<String> = vec![
+            env!("CARGO_BIN_EXE_ferry-node").into(),
+            "--kubeconfig".into(),
+            cp.kubeconfig.to_string_lossy().into_owned(),
+            "--node-name".into(),
+            node.name.clone(),
+            "--node-ip".into(),
+            node.ipv4.to_string(),
+            "--cni-conf-dir".into(),
+            conf_dir.to_string_lossy().into_owned(),
+            "--cni-bin-dir".into(),
+            cni.parent()
+                .expect("bin dir")
+                .to_string_lossy()
+                .into_owned(),
+            "--cgroup-root".into(),
+            hooks.cgroup.to_string_lossy().into_owned(),
+            "--state-dir".into(),
+            state_dir.to_string_lossy().into_owned(),
+            "--cluster-dns".into(),
+            "10.96.0.10".into(),
+            "--health-port".into(),
+            "0".into(),
+        ];
+        let mut me = NodeRuntime {
+            process: None,
+            argv,
+            node,
+            hooks,
+            state_dir,
+            ipam_dir,
+        };
+        me.restart();
+        me
+    }
+
+    /// Starts ferry-node (again) inside the node's namespace.
+    fn restart(&mut self) {
+        let mut p = self.node.netns.spawn(&self.argv).expect("start ferry-node");
+        p.wait_for_output("running pods bound to this node", Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("ferry-node did not come up: {e}\n{}", p.output()));
+        self.process = Some(p);
+    }
+
+    /// Kills ferry-node (SIGKILL: no chance to clean anything).
+    fn crash(&mut self) -> String {
+        let mut p = self.process.take().expect("running");
+        let _ = p.kill();
+        p.output()
+    }
+
+    fn output(&self) -> String {
+        self.process
+            .as_ref()
+            .map(Process::output)
+            .unwrap_or_default()
+    }
+
+    fn netns_dir(&self) -> PathBuf {
+        self.state_dir.join("netns")
+    }
+
+    fn pod_cgroup(&self, uid: &str) -> PathBuf {
+        self.hooks.cgroup.join(format!("pod{uid}"))
+    }
+
+    fn log(&self, uid: &str, container: &str, restart: u32) -> String {
+        std::fs::read_to_string(
+            self.state_dir
+                .join(format!("pods/{uid}/{container}/{restart}.log")),
+        )
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for NodeRuntime {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.kill();
+        }
+        // Processes first (cgroup.kill reaches every descendant), then the
+        // child cgroups deepest first, then the namespace files.
+        let _ = std::fs::write(self.hooks.cgroup.join("cgroup.kill"), "1");
+        std::thread::sleep(Duration::from_millis(100));
+        remove_child_cgroups(&self.hooks.cgroup);
+        if let Ok(entries) = std::fs::read_dir(self.netns_dir()) {
+            for e in entries.flatten() {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(e.path())
+                    .status();
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn remove_child_cgroups(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_child_cgroups(&e.path());
+                for _ in 0..50 {
+                    if std::fs::remove_dir(e.path()).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
+/// A world of `n` nodes with the apiserver in its underlay. Fields drop in
+/// order: the nodes' runtimes, then the apiserver, then the world.
+struct Cluster {
+    nodes: Vec<NodeRuntime>,
+    cp: ControlPlane,
+    world: World,
+}
+
+impl Cluster {
+    fn new(n: usize) -> Self {
+        let world = World::builder().nodes(n).build().expect("world");
+        let cp = ControlPlane::start(&world);
+        let nodes = (0..n).map(|i| NodeRuntime::start(&cp, &world, i)).collect();
+        Cluster { nodes, cp, world }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        self.cp
+            .kubectl(args)
+            .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+    }
+
+    fn get(&self, args: &[&str]) -> Option<Value> {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend(["-o", "json"]);
+        let out = self.cp.kubectl(&all).ok()?;
+        serde_json::from_str(&out).ok()
+    }
+
+    fn pod(&self, name: &str) -> Option<Value> {
+        self.get(&["pod", name])
+    }
+
+    fn create_pod(&self, name: &str, node: usize, spec: Value) {
+        let mut spec = spec;
+        spec["nodeName"] = json!(self.world.node(node).name);
+        self.cp.apply(&json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"test": name}},
+            "spec": spec,
+        }));
+    }
+
+    /// Waits (bounded) until the pod satisfies `f`; returns it.
+    fn wait_pod(&self, name: &str, secs: u64, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let pod = self.pod(name);
+            if let Some(p) = &pod
+                && f(p)
+            {
+                return p.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pod {name}: {what} not within {secs}s; pod: {:#}\nferry-node: {}",
+                pod.unwrap_or(Value::Null),
+                self.nodes
+                    .iter()
+                    .map(NodeRuntime::output)
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn events_for(&self, name: &str) -> Vec<Value> {
+        let sel = format!("involvedObject.name={name}");
+        self.get(&["events", "--field-selector", &sel])
+            .and_then(|v| v["items"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+fn cond_is(obj: &Value, kind: &str, status: &str) -> bool {
+    condition(obj, kind).is_some_and(|c| c["status"] == status)
+}
+
+fn uid(pod: &Value) -> String {
+    pod["metadata"]["uid"].as_str().expect("uid").to_owned()
+}
+
+fn pod_ip(pod: &Value) -> IpAddr {
+    pod["status"]["podIP"]
+        .as_str()
+        .expect("podIP")
+        .parse()
+        .expect("ip")
+}
+
+fn container_status<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {secs}s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn busybox(command: &str) -> Value {
+    json!({"name": "main", "image": "busybox:1.36", "command": ["sh", "-c", command]})
+}
+
+#[test]
+fn node_registers_and_runs_pods() {
+    if skip_if_not_root() {
+        return;
+    }
+    let c = Cluster::new(1);
+    let node = &c.world.node(0).name;
+
+    // The Node: addresses, capacity, labels, nodeInfo, Ready (the CNI
+    // config exists).
+    let n = c.get(&["node", node]).expect("Node registered");
+    assert!(cond_is(&n, "Ready", "True"), "{n:#}");
+    assert!(cond_is(&n, "MemoryPressure", "False"));
+    let addrs = n["status"]["addresses"].as_array().expect("addresses");
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a["type"] == "InternalIP" && a["address"] == c.world.node(0).ipv4.to_string())
+    );
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a["type"] == "Hostname" && a["address"] == node.as_str())
+    );
+    assert_eq!(
+        n["metadata"]["labels"]["kubernetes.io/hostname"],
+        node.as_str()
+    );
+    assert_eq!(n["metadata"]["labels"]["kubernetes.io/os"], "linux");
+    assert_eq!(n["status"]["capacity"]["pods"], "110");
+    assert!(
+        n["status"]["capacity"]["memory"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("Ki"))
+    );
+    assert_eq!(n["status"]["nodeInfo"]["kubeletVersion"], "v1.32.0-ferry");
+    assert!(
+        n["status"]["nodeInfo"]["containerRuntimeVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("ferry://"))
+    );
+    let lease = c
+        .get(&["lease", "-n", "kube-node-lease", node])
+        .expect("Lease");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 40);
+    let first_renew = lease["spec"]["renewTime"].clone();
+
+    // What the pods refer to.
+    c.kubectl(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=greeting=hello-from-cm",
+        "--from-literal=COLOR=blue",
+    ]);
+    c.cp.apply(&json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "my-web", "namespace": "default"},
+        "spec": {"selector": {"test": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 80}]}}));
+    let sigterm_file = c.world.state_dir().join("got-term");
+
+    c.create_pod(
+        "web",
+        0,
+        json!({"containers": [{"name": "nginx", "image": "nginx:latest",
+        "ports": [{"containerPort": 80}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 1}}]}),
+    );
+    c.create_pod(
+        "hi",
+        0,
+        json!({"containers": [busybox("echo hi; sleep 3600")]}),
+    );
+    let mut envpod = busybox(
+        "env; echo ---; cat /etc/resolv.conf; echo ---; cat /etc/hosts; echo ---; cat /proc/sys/kernel/hostname; sleep 3600",
+    );
+    envpod["env"] = json!([
+        {"name": "MY_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "MY_NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
+        {"name": "COMBINED", "value": "$(GREETING)@$(MY_POD)"},
+    ]);
+    envpod["envFrom"] = json!([{"configMapRef": {"name": "settings"}, "prefix": "CM_"}]);
+    c.create_pod("envpod", 0, json!({"containers": [envpod]}));
+    let mut unready = busybox("sleep 3600");
+    unready["readinessProbe"] = json!({"tcpSocket": {"port": 9}, "periodSeconds": 1});
+    c.create_pod("unready", 0, json!({"containers": [unready]}));
+    c.create_pod(
+        "crash",
+        0,
+        json!({"containers": [busybox("echo boom; exit 3")]}),
+    );
+    c.create_pod(
+        "unknown",
+        0,
+        json!({"containers": [{"name": "app", "image": "quay.io/acme/app:v2"}]}),
+    );
+    let trap = format!(
+        "trap 'echo got-term > {}; exit 0' TERM; echo ready; while true; do sleep 0.2; done",
+        sigterm_file.display()
+    );
+    c.create_pod(
+        "term",
+        0,
+        json!({"terminationGracePeriodSeconds": 10, "containers": [busybox(&trap)]}),
+    );
+
+    // nginx: Running and Ready with an IP from the node's pod CIDR, and its
+    // welcome page from the node.
+    let web = c.wait_pod("web", 30, "Running and Ready", |p| {
+        p["status"]["phase"] == "Running" && cond_is(p, "Ready", "True")
+    });
+    let ip = pod_ip(&web);
+    assert!(
+        c.world
+            .node(0)
+            .pod_cidrs
+            .iter()
+            .any(|cidr| cidr.contains(&ip)),
+        "{ip}"
+    );
+    assert_eq!(web["status"]["hostIP"], c.world.node(0).ipv4.to_string());
+    let cs = container_status(&web, "nginx");
+    assert_eq!(cs["ready"], true);
+    assert_eq!(cs["started"], true);
+    assert!(
+        cs["containerID"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("ferry://"))
+    );
+    assert!(cs["state"]["running"]["startedAt"].is_string());
+    for kind in ["PodScheduled", "Initialized", "ContainersReady"] {
+        assert!(cond_is(&web, kind, "True"), "{kind}: {web:#}");
+    }
+    let page = c
+        .world
+        .node(0)
+        .netns
+        .exec([
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            &format!("http://{}/", SocketAddr::new(ip, 80)),
+        ])
+        .expect("curl the pod");
+    assert!(page.contains("Welcome to nginx!"), "{page}");
+    let reasons: Vec<String> = c
+        .events_for("web")
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for r in ["Pulled", "Created", "Started"] {
+        assert!(reasons.iter().any(|x| x == r), "{r} in {reasons:?}");
+    }
+
+    // The container's process is in the pod's cgroup, in the pod's netns.
+    let web_uid = uid(&web);
+    let procs = std::fs::read_to_string(c.nodes[0].pod_cgroup(&web_uid).join("nginx/cgroup.procs"))
+        .expect("cgroup");
+    let pid: u32 = procs
+        .lines()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .expect("a process in the cgroup");
+    let netns_of = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("ns link");
+    let node_ns = std::fs::metadata(c.nodes[0].netns_dir().join(format!("ferry-{web_uid}")))
+        .expect("netns file");
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(
+        netns_of(&pid.to_string()).to_string_lossy(),
+        format!("net:[{}]", node_ns.ino())
+    );
+
+    // busybox: `hi` in the log file.
+    let hi = c.wait_pod("hi", 20, "Running", |p| p["status"]["phase"] == "Running");
+    let hi_uid = uid(&hi);
+    wait_until("hi in the log", 10, || {
+        c.nodes[0].log(&hi_uid, "main", 0).contains("hi")
+    });
+
+    // The env pod: downward API, ConfigMap, $(VAR), service links;
+    // resolv.conf, hosts, hostname.
+    let envp = c.wait_pod("envpod", 20, "Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let env_uid = uid(&envp);
+    let env_ip = pod_ip(&envp);
+    wait_until("env pod output", 10, || {
+        c.nodes[0].log(&env_uid, "main", 0).matches("---").count() >= 3
+    });
+    let log = c.nodes[0].log(&env_uid, "main", 0);
+    let mut parts = log.split("---\n");
+    let env: Vec<&str> = parts.next().unwrap_or_default().lines().collect();
+    let has = |kv: &str| env.contains(&kv);
+    assert!(has("MY_POD=envpod"), "{log}");
+    assert!(has(&format!("MY_IP={env_ip}")), "{log}");
+    assert!(has(&format!("MY_NODE={node}")), "{log}");
+    assert!(has("GREETING=hello-from-cm"), "{log}");
+    assert!(has("COMBINED=hello-from-cm@envpod"), "{log}");
+    assert!(has("CM_COLOR=blue"), "{log}");
+    let svc = c.get(&["service", "my-web"]).expect("service");
+    let svc_ip = svc["spec"]["clusterIP"].as_str().expect("cluster IP");
+    assert!(has(&format!("MY_WEB_SERVICE_HOST={svc_ip}")), "{log}");
+    assert!(has("MY_WEB_SERVICE_PORT=80"), "{log}");
+    assert!(
+        has(&format!("MY_WEB_PORT_80_TCP=tcp://{svc_ip}:80")),
+        "{log}"
+    );
+    assert!(
+        env.iter()
+            .any(|l| l.starts_with("KUBERNETES_SERVICE_HOST=")),
+        "{log}"
+    );
+    let resolv = parts.next().unwrap_or_default();
+    assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("options ndots:5"), "{resolv}");
+    let hosts = parts.next().unwrap_or_default();
+    assert!(hosts.contains(&format!("{env_ip}\tenvpod")), "{hosts}");
+    assert_eq!(parts.next().unwrap_or_default().trim(), "envpod");
+    // The node's own files are untouched.
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert!(
+        !host_resolv.contains("10.96.0.10"),
+        "the host's resolv.conf changed"
+    );
+
+    // A failing readiness probe keeps the pod Running but not Ready.
+    let unready = c.wait_pod("unready", 20, "Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let unready = c.pod("unready").unwrap_or(unready);
+    assert!(cond_is(&unready, "Ready", "False"), "{unready:#}");
+    assert_eq!(
+        condition(&unready, "Ready").expect("Ready")["reason"],
+        "ContainersNotReady"
+    );
+    assert!(c.events_for("unready").iter().any(|e| {
+        e["reason"] == "Unhealthy"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Readiness probe failed"))
+    }));
+
+    // An unknown image: a clear waiting reason, never Running.
+    let unknown = c.wait_pod("unknown", 20, "waiting on its image", |p| {
+        container_status(p, "app")["state"]["waiting"]["reason"]
+            .as_str()
+            .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+    });
+    let msg = container_status(&unknown, "app")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        msg.contains("quay.io/acme/app:v2") && msg.contains("never pulls images"),
+        "{msg}"
+    );
+    assert_eq!(unknown["status"]["phase"], "Pending");
+    assert!(
+        c.events_for("unknown")
+            .iter()
+            .any(|e| e["reason"] == "Failed" && e["type"] == "Warning")
+    );
+
+    // A crashing container restarts with back-off: at once, then after
+    // 10 s, with its last state kept.
+    let crash = c.wait_pod("crash", 40, "restarted twice", |p| {
+        container_status(p, "main")["restartCount"]
+            .as_i64()
+            .is_some_and(|n| n >= 2)
+    });
+    let cs = container_status(&crash, "main");
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3, "{cs:#}");
+    let crash_uid = uid(&crash);
+    assert!(c.nodes[0].log(&crash_uid, "main", 1).contains("boom"));
+    c.wait_pod("crash", 15, "in CrashLoopBackOff", |p| {
+        container_status(p, "main")["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    assert!(
+        c.events_for("crash")
+            .iter()
+            .any(|e| e["reason"] == "BackOff")
+    );
+
+    // The Lease was renewed meanwhile (every 10 s).
+    wait_until("Lease renewed", 15, || {
+        c.get(&["lease", "-n", "kube-node-lease", node])
+            .is_some_and(|l| l["spec"]["renewTime"] != first_renew)
+    });
+
+    // Graceful deletion: SIGTERM reaches the process, then the pod's
+    // cgroup, netns and veth go and the pod object disappears.
+    let term = c.wait_pod("term", 20, "Running", |p| p["status"]["phase"] == "Running");
+    let term_uid = uid(&term);
+    wait_until("term ready", 10, || {
+        c.nodes[0].log(&term_uid, "main", 0).contains("ready")
+    });
+    let netns_file = c.nodes[0].netns_dir().join(format!("ferry-{term_uid}"));
+    assert!(netns_file.exists());
+    let links_before = c
+        .world
+        .node(0)
+        .netns
+        .exec(["ip", "-o", "link"])
+        .expect("links");
+    c.kubectl(&["delete", "pod", "term", "--wait=false"]);
+    wait_until("pod object gone", 20, || c.pod("term").is_none());
+    assert_eq!(
+        std::fs::read_to_string(&sigterm_file)
+            .unwrap_or_default()
+            .trim(),
+        "got-term"
+    );
+    assert!(!netns_file.exists(), "netns file left");
+    assert!(!c.nodes[0].pod_cgroup(&term_uid).exists(), "cgroup left");
+    let links_after = c
+        .world
+        .node(0)
+        .netns
+        .exec(["ip", "-o", "link"])
+        .expect("links");
+    assert_eq!(
+        links_after.lines().count() + 1,
+        links_before.lines().count(),
+        "one veth fewer:\n{links_before}\n{links_after}"
+    );
+    assert!(
+        c.events_for("term")
+            .iter()
+            .any(|e| e["reason"] == "Killing")
+    );
+}
+
+#[test]
+fn restart_adopts_live_pods_and_cleans_leftovers() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut c = Cluster::new(1);
+    c.create_pod(
+        "keep",
+        0,
+        json!({"containers": [{"name": "main", "image": "nginx"}]}),
+    );
+    c.create_pod("doomed", 0, json!({"containers": [busybox("sleep 3600")]}));
+    let keep = c.wait_pod("keep", 30, "Running", |p| p["status"]["phase"] == "Running");
+    let doomed = c.wait_pod("doomed", 30, "Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let (keep_uid, keep_ip) = (uid(&keep), pod_ip(&keep));
+    let (doomed_uid, doomed_ip) = (uid(&doomed), pod_ip(&doomed));
+    let doomed_netns = c.nodes[0].netns_dir().join(format!("ferry-{doomed_uid}"));
+    assert!(doomed_netns.exists());
+
+    // ferry-node dies; the doomed pod is force-deleted while it is down.
+    c.nodes[0].crash();
+    c.kubectl(&["delete", "pod", "doomed", "--grace-period=0", "--force"]);
+    assert!(c.pod("doomed").is_none());
+    assert!(doomed_netns.exists(), "nothing cleaned it yet");
+    let ipam_net = c.nodes[0].ipam_dir.join("ferry");
+    assert!(
+        ipam_net.join(doomed_ip.to_string()).exists(),
+        "the doomed pod's address is reserved"
+    );
+
+    c.nodes[0].restart();
+    wait_until("the leftover netns removed", 20, || !doomed_netns.exists());
+    wait_until("the leftover cgroup removed", 10, || {
+        !c.nodes[0].pod_cgroup(&doomed_uid).exists()
+    });
+    assert!(
+        !ipam_net.join(doomed_ip.to_string()).exists(),
+        "the doomed pod's address was released (CNI DEL)"
+    );
+
+    // The live pod keeps its sandbox and address; its container runs
+    // again (restartCount 1).
+    let keep = c.wait_pod("keep", 30, "Running again", |p| {
+        p["status"]["phase"] == "Running"
+            && container_status(p, "main")["restartCount"] == 1
+            && container_status(p, "main")["state"]["running"].is_object()
+    });
+    assert_eq!(pod_ip(&keep), keep_ip);
+    assert!(ipam_net.join(keep_ip.to_string()).exists());
+    wait_until("second run logged", 10, || {
+        c.nodes[0]
+            .log(&keep_uid, "main", 1)
+            .contains("ferry-netexec: listening")
+    });
+    let page = c.world.node(0).netns.exec([
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+        &format!("http://{keep_ip}/"),
+    ]);
+    assert!(
+        page.as_deref()
+            .is_ok_and(|p| p.contains("Welcome to nginx!")),
+        "the adopted sandbox serves again: {page:?}"
+    );
+}

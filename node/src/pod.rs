@@ -226,6 +226,10 @@ struct Worker {
     written: Option<Value>,
     /// The phase once it is Succeeded or Failed: nothing runs again.
     finished: Option<&'static str>,
+    /// Whether the pod had already ended when this worker took it over
+    /// (a ferry-node restart): its recorded status is final and stays as
+    /// the run that ended wrote it.
+    settled: bool,
     torn_down: bool,
     /// Events already recorded, to say a repeated failure once.
     said: HashMap<(String, String), String>,
@@ -312,6 +316,7 @@ impl Worker {
             start_time,
             transitions,
             written: None,
+            settled: finished.is_some(),
             finished,
             torn_down: false,
             said: HashMap::new(),
@@ -1124,6 +1129,9 @@ impl Worker {
 
     /// Writes the status if it changed since the last write.
     async fn write_status(&mut self) {
+        if self.settled {
+            return;
+        }
         let status = self.status_json();
         let comparable = strip_times(&status);
         if self.written.as_ref() == Some(&comparable) {

@@ -625,6 +625,14 @@ fn restart_adopts_live_pods_and_cleans_leftovers() {
         json!({"containers": [{"name": "main", "image": "nginx"}]}),
     );
     c.create_pod("doomed", 0, json!({"containers": [busybox("sleep 3600")]}));
+    c.create_pod(
+        "done",
+        0,
+        json!({"restartPolicy": "Never", "containers": [busybox("echo done")]}),
+    );
+    let done = c.wait_pod("done", 30, "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    });
     let keep = c.wait_pod("keep", 30, "Running", |p| p["status"]["phase"] == "Running");
     let doomed = c.wait_pod("doomed", 30, "Running", |p| {
         p["status"]["phase"] == "Running"
@@ -664,6 +672,16 @@ fn restart_adopts_live_pods_and_cleans_leftovers() {
     });
     assert_eq!(pod_ip(&keep), keep_ip);
     assert!(ipam_net.join(keep_ip.to_string()).exists());
+    // A pod that had ended stays as its run left it: never run again, its
+    // status not rewritten as a fresh one.
+    let after = c.pod("done").expect("the finished pod");
+    assert_eq!(after["status"]["phase"], "Succeeded");
+    assert!(container_status(&done, "main")["state"]["terminated"].is_object());
+    assert_eq!(
+        container_status(&after, "main"),
+        container_status(&done, "main"),
+        "the finished pod's container status is kept"
+    );
     wait_until("second run logged", 10, || {
         c.nodes[0]
             .log(&keep_uid, "main", 1)

@@ -46,6 +46,8 @@ pub struct Settings {
     pub publish_node_ports: bool,
     /// How long to wait for the cluster to become usable.
     pub ready_timeout: Duration,
+    /// More ferry-apiserver flags (`--node-monitor-grace-period 5s`, say).
+    pub apiserver_args: Vec<String>,
 }
 
 impl Settings {
@@ -61,6 +63,7 @@ impl Settings {
             api_port: None,
             publish_node_ports: true,
             ready_timeout: Duration::from_secs(60),
+            apiserver_args: Vec::new(),
         }
     }
 
@@ -156,6 +159,8 @@ impl From<Published> for PublishedInfo {
 struct Supervised {
     spec: Spec,
     process: Option<Process>,
+    /// Stopped on purpose ([`Cluster::stop`]): not restarted.
+    held: bool,
     restarts: u32,
     backoff: Duration,
     next_start: Option<Instant>,
@@ -168,6 +173,7 @@ impl Supervised {
         Ok(Self {
             spec,
             process: Some(process),
+            held: false,
             restarts: 0,
             backoff: Duration::from_secs(1),
             next_start: None,
@@ -194,7 +200,10 @@ impl Supervised {
             self.next_start = Some(Instant::now() + self.backoff);
             self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
         }
-        if self.process.is_none() && self.next_start.is_some_and(|t| Instant::now() >= t) {
+        if self.process.is_none()
+            && !self.held
+            && self.next_start.is_some_and(|t| Instant::now() >= t)
+        {
             match self.spec.start() {
                 Ok(p) => {
                     self.process = Some(p);
@@ -331,14 +340,18 @@ impl Cluster {
         let api_dir = settings.data_dir.join("apiserver");
         let internal_kubeconfig = api_dir.join("admin.kubeconfig");
         let api_addr = SocketAddr::from((api_ip, components::API_PORT));
-        let mut apiserver = Supervised::start(components::apiserver(
+        let mut api_spec = components::apiserver(
             &underlay,
             bins,
             &api_dir,
             api_addr,
             &internal_kubeconfig,
             &logs.join("apiserver.log"),
-        ))?;
+        );
+        api_spec
+            .argv
+            .extend(settings.apiserver_args.iter().cloned());
+        let mut apiserver = Supervised::start(api_spec)?;
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -561,6 +574,36 @@ impl Cluster {
         for p in &mut self.processes {
             p.tend();
         }
+    }
+
+    fn component(&mut self, name: &str, node: Option<&str>) -> Result<&mut Supervised> {
+        self.processes
+            .iter_mut()
+            .find(|p| p.spec.name == name && p.spec.node.as_deref() == node)
+            .ok_or_else(|| Error::Config(format!("no component {name} on {node:?}")))
+    }
+
+    /// Stops a component (`node` for the runtime of a node, `agent`,
+    /// `dns`, `apiserver` with no node) until [`start`](Self::start): what a
+    /// node failure or an operator looks like to the rest of the cluster.
+    pub fn stop(&mut self, name: &str, node: Option<&str>) -> Result<()> {
+        let c = self.component(name, node)?;
+        c.held = true;
+        if let Some(mut p) = c.process.take() {
+            p.kill()?;
+        }
+        Ok(())
+    }
+
+    /// Starts again a component [`stop`](Self::stop) stopped.
+    pub fn start(&mut self, name: &str, node: Option<&str>) -> Result<()> {
+        let c = self.component(name, node)?;
+        c.held = false;
+        if c.process.is_none() {
+            c.process = Some(c.spec.start()?);
+            c.restarts += 1;
+        }
+        Ok(())
     }
 
     /// What `ferry status` shows.

@@ -50,6 +50,11 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn up(nodes: usize) -> Self {
+        Self::up_with(nodes, &[])
+    }
+
+    /// [`up`](Self::up) with more ferry-apiserver flags.
+    pub fn up_with(nodes: usize, apiserver_args: &[&str]) -> Self {
         let name = unique_name();
         let data_dir = std::env::temp_dir().join(format!("ferry-cluster-test-{name}"));
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -57,6 +62,7 @@ impl TestCluster {
         let mut settings = Settings::new(&name, nodes, data_dir.clone(), bins);
         settings.api_port = Some(0);
         settings.ready_timeout = Duration::from_secs(90);
+        settings.apiserver_args = apiserver_args.iter().map(|a| (*a).to_owned()).collect();
         let cluster = Cluster::up(settings).expect("ferry up");
         Self { cluster, data_dir }
     }

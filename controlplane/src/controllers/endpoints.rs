@@ -559,3 +559,78 @@ impl Controller for EndpointsController {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::WriteOptions;
+    use std::time::Instant;
+
+    fn pod(i: usize, services: usize, ready: bool) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("p{i}"), "labels": {"app": format!("s{}", i % services), "tier": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "nginx"}]},
+            "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
+    }
+
+    /// Loads `services` Services and `pods` pods (each selected by one
+    /// Service), syncs everything, then changes the readiness of `changes`
+    /// pods and feeds their events; returns the times of both phases.
+    fn load(services: usize, pods: usize, changes: usize) -> (EndpointsController, Registry) {
+        let reg = Registry::in_memory().expect("registry");
+        let opts = WriteOptions::default();
+        let started = Instant::now();
+        for j in 0..services {
+            let svc = json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("s{j}")},
+                "spec": {"selector": {"app": format!("s{j}")}, "ports": [{"port": 80}]}});
+            reg.create(&SERVICES, "default", svc, &opts).expect("service");
+        }
+        for i in 0..pods {
+            reg.create(&PODS, "default", pod(i, services, true), &opts)
+                .expect("pod");
+        }
+        eprintln!(
+            "loaded {services} services and {pods} pods in {:?}",
+            started.elapsed()
+        );
+        let mut ctrl = EndpointsController::default();
+        let started = Instant::now();
+        ctrl.resync(&reg);
+        ctrl.reconcile(&reg);
+        eprintln!("initial sync of {services} services: {:?}", started.elapsed());
+        let started = Instant::now();
+        let mut done = 0;
+        while done < changes {
+            // The in-memory history keeps 1000 events: feed them in batches.
+            let from = reg.store.revision();
+            let batch = (changes - done).min(500);
+            for i in done..done + batch {
+                reg.update(&PODS, "default", &format!("p{i}"), Some("status"), pod(i, services, false), &opts)
+                    .expect("status");
+            }
+            for ev in reg.store.events_after(from).expect("events") {
+                let change = Change::of(ev);
+                if ctrl.watches(change.resource) {
+                    ctrl.observe(&reg, &change);
+                }
+            }
+            ctrl.reconcile(&reg);
+            done += batch;
+        }
+        eprintln!(
+            "{changes} pod readiness changes observed and synced: {:?}",
+            started.elapsed()
+        );
+        (ctrl, reg)
+    }
+
+    /// 10,000 Services and 100,000 pods (issue 12's scale row); run with
+    /// `--ignored --nocapture` to read the times.
+    #[test]
+    #[ignore = "minutes of load; prints times"]
+    fn ten_thousand_services_hundred_thousand_pods() {
+        load(10_000, 100_000, 2_000);
+    }
+}

@@ -590,6 +590,47 @@ fn fits(pod: &PodInfo, name: &str, spec: &NodeSpec, node: &NodeInfo) -> Result<(
     }
 }
 
+/// The DaemonSet controller's question of a node (upstream's
+/// NodeShouldRunDaemonPod), answered with the scheduler's own filters so
+/// the two never disagree: whether a daemon pod should run there (node
+/// selector and required affinity match; every `NoSchedule` and `NoExecute`
+/// taint tolerated, `unschedulable` and the not-ready taint included), and
+/// whether one already there may keep running (affinity, and `NoExecute`
+/// taints only).
+pub(crate) struct DaemonFit(PodInfo);
+
+impl DaemonFit {
+    pub(crate) fn new(pod: &Value) -> Self {
+        Self(PodInfo::parse(pod))
+    }
+
+    pub(crate) fn check(&self, node: &Value) -> (bool, bool) {
+        let name = object::name(node);
+        let spec = NodeSpec::parse(node);
+        let pod = &self.0;
+        let placed = pod
+            .node_selector
+            .iter()
+            .all(|(k, v)| spec.labels.get(k) == Some(v))
+            && pod
+                .affinity
+                .as_ref()
+                .is_none_or(|terms| terms.iter().any(|t| t.matches(name, &spec.labels)));
+        let unschedulable = spec.unschedulable.then(|| Taint {
+            key: TAINT_UNSCHEDULABLE.into(),
+            value: String::new(),
+            effect: "NoSchedule".into(),
+        });
+        let taints: Vec<&Taint> = spec.taints.iter().chain(unschedulable.as_ref()).collect();
+        let run = placed && taints.iter().all(|t| pod.tolerates(t));
+        let keep = placed
+            && taints
+                .iter()
+                .all(|t| t.effect != "NoExecute" || pod.tolerates(t));
+        (run, keep)
+    }
+}
+
 /// kube's LeastAllocated score (0-100) over cpu and memory, counting what
 /// the pod adds.
 fn least_allocated(pod: &PodInfo, spec: &NodeSpec, node: &NodeInfo) -> i64 {

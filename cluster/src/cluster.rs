@@ -1,7 +1,7 @@
 //! Building a cluster, watching over its processes, and taking it down.
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,6 +25,41 @@ pub enum IpFamily {
     Ipv4,
     Ipv6,
     Dual,
+}
+
+impl IpFamily {
+    fn has_v4(self) -> bool {
+        self != IpFamily::Ipv6
+    }
+
+    fn has_v6(self) -> bool {
+        self != IpFamily::Ipv4
+    }
+
+    /// `[v4, v6]` filtered to the cluster's families, the primary first
+    /// (IPv4 for dual stack, as kind does).
+    fn pick<T>(self, v4: T, v6: T) -> Vec<T> {
+        let mut out = Vec::new();
+        if self.has_v4() {
+            out.push(v4);
+        }
+        if self.has_v6() {
+            out.push(v6);
+        }
+        out
+    }
+
+    /// ferry-apiserver's range flags for the families.
+    fn apiserver_args(self) -> Vec<String> {
+        let [s4, s6] = components::SERVICE_CIDRS;
+        let [c4, c6] = components::CLUSTER_CIDRS;
+        vec![
+            "--service-cluster-ip-range".into(),
+            self.pick(s4, s6).join(","),
+            "--cluster-cidr".into(),
+            self.pick(c4, c6).join(","),
+        ]
+    }
 }
 
 /// What [`Cluster::up`] builds.
@@ -88,11 +123,6 @@ impl Settings {
                 self.nodes,
                 ferry_testbed::MAX_NODES
             )));
-        }
-        if self.ip_family != IpFamily::Ipv4 {
-            return Err(Error::Config(
-                "--ip-family: only ipv4 clusters can be built yet (ipv6 and dual are planned); use --ip-family ipv4".into(),
-            ));
         }
         Ok(())
     }
@@ -315,16 +345,29 @@ impl Cluster {
         let world = World::builder().nodes(settings.nodes).build()?;
         let underlay = world.underlay().clone();
         let first = world.node(0);
-        // The apiserver's own address on the underlay bridge.
-        let api_ip = Ipv4Addr::from(u32::from(first.underlay_v4.network()) + 250);
+        let family = settings.ip_family;
+        // The apiserver's own addresses on the underlay bridge; it serves
+        // on the primary family's.
+        let api_v4 = Ipv4Addr::from(u32::from(first.underlay_v4.network()) + 250);
+        let api_v6 = Ipv6Addr::from(u128::from(first.underlay_v6.network()) + 250);
         underlay.exec([
             "ip",
             "addr",
             "add",
-            &format!("{api_ip}/{}", first.underlay_v4.prefix_len()),
+            &format!("{api_v4}/{}", first.underlay_v4.prefix_len()),
             "dev",
             UNDERLAY_BRIDGE,
         ])?;
+        underlay.exec([
+            "ip",
+            "addr",
+            "add",
+            &format!("{api_v6}/{}", first.underlay_v6.prefix_len()),
+            "dev",
+            UNDERLAY_BRIDGE,
+            "nodad",
+        ])?;
+        let api_ip = family.pick(IpAddr::V4(api_v4), IpAddr::V6(api_v6))[0];
         // A veth hands frames sent back out by XDP (`XDP_TX`) only to a
         // peer with an XDP program: one that passes everything, on the
         // underlay's end of each node link.
@@ -348,6 +391,7 @@ impl Cluster {
             &internal_kubeconfig,
             &logs.join("apiserver.log"),
         );
+        api_spec.argv.extend(family.apiserver_args());
         api_spec
             .argv
             .extend(settings.apiserver_args.iter().cloned());
@@ -408,7 +452,12 @@ impl Cluster {
         let mut processes = Vec::new();
         let mut hooks = Vec::new();
         let mut nodes = Vec::new();
+        let cluster_dns = family.pick(
+            IpAddr::V4(components::CLUSTER_DNS),
+            IpAddr::V6(components::CLUSTER_DNS_V6),
+        );
         for node in world.nodes() {
+            let node_ips = family.pick(IpAddr::V4(node.ipv4), IpAddr::V6(node.ipv6));
             let name = node_name(&settings.name, node.index);
             let hook = AgentHooks::create(&format!("{}-n{}", world.prefix(), node.index))?;
             let cni_dir = node.state_dir.join("cni").join("net.d");
@@ -422,7 +471,8 @@ impl Cluster {
                 &NodeRuntime {
                     kubeconfig: &internal_kubeconfig,
                     node_name: &name,
-                    node_ip: IpAddr::V4(node.ipv4),
+                    node_ips: &node_ips,
+                    cluster_dns: &cluster_dns,
                     cni_conf_dir: &cni_dir,
                     cgroup_root: &hook.cgroup,
                     state_dir: &node.state_dir.join("runtime"),
@@ -442,10 +492,10 @@ impl Cluster {
             nodes.push(NodeInfo {
                 name,
                 netns: node.netns.name().to_owned(),
-                ip: IpAddr::V4(node.ipv4),
+                ip: node_ips[0],
             });
         }
-        let dns_ip = IpAddr::V4(first.ipv4);
+        let dns_ips = family.pick(IpAddr::V4(first.ipv4), IpAddr::V6(first.ipv6));
         let upstreams = settings.data_dir.join("dns-upstreams.conf");
         if !upstreams.exists() {
             fs::write(
@@ -462,12 +512,17 @@ impl Cluster {
             bins,
             &internal_kubeconfig,
             &nodes[0].name,
-            dns_ip,
+            &dns_ips,
             &upstreams,
             &logs.join("dns.log"),
         ))?);
         processes.push(apiserver);
-        runtime.block_on(apply_dns_objects(&client, dns_ip, &nodes[0].name))?;
+        runtime.block_on(apply_dns_objects(
+            &client,
+            &cluster_dns,
+            &dns_ips,
+            &nodes[0].name,
+        ))?;
 
         let mut cluster = Cluster {
             forwarder,
@@ -484,12 +539,7 @@ impl Cluster {
             client,
         };
         if settings.publish_node_ports {
-            let ips = cluster
-                .world
-                .nodes()
-                .iter()
-                .map(|n| n.ipv4)
-                .collect::<Vec<_>>();
+            let ips = cluster.nodes.iter().map(|n| n.ip).collect::<Vec<_>>();
             let _guard = cluster.runtime.enter();
             cluster
                 .forwarder
@@ -542,11 +592,12 @@ impl Cluster {
             )?;
         }
         let first = self.world.node(0);
-        let dns = SocketAddr::from((first.ipv4, 53));
+        let dns = SocketAddr::new(self.nodes[0].ip, 53);
         let mut id = 0u16;
         wait_for("the cluster DNS", left(), || {
             id = id.wrapping_add(1);
-            let query = components::dns_query(id, "kubernetes.default.svc.cluster.local");
+            let query =
+                components::dns_query(id, "kubernetes.default.svc.cluster.local", dns.is_ipv6());
             let answer = first
                 .netns
                 .in_netns(|| udp_exchange(dns, &query))
@@ -673,30 +724,41 @@ async fn client_for(kubeconfig: &Path) -> Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
-async fn apply_dns_objects(client: &Client, ip: IpAddr, node: &str) -> Result<()> {
+async fn apply_dns_objects(
+    client: &Client,
+    cluster_ips: &[IpAddr],
+    dns_ips: &[IpAddr],
+    node: &str,
+) -> Result<()> {
     let params = PatchParams::apply("ferry-up").force();
     let services: Api<Service> = Api::namespaced(client.clone(), "kube-system");
     services
         .patch(
             "kube-dns",
             &params,
-            &Patch::Apply(components::kube_dns_service()),
+            &Patch::Apply(components::kube_dns_service(cluster_ips)),
         )
         .await?;
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "kube-system");
-    slices
-        .patch(
-            "kube-dns-ferry",
-            &params,
-            &Patch::Apply(components::kube_dns_endpoints(ip, node)),
-        )
-        .await?;
+    for ip in dns_ips {
+        let slice = components::kube_dns_endpoints(*ip, node);
+        let name = slice["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        slices.patch(&name, &params, &Patch::Apply(slice)).await?;
+    }
     Ok(())
 }
 
 /// Sends `query` to `to` over UDP and returns the answer (1 s timeout).
 fn udp_exchange(to: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
-    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    let any: IpAddr = if to.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = std::net::UdpSocket::bind((any, 0))?;
     socket.set_read_timeout(Some(Duration::from_secs(1)))?;
     socket.send_to(query, to)?;
     let mut buf = vec![0u8; 1500];

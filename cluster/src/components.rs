@@ -3,7 +3,7 @@
 //! the host's kubeconfig, and the cluster DNS Service.
 
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use ferry_testbed::{AgentHooks, Netns, Process};
@@ -14,6 +14,12 @@ use crate::{Error, Result};
 /// The cluster DNS address, kube's conventional one in the default service
 /// range.
 pub const CLUSTER_DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The cluster DNS address in the IPv6 service range.
+pub const CLUSTER_DNS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0xa);
+/// The service ranges per family (the second: kind's IPv6 default shape).
+pub const SERVICE_CIDRS: [&str; 2] = ["10.96.0.0/16", "fd00:10:96::/112"];
+/// The cluster (pod) CIDRs per family: a /24 and a /64 per node.
+pub const CLUSTER_CIDRS: [&str; 2] = ["10.244.0.0/16", "fd00:10:244::/56"];
 /// The cluster's DNS zone.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// The port the apiserver serves on, inside the cluster.
@@ -78,6 +84,13 @@ impl Binaries {
 
 fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+fn join(ips: &[IpAddr]) -> String {
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// One process of the cluster: what runs where, and its log.
@@ -172,7 +185,10 @@ pub fn agent(
 pub struct NodeRuntime<'a> {
     pub kubeconfig: &'a Path,
     pub node_name: &'a str,
-    pub node_ip: IpAddr,
+    /// One per family, the primary first.
+    pub node_ips: &'a [IpAddr],
+    /// The cluster DNS addresses, the primary family first.
+    pub cluster_dns: &'a [IpAddr],
     pub cni_conf_dir: &'a Path,
     pub cgroup_root: &'a Path,
     pub state_dir: &'a Path,
@@ -192,7 +208,7 @@ pub fn node_runtime(node: &Netns, bins: &Binaries, rt: &NodeRuntime<'_>, log: &P
             "--node-name".into(),
             rt.node_name.into(),
             "--node-ip".into(),
-            rt.node_ip.to_string(),
+            join(rt.node_ips),
             "--cni-conf-dir".into(),
             s(rt.cni_conf_dir),
             "--cni-bin-dir".into(),
@@ -202,7 +218,7 @@ pub fn node_runtime(node: &Netns, bins: &Binaries, rt: &NodeRuntime<'_>, log: &P
             "--state-dir".into(),
             s(rt.state_dir),
             "--cluster-dns".into(),
-            CLUSTER_DNS.to_string(),
+            join(rt.cluster_dns),
             "--cluster-domain".into(),
             CLUSTER_DOMAIN.into(),
         ],
@@ -218,10 +234,15 @@ pub fn dns(
     bins: &Binaries,
     kubeconfig: &Path,
     node_name: &str,
-    ip: IpAddr,
+    ips: &[IpAddr],
     resolv_conf: &Path,
     log: &Path,
 ) -> Spec {
+    let mut listen = Vec::new();
+    for ip in ips {
+        listen.push("--listen".to_owned());
+        listen.push(SocketAddr::new(*ip, 53).to_string());
+    }
     Spec {
         name: "dns",
         node: Some(node_name.to_owned()),
@@ -231,13 +252,14 @@ pub fn dns(
             bins.arg("ferry-dns"),
             "--kubeconfig".into(),
             s(kubeconfig),
-            "--listen".into(),
-            SocketAddr::new(ip, 53).to_string(),
             "--metrics-listen".into(),
-            SocketAddr::new(ip, 9153).to_string(),
+            SocketAddr::new(ips[0], 9153).to_string(),
             "--resolv-conf".into(),
             s(resolv_conf),
-        ],
+        ]
+        .into_iter()
+        .chain(listen)
+        .collect(),
     }
 }
 
@@ -301,7 +323,16 @@ pub fn rewrite_kubeconfig(from: &Path, to: &Path, server: &str) -> Result<()> {
 
 /// The `kube-system/kube-dns` Service at [`CLUSTER_DNS`], with the name,
 /// label and ports CoreDNS's manifests use.
-pub fn kube_dns_service() -> Value {
+pub fn kube_dns_service(cluster_ips: &[IpAddr]) -> Value {
+    let families: Vec<&str> = cluster_ips
+        .iter()
+        .map(|ip| if ip.is_ipv4() { "IPv4" } else { "IPv6" })
+        .collect();
+    let policy = if cluster_ips.len() > 1 {
+        "RequireDualStack"
+    } else {
+        "SingleStack"
+    };
     json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -311,7 +342,10 @@ pub fn kube_dns_service() -> Value {
             "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"},
         },
         "spec": {
-            "clusterIP": CLUSTER_DNS.to_string(),
+            "clusterIP": cluster_ips.first().map(ToString::to_string),
+            "clusterIPs": cluster_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "ipFamilies": families,
+            "ipFamilyPolicy": policy,
             "ports": [
                 {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
                 {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
@@ -321,14 +355,15 @@ pub fn kube_dns_service() -> Value {
     })
 }
 
-/// The EndpointSlice of [`kube_dns_service`]: ferry-dns on `ip`.
+/// The EndpointSlice of [`kube_dns_service`] for `ip`'s family: ferry-dns
+/// on `ip`.
 pub fn kube_dns_endpoints(ip: IpAddr, node_name: &str) -> Value {
     let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
     json!({
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
-            "name": "kube-dns-ferry",
+            "name": format!("kube-dns-ferry-{}", family.to_lowercase()),
             "namespace": "kube-system",
             "labels": {
                 "kubernetes.io/service-name": "kube-dns",
@@ -349,8 +384,9 @@ pub fn kube_dns_endpoints(ip: IpAddr, node_name: &str) -> Value {
     })
 }
 
-/// A DNS query for `name` (type A, recursion desired) with id `id`.
-pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
+/// A DNS query for `name` (recursion desired) with id `id`: type A, or
+/// AAAA when `v6`.
+pub fn dns_query(id: u16, name: &str, v6: bool) -> Vec<u8> {
     let mut q = Vec::with_capacity(name.len() + 18);
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
@@ -359,7 +395,7 @@ pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
         q.push(len);
         q.extend_from_slice(label.as_bytes().get(..usize::from(len)).unwrap_or_default());
     }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q.extend_from_slice(&[0, 0, if v6 { 28 } else { 1 }, 0, 1]);
     q
 }
 
@@ -402,7 +438,11 @@ mod tests {
 
     #[test]
     fn dns_query_encodes_labels_and_answers_are_checked() {
-        let q = dns_query(0x1234, "kubernetes.default.svc.cluster.local.");
+        let q = dns_query(0x1234, "kubernetes.default.svc.cluster.local.", false);
+        assert_eq!(
+            &dns_query(1, "a.b", true)[..][dns_query(1, "a.b", true).len() - 4..],
+            &[0, 28, 0, 1]
+        );
         assert_eq!(&q[..2], &[0x12, 0x34]);
         assert_eq!(q[12], 10);
         assert_eq!(&q[13..23], b"kubernetes");

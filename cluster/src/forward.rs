@@ -76,21 +76,21 @@ type SocketReply = oneshot::Sender<io::Result<Socket>>;
 /// used afterwards.
 #[derive(Debug, Clone)]
 pub struct Dialer {
-    requests: mpsc::Sender<(Type, SocketReply)>,
+    requests: mpsc::Sender<(Domain, Type, SocketReply)>,
 }
 
 impl Dialer {
     /// Starts the socket-making thread inside `netns`.
     pub fn new(netns: &Netns) -> crate::Result<Self> {
-        let (tx, rx) = mpsc::channel::<(Type, SocketReply)>();
+        let (tx, rx) = mpsc::channel::<(Domain, Type, SocketReply)>();
         netns.thread(move || {
-            while let Ok((ty, reply)) = rx.recv() {
+            while let Ok((domain, ty, reply)) = rx.recv() {
                 let proto = if ty == Type::STREAM {
                     SockProtocol::TCP
                 } else {
                     SockProtocol::UDP
                 };
-                let socket = Socket::new(Domain::IPV4, ty, Some(proto)).and_then(|s| {
+                let socket = Socket::new(domain, ty, Some(proto)).and_then(|s| {
                     s.set_nonblocking(true)?;
                     s.set_cloexec(true)?;
                     Ok(s)
@@ -101,10 +101,10 @@ impl Dialer {
         Ok(Self { requests: tx })
     }
 
-    async fn socket(&self, ty: Type) -> io::Result<Socket> {
+    async fn socket(&self, to: SocketAddr, ty: Type) -> io::Result<Socket> {
         let (tx, rx) = oneshot::channel();
         self.requests
-            .send((ty, tx))
+            .send((Domain::for_address(to), ty, tx))
             .map_err(|_| io::Error::other("the namespace's socket thread is gone"))?;
         rx.await
             .map_err(|_| io::Error::other("the namespace's socket thread is gone"))?
@@ -112,7 +112,7 @@ impl Dialer {
 
     /// A TCP connection to `addr`, from inside the namespace.
     pub async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
-        let socket = self.socket(Type::STREAM).await?;
+        let socket = self.socket(addr, Type::STREAM).await?;
         let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
         tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
             .await
@@ -121,8 +121,13 @@ impl Dialer {
 
     /// A UDP socket connected to `addr`, from inside the namespace.
     pub async fn udp(&self, addr: SocketAddr) -> io::Result<UdpSocket> {
-        let socket = self.socket(Type::DGRAM).await?;
-        socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+        let socket = self.socket(addr, Type::DGRAM).await?;
+        let any: std::net::IpAddr = if addr.is_ipv4() {
+            Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        socket.bind(&SocketAddr::new(any, 0).into())?;
         let socket = UdpSocket::from_std(std::net::UdpSocket::from(socket))?;
         socket.connect(addr).await?;
         Ok(socket)
@@ -206,7 +211,7 @@ impl Forwarder {
     /// Follows the cluster's Services: every NodePort is published on the
     /// same port of the host, relayed to that port on `nodes` (first
     /// reachable wins).
-    pub fn follow_services(&mut self, client: Client, nodes: Vec<Ipv4Addr>) {
+    pub fn follow_services(&mut self, client: Client, nodes: Vec<std::net::IpAddr>) {
         let api: Api<Service> = Api::all(client);
         let dialer = self.dialer.clone();
         let host = self.host;
@@ -280,7 +285,10 @@ fn key_of(svc: &Service) -> String {
 
 /// The NodePorts the Services ask for. Two Services cannot hold one
 /// NodePort (the apiserver allocates them), so each key has one owner.
-fn node_ports(services: &BTreeMap<String, Service>, nodes: &[Ipv4Addr]) -> BTreeMap<Key, Target> {
+fn node_ports(
+    services: &BTreeMap<String, Service>,
+    nodes: &[std::net::IpAddr],
+) -> BTreeMap<Key, Target> {
     let mut wanted = BTreeMap::new();
     for (name, svc) in services {
         let Some(spec) = &svc.spec else { continue };
@@ -300,7 +308,7 @@ fn node_ports(services: &BTreeMap<String, Service>, nodes: &[Ipv4Addr]) -> BTree
                     what: name.clone(),
                     addrs: nodes
                         .iter()
-                        .map(|ip| SocketAddr::from((*ip, node_port)))
+                        .map(|ip| SocketAddr::new(*ip, node_port))
                         .collect(),
                 },
             );
@@ -593,7 +601,10 @@ mod tests {
 
     #[test]
     fn node_ports_are_wanted_per_port_and_protocol_on_every_node() {
-        let nodes = [Ipv4Addr::new(172, 31, 0, 1), Ipv4Addr::new(172, 31, 0, 2)];
+        let nodes = [
+            std::net::IpAddr::V4(Ipv4Addr::new(172, 31, 0, 1)),
+            std::net::IpAddr::V4(Ipv4Addr::new(172, 31, 0, 2)),
+        ];
         let mut services = BTreeMap::new();
         services.insert(
             "default/a".into(),
@@ -611,8 +622,8 @@ mod tests {
         assert_eq!(
             tcp.addrs,
             vec![
-                SocketAddr::from((nodes[0], 30000)),
-                SocketAddr::from((nodes[1], 30000))
+                SocketAddr::new(nodes[0], 30000),
+                SocketAddr::new(nodes[1], 30000)
             ]
         );
     }

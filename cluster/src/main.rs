@@ -188,7 +188,7 @@ fn supervise(cli: &Cli) -> anyhow::Result<()> {
         .init();
     // Outlive the terminal and the `ferry up` that started us.
     let _ = rustix::process::setsid();
-    state::claim(&cli.name)?;
+    state::claim(&cli.name, &cli.data_dir())?;
     let settings = cli.settings()?;
     let mut cluster = Cluster::up(settings).context("building the cluster")?;
     state::save_info(&cluster.info())?;
@@ -229,6 +229,7 @@ fn supervise(cli: &Cli) -> anyhow::Result<()> {
 fn down(cli: &Cli) -> anyhow::Result<()> {
     let data_dir = state::info(&cli.name)
         .map(|i| i.data_dir)
+        .or_else(|| state::owner(&cli.name).and_then(|o| o.data_dir))
         .unwrap_or_else(|| cli.data_dir());
     match state::owner(&cli.name) {
         Some(owner) if owner.alive() => {

@@ -34,10 +34,14 @@ fn owner_path(name: &str) -> PathBuf {
 
 /// The process that runs a cluster: pid and start time (a recycled pid
 /// has another).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     pub pid: u32,
     pub start_time: u64,
+    /// The cluster's data directory, so `ferry down --purge` finds it even
+    /// when the cluster never came up.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Owner {
@@ -46,7 +50,11 @@ impl Owner {
         let pid = std::process::id();
         let start_time = start_time(pid)
             .ok_or_else(|| Error::Config(format!("cannot read /proc/{pid}/stat")))?;
-        Ok(Self { pid, start_time })
+        Ok(Self {
+            pid,
+            start_time,
+            data_dir: None,
+        })
     }
 
     /// Whether that very process still runs.
@@ -78,7 +86,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
 
 /// Claims cluster `name` for this process: fails when a live supervisor
 /// holds it.
-pub fn claim(name: &str) -> Result<()> {
+pub fn claim(name: &str, data_dir: &Path) -> Result<()> {
     let dir = dir(name);
     fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     if let Some(owner) = owner(name)
@@ -91,7 +99,11 @@ pub fn claim(name: &str) -> Result<()> {
         )));
     }
     let _ = fs::remove_file(info_path(name));
-    write_json(&owner_path(name), &Owner::current()?)
+    let owner = Owner {
+        data_dir: Some(data_dir.to_owned()),
+        ..Owner::current()?
+    };
+    write_json(&owner_path(name), &owner)
 }
 
 /// The supervisor recorded for `name`, alive or not.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_cluster::components::Binaries;
-use ferry_cluster::{Cluster, Settings};
+use ferry_cluster::{Cluster, IpFamily, Settings};
 
 /// Every binary a cluster runs, built on demand when a narrower `cargo test`
 /// did not build them; their directory.
@@ -55,12 +55,22 @@ impl TestCluster {
 
     /// [`up`](Self::up) with more ferry-apiserver flags.
     pub fn up_with(nodes: usize, apiserver_args: &[&str]) -> Self {
+        Self::build(nodes, IpFamily::Ipv4, apiserver_args)
+    }
+
+    /// A cluster of the address families `family`.
+    pub fn up_family(nodes: usize, family: IpFamily) -> Self {
+        Self::build(nodes, family, &[])
+    }
+
+    fn build(nodes: usize, family: IpFamily, apiserver_args: &[&str]) -> Self {
         let name = unique_name();
         let data_dir = std::env::temp_dir().join(format!("ferry-cluster-test-{name}"));
         let _ = std::fs::remove_dir_all(&data_dir);
         let bins = Binaries::in_dir(bin_dir()).expect("component binaries");
         let mut settings = Settings::new(&name, nodes, data_dir.clone(), bins);
         settings.api_port = Some(0);
+        settings.ip_family = family;
         settings.ready_timeout = Duration::from_secs(90);
         settings.apiserver_args = apiserver_args.iter().map(|a| (*a).to_owned()).collect();
         let cluster = Cluster::up(settings).expect("ferry up");

@@ -392,9 +392,43 @@ async fn main() -> anyhow::Result<()> {
         });
         if let Some(prefix) = cli.pod_devices.clone() {
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                // Link notifications (what `ip monitor link` shows) wake the
+                // sync as a pod's veth appears; the tick repairs whatever a
+                // lost notification missed (every second without them).
+                let mut links = match rtnetlink::new_multicast_connection(&[
+                    rtnetlink::MulticastGroup::Link,
+                ]) {
+                    Ok((conn, _, rx)) => {
+                        tokio::spawn(conn);
+                        Some(rx)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "link notifications for --pod-devices; polling every second instead");
+                        None
+                    }
+                };
+                let period = if links.is_some() { 10 } else { 1 };
+                let mut tick = tokio::time::interval(Duration::from_secs(period));
                 loop {
-                    tick.tick().await;
+                    match links.as_mut() {
+                        Some(rx) => {
+                            tokio::select! {
+                                msg = rx.next() => if msg.is_none() {
+                                    tracing::warn!("link notifications ended; polling every second");
+                                    links = None;
+                                    tick = tokio::time::interval(Duration::from_secs(1));
+                                },
+                                _ = tick.tick() => {}
+                            }
+                            // One sync for a burst of notifications.
+                            if let Some(rx) = links.as_mut() {
+                                while rx.try_recv().is_ok() {}
+                            }
+                        }
+                        None => {
+                            tick.tick().await;
+                        }
+                    }
                     let names = match devices::link_names(&handle).await {
                         Ok(n) => n,
                         Err(e) => {

@@ -283,6 +283,91 @@ pub struct Cluster {
     api_port: u16,
     nodes: Vec<NodeInfo>,
     client: Client,
+    plan: NodePlan,
+    ready_timeout: Duration,
+}
+
+/// What starting a node's components takes: the same for the first nodes
+/// and for nodes added later.
+#[derive(Debug, Clone)]
+struct NodePlan {
+    cluster: String,
+    prefix: String,
+    family: IpFamily,
+    bins: Binaries,
+    kubeconfig: PathBuf,
+    cluster_dns: Vec<IpAddr>,
+    logs: PathBuf,
+}
+
+/// One node's share of the cluster.
+struct StartedNode {
+    xdp: XdpPass,
+    hooks: AgentHooks,
+    processes: Vec<Supervised>,
+    info: NodeInfo,
+}
+
+impl NodePlan {
+    /// Starts node `node`'s runtime and agent, with their cgroup, pins
+    /// directory and CNI config.
+    fn start(
+        &self,
+        underlay: &ferry_testbed::Netns,
+        world: &World,
+        node: &ferry_testbed::Node,
+    ) -> Result<StartedNode> {
+        // A veth hands frames sent back out by XDP (`XDP_TX`) only to a
+        // peer with an XDP program: one that passes everything, on the
+        // underlay's end of the node's link.
+        let port = world.underlay_port(node.index);
+        let xdp = underlay
+            .in_netns(|| XdpPass::attach(&port))?
+            .map_err(|e| Error::Config(format!("XDP on the underlay's {port}: {e}")))?;
+        let node_ips = self
+            .family
+            .pick(IpAddr::V4(node.ipv4), IpAddr::V6(node.ipv6));
+        let name = node_name(&self.cluster, node.index);
+        let hooks = AgentHooks::create(&format!("{}-n{}", self.prefix, node.index))?;
+        let cni_dir = node.state_dir.join("cni").join("net.d");
+        components::write_cni_config(
+            &cni_dir,
+            &components::cni_conflist(&self.kubeconfig, &name, &node.state_dir),
+        )?;
+        let runtime = Supervised::start(components::node_runtime(
+            &node.netns,
+            &self.bins,
+            &NodeRuntime {
+                kubeconfig: &self.kubeconfig,
+                node_name: &name,
+                node_ips: &node_ips,
+                cluster_dns: &self.cluster_dns,
+                cni_conf_dir: &cni_dir,
+                cgroup_root: &hooks.cgroup,
+                state_dir: &node.state_dir.join("runtime"),
+            },
+            &self.logs.join(format!("{name}-node.log")),
+        ))?;
+        let agent = Supervised::start(components::agent(
+            &node.netns,
+            &self.bins,
+            &self.kubeconfig,
+            &name,
+            &node.underlay_if,
+            &hooks,
+            &self.logs.join(format!("{name}-agent.log")),
+        ))?;
+        Ok(StartedNode {
+            xdp,
+            hooks,
+            processes: vec![runtime, agent],
+            info: NodeInfo {
+                name,
+                netns: node.netns.name().to_owned(),
+                ip: node_ips[0],
+            },
+        })
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -368,17 +453,6 @@ impl Cluster {
             "nodad",
         ])?;
         let api_ip = family.pick(IpAddr::V4(api_v4), IpAddr::V6(api_v6))[0];
-        // A veth hands frames sent back out by XDP (`XDP_TX`) only to a
-        // peer with an XDP program: one that passes everything, on the
-        // underlay's end of each node link.
-        let mut xdp = Vec::new();
-        for i in 0..settings.nodes {
-            let port = world.underlay_port(i);
-            let pass = underlay
-                .in_netns(|| XdpPass::attach(&port))?
-                .map_err(|e| Error::Config(format!("XDP on the underlay's {port}: {e}")))?;
-            xdp.push(pass);
-        }
         let bins = &settings.binaries;
         let api_dir = settings.data_dir.join("apiserver");
         let internal_kubeconfig = api_dir.join("admin.kubeconfig");
@@ -456,44 +530,22 @@ impl Cluster {
             IpAddr::V4(components::CLUSTER_DNS),
             IpAddr::V6(components::CLUSTER_DNS_V6),
         );
+        let plan = NodePlan {
+            cluster: settings.name.clone(),
+            prefix: world.prefix().to_owned(),
+            family,
+            bins: bins.clone(),
+            kubeconfig: internal_kubeconfig.clone(),
+            cluster_dns: cluster_dns.clone(),
+            logs: logs.clone(),
+        };
+        let mut xdp = Vec::new();
         for node in world.nodes() {
-            let node_ips = family.pick(IpAddr::V4(node.ipv4), IpAddr::V6(node.ipv6));
-            let name = node_name(&settings.name, node.index);
-            let hook = AgentHooks::create(&format!("{}-n{}", world.prefix(), node.index))?;
-            let cni_dir = node.state_dir.join("cni").join("net.d");
-            components::write_cni_config(
-                &cni_dir,
-                &components::cni_conflist(&internal_kubeconfig, &name, &node.state_dir),
-            )?;
-            processes.push(Supervised::start(components::node_runtime(
-                &node.netns,
-                bins,
-                &NodeRuntime {
-                    kubeconfig: &internal_kubeconfig,
-                    node_name: &name,
-                    node_ips: &node_ips,
-                    cluster_dns: &cluster_dns,
-                    cni_conf_dir: &cni_dir,
-                    cgroup_root: &hook.cgroup,
-                    state_dir: &node.state_dir.join("runtime"),
-                },
-                &logs.join(format!("{name}-node.log")),
-            ))?);
-            processes.push(Supervised::start(components::agent(
-                &node.netns,
-                bins,
-                &internal_kubeconfig,
-                &name,
-                &node.underlay_if,
-                &hook,
-                &logs.join(format!("{name}-agent.log")),
-            ))?);
-            hooks.push(hook);
-            nodes.push(NodeInfo {
-                name,
-                netns: node.netns.name().to_owned(),
-                ip: node_ips[0],
-            });
+            let started = plan.start(&underlay, &world, node)?;
+            xdp.push(started.xdp);
+            hooks.push(started.hooks);
+            processes.extend(started.processes);
+            nodes.push(started.info);
         }
         let dns_ips = family.pick(IpAddr::V4(first.ipv4), IpAddr::V6(first.ipv6));
         let upstreams = settings.data_dir.join("dns-upstreams.conf");
@@ -537,6 +589,8 @@ impl Cluster {
             api_port,
             nodes,
             client,
+            plan,
+            ready_timeout: settings.ready_timeout,
         };
         if settings.publish_node_ports {
             let ips = cluster.nodes.iter().map(|n| n.ip).collect::<Vec<_>>();
@@ -610,6 +664,23 @@ impl Cluster {
             }
         })?;
         Ok(())
+    }
+
+    /// Adds a node (the next index) and returns once it is Ready and its
+    /// agent healthy: a cluster growing, as a DaemonSet sees it.
+    pub fn add_node(&mut self) -> Result<NodeInfo> {
+        let underlay = self.world.underlay().clone();
+        let node = self.world.add_node()?.clone();
+        let started = self.plan.start(&underlay, &self.world, &node)?;
+        self._xdp.push(started.xdp);
+        self._hooks.push(started.hooks);
+        // Before DNS and the apiserver, which stop last.
+        for (k, p) in started.processes.into_iter().enumerate() {
+            self.processes.insert(k, p);
+        }
+        self.nodes.push(started.info.clone());
+        self.wait_usable(self.ready_timeout)?;
+        Ok(started.info)
     }
 
     fn tail_of(&self, component: &str) -> String {

@@ -292,6 +292,7 @@ impl WorldBuilder {
             cni: self.cni.clone(),
             pod_namespace: self.pod_namespace.clone(),
             ifname: self.ifname.clone(),
+            pod_cidrs: Arc::clone(&self.pod_cidrs),
             torn_down: false,
         };
         // From here on an error drops `world`, which removes what exists.
@@ -314,7 +315,6 @@ impl WorldBuilder {
 /// Dropping it (also while unwinding from a panic)
 /// runs CNI DEL for every pod, kills every process left in its namespaces
 /// and deletes them all, and removes its state directory.
-#[derive(Debug)]
 pub struct World {
     prefix: String,
     state_dir: PathBuf,
@@ -326,7 +326,21 @@ pub struct World {
     cni: Option<Cni>,
     pod_namespace: String,
     ifname: String,
+    /// The pod CIDRs of node `i`, for nodes added later.
+    pod_cidrs: Arc<CidrFn>,
     torn_down: bool,
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World")
+            .field("prefix", &self.prefix)
+            .field("state_dir", &self.state_dir)
+            .field("nodes", &self.nodes)
+            .field("pods", &self.pods)
+            .field("cni", &self.cni)
+            .finish_non_exhaustive()
+    }
 }
 
 impl World {
@@ -618,6 +632,27 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// Adds a node to the built world, on the same underlay, with the next
+    /// index (a cluster growing).
+    pub fn add_node(&mut self) -> Result<&Node> {
+        let i = self.nodes.len();
+        if i >= MAX_NODES {
+            return Err(Error::Config(format!(
+                "a world has at most {MAX_NODES} nodes"
+            )));
+        }
+        let first = self
+            .nodes
+            .first()
+            .ok_or_else(|| Error::Config("a world has at least one node".into()))?;
+        let (v4, v6) = (first.underlay_v4, first.underlay_v6);
+        let pod_cidrs = (self.pod_cidrs)(i);
+        self.build_node(i, v4, v6, pod_cidrs)?;
+        self.nodes
+            .get(i)
+            .ok_or_else(|| Error::Config("the added node is missing".into()))
     }
 
     /// Tears the world down now and reports what could not be cleaned up

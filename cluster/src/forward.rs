@@ -146,6 +146,8 @@ type Key = (u16, Proto);
 
 struct Listening {
     target: Target,
+    /// Published for the cluster's life, not for a Service.
+    fixed: bool,
     task: JoinHandle<()>,
 }
 
@@ -195,7 +197,14 @@ impl Forwarder {
         let listener = TcpListener::bind(SocketAddrV4::new(self.host, port)).await?;
         let port = listener.local_addr()?.port();
         let task = tokio::spawn(serve_tcp(listener, target.clone(), self.dialer.clone()));
-        lock(&self.listening).insert((port, Proto::Tcp), Listening { target, task });
+        lock(&self.listening).insert(
+            (port, Proto::Tcp),
+            Listening {
+                target,
+                fixed: true,
+                task,
+            },
+        );
         lock(&self.published).insert(
             (port, Proto::Tcp),
             Published {
@@ -328,7 +337,7 @@ async fn sync(
 ) {
     let stale: Vec<Key> = lock(listening)
         .iter()
-        .filter(|(k, l)| l.target.what.contains('/') && wanted.get(k) != Some(&l.target))
+        .filter(|(k, l)| !l.fixed && wanted.get(k) != Some(&l.target))
         .map(|(k, _)| *k)
         .collect();
     for key in stale {
@@ -360,6 +369,7 @@ async fn sync(
                     *key,
                     Listening {
                         target: target.clone(),
+                        fixed: false,
                         task,
                     },
                 );

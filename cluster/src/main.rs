@@ -118,9 +118,24 @@ fn up(cli: &Cli) -> anyhow::Result<()> {
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
     let exe = std::env::current_exe().context("finding this executable")?;
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(i) = args.iter().position(|a| a == "up") {
-        args[i] = "supervise".into();
+    let mut args: Vec<String> = vec![
+        "supervise".into(),
+        "--name".into(),
+        cli.name.clone(),
+        "--nodes".into(),
+        cli.nodes.to_string(),
+        "--data-dir".into(),
+        cli.data_dir().to_string_lossy().into_owned(),
+        "--ip-family".into(),
+        format!("{:?}", cli.ip_family).to_lowercase(),
+        "--timeout".into(),
+        cli.timeout.to_string(),
+    ];
+    if let Some(port) = cli.api_port {
+        args.extend(["--api-port".into(), port.to_string()]);
+    }
+    if let Some(dir) = &cli.bin_dir {
+        args.extend(["--bin-dir".into(), dir.to_string_lossy().into_owned()]);
     }
     let mut child = Command::new(exe)
         .args(&args)

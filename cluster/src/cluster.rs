@@ -296,6 +296,7 @@ struct NodePlan {
     family: IpFamily,
     bins: Binaries,
     kubeconfig: PathBuf,
+    kubelet_token: PathBuf,
     cluster_dns: Vec<IpAddr>,
     logs: PathBuf,
 }
@@ -344,6 +345,7 @@ impl NodePlan {
                 cluster_dns: &self.cluster_dns,
                 cni_conf_dir: &cni_dir,
                 cgroup_root: &hooks.cgroup,
+                kubelet_token: &self.kubelet_token,
                 state_dir: &node.state_dir.join("runtime"),
             },
             &self.logs.join(format!("{name}-node.log")),
@@ -536,6 +538,7 @@ impl Cluster {
             family,
             bins: bins.clone(),
             kubeconfig: internal_kubeconfig.clone(),
+            kubelet_token: api_dir.join(components::KUBELET_TOKEN_FILE),
             cluster_dns: cluster_dns.clone(),
             logs: logs.clone(),
         };

@@ -26,6 +26,10 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 pub const API_PORT: u16 = 6443;
 /// Where each agent serves kube-proxy's `/healthz`.
 pub const AGENT_HEALTHZ_PORT: u16 = 10256;
+/// The token file the apiserver presents to the nodes' API (`kubectl
+/// logs`/`exec`), in the apiserver's data dir; the apiserver creates it
+/// (mode 0600) before it writes its kubeconfig, which the nodes use.
+pub const KUBELET_TOKEN_FILE: &str = "kubelet-token";
 
 /// Where the component binaries are: one directory (cargo's target
 /// directory, or wherever they were installed together).
@@ -143,6 +147,8 @@ pub fn apiserver(
             bind.to_string(),
             "--kubeconfig-out".into(),
             s(kubeconfig_out),
+            "--kubelet-token-file".into(),
+            s(&data_dir.join(KUBELET_TOKEN_FILE)),
         ],
     }
 }
@@ -191,6 +197,8 @@ pub struct NodeRuntime<'a> {
     pub cluster_dns: &'a [IpAddr],
     pub cni_conf_dir: &'a Path,
     pub cgroup_root: &'a Path,
+    /// The token the apiserver presents to the node's API.
+    pub kubelet_token: &'a Path,
     pub state_dir: &'a Path,
 }
 
@@ -221,6 +229,8 @@ pub fn node_runtime(node: &Netns, bins: &Binaries, rt: &NodeRuntime<'_>, log: &P
             join(rt.cluster_dns),
             "--cluster-domain".into(),
             CLUSTER_DOMAIN.into(),
+            "--kubelet-token-file".into(),
+            s(rt.kubelet_token),
         ],
     }
 }

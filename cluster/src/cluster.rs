@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::components::{self, Binaries, NodeRuntime, Spec};
 use crate::forward::{Forwarder, Published};
+use crate::underlay::PodRoutes;
 use crate::{Error, Result};
 
 /// Address families of the cluster.
@@ -271,6 +272,7 @@ impl Supervised {
 pub struct Cluster {
     // Fields drop in this order: the listeners first, the world last.
     forwarder: Forwarder,
+    pod_routes: PodRoutes,
     /// The node runtimes, agents, DNS and apiserver, stopped in that order.
     processes: Vec<Supervised>,
     runtime: tokio::runtime::Runtime,
@@ -579,8 +581,13 @@ impl Cluster {
             &nodes[0].name,
         ))?;
 
+        let pod_routes = {
+            let _guard = runtime.enter();
+            PodRoutes::start(client.clone(), underlay.name().to_owned())
+        };
         let mut cluster = Cluster {
             forwarder,
+            pod_routes,
             processes,
             runtime,
             _xdp: xdp,
@@ -628,6 +635,18 @@ impl Cluster {
                 ))
             }
         })?;
+        wait_for(
+            "the nodes' pod CIDRs routed in the underlay",
+            left(),
+            || {
+                let routed = self.pod_routes.routed_nodes();
+                if routed >= want {
+                    Ok(())
+                } else {
+                    Err(format!("{routed} of {want} nodes routed"))
+                }
+            },
+        )?;
         for (i, node) in self.world.nodes().iter().enumerate() {
             let addr = SocketAddr::from((node.ipv4, components::AGENT_HEALTHZ_PORT));
             wait_for(

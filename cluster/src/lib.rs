@@ -32,6 +32,7 @@ mod cluster;
 pub mod components;
 pub mod forward;
 pub mod state;
+pub mod underlay;
 
 pub use cluster::{Cluster, ClusterInfo, IpFamily, NodeInfo, Settings};
 

@@ -146,3 +146,41 @@ fn seed_003_deployment_behind_node_port_30000_heals_and_answers_on_localhost() {
         curl("http://localhost:30000/").is_ok_and(|page| page.contains("Welcome to nginx!"))
     });
 }
+
+#[test]
+fn a_pod_reaches_the_apiserver_through_the_kubernetes_service() {
+    if skip_if_not_root() {
+        return;
+    }
+    let c = TestCluster::up(2);
+    let manifest = c.data_dir.join("client.yaml");
+    // The host's curl, run in the pod (the container shares the host's
+    // file system): through the cluster DNS, the `kubernetes` Service and
+    // the underlay's route back to the pod.
+    std::fs::write(
+        &manifest,
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "curl -sk --max-time 10 -o /dev/null -w 'code=%{http_code}' https://kubernetes.default.svc.cluster.local/version"]
+"#,
+    )
+    .expect("manifest");
+    c.k(&["create", "-f", &manifest.to_string_lossy()]);
+    c.eventually("the client done", 60, || {
+        c.kubectl(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"])
+            .is_ok_and(|p| p == "Succeeded" || p == "Failed")
+    });
+    let out = c.k(&["logs", "client"]);
+    // Any HTTP answer (the apiserver may want a token for /version) proves
+    // the round trip; 000 is no answer.
+    assert!(
+        out.starts_with("code=") && out != "code=000",
+        "the apiserver answered the pod: {out}"
+    );
+}

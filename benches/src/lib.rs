@@ -1,6 +1,10 @@
 //! `ferry-benches`: Ferry's benchmark harnesses, run on purpose and never by
 //! `cargo test`.
 //!
+//! [`cluster`] measures whole `ferry up` clusters: time to usable, idle
+//! memory, pod create to reachable, a Deployment scaled from 0, and an
+//! object load into ferry-apiserver; the `cluster-bench` binary drives it.
+//!
 //! [`cni`] measures `ferry-cni` against Debian's reference `bridge` +
 //! `host-local` plugins (ADD and DEL latency, one at a time and concurrent)
 //! in network namespaces of its own; the `cni-bench` binary drives it.
@@ -38,6 +42,7 @@
 //! release binaries and runs that. Everything talks to 127.0.0.1 only and
 //! every phase is bounded in count and time.
 
+pub mod cluster;
 pub mod cni;
 pub mod dns;
 pub mod etcd;

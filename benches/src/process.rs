@@ -64,6 +64,13 @@ impl Rss {
 /// CPU time (user + system, all threads) a process has used so far, from
 /// `/proc/PID/stat`; `pid` None reads this process.
 pub fn cpu_time(pid: Option<u32>) -> Result<Duration> {
+    cpu_times(pid).map(|(own, _)| own)
+}
+
+/// CPU time a process has used so far (user + system, all threads), and
+/// that of its children it has waited for (cutime + cstime: helpers it ran
+/// to completion), from `/proc/PID/stat`; `pid` None reads this process.
+pub fn cpu_times(pid: Option<u32>) -> Result<(Duration, Duration)> {
     // USER_HZ, the unit of /proc's tick counts, is 100 on every Linux ABI
     // this runs on (`getconf CLK_TCK`).
     const TICKS_PER_SECOND: u64 = 100;
@@ -73,17 +80,20 @@ pub fn cpu_time(pid: Option<u32>) -> Result<Duration> {
     };
     let text = std::fs::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
     // The command name may hold spaces and parentheses: fields start after
-    // the last ')'. utime and stime are fields 14 and 15; field 3 is first.
+    // the last ')'. utime, stime, cutime, cstime are fields 14-17; field 3 is first.
     let fields: Vec<&str> = text
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    match (ticks(11), ticks(12)) {
-        (Some(user), Some(system)) => Ok(Duration::from_millis(
-            (user + system) * 1000 / TICKS_PER_SECOND,
-        )),
-        _ => Err(BenchError::Check(format!("{path}: no utime/stime fields"))),
+    let ms = |t: u64| Duration::from_millis(t * 1000 / TICKS_PER_SECOND);
+    match (ticks(11), ticks(12), ticks(13), ticks(14)) {
+        (Some(user), Some(system), Some(cuser), Some(csystem)) => {
+            Ok((ms(user + system), ms(cuser + csystem)))
+        }
+        _ => Err(BenchError::Check(format!(
+            "{path}: no utime/stime/cutime/cstime fields"
+        ))),
     }
 }
 

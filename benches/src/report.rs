@@ -143,7 +143,7 @@ fn git_rev() -> String {
     }
 }
 
-fn ms(d: Option<Duration>) -> String {
+pub(crate) fn ms(d: Option<Duration>) -> String {
     match d {
         Some(d) if d >= Duration::from_secs(10) => format!("{:.1} s", d.as_secs_f64()),
         Some(d) => format!("{:.2} ms", d.as_secs_f64() * 1e3),

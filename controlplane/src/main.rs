@@ -114,6 +114,11 @@ struct Cli {
     /// Concurrent HTTP/2 streams per connection.
     #[arg(long, default_value_t = conn::DEFAULT_HTTP2_MAX_STREAMS, value_parser = clap::value_parser!(u32).range(1..))]
     http2_max_streams_per_connection: u32,
+    /// The bearer token the apiserver presents to the nodes' API for
+    /// `kubectl logs` and `exec` (its first line; created, mode 0600, when
+    /// missing). Give ferry-node the same file.
+    #[arg(long)]
+    kubelet_token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -230,6 +235,7 @@ async fn serve() -> anyhow::Result<()> {
             ..conn::ConnLimits::default()
         }
         .fit_open_files(open_files),
+        kubelet_token_file: cli.kubelet_token_file.clone(),
     })
     .await?;
     if let Some(k) = &cli.kubeconfig_out {

@@ -93,7 +93,9 @@ pub const PODS: Resource = Resource {
     namespaced: true,
     short_names: &["po"],
     categories: ALL,
-    subresources: &["status"],
+    // `log`, `exec` and `portforward` are proxied to the pod's node
+    // (api/node_proxy.rs).
+    subresources: &["status", "log", "exec", "portforward"],
 };
 pub const SERVICES: Resource = Resource {
     group: "",

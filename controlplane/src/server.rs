@@ -49,6 +49,9 @@ pub struct Settings {
     pub controllers: std::collections::BTreeSet<&'static str>,
     /// Connection caps and timeouts of the HTTPS front door.
     pub connections: crate::api::conn::ConnLimits,
+    /// The bearer token for the nodes' API (`pods/log`, `pods/exec`);
+    /// created when missing. `None`: those subresources answer 503.
+    pub kubelet_token_file: Option<PathBuf>,
 }
 
 /// A running apiserver.
@@ -134,6 +137,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .server_config()
         .context("loading the serving certificate")?;
     let auth = Arc::new(TokenAuth::open(&settings.data_dir).context("opening the token file")?);
+    // Before the kubeconfig is written: whoever waits for that (`ferry
+    // up`) then finds the nodes' token too.
+    let kubelet_token = match &settings.kubelet_token_file {
+        Some(path) => Some(
+            crate::api::node_proxy::KubeletToken::load_or_create(path)
+                .context("preparing the kubelet token")?,
+        ),
+        None => None,
+    };
 
     let url = server_url(addr);
     if let Some(out) = &settings.kubeconfig_out {
@@ -148,6 +160,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         registry: registry.clone(),
         auth,
         advertise: addr.to_string(),
+        node_proxy: crate::api::node_proxy::NodeProxy::new(kubelet_token),
     });
     let serve = tokio::spawn(api.serve(listener, tls, settings.connections.clone()));
     if matches!(settings.storage, Storage::Etcd { .. }) {

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{ApiServer, eventually};
+use common::{ApiServer, eventually, merge};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -35,17 +35,6 @@ async fn make_node(nodes: &Api<Node>, name: &str, cpu: &str, pods: &str, extra: 
         .create(&PostParams::default(), &obj(node))
         .await
         .expect("create node");
-}
-
-fn merge(into: &mut Value, from: Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v,
-    }
 }
 
 async fn make_pod(pods: &Api<Pod>, name: &str, spec: Value) {

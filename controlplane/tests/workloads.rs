@@ -9,11 +9,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
 
-use common::{ApiServer, have_kubectl};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use common::kubelet::StandInKubelet;
+use common::{ApiServer, have_kubectl, json_of, wait};
 use serde_json::{Value, json};
 
 /// The manifest of shared/seeds 003, as written there.
@@ -50,18 +48,6 @@ spec:
     app: nginx
 "#;
 
-/// Polls `f` for up to `secs` seconds.
-fn wait<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {secs}s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn rows(table: &str) -> Vec<Vec<String>> {
     table
         .lines()
@@ -78,12 +64,6 @@ fn row(table: &str, name: &str) -> Vec<String> {
 
 fn header(table: &str) -> Vec<String> {
     rows(table).into_iter().next().unwrap_or_default()
-}
-
-fn json_of(api: &ApiServer, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    serde_json::from_str(&api.kubectl_ok(&a)).expect("kubectl json")
 }
 
 /// Live pods (not being deleted) matching `selector`: name -> object.
@@ -115,48 +95,6 @@ fn replica_sets(api: &ApiServer, selector: &str) -> Vec<Value> {
             .map(String::from)
     });
     rs
-}
-
-/// A stand-in kubelet: marks every pod of the namespace Running and Ready,
-/// as a node runtime would once its containers run.
-fn start_kubelet(client: kube::Client) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let pods: Api<Pod> = Api::default_namespaced(client);
-        loop {
-            if let Ok(list) = pods.list(&ListParams::default()).await {
-                for p in list.items {
-                    let ready = p
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| {
-                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        });
-                    if ready || p.metadata.deletion_timestamp.is_some() {
-                        continue;
-                    }
-                    let name = p.metadata.name.clone().unwrap_or_default();
-                    let now = jiff::Timestamp::now()
-                        .strftime("%Y-%m-%dT%H:%M:%SZ")
-                        .to_string();
-                    let containers: Vec<Value> = p
-                        .spec
-                        .iter()
-                        .flat_map(|s| s.containers.iter())
-                        .map(|c| json!({"name": c.name, "image": c.image, "imageID": "", "ready": true, "restartCount": 0, "started": true, "state": {"running": {"startedAt": now}}}))
-                        .collect();
-                    let status = json!({"status": {"phase": "Running", "podIP": "10.244.0.10", "startTime": now,
-                        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now},
-                                       {"type": "ContainersReady", "status": "True", "lastTransitionTime": now}],
-                        "containerStatuses": containers}});
-                    let _ = pods
-                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-                        .await;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
 }
 
 fn rs_of(api: &ApiServer, deploy: &str) -> Vec<Value> {
@@ -237,7 +175,11 @@ async fn seed_003_deployment_walkthrough_scale_rollout_and_undo() {
         ]
     );
 
-    let kubelet = start_kubelet(api.client().await);
+    let kubelet = StandInKubelet {
+        container_statuses: true,
+        ..Default::default()
+    }
+    .start(api.client().await);
     wait(20, "3/3 available", || {
         let r = row(
             &api.kubectl_ok(&["get", "deploy", "-o", "wide"]),
@@ -525,7 +467,11 @@ async fn recreate_adoption_release_validation_and_secrets() {
         return;
     }
     let api = ApiServer::start(&[]);
-    let kubelet = start_kubelet(api.client().await);
+    let kubelet = StandInKubelet {
+        container_statuses: true,
+        ..Default::default()
+    }
+    .start(api.client().await);
 
     // Recreate: the old ReplicaSet goes to 0 and its pods are gone before
     // the new one is scaled up.

@@ -18,18 +18,29 @@
 //! status), [`sandbox`] (netns + CNI), [`process`] (a container as a
 //! process; the hidden `container-init` mode), [`cgroup`], [`env`],
 //! [`etc_files`], [`images`] (the catalogue), [`probe`], [`status`],
-//! [`events`], [`state`] (the state directory's layout), [`time`].
+//! [`events`], [`state`] (the state directory's layout), [`time`];
+//! [`kubelet_api`] (the node API the apiserver proxies `kubectl logs` and
+//! `exec` to), [`logs`] (CRI-format container logs, written and read),
+//! [`exec`] (a command in a running container) and [`channel`] (exec's
+//! WebSocket channel protocol), [`port_forward`] (`kubectl port-forward`:
+//! TCP into a pod's network namespace) over [`spdy`] (SPDY/3.1 framing).
 
 pub mod cgroup;
+pub mod channel;
 pub mod env;
 pub mod etc_files;
 pub mod events;
+pub mod exec;
 pub mod images;
+pub mod kubelet_api;
+pub mod logs;
 pub mod pod;
+pub mod port_forward;
 pub mod probe;
 pub mod process;
 pub mod registration;
 pub mod sandbox;
+pub mod spdy;
 pub mod state;
 pub mod status;
 pub mod supervisor;

@@ -97,6 +97,19 @@ struct Cli {
         default_value_t = 10248
     )]
     health_port: u16,
+    /// Port of the node API (`kubectl logs`/`exec` through the apiserver)
+    /// on each --node-ip (0: off).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_NODE_KUBELET_PORT",
+        default_value_t = 10250
+    )]
+    kubelet_port: u16,
+    /// A file whose first line is the bearer token the apiserver presents
+    /// to the node API; without it the node API is off.
+    #[arg(long, global = true, env = "FERRY_NODE_KUBELET_TOKEN_FILE")]
+    kubelet_token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -188,6 +201,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cluster_domain: cli.cluster_domain.clone(),
         node_resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     };
+    // The node API's listeners and token, bound before the Node says
+    // where it is.
+    let node_api = match (&cli.kubelet_token_file, cli.kubelet_port) {
+        (Some(path), port) if port != 0 => {
+            let token = ferry_node::kubelet_api::read_token(path)?;
+            let mut listeners = Vec::new();
+            for ip in &cli.node_ip {
+                let addr = std::net::SocketAddr::new(*ip, port);
+                listeners.push(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding the node API on {addr}"))?,
+                );
+            }
+            Some((token, listeners))
+        }
+        (None, port) if port != 0 => {
+            tracing::warn!(
+                "no --kubelet-token-file: the node API is off (kubectl logs and exec will not reach this node)"
+            );
+            None
+        }
+        _ => None,
+    };
     let mut registration = Registration::new(
         client.clone(),
         NodeSettings {
@@ -195,6 +232,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ips: cli.node_ip.clone(),
             max_pods: cli.max_pods,
             health_port: cli.health_port,
+            kubelet_port: if node_api.is_some() {
+                cli.kubelet_port
+            } else {
+                0
+            },
         },
         network.clone(),
     );
@@ -247,6 +289,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         images,
         tools,
     });
+    if let Some((token, listeners)) = node_api {
+        let api = Arc::new(ferry_node::kubelet_api::KubeletApi::new(
+            runtime.clone(),
+            token,
+        )?);
+        for listener in listeners {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving the node API");
+            }
+            tokio::spawn(ferry_node::kubelet_api::serve(listener, api.clone()));
+        }
+    }
     tracing::info!(node = %cli.node_name, "running pods bound to this node");
     let watch = tokio::spawn(supervisor::run(runtime));
     tokio::select! {

@@ -2,7 +2,8 @@
 //!
 //! ferry-node starts `unshare --mount --propagation private [--uts] --
 //! ferry-node container-init ... -- <argv>` with the container's
-//! environment and its log file as stdout and stderr. util-linux `unshare`
+//! environment and pipes as stdout and stderr, which ferry-node copies into
+//! the run's log file as CRI records ([`crate::logs`]). util-linux `unshare`
 //! gives the process a mount namespace (and a UTS namespace) of its own and
 //! execs the hidden `container-init` mode of ferry-node, which, still as the
 //! same process:
@@ -25,6 +26,8 @@ use std::process::Stdio;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+
+use crate::logs;
 
 /// What `container-init` is told (the hidden subcommand's flags).
 #[derive(Debug, Clone, Args)]
@@ -89,7 +92,7 @@ pub fn on_path(program: &str) -> Option<PathBuf> {
 }
 
 /// Starts a run of a container; its stdout and stderr go to `launch.log`
-/// (created, appended to).
+/// (created, appended to) as CRI log records.
 pub fn spawn(tools: &Tools, launch: &Launch) -> anyhow::Result<tokio::process::Child> {
     if launch.argv.is_empty() {
         bail!("empty command line");
@@ -130,13 +133,24 @@ pub fn spawn(tools: &Tools, launch: &Launch) -> anyhow::Result<tokio::process::C
     cmd.env_clear()
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log2))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         // Its own process group: a signal to ferry-node's group (a ^C)
         // does not reach the pods.
         .process_group(0);
-    cmd.spawn()
-        .with_context(|| format!("starting {:?}", launch.argv))
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {:?}", launch.argv))?;
+    // The output reaches the log through ferry-node, which stamps each
+    // line (see [`crate::logs`]); the pipes end with the last process
+    // holding them.
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(logs::copy_into(out, logs::Stream::Stdout, log));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(logs::copy_into(err, logs::Stream::Stderr, log2));
+    }
+    Ok(child)
 }
 
 /// The hidden `container-init` mode: sets the process up as its container

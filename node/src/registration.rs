@@ -39,6 +39,9 @@ pub struct NodeSettings {
     pub ips: Vec<IpAddr>,
     pub max_pods: u32,
     pub health_port: u16,
+    /// The node API's port (`status.daemonEndpoints.kubeletEndpoint`,
+    /// where the apiserver sends `kubectl logs` and `exec`).
+    pub kubelet_port: u16,
 }
 
 /// The node's registration and heartbeat.
@@ -175,7 +178,7 @@ impl Registration {
             "capacity": capacity,
             "allocatable": capacity,
             "conditions": conditions,
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.settings.health_port}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.settings.kubelet_port}},
             "nodeInfo": {
                 "architecture": arch(),
                 "bootID": read_trimmed("/proc/sys/kernel/random/boot_id"),

@@ -110,12 +110,23 @@ impl NodeRuntime {
         self.hooks.cgroup.join(format!("pod{uid}"))
     }
 
+    /// The output of a run, as `kubectl logs` shows it (the file holds
+    /// CRI records).
     fn log(&self, uid: &str, container: &str, restart: u32) -> String {
-        std::fs::read_to_string(
+        let raw = std::fs::read(
             self.state_dir
                 .join(format!("pods/{uid}/{container}/{restart}.log")),
         )
-        .unwrap_or_default()
+        .unwrap_or_default();
+        let mut out = Vec::new();
+        for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let rec = ferry_node::logs::parse(line);
+            out.extend_from_slice(rec.content);
+            if !rec.partial {
+                out.push(b'\n');
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 }
 

@@ -13,10 +13,13 @@
 //!   `ferry up` with them (the README's first command).
 //! - `fuzz`: running a cargo-fuzz target for a while (installing cargo-fuzz
 //!   first if it is missing).
+//! - `gen-api`: regenerating ferry-apiserver's protobuf tables and vendored
+//!   OpenAPI definitions from upstream Kubernetes sources (`apigen.rs`).
 //!
 //! It shells out with `std::process::Command` rather than pulling in crates, so
 //! it builds quickly on a machine that has nothing yet.
 
+mod apigen;
 mod setup;
 
 use std::ffi::OsString;
@@ -71,6 +74,25 @@ enum Cmd {
         #[arg(default_value_t = 60)]
         seconds: u64,
     },
+    /// Regenerate `controlplane/src/api/protobuf/schema.rs` and
+    /// `controlplane/openapi/definitions.json` from upstream checkouts.
+    GenApi {
+        /// A kubernetes/api checkout at the release followed.
+        #[arg(long)]
+        k8s_api: PathBuf,
+        /// A kubernetes/apimachinery checkout at the same release.
+        #[arg(long)]
+        apimachinery: PathBuf,
+        /// kubernetes/kubernetes `api/openapi-spec/swagger.json` of that release.
+        #[arg(long)]
+        swagger: PathBuf,
+        /// The k8s.io/api tag recorded in the outputs.
+        #[arg(long, default_value = "v0.33.13")]
+        k8s_api_version: String,
+        /// The Kubernetes release recorded in the outputs.
+        #[arg(long, default_value = "v1.33")]
+        kubernetes_version: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -120,6 +142,13 @@ enum Bench {
     /// and 100,000 Services, in a testbed world (root); writes
     /// target/bench/nodeport.md.
     Nodeport,
+    /// `ferry up` measured whole: time to a usable cluster with 1 and 3
+    /// nodes (library and CLI) against kind/k3d/minikube's published
+    /// figures, idle memory, pod create to reachable through its Service,
+    /// a Deployment scaled from 0 to 1,000 on 10 nodes, and 10,000 Services
+    /// with 100,000 Pods loaded into ferry-apiserver (root); writes
+    /// target/bench/cluster.md.
+    Cluster,
     /// ferry-dns against Debian's unbound and knot serving the equivalent
     /// static zone: dnsperf queries/s and latency for a mix of cluster names
     /// with 10,000 Services and 100,000 Pods in the API, time to ready and
@@ -135,6 +164,22 @@ fn main() -> ExitCode {
         Cmd::Test { .. } => test(&raw_args_after("test")),
         Cmd::Bench { which, args } => bench(which, &args),
         Cmd::Fuzz { target, seconds } => fuzz(target, seconds),
+        Cmd::GenApi {
+            k8s_api,
+            apimachinery,
+            swagger,
+            k8s_api_version,
+            kubernetes_version,
+        } => apigen::generate(
+            &apigen::Inputs {
+                k8s_api,
+                apimachinery,
+                swagger,
+                k8s_api_version,
+                kubernetes_version,
+            },
+            &workspace_root(),
+        ),
     };
     // Print the error chain ourselves: anyhow's `Debug` adds a backtrace
     // whenever RUST_BACKTRACE is set, which buries a failed command's message.
@@ -248,6 +293,21 @@ fn bench(which: Bench, args: &[OsString]) -> Result<()> {
                 ("--netexec", "ferry-netexec"),
             ],
             "nodeport.md",
+            args,
+        ),
+        Bench::Cluster => run_bench(
+            &[
+                ("ferry-cluster", "ferry"),
+                ("ferry-controlplane", "ferry-apiserver"),
+                ("ferry-dataplane", "ferry-agent"),
+                ("ferry-node", "ferry-node"),
+                ("ferry-cni", "ferry-cni"),
+                ("ferry-dns", "ferry-dns"),
+                ("ferry-testbed", "ferry-netexec"),
+            ],
+            "cluster-bench",
+            &[("--ferry", "ferry")],
+            "cluster.md",
             args,
         ),
         Bench::Dns => run_bench(

@@ -626,7 +626,9 @@ impl Api {
                 .header_read_timeout(None)
                 .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES))
                 .max_header_size(limits.max_header_bytes)
-                .serve_connection(io, service);
+                .serve_connection(io, service)
+                // `pods/exec`'s WebSocket (see `node_proxy`).
+                .with_upgrades();
             drive(conn, &shared, limits, peer, |c| c.graceful_shutdown()).await;
         }
     }

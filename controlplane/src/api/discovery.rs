@@ -1,6 +1,5 @@
 //! Discovery documents (/api, /apis, per group-version; legacy and
-//! aggregated v2), /version, and the OpenAPI v3 documents kubectl reads to
-//! learn that the server validates fields itself.
+//! aggregated v2) and /version. The OpenAPI documents are in `openapi.rs`.
 
 use serde_json::{Value, json};
 
@@ -44,6 +43,8 @@ const VERBS: &[&str] = &[
 fn sub_verbs(sub: &str) -> Vec<&'static str> {
     match sub {
         "finalize" => vec!["update"],
+        "log" => vec!["get"],
+        "exec" | "portforward" => vec!["create", "get"],
         _ => vec!["get", "patch", "update"],
     }
 }
@@ -114,6 +115,12 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 entry["version"] = json!("v1");
                 entry["kind"] = json!("Scale");
             }
+            if *sub == "exec" {
+                entry["kind"] = json!("PodExecOptions");
+            }
+            if *sub == "portforward" {
+                entry["kind"] = json!("PodPortForwardOptions");
+            }
             out.push(entry);
         }
     }
@@ -139,6 +146,10 @@ fn response_kind(r: &Resource) -> Value {
 fn sub_response_kind(r: &Resource, sub: &str) -> Value {
     if sub == "scale" {
         json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})
+    } else if sub == "exec" {
+        json!({"group": "", "version": "v1", "kind": "PodExecOptions"})
+    } else if sub == "portforward" {
+        json!({"group": "", "version": "v1", "kind": "PodPortForwardOptions"})
     } else {
         response_kind(r)
     }
@@ -184,126 +195,4 @@ pub fn aggregated(core: bool) -> Value {
         GROUPS.iter().map(|(g, v)| discovery_group(g, v)).collect()
     };
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
-}
-
-fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        format!("api/{version}")
-    } else {
-        format!("apis/{group}/{version}")
-    }
-}
-
-/// The OpenAPI v3 root: one document per served group-version.
-pub fn openapi_v3_root() -> Value {
-    let mut paths = serde_json::Map::new();
-    for (g, v) in [("", "v1")].into_iter().chain(GROUPS.iter().copied()) {
-        let p = gv_path(g, v);
-        paths.insert(
-            p.clone(),
-            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", env!("CARGO_PKG_VERSION"))}),
-        );
-    }
-    json!({ "paths": paths })
-}
-
-fn schema_name(r: &Resource) -> String {
-    let group = match r.group {
-        "" => "core".to_string(),
-        g => g.split('.').next().unwrap_or(g).to_string(),
-    };
-    format!("io.k8s.api.{group}.{}.{}", r.version, r.kind)
-}
-
-fn patch_op(r: &Resource) -> Value {
-    let param = |name: &str, ty: &str| json!({"name": name, "in": "query", "schema": {"type": ty, "uniqueItems": true}});
-    let body_ref = json!({"schema": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"}});
-    json!({
-        "x-kubernetes-group-version-kind": response_kind(r),
-        "x-kubernetes-action": "patch",
-        "parameters": [param("dryRun", "string"), param("fieldManager", "string"), param("fieldValidation", "string"), param("force", "boolean")],
-        "requestBody": {"content": {
-            "application/apply-patch+yaml": body_ref.clone(),
-            "application/json-patch+json": body_ref.clone(),
-            "application/merge-patch+json": body_ref.clone(),
-            "application/strategic-merge-patch+json": body_ref,
-        }, "required": true},
-        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", schema_name(r))}}}}},
-    })
-}
-
-/// The OpenAPI v3 document of one group-version: a PATCH operation per
-/// object path, each declaring server-side field validation.
-pub fn openapi_v3(group: &str, version: &str) -> Option<Value> {
-    let mut paths = serde_json::Map::new();
-    let mut schemas = serde_json::Map::new();
-    schemas.insert(
-        "io.k8s.apimachinery.pkg.apis.meta.v1.Patch".into(),
-        json!({"type": "object", "description": "Patch is provided to give a concrete name and type to the Kubernetes PATCH request body."}),
-    );
-    for r in resources::in_group_version(group, version) {
-        let base = format!("/{}", gv_path(group, version));
-        let object_path = if r.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
-        } else {
-            format!("{base}/{}/{{name}}", r.plural)
-        };
-        paths.insert(object_path.clone(), json!({"patch": patch_op(r)}));
-        for sub in r.subresources.iter().filter(|s| **s == "status") {
-            paths.insert(
-                format!("{object_path}/{sub}"),
-                json!({"patch": patch_op(r)}),
-            );
-        }
-        schemas.insert(
-            schema_name(r),
-            // No x-kubernetes-group-version-kind here: without a full schema
-            // kubectl would fail to compute patches from it; left out, it
-            // uses the patch metadata compiled in for built-in kinds.
-            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
-        );
-    }
-    if paths.is_empty() {
-        return None;
-    }
-    Some(json!({
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": KUBE_GIT_VERSION},
-        "paths": paths,
-        "components": {"schemas": schemas},
-    }))
-}
-
-/// The OpenAPI v2 (Swagger) document, JSON only: a PATCH operation per object
-/// path with its group-version-kind, as the v3 documents carry.
-pub fn openapi_v2() -> Value {
-    let mut paths = serde_json::Map::new();
-    let mut definitions = serde_json::Map::new();
-    for r in resources::RESOURCES {
-        let base = format!("/{}", gv_path(r.group, r.version));
-        let path = if r.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
-        } else {
-            format!("{base}/{}/{{name}}", r.plural)
-        };
-        let param = |name: &str, ty: &str| json!({"name": name, "in": "query", "type": ty, "uniqueItems": true});
-        paths.insert(
-            path,
-            json!({"patch": {
-                "x-kubernetes-group-version-kind": response_kind(r),
-                "x-kubernetes-action": "patch",
-                "consumes": ["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"],
-                "produces": ["application/json"],
-                "parameters": [param("dryRun", "string"), param("fieldManager", "string"), param("fieldValidation", "string"), param("force", "boolean")],
-                "responses": {"200": {"description": "OK", "schema": {"$ref": format!("#/definitions/{}", schema_name(r))}}},
-            }}),
-        );
-        definitions.insert(schema_name(r), json!({"type": "object"}));
-    }
-    json!({
-        "swagger": "2.0",
-        "info": {"title": "Kubernetes", "version": KUBE_GIT_VERSION},
-        "paths": paths,
-        "definitions": definitions,
-    })
 }

@@ -5,6 +5,8 @@
 pub mod conn;
 pub mod discovery;
 mod health;
+pub mod node_proxy;
+pub mod openapi;
 pub mod protobuf;
 pub mod table;
 pub mod watch;
@@ -47,6 +49,8 @@ pub struct Api {
     pub auth: Arc<TokenAuth>,
     /// host:port advertised in discovery.
     pub advertise: String,
+    /// `pods/log`, `pods/exec` and `pods/portforward`, proxied to the nodes.
+    pub node_proxy: node_proxy::NodeProxy,
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -341,21 +345,43 @@ impl Api {
                 Ok(json_response(StatusCode::OK, &doc))
             }
             Route::OpenApiV2 => {
-                // Only JSON: kubectl asks for protobuf here only when the v3
-                // documents fail, and then does without.
-                if !accept.is_empty() && !accept.contains("json") && !accept.contains("*/*") {
+                get_only(req.method())?;
+                if openapi::wants_v2_protobuf(&accept) {
+                    let mut r = Response::new(full(openapi::v2_protobuf()?));
+                    r.headers_mut().insert(
+                        CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(openapi::V2_PROTOBUF),
+                    );
+                    return Ok(r);
+                }
+                if !openapi::takes_json(&accept) {
                     return Err(ApiError::not_acceptable("application/json"));
                 }
-                Ok(json_response(StatusCode::OK, &discovery::openapi_v2()))
+                Ok(json_bytes(StatusCode::OK, openapi::v2_json()))
             }
             Route::OpenApiV3Root => {
-                Ok(json_response(StatusCode::OK, &discovery::openapi_v3_root()))
+                get_only(req.method())?;
+                Ok(json_response(StatusCode::OK, &openapi::v3_root()))
             }
             Route::OpenApiV3(g, v) => {
-                let doc = discovery::openapi_v3(&g, &v).ok_or_else(ApiError::path_not_found)?;
-                Ok(json_response(StatusCode::OK, &doc))
+                get_only(req.method())?;
+                let doc = openapi::v3(&g, &v).ok_or_else(ApiError::path_not_found)?;
+                Ok(json_bytes(StatusCode::OK, doc))
             }
-            Route::Object(target) => self.resource(req, target, &accept).await,
+            Route::Object(target) => {
+                // Objects and lists go out as protobuf when the client
+                // prefers it; tables and watch streams stay JSON.
+                let proto = protobuf::preferred(&accept)
+                    && !wants_table(&accept)
+                    && !flag(&query(&req), "watch");
+                let res = target.res;
+                let resp = self.resource(req, target, &accept).await?;
+                Ok(if proto {
+                    protobuf_response(res, resp).await
+                } else {
+                    resp
+                })
+            }
             Route::Binding(ns, pod) => self.binding(req, ns, pod).await,
             Route::Version | Route::Health(..) => Err(ApiError::path_not_found()),
         }
@@ -367,6 +393,37 @@ impl Api {
         t: Target,
         accept: &str,
     ) -> Result<Response<Body>, ApiError> {
+        // Unknown fields a write dropped, as kube-apiserver reports them
+        // under fieldValidation=Warn (its default).
+        let warnings = std::sync::Mutex::new(Vec::new());
+        let mut resp = self.resource_validated(req, t, accept, &warnings).await?;
+        for w in warnings.into_inner().unwrap_or_default() {
+            let value = format!("299 - {}", serde_json::Value::String(w));
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
+                resp.headers_mut().append("warning", v);
+            }
+        }
+        Ok(resp)
+    }
+
+    async fn resource_validated(
+        &self,
+        req: Request<Incoming>,
+        t: Target,
+        accept: &str,
+        warnings: &std::sync::Mutex<Vec<String>>,
+    ) -> Result<Response<Body>, ApiError> {
+        // Proxied to the node before anything reads the request (an exec
+        // upgrade takes the connection over).
+        if let (Some(sub @ ("log" | "exec" | "portforward")), Some(ns), Some(name)) =
+            (t.sub.as_deref(), t.namespace.as_deref(), t.name.as_deref())
+            && *t.res == resources::PODS
+        {
+            return self
+                .node_proxy
+                .serve(&self.registry, req, ns, name, sub)
+                .await;
+        }
         let q = query(&req);
         let method = req.method().clone();
         let user_agent = req
@@ -388,9 +445,24 @@ impl Api {
             .map_err(|e| ApiError::too_large(format!("request body: {e}")))?
             .to_bytes();
         let ns = t.namespace.clone().unwrap_or_default();
+        let validation =
+            openapi::FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
+        // Fields the kind lacks: refused (Strict) or reported (Warn); a
+        // protobuf body cannot hold any (its decoder refuses them).
+        let check_fields = |v: &Value, patch: bool| -> Result<(), ApiError> {
+            let found = validation.check(t.res, v, patch)?;
+            if let Ok(mut w) = warnings.lock() {
+                w.extend(found);
+            }
+            Ok(())
+        };
         let parse_body = |body: &[u8]| -> Result<Value, ApiError> {
             match content_type.split(';').next().unwrap_or("").trim() {
-                "" | "application/json" => parse_json(body),
+                "" | "application/json" => {
+                    let v = parse_json(body)?;
+                    check_fields(&v, false)?;
+                    Ok(v)
+                }
                 "application/vnd.kubernetes.protobuf" => protobuf::decode(t.res.kind, body),
                 other => Err(ApiError::unsupported_media_type(other)),
             }
@@ -453,6 +525,13 @@ impl Api {
             (Method::PATCH, Some(name)) => {
                 let ty = PatchType::from_content_type(&content_type)
                     .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
+                // A merge, strategic or apply patch names fields as the
+                // object does (apply configurations sent as JSON).
+                if ty != PatchType::Json
+                    && let Ok(patch) = serde_json::from_slice::<Value>(&body)
+                {
+                    check_fields(&patch, true)?;
+                }
                 let sub = t.sub.clone();
                 if ty == PatchType::Apply {
                     let (obj, created) = blocking(move || {
@@ -799,6 +878,38 @@ async fn scale_subresource(
     })
     .await?;
     Ok(json_response(StatusCode::OK, &scale))
+}
+
+/// Re-encodes a successful JSON object or list response as protobuf; one
+/// that cannot be encoded is served as JSON, which protobuf clients accept.
+async fn protobuf_response(res: &'static Resource, resp: Response<Body>) -> Response<Body> {
+    let is_json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/json");
+    if !resp.status().is_success() || !is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(collected) = body.collect().await;
+    let bytes = collected.to_bytes();
+    let encoded = serde_json::from_slice::<Value>(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|v| protobuf::encode(res, &v).map_err(|e| e.to_string()));
+    match encoded {
+        Ok(pb) => {
+            parts.headers.insert(
+                CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(protobuf::MEDIA_TYPE),
+            );
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+            Response::from_parts(parts, full(pb))
+        }
+        Err(error) => {
+            tracing::debug!(kind = res.kind, %error, "served as JSON");
+            Response::from_parts(parts, full(bytes))
+        }
+    }
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {

@@ -12,10 +12,12 @@
 //! ReplicaSet as the new one and gives it the next revision.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Map, Value, json};
 
+use super::owned::{ByController, Controlled, Key};
+use super::queue::WorkQueue;
 use super::replicaset::{Recorder, controller_of, controller_ref};
 use super::{Change, Controller, log_failure, write_opts};
 use crate::admission::workloads::scaled_value;
@@ -43,8 +45,6 @@ const SKIPPED_ANNOTATIONS: &[&str] = &[
 ];
 /// Longest revision-history annotation (upstream's default).
 const MAX_HISTORY_CHARS: usize = 2000;
-
-type Key = (String, String);
 
 fn i(v: &Value, ptr: &str) -> i64 {
     v.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
@@ -245,18 +245,38 @@ pub struct DeploymentController {
     in_ns: HashMap<String, BTreeSet<String>>,
     /// ReplicaSets by the uid of their controller; orphans by namespace;
     /// and what each one was last seen with.
-    rs_by_owner: HashMap<String, BTreeSet<Key>>,
-    rs_orphans: HashMap<String, BTreeSet<String>>,
-    rs_seen: HashMap<Key, (String, Option<String>)>,
+    rs_seen: ByController<SeenRs>,
     /// The controller uid of each ReplicaSet, by the ReplicaSet's uid.
     rs_owner_by_uid: HashMap<String, Option<String>>,
     /// Pods not yet finished per ReplicaSet uid (Recreate waits for them).
-    pods_by_rs: HashMap<String, BTreeSet<Key>>,
-    pod_owner: HashMap<Key, String>,
-    queue: BTreeSet<Key>,
-    /// Deployments to look at again (progress deadlines).
-    timers: BTreeMap<Instant, BTreeSet<Key>>,
+    running_pods: ByController<PodOf>,
+    /// Deployments to sync, now or at their progress deadline.
+    queue: WorkQueue<Key>,
     events: Recorder,
+}
+
+/// What the controller keeps of a ReplicaSet.
+#[derive(Debug)]
+struct SeenRs {
+    uid: String,
+    /// The uid of its controller.
+    owner: Option<String>,
+}
+
+impl Controlled for SeenRs {
+    fn controller(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+}
+
+/// A pod not yet finished, by the uid of its ReplicaSet.
+#[derive(Debug)]
+struct PodOf(String);
+
+impl Controlled for PodOf {
+    fn controller(&self) -> Option<&str> {
+        Some(&self.0)
+    }
 }
 
 /// A Deployment in the middle of a sync: its latest stored state.
@@ -266,7 +286,6 @@ struct Sync {
 
 impl DeploymentController {
     fn index_rs(&mut self, key: Key, rs: &Value) {
-        self.unindex_rs(&key);
         let uid = object::uid(rs).to_string();
         let owner = controller_of(
             rs.pointer("/metadata/ownerReferences")
@@ -274,46 +293,15 @@ impl DeploymentController {
                 .map_or(&[][..], Vec::as_slice),
         )
         .map(String::from);
-        match &owner {
-            Some(o) => {
-                self.rs_by_owner
-                    .entry(o.clone())
-                    .or_default()
-                    .insert(key.clone());
-            }
-            None => {
-                self.rs_orphans
-                    .entry(key.0.clone())
-                    .or_default()
-                    .insert(key.1.clone());
-            }
-        }
+        self.unindex_rs(&key);
         self.rs_owner_by_uid.insert(uid.clone(), owner.clone());
-        self.rs_seen.insert(key, (uid, owner));
+        self.rs_seen.insert(key, SeenRs { uid, owner });
     }
 
-    fn unindex_rs(&mut self, key: &Key) -> Option<(String, Option<String>)> {
-        let (uid, owner) = self.rs_seen.remove(key)?;
-        self.rs_owner_by_uid.remove(&uid);
-        match &owner {
-            Some(o) => {
-                if let Some(s) = self.rs_by_owner.get_mut(o) {
-                    s.remove(key);
-                    if s.is_empty() {
-                        self.rs_by_owner.remove(o);
-                    }
-                }
-            }
-            None => {
-                if let Some(s) = self.rs_orphans.get_mut(&key.0) {
-                    s.remove(&key.1);
-                    if s.is_empty() {
-                        self.rs_orphans.remove(&key.0);
-                    }
-                }
-            }
-        }
-        Some((uid, owner))
+    fn unindex_rs(&mut self, key: &Key) -> Option<SeenRs> {
+        let seen = self.rs_seen.remove(key)?;
+        self.rs_owner_by_uid.remove(&seen.uid);
+        Some(seen)
     }
 
     fn index_deployment(&mut self, key: Key, d: &Value) {
@@ -351,7 +339,7 @@ impl DeploymentController {
         match owner {
             Some(o) => {
                 if let Some(k) = self.by_uid.get(o) {
-                    self.queue.insert(k.clone());
+                    self.queue.add(k.clone());
                 }
             }
             None => {
@@ -366,7 +354,7 @@ impl DeploymentController {
                                 && sel.matches_with(|k| rs_labels.get(k).map(String::as_str))
                         });
                     if selects {
-                        self.queue.insert(key);
+                        self.queue.add(key);
                     }
                 }
             }
@@ -381,13 +369,7 @@ impl DeploymentController {
         let deleting = object::deletion_timestamp(d).is_some();
         let matches = |rs: &Value| sel.matches_with(|k| object::label(rs, k));
         let mut out = Vec::new();
-        let owned: Vec<Key> = self
-            .rs_by_owner
-            .get(&uid)
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let owned: Vec<Key> = self.rs_seen.owned_keys(&uid).cloned().collect();
         for key in owned {
             let Ok(Some(rs)) = reg.store.get(&REPLICASETS, &key.0, &key.1) else {
                 continue;
@@ -404,13 +386,7 @@ impl DeploymentController {
             }
         }
         if !deleting {
-            let orphans: Vec<String> = self
-                .rs_orphans
-                .get(&ns)
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect();
+            let orphans: Vec<String> = self.rs_seen.orphans(&ns).cloned().collect();
             for name in orphans {
                 let Ok(Some(rs)) = reg.store.get(&REPLICASETS, &ns, &name) else {
                     continue;
@@ -619,7 +595,7 @@ impl DeploymentController {
                 let mut status = s.d.get("status").cloned().unwrap_or_else(|| json!({}));
                 status["collisionCount"] = json!(collisions.unwrap_or(0) + 1);
                 self.write_status(reg, s, status);
-                self.queue.insert((ns, object::name(&s.d).to_string()));
+                self.queue.add((ns, object::name(&s.d).to_string()));
                 return (None, old);
             }
             Err(e) => {
@@ -1029,7 +1005,7 @@ impl DeploymentController {
         old.iter()
             .map(object::uid)
             .filter(|u| Some(*u) != new_uid)
-            .any(|u| self.pods_by_rs.get(u).is_some_and(|p| !p.is_empty()))
+            .any(|u| self.running_pods.owned_keys(u).next().is_some())
     }
 
     /// cleanupDeployment: old ReplicaSets past revisionHistoryLimit, oldest
@@ -1201,15 +1177,11 @@ impl DeploymentController {
                     && reason != "NewReplicaSetAvailable"
                 {
                     // Look again when the deadline passes.
-                    let wait = Duration::from_secs(u64::try_from(deadline - age).unwrap_or(0) + 1);
                     let key = (
                         object::namespace(d).to_string(),
                         object::name(d).to_string(),
                     );
-                    self.timers
-                        .entry(Instant::now() + wait)
-                        .or_default()
-                        .insert(key);
+                    self.queue.add_after_seconds(deadline - age, key);
                 }
             }
         }
@@ -1398,7 +1370,7 @@ impl Controller for DeploymentController {
                 object::name(&d).to_string(),
             );
             self.index_deployment(key.clone(), &d);
-            self.queue.insert(key);
+            self.queue.add(key);
         }
         for rs in super::list_all(reg, &REPLICASETS, None) {
             let key = (
@@ -1419,11 +1391,7 @@ impl Controller for DeploymentController {
                     object::namespace(&pod).to_string(),
                     object::name(&pod).to_string(),
                 );
-                self.pods_by_rs
-                    .entry(owner.to_string())
-                    .or_default()
-                    .insert(key.clone());
-                self.pod_owner.insert(key, owner.to_string());
+                self.running_pods.insert(key, PodOf(owner.to_string()));
             }
         }
     }
@@ -1439,7 +1407,7 @@ impl Controller for DeploymentController {
                     self.unindex_deployment(&key, object::uid(ev.object_meta()));
                 } else {
                     self.index_deployment(key.clone(), ev.object());
-                    self.queue.insert(key);
+                    self.queue.add(key);
                 }
             }
             "ReplicaSet" => {
@@ -1450,8 +1418,8 @@ impl Controller for DeploymentController {
                     .flatten()
                     .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
                     .collect();
-                if let Some((_, owner)) = &before {
-                    self.enqueue_for_rs(&key.0, owner.as_deref(), &labels);
+                if let Some(before) = &before {
+                    self.enqueue_for_rs(&key.0, before.owner.as_deref(), &labels);
                 }
                 if ev.kind != EventType::Deleted {
                     self.index_rs(key.clone(), meta);
@@ -1463,21 +1431,9 @@ impl Controller for DeploymentController {
                 let owner = controller_of(&owner_refs(ev.object_meta())).map(String::from);
                 let running = ev.kind != EventType::Deleted
                     && !matches!(ev.field("status.phase"), "Succeeded" | "Failed");
-                let before = self.pod_owner.remove(&key);
-                if let Some(b) = &before
-                    && let Some(set) = self.pods_by_rs.get_mut(b)
-                {
-                    set.remove(&key);
-                    if set.is_empty() {
-                        self.pods_by_rs.remove(b);
-                    }
-                }
+                let before = self.running_pods.remove(&key).map(|p| p.0);
                 if let (Some(o), true) = (&owner, running) {
-                    self.pods_by_rs
-                        .entry(o.clone())
-                        .or_default()
-                        .insert(key.clone());
-                    self.pod_owner.insert(key, o.clone());
+                    self.running_pods.insert(key, PodOf(o.clone()));
                 }
                 // Only a pod leaving (or entering) the running set of a
                 // ReplicaSet matters, to a Recreate rollout.
@@ -1486,7 +1442,7 @@ impl Controller for DeploymentController {
                     for rs_uid in [before, owner].into_iter().flatten() {
                         let deployment = self.rs_owner_by_uid.get(&rs_uid).cloned().flatten();
                         if let Some(d) = deployment.and_then(|o| self.by_uid.get(&o).cloned()) {
-                            self.queue.insert(d);
+                            self.queue.add(d);
                         }
                     }
                 }
@@ -1496,21 +1452,13 @@ impl Controller for DeploymentController {
     }
 
     fn reconcile(&mut self, reg: &Registry) {
-        let now = Instant::now();
-        while let Some(entry) = self.timers.first_entry() {
-            if *entry.key() > now {
-                break;
-            }
-            let keys = entry.remove();
-            self.queue.extend(keys);
-        }
-        for key in std::mem::take(&mut self.queue) {
+        for key in self.queue.take_due() {
             self.sync(reg, &key);
         }
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
-        self.timers.keys().next().copied()
+        self.queue.next_wakeup()
     }
 }
 

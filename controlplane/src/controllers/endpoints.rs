@@ -3,6 +3,14 @@
 //! addresses, ports (named target ports resolved per pod) and conditions.
 //! Slices of Services without a selector belong to their users and are left
 //! alone.
+//!
+//! The controller indexes what it matches on, so its work follows the
+//! objects an event concerns rather than the size of the namespace: each
+//! Service's selector sits in an inverted index under one of its
+//! `key=value` pairs (the one fewest Services share), so a pod event checks
+//! only the Services indexed under the pod's own labels; and every pod's
+//! labels are indexed by pair, so syncing a Service reads only the pods
+//! carrying its rarest pair, not every pod of the namespace.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -19,13 +27,30 @@ pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// Endpoints per slice, as kube-controller-manager's default.
 pub const MAX_PER_SLICE: usize = 100;
 
+type Key = (String, String);
+/// (namespace, label key, label value).
+type Pair = (String, String, String);
+type Labels = Vec<(String, String)>;
+
 #[derive(Debug, Default)]
 pub struct EndpointsController {
     /// Services to reconcile, by (namespace, name).
-    queue: BTreeSet<(String, String)>,
+    queue: BTreeSet<Key>,
     /// Managed slice names by (namespace, service), so a sync reads its own
     /// slices instead of scanning the namespace.
-    slices: HashMap<(String, String), BTreeSet<String>>,
+    slices: HashMap<Key, BTreeSet<String>>,
+    /// Each selector Service's selector and the pair it is indexed under.
+    selectors: HashMap<Key, (Labels, Pair)>,
+    /// Services by the one selector pair each is indexed under.
+    services_by_pair: HashMap<Pair, BTreeSet<String>>,
+    /// How many selectors hold each pair, to pick the rarest.
+    pair_uses: HashMap<Pair, usize>,
+    /// Every pod's labels, and pods by label pair.
+    pod_labels: HashMap<Key, Labels>,
+    pods_by_pair: HashMap<Pair, BTreeSet<String>>,
+    /// Services whose selectors pod events made the controller check, for
+    /// tests to hold the work to what a pod concerns.
+    checked: u64,
 }
 
 fn selector(svc: &Value) -> Option<&Map<String, Value>> {
@@ -142,7 +167,12 @@ struct Desired {
     subsets: BTreeMap<String, Subset>,
 }
 
-fn desired(reg: &Registry, svc: &Value, sel: &Map<String, Value>) -> Desired {
+fn desired(
+    reg: &Registry,
+    svc: &Value,
+    sel: &Map<String, Value>,
+    names: &BTreeSet<String>,
+) -> Desired {
     let ns = object::namespace(svc);
     let mut families = object::ip_families(svc);
     if families.is_empty() {
@@ -158,10 +188,15 @@ fn desired(reg: &Registry, svc: &Value, sel: &Map<String, Value>) -> Desired {
         groups: BTreeMap::new(),
         subsets: BTreeMap::new(),
     };
-    let pods = reg
-        .store
-        .list(&PODS, Some(ns), |a| selects(sel, |k| a.label(k)))
-        .unwrap_or_default();
+    // The candidates, checked against the stored pod in case the index
+    // lags behind it.
+    let pods = names.iter().filter_map(|name| {
+        let entry = reg.store.entry(&PODS, ns, name).ok()??;
+        if !selects(sel, |k| entry.attrs.label(k)) {
+            return None;
+        }
+        entry.value().ok()
+    });
     for pod in pods {
         if matches!(s(&pod, "/status/phase"), "Succeeded" | "Failed") {
             continue;
@@ -292,7 +327,8 @@ impl EndpointsController {
             }
             return;
         };
-        let want = desired(reg, svc, sel);
+        let candidates = self.pods_with(ns, sel);
+        let want = desired(reg, svc, sel, &candidates);
         let mut labels = object::labels(svc).cloned().unwrap_or_default();
         labels.insert(SERVICE_NAME.into(), json!(name));
         labels.insert(MANAGED_BY.into(), json!(CONTROLLER));
@@ -457,16 +493,117 @@ impl EndpointsController {
         }
     }
 
-    /// Services in `ns` whose selector matches `pod`.
-    fn services_selecting(&mut self, reg: &Registry, pod: &Value) {
-        let ns = object::namespace(pod);
-        for svc in list_all(reg, &SERVICES, Some(ns)) {
-            if selector(&svc).is_some_and(|sel| selects(sel, |k| object::label(pod, k))) {
-                self.queue
-                    .insert((ns.to_string(), object::name(&svc).to_string()));
+    /// The pods of `ns` carrying the rarest pair of `sel`.
+    fn pods_with(&self, ns: &str, sel: &Map<String, Value>) -> BTreeSet<String> {
+        sel.iter()
+            .filter_map(|(k, v)| {
+                let pair = (ns.to_string(), k.clone(), v.as_str()?.to_string());
+                Some(self.pods_by_pair.get(&pair))
+            })
+            .min_by_key(|names| names.map_or(0, BTreeSet::len))
+            .flatten()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn index_service(&mut self, key: &Key, svc: Option<&Value>) {
+        if let Some((pairs, at)) = self.selectors.remove(key) {
+            if let Some(names) = self.services_by_pair.get_mut(&at) {
+                names.remove(&key.1);
+                if names.is_empty() {
+                    self.services_by_pair.remove(&at);
+                }
+            }
+            for (k, v) in pairs {
+                let pair = (key.0.clone(), k, v);
+                if let Some(n) = self.pair_uses.get_mut(&pair) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.pair_uses.remove(&pair);
+                    }
+                }
+            }
+        }
+        let Some(sel) = svc.and_then(selector) else {
+            return;
+        };
+        let pairs: Labels = sel
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+            .collect();
+        // A selector value that is not a string matches no pod: index it
+        // under its first pair like any other; the check refuses it.
+        let mut best: Option<(usize, Pair)> = None;
+        for (k, v) in &pairs {
+            let pair = (key.0.clone(), k.clone(), v.clone());
+            let n = self.pair_uses.entry(pair.clone()).or_default();
+            *n += 1;
+            if best.as_ref().is_none_or(|(m, _)| *n < *m) {
+                best = Some((*n, pair));
+            }
+        }
+        let Some((_, at)) = best else { return };
+        self.services_by_pair
+            .entry(at.clone())
+            .or_default()
+            .insert(key.1.clone());
+        self.selectors.insert(key.clone(), (pairs, at));
+    }
+
+    fn index_pod(&mut self, key: &Key, labels: Option<Labels>) {
+        if let Some(old) = self.pod_labels.remove(key) {
+            for (k, v) in old {
+                let pair = (key.0.clone(), k, v);
+                if let Some(names) = self.pods_by_pair.get_mut(&pair) {
+                    names.remove(&key.1);
+                    if names.is_empty() {
+                        self.pods_by_pair.remove(&pair);
+                    }
+                }
+            }
+        }
+        let Some(labels) = labels else { return };
+        for (k, v) in &labels {
+            self.pods_by_pair
+                .entry((key.0.clone(), k.clone(), v.clone()))
+                .or_default()
+                .insert(key.1.clone());
+        }
+        self.pod_labels.insert(key.clone(), labels);
+    }
+
+    /// Queues the Services of `ns` whose selector matches `labels`: only
+    /// those indexed under one of the labels' pairs are looked at.
+    fn services_selecting(&mut self, ns: &str, labels: &Labels) {
+        let get = |k: &str| {
+            labels
+                .iter()
+                .find(|(lk, _)| lk == k)
+                .map(|(_, v)| v.as_str())
+        };
+        for (k, v) in labels {
+            let pair = (ns.to_string(), k.clone(), v.clone());
+            for name in self.services_by_pair.get(&pair).into_iter().flatten() {
+                let key = (ns.to_string(), name.clone());
+                self.checked += 1;
+                if self
+                    .selectors
+                    .get(&key)
+                    .is_some_and(|(sel, _)| sel.iter().all(|(k, v)| get(k) == Some(v.as_str())))
+                {
+                    self.queue.insert(key);
+                }
             }
         }
     }
+}
+
+fn labels_of(obj: &Value) -> Labels {
+    object::labels(obj)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect()
 }
 
 impl Controller for EndpointsController {
@@ -479,25 +616,48 @@ impl Controller for EndpointsController {
     }
 
     fn resync(&mut self, reg: &Registry) {
-        self.slices.clear();
+        *self = Self {
+            queue: std::mem::take(&mut self.queue),
+            checked: self.checked,
+            ..Self::default()
+        };
         for slice in list_all(reg, &ENDPOINTSLICES, None) {
             self.index_slice(&slice, true);
         }
         for svc in list_all(reg, &SERVICES, None) {
-            self.queue.insert((
+            let key = (
                 object::namespace(&svc).to_string(),
                 object::name(&svc).to_string(),
-            ));
+            );
+            self.index_service(&key, Some(&svc));
+            self.queue.insert(key);
+        }
+        // Only the pods' metadata is read.
+        let pods = reg
+            .store
+            .list_entries(&PODS, None, None, 0, |_| true)
+            .map(|p| p.items)
+            .unwrap_or_default();
+        for entry in pods {
+            let meta = super::parse_meta(&entry);
+            let key = (
+                object::namespace(&meta).to_string(),
+                object::name(&meta).to_string(),
+            );
+            self.index_pod(&key, Some(labels_of(&meta)));
         }
     }
 
     fn observe(&mut self, reg: &Registry, ev: &Change) {
         match ev.resource.kind {
             "Service" => {
-                self.queue.insert((
+                let key = (
                     ev.namespace.clone(),
                     object::name(ev.object_meta()).to_string(),
-                ));
+                );
+                let svc = (ev.kind != crate::store::EventType::Deleted).then(|| ev.object());
+                self.index_service(&key, svc);
+                self.queue.insert(key);
             }
             "Pod" => {
                 // Only changes that matter to endpoints: labels, addresses,
@@ -515,14 +675,21 @@ impl Controller for EndpointsController {
                         p.pointer("/spec/subdomain")
                     ])
                 };
-                if ev.previous().map(relevant) == Some(relevant(ev.object()))
-                    && ev.kind != crate::store::EventType::Deleted
-                {
+                let key = (
+                    ev.namespace.clone(),
+                    object::name(ev.object_meta()).to_string(),
+                );
+                let deleted = ev.kind == crate::store::EventType::Deleted;
+                let labels = labels_of(ev.object_meta());
+                let before = self.pod_labels.get(&key).cloned();
+                self.index_pod(&key, (!deleted).then(|| labels.clone()));
+                if ev.previous().map(relevant) == Some(relevant(ev.object())) && !deleted {
                     return;
                 }
-                self.services_selecting(reg, ev.object());
-                if let Some(prev) = ev.previous() {
-                    self.services_selecting(reg, prev);
+                self.services_selecting(&ev.namespace, &labels);
+                let prev = ev.previous_meta().map(labels_of).or(before);
+                if let Some(prev) = prev.filter(|p| *p != labels) {
+                    self.services_selecting(&ev.namespace, &prev);
                 }
             }
             "EndpointSlice" => {
@@ -584,12 +751,23 @@ mod tests {
         for j in 0..services {
             let svc = json!({"apiVersion": "v1", "kind": "Service",
                 "metadata": {"name": format!("s{j}")},
-                "spec": {"selector": {"app": format!("s{j}")}, "ports": [{"port": 80}]}});
-            reg.create(&SERVICES, "default", svc, &opts).expect("service");
+                "spec": {"selector": {"app": format!("s{j}"), "tier": "web"}, "ports": [{"port": 80}]}});
+            reg.create(&SERVICES, "default", svc, &opts)
+                .expect("service");
         }
         for i in 0..pods {
             reg.create(&PODS, "default", pod(i, services, true), &opts)
                 .expect("pod");
+            // Create leaves the status out, as kube-apiserver does.
+            reg.update(
+                &PODS,
+                "default",
+                &format!("p{i}"),
+                Some("status"),
+                pod(i, services, true),
+                &opts,
+            )
+            .expect("status");
         }
         eprintln!(
             "loaded {services} services and {pods} pods in {:?}",
@@ -599,16 +777,27 @@ mod tests {
         let started = Instant::now();
         ctrl.resync(&reg);
         ctrl.reconcile(&reg);
-        eprintln!("initial sync of {services} services: {:?}", started.elapsed());
+        eprintln!(
+            "initial sync of {services} services: {:?}",
+            started.elapsed()
+        );
         let started = Instant::now();
+        ctrl.checked = 0;
         let mut done = 0;
         while done < changes {
             // The in-memory history keeps 1000 events: feed them in batches.
             let from = reg.store.revision();
             let batch = (changes - done).min(500);
             for i in done..done + batch {
-                reg.update(&PODS, "default", &format!("p{i}"), Some("status"), pod(i, services, false), &opts)
-                    .expect("status");
+                reg.update(
+                    &PODS,
+                    "default",
+                    &format!("p{i}"),
+                    Some("status"),
+                    pod(i, services, false),
+                    &opts,
+                )
+                .expect("status");
             }
             for ev in reg.store.events_after(from).expect("events") {
                 let change = Change::of(ev);
@@ -624,6 +813,64 @@ mod tests {
             started.elapsed()
         );
         (ctrl, reg)
+    }
+
+    fn ready_addresses(reg: &Registry, svc: &str) -> BTreeSet<String> {
+        list_all(reg, &ENDPOINTSLICES, Some("default"))
+            .iter()
+            .filter(|s| object::label(s, SERVICE_NAME) == Some(svc))
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["conditions"]["ready"] == json!(true))
+            .filter_map(|e| e["targetRef"]["name"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// A pod event looks only at the Services indexed under the pod's own
+    /// labels (here the one that selects it; the pair every selector
+    /// shares is not used), and the slices still follow readiness and
+    /// label changes.
+    #[test]
+    fn pod_events_check_only_services_indexed_under_their_labels() {
+        let (mut ctrl, reg) = load(300, 3000, 600);
+        assert_eq!(ctrl.checked, 600, "one candidate Service per pod event");
+        // p0 and p300 belong to s0; p0 went unready, p300 did not.
+        assert_eq!(
+            ready_addresses(&reg, "s0"),
+            BTreeSet::from([
+                "p600".into(),
+                "p900".into(),
+                "p1200".into(),
+                "p1500".into(),
+                "p1800".into(),
+                "p2100".into(),
+                "p2400".into(),
+                "p2700".into()
+            ])
+        );
+        // p2999 moves from s299 to s0.
+        let from = reg.store.revision();
+        let mut moved = pod(2999, 300, true);
+        moved["metadata"]["labels"]["app"] = json!("s0");
+        reg.update(
+            &PODS,
+            "default",
+            "p2999",
+            None,
+            moved,
+            &WriteOptions::default(),
+        )
+        .expect("relabel");
+        for ev in reg.store.events_after(from).expect("events") {
+            ctrl.observe(&reg, &Change::of(ev));
+        }
+        ctrl.reconcile(&reg);
+        assert!(ready_addresses(&reg, "s0").contains("p2999"));
+        assert!(!ready_addresses(&reg, "s299").contains("p2999"));
+        assert_eq!(
+            ready_addresses(&reg, "s298").len(),
+            8,
+            "p298 and p598 not ready"
+        );
     }
 
     /// 10,000 Services and 100,000 pods (issue 12's scale row); run with

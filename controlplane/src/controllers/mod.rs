@@ -3,15 +3,21 @@
 //! turned off with `--controllers` (kube-controller-manager's syntax:
 //! `*,-nodeipam`).
 
+pub mod claim;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod history;
 pub mod ipam;
 pub mod namespace;
 pub mod nodelifecycle;
+pub(crate) mod owned;
 pub mod podgc;
+pub(crate) mod queue;
 pub mod replicaset;
 pub mod scheduler;
+pub mod statefulset;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock, mpsc};
@@ -124,6 +130,8 @@ pub const ALL: &[&str] = &[
     "podgc",
     "replicaset",
     "deployment",
+    "daemonset",
+    "statefulset",
     "scheduler",
     "nodelifecycle",
 ];
@@ -247,6 +255,8 @@ pub fn start(
             "podgc" => Box::new(podgc::PodGc::default()),
             "replicaset" => Box::new(replicaset::ReplicaSetController::default()),
             "deployment" => Box::new(deployment::DeploymentController::default()),
+            "daemonset" => Box::new(daemonset::DaemonSetController::default()),
+            "statefulset" => Box::new(statefulset::StatefulSetController::default()),
             "scheduler" => Box::new(scheduler::Scheduler::default()),
             "nodelifecycle" => Box::new(nodelifecycle::NodeLifecycle::new(&reg.config)),
             _ => continue,

@@ -11,10 +11,12 @@
 //! event is proportional to the ReplicaSet it concerns.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use super::owned::{ByController, Controlled, Key};
+use super::queue::WorkQueue;
 use super::{Change, Controller, log_failure, record_keyed_event, write_opts};
 use crate::object;
 use crate::patch::PatchType;
@@ -28,8 +30,6 @@ pub const COMPONENT: &str = "replicaset-controller";
 const BURST: usize = 500;
 /// Similar events recorded on their own before they are combined.
 const SIMILAR_EVENTS: u32 = 10;
-
-type Key = (String, String);
 
 /// What the controller needs of a pod.
 #[derive(Debug, Clone, Default)]
@@ -130,6 +130,12 @@ impl PodInfo {
     }
 }
 
+impl Controlled for PodInfo {
+    fn controller(&self) -> Option<&str> {
+        self.controller.as_deref()
+    }
+}
+
 /// The uid of the ownerReference marked `controller`.
 pub(crate) fn controller_of(refs: &[Value]) -> Option<&str> {
     refs.iter()
@@ -193,17 +199,13 @@ struct RsInfo {
 
 #[derive(Debug, Default)]
 pub struct ReplicaSetController {
-    pods: HashMap<Key, PodInfo>,
-    /// Pods by the uid of their controller.
-    by_owner: HashMap<String, BTreeSet<Key>>,
-    /// Pods without a controller, by namespace.
-    orphans: HashMap<String, BTreeSet<String>>,
+    /// Pods by the uid of their controller, orphans by namespace.
+    pods: ByController<PodInfo>,
     sets: HashMap<Key, RsInfo>,
     by_uid: HashMap<String, Key>,
     in_ns: HashMap<String, BTreeSet<String>>,
-    queue: BTreeSet<Key>,
-    /// ReplicaSets to look at again when a pod becomes available.
-    timers: BTreeMap<Instant, BTreeSet<Key>>,
+    /// ReplicaSets to sync, now or when a pod becomes available.
+    queue: WorkQueue<Key>,
     events: Recorder,
 }
 
@@ -271,48 +273,6 @@ fn deletion_order(
 }
 
 impl ReplicaSetController {
-    fn index_pod(&mut self, key: Key, info: PodInfo) {
-        self.unindex_pod(&key);
-        match &info.controller {
-            Some(owner) => {
-                self.by_owner
-                    .entry(owner.clone())
-                    .or_default()
-                    .insert(key.clone());
-            }
-            None => {
-                self.orphans
-                    .entry(key.0.clone())
-                    .or_default()
-                    .insert(key.1.clone());
-            }
-        }
-        self.pods.insert(key, info);
-    }
-
-    fn unindex_pod(&mut self, key: &Key) -> Option<PodInfo> {
-        let old = self.pods.remove(key)?;
-        match &old.controller {
-            Some(owner) => {
-                if let Some(set) = self.by_owner.get_mut(owner) {
-                    set.remove(key);
-                    if set.is_empty() {
-                        self.by_owner.remove(owner);
-                    }
-                }
-            }
-            None => {
-                if let Some(set) = self.orphans.get_mut(&key.0) {
-                    set.remove(&key.1);
-                    if set.is_empty() {
-                        self.orphans.remove(&key.0);
-                    }
-                }
-            }
-        }
-        Some(old)
-    }
-
     fn index_set(&mut self, key: Key, rs: &Value) {
         let uid = object::uid(rs).to_string();
         let selector = rs
@@ -358,7 +318,7 @@ impl ReplicaSetController {
         match &info.controller {
             Some(owner) => {
                 if let Some(key) = self.by_uid.get(owner) {
-                    self.queue.insert(key.clone());
+                    self.queue.add(key.clone());
                 }
             }
             None => {
@@ -370,7 +330,7 @@ impl ReplicaSetController {
                         .and_then(|s| s.selector.as_ref())
                         .is_some_and(|sel| !sel.is_empty() && sel.matches_with(|k| info.label(k)))
                     {
-                        self.queue.insert(key);
+                        self.queue.add(key);
                     }
                 }
             }
@@ -397,13 +357,7 @@ impl ReplicaSetController {
         // Claim: keep owned pods that match, release those that do not,
         // adopt matching orphans.
         let mut claimed: Vec<Key> = Vec::new();
-        let owned: Vec<Key> = self
-            .by_owner
-            .get(&uid)
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let owned: Vec<Key> = self.pods.owned_keys(&uid).cloned().collect();
         for pkey in owned {
             let Some(info) = self.pods.get(&pkey) else {
                 continue;
@@ -421,13 +375,7 @@ impl ReplicaSetController {
             }
         }
         if !rs_deleting {
-            let orphans: Vec<String> = self
-                .orphans
-                .get(ns)
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect();
+            let orphans: Vec<String> = self.pods.orphans(ns).cloned().collect();
             for pname in orphans {
                 let pkey = (ns.clone(), pname);
                 let Some(info) = self.pods.get(&pkey) else {
@@ -486,7 +434,7 @@ impl ReplicaSetController {
         ) {
             Ok(entry) => {
                 if let Ok(pod) = entry.value() {
-                    self.index_pod(pkey.clone(), PodInfo::of(&pod));
+                    self.pods.insert(pkey.clone(), PodInfo::of(&pod));
                 }
                 true
             }
@@ -530,7 +478,8 @@ impl ReplicaSetController {
                     Ok(entry) => {
                         if let Ok(created) = entry.value() {
                             let pname = object::name(&created).to_string();
-                            self.index_pod((ns.clone(), pname.clone()), PodInfo::of(&created));
+                            self.pods
+                                .insert((ns.clone(), pname.clone()), PodInfo::of(&created));
                             self.events.record(
                                 reg,
                                 COMPONENT,
@@ -593,12 +542,8 @@ impl ReplicaSetController {
         };
         let mut per_node: HashMap<&str, usize> = HashMap::new();
         for s in &siblings {
-            for k in self.by_owner.get(s).into_iter().flatten() {
-                if let Some(p) = self.pods.get(k)
-                    && p.active()
-                    && p.ready
-                    && !p.node.is_empty()
-                {
+            for (_, p) in self.pods.owned(s) {
+                if p.active() && p.ready && !p.node.is_empty() {
                     *per_node.entry(p.node.as_str()).or_default() += 1;
                 }
             }
@@ -612,7 +557,7 @@ impl ReplicaSetController {
         };
         let mut order: Vec<&Key> = active.iter().collect();
         if count < order.len() {
-            order.sort_by(|a, b| match (self.pods.get(*a), self.pods.get(*b)) {
+            order.sort_by(|a, b| match (self.pods.get(a), self.pods.get(b)) {
                 (Some(pa), Some(pb)) => deletion_order(pa, pb, &rank, now),
                 _ => std::cmp::Ordering::Equal,
             });
@@ -635,7 +580,7 @@ impl ReplicaSetController {
                     );
                 }
                 Err(e) if e.code == 404 => {
-                    self.unindex_pod(&pkey);
+                    self.pods.remove(&pkey);
                 }
                 Err(e) => {
                     self.events.record(
@@ -695,15 +640,11 @@ impl ReplicaSetController {
             }
         }
         if let Some(at) = next_available {
-            let wait = Duration::from_secs(u64::try_from(at - now).unwrap_or(0).saturating_add(1));
             let key = (
                 object::namespace(rs).to_string(),
                 object::name(rs).to_string(),
             );
-            self.timers
-                .entry(Instant::now() + wait)
-                .or_default()
-                .insert(key);
+            self.queue.add_after_seconds(at - now, key);
         }
         let mut status = rs
             .get("status")
@@ -792,14 +733,14 @@ impl Controller for ReplicaSetController {
                 object::name(&rs).to_string(),
             );
             self.index_set(key.clone(), &rs);
-            self.queue.insert(key);
+            self.queue.add(key);
         }
         for pod in super::list_all(reg, &PODS, None) {
             let key = (
                 object::namespace(&pod).to_string(),
                 object::name(&pod).to_string(),
             );
-            self.index_pod(key, PodInfo::of(&pod));
+            self.pods.insert(key, PodInfo::of(&pod));
         }
     }
 
@@ -810,7 +751,7 @@ impl Controller for ReplicaSetController {
         );
         match (ev.resource.kind, ev.kind) {
             ("Pod", EventType::Deleted) => {
-                if let Some(old) = self.unindex_pod(&key) {
+                if let Some(old) = self.pods.remove(&key) {
                     self.enqueue_for_pod(&key.0, &old);
                 }
             }
@@ -827,33 +768,25 @@ impl Controller for ReplicaSetController {
                     self.enqueue_for_pod(&key.0, &old);
                 }
                 self.enqueue_for_pod(&key.0, &info);
-                self.index_pod(key, info);
+                self.pods.insert(key, info);
             }
             ("ReplicaSet", EventType::Deleted) => self.unindex_set(&key),
             ("ReplicaSet", _) => {
                 self.index_set(key.clone(), ev.object());
-                self.queue.insert(key);
+                self.queue.add(key);
             }
             _ => {}
         }
     }
 
     fn reconcile(&mut self, reg: &Registry) {
-        let now = Instant::now();
-        while let Some(entry) = self.timers.first_entry() {
-            if *entry.key() > now {
-                break;
-            }
-            let keys = entry.remove();
-            self.queue.extend(keys);
-        }
-        for key in std::mem::take(&mut self.queue) {
+        for key in self.queue.take_due() {
             self.sync(reg, &key);
         }
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
-        self.timers.keys().next().copied()
+        self.queue.next_wakeup()
     }
 }
 

@@ -15,7 +15,9 @@
 //! The host reaches the cluster through [`forward`]: the apiserver and every
 //! NodePort are published on the host's loopback by plain sockets, so
 //! `kubectl` and `curl http://localhost:30000/` work with no address, route
-//! or link added to the host.
+//! or link added to the host. Inside, [`underlay`] routes each node's pod
+//! CIDRs via the node in the underlay namespace, so pods reach the
+//! apiserver and its answers find them.
 //!
 //! The `ferry` binary runs a cluster in a detached supervisor process
 //! ([`state`] holds what `ferry status` and `ferry down` find of it).

@@ -393,8 +393,9 @@ async fn main() -> anyhow::Result<()> {
         if let Some(prefix) = cli.pod_devices.clone() {
             tokio::spawn(async move {
                 // Link notifications (what `ip monitor link` shows) wake the
-                // sync as a pod's veth appears; the tick repairs whatever a
-                // lost notification missed (every second without them).
+                // sync as a pod's veth appears; the one-second tick retries
+                // what failed (a veth still coming up) and repairs whatever a
+                // lost notification missed.
                 let mut links = match rtnetlink::new_multicast_connection(&[
                     rtnetlink::MulticastGroup::Link,
                 ]) {
@@ -403,12 +404,11 @@ async fn main() -> anyhow::Result<()> {
                         Some(rx)
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "link notifications for --pod-devices; polling every second instead");
+                        tracing::warn!(error = %e, "link notifications for --pod-devices; polling every second only");
                         None
                     }
                 };
-                let period = if links.is_some() { 10 } else { 1 };
-                let mut tick = tokio::time::interval(Duration::from_secs(period));
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     match links.as_mut() {
                         Some(rx) => {
@@ -416,7 +416,6 @@ async fn main() -> anyhow::Result<()> {
                                 msg = rx.next() => if msg.is_none() {
                                     tracing::warn!("link notifications ended; polling every second");
                                     links = None;
-                                    tick = tokio::time::interval(Duration::from_secs(1));
                                 },
                                 _ = tick.tick() => {}
                             }

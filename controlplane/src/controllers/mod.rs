@@ -201,9 +201,22 @@ fn run(
     std::thread::Builder::new()
         .name(format!("ctrl-{}", ctrl.name()))
         .spawn(move || {
-            ctrl.resync(&reg);
+            let name = ctrl.name();
+            // A panic in a controller is a bug; it must not end the thread
+            // with the work undone. The step is abandoned, the state rebuilt
+            // from a full read after a pause (1 s, doubling to a minute
+            // while it keeps failing), and the loop goes on.
+            let mut pause = Duration::from_secs(1);
+            if !contained(name, || ctrl.resync(&reg)) {
+                recover(name, &mut ctrl, &reg, &mut pause);
+            }
             loop {
-                ctrl.reconcile(&reg);
+                if contained(name, || ctrl.reconcile(&reg)) {
+                    pause = Duration::from_secs(1);
+                } else {
+                    recover(name, &mut ctrl, &reg, &mut pause);
+                    continue;
+                }
                 let wait = ctrl
                     .next_wakeup()
                     .map(|t| t.saturating_duration_since(Instant::now()))
@@ -218,20 +231,53 @@ fn run(
                     .into_iter()
                     .chain(std::iter::from_fn(|| feed.try_recv().ok()))
                 {
-                    match f {
-                        Feed::Event(ev) => ctrl.observe(&reg, &Change::of(ev)),
+                    let done = match f {
+                        Feed::Event(ev) => contained(name, || ctrl.observe(&reg, &Change::of(ev))),
                         Feed::Resync => {
-                            tracing::warn!(
-                                controller = ctrl.name(),
-                                "event history lost; resyncing"
-                            );
-                            ctrl.resync(&reg);
+                            tracing::warn!(controller = name, "event history lost; resyncing");
+                            contained(name, || ctrl.resync(&reg))
                         }
+                    };
+                    if !done {
+                        recover(name, &mut ctrl, &reg, &mut pause);
+                        break;
                     }
                 }
             }
         })?;
     Ok(())
+}
+
+/// Runs one step of a controller, containing a panic: false when it
+/// panicked (logged here; the panic hook has printed where).
+fn contained(name: &'static str, step: impl FnOnce()) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+        Ok(()) => true,
+        Err(_) => {
+            tracing::error!(
+                controller = name,
+                "controller panicked (a bug); rebuilding its state from a full read"
+            );
+            false
+        }
+    }
+}
+
+/// After a panic: pauses (doubling up to a minute while it keeps failing),
+/// then rebuilds the controller's state from a full read.
+fn recover(
+    name: &'static str,
+    ctrl: &mut Box<dyn Controller>,
+    reg: &Registry,
+    pause: &mut Duration,
+) {
+    loop {
+        std::thread::sleep(*pause);
+        *pause = (*pause * 2).min(Duration::from_secs(60));
+        if contained(name, || ctrl.resync(reg)) {
+            return;
+        }
+    }
 }
 
 /// Starts the enabled controllers and the one thread that reads the event

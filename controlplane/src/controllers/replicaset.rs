@@ -221,55 +221,50 @@ fn deletion_order(
     rank: &dyn Fn(&PodInfo) -> usize,
     now: i64,
 ) -> std::cmp::Ordering {
-    use std::cmp::Ordering;
-    let phase = |p: &PodInfo| match p.phase.as_str() {
-        "Pending" => 0,
+    deletion_key(a, rank, now).cmp(&deletion_key(b, rank, now))
+}
+
+type DeletionKey = (
+    bool,
+    u8,
+    bool,
+    i64,
+    std::cmp::Reverse<usize>,
+    i64,
+    std::cmp::Reverse<i64>,
+    i64,
+    String,
+);
+
+/// Where a pod stands in [`deletion_order`], as one key so that the order
+/// is total (sorting panics on a comparison that is not): upstream's rules
+/// in turn — unscheduled, then Pending < Unknown < Running, not ready, lower
+/// deletion cost, doubled up on its node, ready for less time (Go's
+/// logarithmic buckets), more restarts, newer (buckets again) — and the uid
+/// last, where upstream breaks ties within a bucket.
+fn deletion_key(p: &PodInfo, rank: &dyn Fn(&PodInfo) -> usize, now: i64) -> DeletionKey {
+    let phase = match p.phase.as_str() {
         "Unknown" => 1,
         "Running" => 2,
         _ => 0,
     };
-    // Go's logarithmic buckets of an age in nanoseconds.
+    // Go's logarithmic buckets of an age in nanoseconds; none: -1 (first).
     let log_age = |t: Option<i64>| match t {
         Some(t) if now > t => ((now - t) as f64 * 1e9).log2() as i64,
         _ => -1,
     };
-    let by_uid = || a.uid.cmp(&b.uid);
-    if a.node != b.node && (a.node.is_empty() || b.node.is_empty()) {
-        return if a.node.is_empty() {
-            Ordering::Less
-        } else {
-            Ordering::Greater
-        };
-    }
-    if phase(a) != phase(b) {
-        return phase(a).cmp(&phase(b));
-    }
-    if a.ready != b.ready {
-        return if a.ready {
-            Ordering::Greater
-        } else {
-            Ordering::Less
-        };
-    }
-    if a.deletion_cost != b.deletion_cost {
-        return a.deletion_cost.cmp(&b.deletion_cost);
-    }
-    let (ra, rb) = (rank(a), rank(b));
-    if ra != rb {
-        return rb.cmp(&ra);
-    }
-    if a.ready && b.ready && a.ready_since != b.ready_since {
-        let d = log_age(a.ready_since) - log_age(b.ready_since);
-        return if d == 0 { by_uid() } else { d.cmp(&0) };
-    }
-    if a.restarts != b.restarts {
-        return b.restarts.cmp(&a.restarts);
-    }
-    if a.created != b.created {
-        let d = log_age(a.created) - log_age(b.created);
-        return if d == 0 { by_uid() } else { d.cmp(&0) };
-    }
-    Ordering::Equal
+    let ready_bucket = if p.ready { log_age(p.ready_since) } else { -1 };
+    (
+        !p.node.is_empty(),
+        phase,
+        p.ready,
+        p.deletion_cost,
+        std::cmp::Reverse(rank(p)),
+        ready_bucket,
+        std::cmp::Reverse(p.restarts),
+        log_age(p.created),
+        p.uid.clone(),
+    )
 }
 
 impl ReplicaSetController {
@@ -804,6 +799,37 @@ mod tests {
             created: Some(created),
             ..PodInfo::default()
         }
+    }
+
+    /// A thousand running, ready pods as a scale-down from 1,000 to 0 sees
+    /// them: ready and created within seconds of each other, many at the
+    /// same second, so readiness ties fall through to restarts and age
+    /// while neighbouring buckets tie by uid. Sorting must neither panic
+    /// (the comparison was once not a total order, which killed the
+    /// controller's thread) nor disagree with itself.
+    #[test]
+    fn deletion_order_is_total_on_a_large_scale_down() {
+        use rand::{Rng as _, SeedableRng as _};
+        let now = 1_000_000;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut pods: Vec<PodInfo> = (0..1000)
+            .map(|i| PodInfo {
+                uid: format!("{:08x}", rng.random::<u32>()),
+                node: format!("n{}", i % 10),
+                phase: "Running".into(),
+                ready: true,
+                ready_since: Some(now - rng.random_range(1..40)),
+                created: Some(now - rng.random_range(1..60)),
+                restarts: rng.random_range(0..2),
+                ..PodInfo::default()
+            })
+            .collect();
+        let rank = |p: &PodInfo| p.node.len() % 3;
+        pods.sort_by(|a, b| deletion_order(a, b, &rank, now));
+        assert!(
+            pods.windows(2)
+                .all(|w| deletion_order(&w[0], &w[1], &rank, now) != std::cmp::Ordering::Greater)
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! DaemonSets, so an event costs the DaemonSet it concerns (a node event:
 //! every DaemonSet, as upstream).
 
+use super::key_of;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -733,10 +734,7 @@ impl Controller for DaemonSetController {
             self.nodes.insert(object::name(&node).to_string(), node);
         }
         for ds in super::list_all(reg, &DAEMONSETS, None) {
-            let key = (
-                object::namespace(&ds).to_string(),
-                object::name(&ds).to_string(),
-            );
+            let key = key_of(&ds);
             self.sets.insert(key.clone(), object::uid(&ds).to_string());
             self.by_uid
                 .insert(object::uid(&ds).to_string(), key.clone());
@@ -745,20 +743,14 @@ impl Controller for DaemonSetController {
         }
         for pod in reg.store.list(&PODS, None, |_| true).unwrap_or_default() {
             if is_daemon_pod(&pod) {
-                let key = (
-                    object::namespace(&pod).to_string(),
-                    object::name(&pod).to_string(),
-                );
+                let key = key_of(&pod);
                 self.pods.insert(key, DaemonPod::of(&pod));
             }
         }
     }
 
     fn observe(&mut self, _reg: &Registry, ev: &Change) {
-        let key = (
-            ev.namespace.clone(),
-            object::name(ev.object_meta()).to_string(),
-        );
+        let key = ev.key();
         match (ev.resource.kind, ev.kind) {
             ("Pod", EventType::Deleted) => {
                 if let Some(old) = self.pods.remove(&key) {

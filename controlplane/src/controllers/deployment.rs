@@ -11,6 +11,7 @@
 //! ReplicaSet back into the Deployment; the controller then finds that
 //! ReplicaSet as the new one and gives it the next revision.
 
+use super::key_of;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
@@ -696,10 +697,7 @@ impl DeploymentController {
     }
 
     fn update_rs(&mut self, reg: &Registry, rs: Value) -> Option<Value> {
-        let (ns, name) = (
-            object::namespace(&rs).to_string(),
-            object::name(&rs).to_string(),
-        );
+        let (ns, name) = key_of(&rs);
         match reg.update(&REPLICASETS, &ns, &name, None, rs, &write_opts()) {
             Ok((e, _)) => e.value().ok(),
             Err(e) => {
@@ -1365,18 +1363,12 @@ impl Controller for DeploymentController {
             ..Self::default()
         };
         for d in super::list_all(reg, &DEPLOYMENTS, None) {
-            let key = (
-                object::namespace(&d).to_string(),
-                object::name(&d).to_string(),
-            );
+            let key = key_of(&d);
             self.index_deployment(key.clone(), &d);
             self.queue.add(key);
         }
         for rs in super::list_all(reg, &REPLICASETS, None) {
-            let key = (
-                object::namespace(&rs).to_string(),
-                object::name(&rs).to_string(),
-            );
+            let key = key_of(&rs);
             self.index_rs(key, &rs);
         }
         for pod in super::list_all(reg, &crate::resources::PODS, None) {
@@ -1387,20 +1379,14 @@ impl Controller for DeploymentController {
             if let Some(owner) = controller_of(&owner_refs(&pod))
                 && !matches!(phase, "Succeeded" | "Failed")
             {
-                let key = (
-                    object::namespace(&pod).to_string(),
-                    object::name(&pod).to_string(),
-                );
+                let key = key_of(&pod);
                 self.running_pods.insert(key, PodOf(owner.to_string()));
             }
         }
     }
 
     fn observe(&mut self, _reg: &Registry, ev: &Change) {
-        let key = (
-            ev.namespace.clone(),
-            object::name(ev.object_meta()).to_string(),
-        );
+        let key = ev.key();
         match ev.resource.kind {
             "Deployment" => {
                 if ev.kind == EventType::Deleted {

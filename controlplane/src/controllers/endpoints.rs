@@ -12,6 +12,7 @@
 //! labels are indexed by pair, so syncing a Service reads only the pods
 //! carrying its rarest pair, not every pod of the namespace.
 
+use super::key_of;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Map, Value, json};
@@ -625,10 +626,7 @@ impl Controller for EndpointsController {
             self.index_slice(&slice, true);
         }
         for svc in list_all(reg, &SERVICES, None) {
-            let key = (
-                object::namespace(&svc).to_string(),
-                object::name(&svc).to_string(),
-            );
+            let key = key_of(&svc);
             self.index_service(&key, Some(&svc));
             self.queue.insert(key);
         }
@@ -640,10 +638,7 @@ impl Controller for EndpointsController {
             .unwrap_or_default();
         for entry in pods {
             let meta = super::parse_meta(&entry);
-            let key = (
-                object::namespace(&meta).to_string(),
-                object::name(&meta).to_string(),
-            );
+            let key = key_of(&meta);
             self.index_pod(&key, Some(labels_of(&meta)));
         }
     }
@@ -651,10 +646,7 @@ impl Controller for EndpointsController {
     fn observe(&mut self, reg: &Registry, ev: &Change) {
         match ev.resource.kind {
             "Service" => {
-                let key = (
-                    ev.namespace.clone(),
-                    object::name(ev.object_meta()).to_string(),
-                );
+                let key = ev.key();
                 let svc = (ev.kind != crate::store::EventType::Deleted).then(|| ev.object());
                 self.index_service(&key, svc);
                 self.queue.insert(key);
@@ -675,10 +667,7 @@ impl Controller for EndpointsController {
                         p.pointer("/spec/subdomain")
                     ])
                 };
-                let key = (
-                    ev.namespace.clone(),
-                    object::name(ev.object_meta()).to_string(),
-                );
+                let key = ev.key();
                 let deleted = ev.kind == crate::store::EventType::Deleted;
                 let labels = labels_of(ev.object_meta());
                 let before = self.pod_labels.get(&key).cloned();

@@ -1,6 +1,7 @@
 //! Address management controllers: node podCIDRs cut from the cluster CIDRs,
 //! and LoadBalancer ingress IPs from the configured pools.
 
+use super::key_of;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -348,10 +349,7 @@ impl Controller for LoadBalancerIpam {
             };
         }
         for svc in list_all(reg, &SERVICES, None) {
-            let key = (
-                object::namespace(&svc).to_string(),
-                object::name(&svc).to_string(),
-            );
+            let key = key_of(&svc);
             let ips = ingress_ips(&svc);
             if wants_lb(&svc) && !ips.is_empty() {
                 self.hold(key.clone(), ips);
@@ -361,10 +359,7 @@ impl Controller for LoadBalancerIpam {
     }
 
     fn observe(&mut self, _reg: &Registry, ev: &Change) {
-        let key = (
-            ev.namespace.clone(),
-            object::name(ev.object_meta()).to_string(),
-        );
+        let key = ev.key();
         if ev.kind == EventType::Deleted {
             self.release(&key);
         } else {

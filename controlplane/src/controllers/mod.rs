@@ -105,6 +105,14 @@ impl Change {
             .as_ref()
     }
 
+    /// The changed object's key, (namespace, name).
+    pub fn key(&self) -> (String, String) {
+        (
+            self.namespace.clone(),
+            crate::object::name(self.object_meta()).to_string(),
+        )
+    }
+
     /// A label of the new state, without parsing it.
     pub fn label(&self, key: &str) -> Option<&str> {
         self.event.object.attrs.label(key)
@@ -115,6 +123,14 @@ impl Change {
     pub fn field(&self, name: &str) -> &str {
         self.event.object.attrs.field(name)
     }
+}
+
+/// A namespaced object's key, (namespace, name).
+pub(crate) fn key_of(obj: &Value) -> (String, String) {
+    (
+        crate::object::namespace(obj).to_string(),
+        crate::object::name(obj).to_string(),
+    )
 }
 
 /// Events queued per controller before it is told to resync instead.

@@ -16,6 +16,7 @@
 //! based eviction (deleting pods after their NoExecute tolerations run
 //! out) is not done here.
 
+use super::key_of;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -389,10 +390,7 @@ impl Controller for NodeLifecycle {
             self.lease_changed(object::name(&lease), &lease, None);
         }
         for pod in list_all(reg, &PODS, None) {
-            let key = (
-                object::namespace(&pod).to_string(),
-                object::name(&pod).to_string(),
-            );
+            let key = key_of(&pod);
             self.pod_changed(key, s(&pod, "/spec/nodeName"));
         }
     }

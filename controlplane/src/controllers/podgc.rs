@@ -55,10 +55,7 @@ impl Controller for PodGc {
 
     fn observe(&mut self, _reg: &Registry, ev: &Change) {
         if ev.kind == EventType::Deleted {
-            self.deadlines.remove(&(
-                ev.namespace.clone(),
-                object::name(ev.object_meta()).to_string(),
-            ));
+            self.deadlines.remove(&ev.key());
         } else {
             self.track(ev.object_meta());
         }

@@ -10,6 +10,7 @@
 //! controller's uid and (for orphans) by namespace, so the work of one
 //! event is proportional to the ReplicaSet it concerns.
 
+use super::key_of;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
@@ -723,27 +724,18 @@ impl Controller for ReplicaSetController {
             ..Self::default()
         };
         for rs in super::list_all(reg, &REPLICASETS, None) {
-            let key = (
-                object::namespace(&rs).to_string(),
-                object::name(&rs).to_string(),
-            );
+            let key = key_of(&rs);
             self.index_set(key.clone(), &rs);
             self.queue.add(key);
         }
         for pod in super::list_all(reg, &PODS, None) {
-            let key = (
-                object::namespace(&pod).to_string(),
-                object::name(&pod).to_string(),
-            );
+            let key = key_of(&pod);
             self.pods.insert(key, PodInfo::of(&pod));
         }
     }
 
     fn observe(&mut self, _reg: &Registry, ev: &Change) {
-        let key = (
-            ev.namespace.clone(),
-            object::name(ev.object_meta()).to_string(),
-        );
+        let key = ev.key();
         match (ev.resource.kind, ev.kind) {
             ("Pod", EventType::Deleted) => {
                 if let Some(old) = self.pods.remove(&key) {

@@ -24,6 +24,7 @@
 //! changed) retries them after their back-off (1 s doubling to 10 s), and
 //! every pod is retried at least once a minute.
 
+use super::key_of;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -943,10 +944,7 @@ impl Controller for Scheduler {
             self.node_changed(object::name(&node), &node);
         }
         for pod in list_all(reg, &PODS, None) {
-            let key = (
-                object::namespace(&pod).to_string(),
-                object::name(&pod).to_string(),
-            );
+            let key = key_of(&pod);
             self.pod_changed(key, &pod);
         }
     }

@@ -20,6 +20,7 @@
 //! template's volumeMounts resolve), with a Warning event
 //! `VolumeClaimTemplatesIgnored` on the StatefulSet saying so.
 
+use super::key_of;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -620,10 +621,7 @@ impl Controller for StatefulSetController {
             ..Self::default()
         };
         for set in super::list_all(reg, &STATEFULSETS, None) {
-            let key = (
-                object::namespace(&set).to_string(),
-                object::name(&set).to_string(),
-            );
+            let key = key_of(&set);
             self.sets.insert(key.clone(), object::uid(&set).to_string());
             self.by_uid
                 .insert(object::uid(&set).to_string(), key.clone());
@@ -633,20 +631,14 @@ impl Controller for StatefulSetController {
         let pods: Vec<Arc<Value>> = reg.store.list(&PODS, None, |_| true).unwrap_or_default();
         for pod in pods {
             if controlled_by_kind(&pod, "StatefulSet") {
-                let key = (
-                    object::namespace(&pod).to_string(),
-                    object::name(&pod).to_string(),
-                );
+                let key = key_of(&pod);
                 self.pods.insert(key, SetPod::of(&pod));
             }
         }
     }
 
     fn observe(&mut self, _reg: &Registry, ev: &Change) {
-        let key = (
-            ev.namespace.clone(),
-            object::name(ev.object_meta()).to_string(),
-        );
+        let key = ev.key();
         match (ev.resource.kind, ev.kind) {
             ("Pod", EventType::Deleted) => {
                 if let Some(old) = self.pods.remove(&key) {

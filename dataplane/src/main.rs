@@ -22,6 +22,7 @@ use ferry_dataplane::nodes::NodeInfo;
 use ferry_dataplane::routing::{Mode, Router};
 use ferry_dataplane::service::maglev::{self, Seed};
 use ferry_dataplane::service::model::LbAlgorithm;
+use ferry_dataplane::service::nat_ports::NatPorts;
 use ferry_dataplane::service::programmer::{LbMode, LbSettings, Programmer};
 use ferry_dataplane::service::proxy;
 use futures_util::StreamExt;
@@ -186,6 +187,13 @@ struct Cli {
     /// given the same one, or they pick different backends for a flow.
     #[arg(long, global = true, env = "FERRY_MAGLEV_SEED", default_value = maglev::DEFAULT_SEED)]
     maglev_seed: String,
+    /// The node ports a source-translated flow from outside takes (`snat`
+    /// mode), MIN-MAX: kept out of the kernel's ephemeral range
+    /// (`net.ipv4.ip_local_port_range`) so replies to the node's own
+    /// connections are never taken for them; where the two meet, the agent
+    /// adds this range to `net.ipv4.ip_local_reserved_ports`.
+    #[arg(long, global = true, default_value = "61000-65535")]
+    nat_port_range: NatPorts,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -354,7 +362,19 @@ async fn main() -> anyhow::Result<()> {
                 .context("--maglev-table-size")?,
             seed: Seed::from_setting(&cli.maglev_seed),
             mode: cli.lb_mode,
+            nat_ports: cli.nat_port_range,
         };
+        match cli.nat_port_range.keep_from_local_sockets() {
+            Ok(false) => {}
+            Ok(true) => tracing::info!(
+                range = %cli.nat_port_range,
+                "--nat-port-range meets net.ipv4.ip_local_port_range: reserved it in net.ipv4.ip_local_reserved_ports"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "--nat-port-range may meet the node's ephemeral ports: the node's own connections can lose replies to NodePort flows"
+            ),
+        }
         let (connection, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
         tokio::spawn(connection);
         let devices = devices::lookup(&handle, &cli.devices)

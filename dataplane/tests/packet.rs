@@ -16,6 +16,7 @@ use ferry_dataplane::service::model::{
     Backend as ModelBackend, Frontend, FrontendKind, LbAlgorithm, Protocol, ServicePortEntries,
     ServicePortName,
 };
+use ferry_dataplane::service::nat_ports::NatPorts;
 use ferry_dataplane::service::programmer::{LbSettings, Programmer, addr_words};
 use ferry_ebpf_common::{
     BACKEND_FLAG_LOCAL, Backend, BackendKey, CtKey, CtValue, MAP_BACKENDS, MAP_CONNTRACK,
@@ -289,23 +290,37 @@ fn remote_backend_is_source_translated_both_ways() {
         (node, (pod, 5353)),
         "from the node toward the backend"
     );
-    assert_eq!(nat_port, 50000, "the client's port when free");
+    // The client's port is in the kernel's ephemeral range, where the
+    // node's own sockets take theirs: the flow gets a port of the NAT range.
+    let nat = NatPorts::default();
+    assert!(
+        (nat.min..=nat.max).contains(&nat_port),
+        "{nat_port} outside the NAT range {nat}"
+    );
 
     let reply = packet(PROTO_UDP, (pod, 5353), (node, nat_port), false);
     let (rc, out) = l.run(TC_INGRESS, &reply);
     assert_eq!(rc, TC_ACT_OK);
     assert_eq!(read(&out), ((ext, 53), (client, 50000)));
 
-    // A second client using the same port gets another node port.
-    let other = ip("198.51.100.10");
-    let (_, out) = l.run(
-        TC_INGRESS,
-        &packet(PROTO_UDP, (other, 50000), (ext, 53), false),
+    // A client port inside the NAT range is kept when free; a second client
+    // with the same port gets another port of the range.
+    let mut translated = |client: IpAddr| {
+        let (_, out) = l.run(
+            TC_INGRESS,
+            &packet(PROTO_UDP, (client, 62000), (ext, 53), false),
+        );
+        let (_, out) = l.run(TC_EGRESS, &out);
+        let ((src, port), _) = read(&out);
+        assert_eq!(src, node);
+        port
+    };
+    assert_eq!(translated(ip("198.51.100.10")), 62000, "the client's own");
+    let port = translated(ip("198.51.100.11"));
+    assert!(
+        port != 62000 && (nat.min..=nat.max).contains(&port),
+        "clash resolved in the range: {port}"
     );
-    let (_, out) = l.run(TC_EGRESS, &out);
-    let ((src, port), _) = read(&out);
-    assert_eq!(src, node);
-    assert_ne!(port, 50000, "clash resolved");
 }
 
 /// IPv6 has no header checksum, but TCP's covers the addresses.

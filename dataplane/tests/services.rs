@@ -16,8 +16,8 @@ use common::{
     start_agent_under, two_nodes, underlay_v4,
 };
 use ferry_testbed::{
-    AgentHooks, Netns, Pod, Process, UNDERLAY_IF, World, pressure, skip_if_not_root, start_netexec,
-    store_spoiled_copy,
+    AgentHooks, NETEXEC_HTTP_PORT, Netns, Pod, Process, UNDERLAY_IF, World, pressure,
+    skip_if_not_root, start_netexec, store_spoiled_copy,
 };
 use serde_json::{Value, json};
 
@@ -1317,6 +1317,64 @@ fn node_ports_from_outside_and_inside_the_node() {
     assert!(lines[0].starts_with("err "), "{lines:?}");
     let got = replies(&c.probe(&node0.netns, v4, &["--count", "10"]));
     assert!(got.keys().all(|k| names(1).contains(k)), "{got:?}");
+}
+
+/// A NodePort flow from outside to another node's backend leaves the entry
+/// node from a port of the agent's NAT range, never from the client's own
+/// port: a port the node's own sockets may pick (the kernel's ephemeral
+/// range, where outside clients' ports are too) would take the replies of
+/// the node's own connection from that port to the same backend. The old
+/// programs reused the client's port, and handed such a connection's SYN-ACK
+/// to the outside client.
+#[test]
+fn node_port_source_nat_leaves_the_nodes_own_ports_alone() {
+    if skip_if_not_root() {
+        return;
+    }
+    let c = Cluster::with_world(two_nodes(), &["--devices", UNDERLAY_IF]);
+    c.add_pod(1, 0, "web");
+    let c = c.started();
+    let node0 = c.world.node(0);
+    let underlay = c.world.underlay();
+    c.service(
+        "np",
+        "web",
+        json!({"type": "NodePort", "ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4"], "ports": [
+            {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http", "nodePort": 30080},
+        ]}),
+    );
+    let node_port = SocketAddr::new(IpAddr::V4(node0.ipv4), 30080);
+    c.wait_backends(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 30080), "TCP", 1);
+    common::warm(underlay, node_port, 3, Duration::from_secs(15), || {
+        c.agent_output()
+    });
+    let backend = c.world.pod(1, 0);
+    let direct = format!(
+        "http://{}:{NETEXEC_HTTP_PORT}/hostname",
+        backend.ipv4().expect("backend IPv4")
+    );
+    let curl = |netns: &Netns, url: &str, port: u16| -> String {
+        let port = port.to_string();
+        netns
+            .exec(["curl", "-sS", "--max-time", "3", "--local-port", &port, url])
+            .map(|body| body.trim().to_owned())
+            .unwrap_or_else(|e| format!("failed: {e}"))
+    };
+    for port in [40001u16, 40002, 40003] {
+        assert_eq!(
+            curl(underlay, &format!("http://{node_port}/hostname"), port),
+            backend.name,
+            "from outside, from port {port}"
+        );
+        // At once, while that flow's entries live: the node's own
+        // connection from the same port to the same backend.
+        assert_eq!(
+            curl(&node0.netns, &direct, port),
+            backend.name,
+            "from the node, from port {port}\n{}",
+            c.inspect("conntrack")
+        );
+    }
 }
 
 /// `loadBalancerSourceRanges`: from outside, only clients in the ranges

@@ -9,5 +9,6 @@ pub mod firewall;
 pub mod health;
 pub mod maglev;
 pub mod model;
+pub mod nat_ports;
 pub mod programmer;
 pub mod proxy;

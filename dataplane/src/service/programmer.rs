@@ -32,6 +32,7 @@ use super::maglev::{self, BackendId, MaglevError, Seed, TableBuilder};
 use super::model::{
     self, FrontendKind, LbAlgorithm, Protocol, ServicePortEntries, ServicePortName,
 };
+use super::nat_ports::NatPorts;
 
 /// A failed map operation, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +105,7 @@ pub enum LbMode {
 
 /// How new flows from outside the cluster pick and reach their backend, the
 /// same on every node (the agent's `--lb-algorithm`, `--maglev-table-size`,
-/// `--maglev-seed` and `--lb-mode`).
+/// `--maglev-seed` and `--lb-mode`), and the node's `--nat-port-range`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LbSettings {
     /// For Services without the `ferry.dev/lb-algorithm` annotation.
@@ -113,6 +114,8 @@ pub struct LbSettings {
     pub maglev_size: u32,
     pub seed: Seed,
     pub mode: LbMode,
+    /// The node ports source-translated flows take (`--nat-port-range`).
+    pub nat_ports: NatPorts,
 }
 
 impl Default for LbSettings {
@@ -122,6 +125,7 @@ impl Default for LbSettings {
             maglev_size: maglev::DEFAULT_SIZE,
             seed: Seed::default(),
             mode: LbMode::Snat,
+            nat_ports: NatPorts::default(),
         }
     }
 }
@@ -139,7 +143,10 @@ impl LbSettings {
                 LbMode::Dsr => LB_MODE_DSR,
                 LbMode::Hybrid => LB_MODE_HYBRID,
             },
-            _pad: [0; 7],
+            _pad1: 0,
+            nat_port_min: self.nat_ports.min,
+            nat_port_max: self.nat_ports.max,
+            _pad: [0; 2],
         }
     }
 

@@ -338,7 +338,31 @@ pub struct LbConfig {
     pub seed: [u64; 2],
     /// `LB_MODE_*`.
     pub lb_mode: u8,
-    pub _pad: [u8; 7],
+    pub _pad1: u8,
+    /// The node ports a source-translated flow from outside may take
+    /// (inclusive, host order); outside the kernel's ephemeral range, so a
+    /// reply can never be taken for a local socket's. Zero: the defaults.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    pub _pad: [u8; 2],
+}
+
+/// The default [`LbConfig::nat_port_min`]..=[`LbConfig::nat_port_max`]:
+/// above Linux's default ephemeral range (`ip_local_port_range` 32768-60999),
+/// where the kernel's own masquerading once took its ports.
+pub const NAT_PORT_MIN_DEFAULT: u16 = 61000;
+pub const NAT_PORT_MAX_DEFAULT: u16 = 65535;
+
+impl LbConfig {
+    /// The source-NAT port range, the defaults for an unset or inverted one.
+    #[inline(always)]
+    pub fn nat_ports(&self) -> (u16, u16) {
+        if self.nat_port_min == 0 || self.nat_port_max < self.nat_port_min {
+            (NAT_PORT_MIN_DEFAULT, NAT_PORT_MAX_DEFAULT)
+        } else {
+            (self.nat_port_min, self.nat_port_max)
+        }
+    }
 }
 
 /// Whether a stored address is IPv4-mapped, i.e. an IPv4 address.

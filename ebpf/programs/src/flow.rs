@@ -6,11 +6,12 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use ferry_ebpf_common::{
     BACKEND_FLAG_LOCAL, CT_FLAG_CLOSING, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT,
-    CtKey, CtValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP, SOURCE_RANGE_DENY,
+    CtKey, CtValue, NAT_PORT_MAX_DEFAULT, NAT_PORT_MIN_DEFAULT, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    SOURCE_RANGE_DENY,
     SOURCE_RANGE_FRONTEND_BITS, SourceRangeKey, v4_mapped,
 };
 
-use crate::maps::{CONNTRACK, NODE_ADDRS, SCRATCH, SOURCE_RANGES, STATS};
+use crate::maps::{CONNTRACK, LB_CONFIG, NODE_ADDRS, SCRATCH, SOURCE_RANGES, STATS};
 use crate::service::Chosen;
 
 pub const ETH_HLEN: usize = 14;
@@ -25,10 +26,9 @@ pub const TCP_ACK: u8 = 0x10;
 /// How often a flow's `last_seen_ns` is refreshed: a write per packet
 /// would bounce the entry's cache line between CPUs.
 pub const REFRESH_NS: u64 = 1_000_000_000;
-/// Source ports tried for a source-translated flow, after the client's own.
+/// Source ports tried for a source-translated flow, after the client's own
+/// (when the NAT range holds it).
 pub const NAT_PORT_TRIES: u32 = 8;
-pub const NAT_PORT_MIN: u32 = 32768;
-pub const NAT_PORT_SPAN: u32 = 28232;
 
 /// Where the parsed fields sit in the packet.
 #[derive(Clone, Copy)]
@@ -219,15 +219,25 @@ pub fn track(p: &Packet, chosen: &Chosen, snat_from: u32, now: u64) -> Option<()
         if key.dst == [0; 4] {
             return None;
         }
-        // Claim a node port for the reply: the client's own if free.
+        // Claim a node port for the reply, only in the NAT range: a port
+        // the node's own sockets pick (its ephemeral range) would take
+        // their replies. The client's own port first, if the range holds it.
         value.nat_addr = p.src;
         value.nat_port = p.sport;
         value.flags = CT_FLAG_REPLY | CT_FLAG_SNAT;
-        let mut claimed = CONNTRACK.insert(&*key, &*value, BPF_NOEXIST).is_ok();
+        let (min, max) = match LB_CONFIG.get(0) {
+            Some(c) => c.nat_ports(),
+            None => (NAT_PORT_MIN_DEFAULT, NAT_PORT_MAX_DEFAULT),
+        };
+        let span = u32::from(max.saturating_sub(min)) + 1;
+        let client = u16::from_be(p.sport);
+        let mut claimed = client >= min
+            && client <= max
+            && CONNTRACK.insert(&*key, &*value, BPF_NOEXIST).is_ok();
         let mut i = 0;
         while !claimed && i < NAT_PORT_TRIES {
-            let seed = u32::from(u16::from_be(p.sport)).wrapping_mul(2654435761) ^ (i * 40503);
-            key.dport = ((NAT_PORT_MIN + seed % NAT_PORT_SPAN) as u16).to_be();
+            let seed = u32::from(client).wrapping_mul(2654435761) ^ (i * 40503);
+            key.dport = ((u32::from(min) + seed % span) as u16).to_be();
             claimed = CONNTRACK.insert(&*key, &*value, BPF_NOEXIST).is_ok();
             i += 1;
         }

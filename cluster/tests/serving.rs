@@ -143,6 +143,50 @@ fn rolling_update_under_traffic_loses_no_request_and_a_failing_probe_removes_a_p
         .collect();
     assert_eq!(images, ["nginx:1.25"; 3], "every pod replaced");
 
+    // A paused Deployment takes template changes without rolling them out;
+    // resumed, it rolls them out.
+    let out = c.k(&["rollout", "pause", "deploy/web"]);
+    assert!(out.contains("paused"), "{out}");
+    c.k(&["set", "image", "deploy/web", "nginx=nginx:1.26"]);
+    c.eventually("the paused Deployment's change observed", 30, || {
+        let d = get(&c, &["deploy", "web"]);
+        d["status"]["observedGeneration"] == d["metadata"]["generation"]
+            && d["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Progressing" && c["reason"] == "DeploymentPaused")
+    });
+    let rs_images = |c: &TestCluster| -> Vec<String> {
+        let mut images: Vec<String> = get(c, &["rs", "-l", "app=web"])["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["spec"]["template"]["spec"]["containers"][0]["image"].as_str())
+            .map(str::to_owned)
+            .collect();
+        images.sort();
+        images
+    };
+    assert_eq!(
+        rs_images(&c),
+        ["nginx:1.24", "nginx:1.25"],
+        "no rollout while paused"
+    );
+    let out = c.k(&["rollout", "resume", "deploy/web"]);
+    assert!(out.contains("resumed"), "{out}");
+    c.k(&["rollout", "status", "deploy/web", "--timeout=90s"]);
+    assert_eq!(rs_images(&c), ["nginx:1.24", "nginx:1.25", "nginx:1.26"]);
+    let history = c.k(&["rollout", "history", "deploy/web"]);
+    assert_eq!(
+        history
+            .lines()
+            .filter(|l| l.trim_start().starts_with(char::is_numeric))
+            .count(),
+        3,
+        "{history}"
+    );
+
     // A readiness probe that starts failing takes the pod out of its
     // Service: the file it checks is on the host's file system, which the
     // container shares.

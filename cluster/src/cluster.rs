@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_dataplane::bpf::XdpPass;
-use ferry_testbed::{AgentHooks, Process, UNDERLAY_BRIDGE, World};
+use ferry_testbed::{AgentHooks, Netns, Process, UNDERLAY_BRIDGE, World};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams};
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::components::{self, Binaries, NodeRuntime, Spec};
 use crate::forward::{Forwarder, Published};
+use crate::host_route::{HostRoute, HostRouteInfo};
 use crate::underlay::PodRoutes;
 use crate::{Error, Result};
 
@@ -78,8 +79,8 @@ pub struct Settings {
     /// The host loopback port of the apiserver; `None`: 6443 when free,
     /// else any.
     pub api_port: Option<u16>,
-    /// Publish NodePorts on the host's loopback.
-    pub publish_node_ports: bool,
+    /// How the host reaches NodePorts.
+    pub host_access: HostAccess,
     /// How long to wait for the cluster to become usable.
     pub ready_timeout: Duration,
     /// More ferry-apiserver flags (`--node-monitor-grace-period 5s`, say).
@@ -97,7 +98,7 @@ impl Settings {
             ip_family: IpFamily::Ipv4,
             binaries,
             api_port: None,
-            publish_node_ports: true,
+            host_access: HostAccess::Loopback,
             ready_timeout: Duration::from_secs(60),
             apiserver_args: Vec::new(),
         }
@@ -149,6 +150,22 @@ pub struct ComponentInfo {
     pub log: PathBuf,
 }
 
+/// How the host reaches the cluster's NodePorts (`ferry up --host-access`).
+/// The apiserver is published on the host's loopback in every mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HostAccess {
+    /// Published on the host's loopback by the cluster's own forwarder: the
+    /// host's network is left untouched.
+    #[default]
+    Loopback,
+    /// A link from `host` (`None`: the namespace `ferry up` runs in, the
+    /// real host) onto the underlay, with routes to the pod CIDRs
+    /// ([`crate::host_route`]): NodePorts answer at the nodes' addresses.
+    Route { host: Option<Netns> },
+    /// Neither: only the apiserver is reachable.
+    None,
+}
+
 /// A running cluster, as `ferry status` and `ferry down` find it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterInfo {
@@ -163,6 +180,9 @@ pub struct ClusterInfo {
     pub components: Vec<ComponentInfo>,
     #[serde(default)]
     pub published: Vec<PublishedInfo>,
+    /// What `--host-access route` added to the host.
+    #[serde(default)]
+    pub host_route: Option<HostRouteInfo>,
 }
 
 /// A published port, as stored.
@@ -271,6 +291,8 @@ impl Supervised {
 /// namespace, cgroup and pin it made; the data directory stays.
 pub struct Cluster {
     // Fields drop in this order: the listeners first, the world last.
+    /// Before the world in drop order: its link lives in the underlay.
+    host_route: Option<HostRoute>,
     forwarder: Forwarder,
     pod_routes: PodRoutes,
     /// The node runtimes, agents, DNS and apiserver, stopped in that order.
@@ -586,6 +608,7 @@ impl Cluster {
             PodRoutes::start(client.clone(), underlay.name().to_owned())
         };
         let mut cluster = Cluster {
+            host_route: None,
             forwarder,
             pod_routes,
             processes,
@@ -602,12 +625,19 @@ impl Cluster {
             plan,
             ready_timeout: settings.ready_timeout,
         };
-        if settings.publish_node_ports {
-            let ips = cluster.nodes.iter().map(|n| n.ip).collect::<Vec<_>>();
-            let _guard = cluster.runtime.enter();
-            cluster
-                .forwarder
-                .follow_services(cluster.client.clone(), ips);
+        match &settings.host_access {
+            HostAccess::Loopback => {
+                let ips = cluster.nodes.iter().map(|n| n.ip).collect::<Vec<_>>();
+                let _guard = cluster.runtime.enter();
+                cluster
+                    .forwarder
+                    .follow_services(cluster.client.clone(), ips);
+            }
+            HostAccess::Route { host } => {
+                let via = family.pick(IpAddr::V4(api_v4), IpAddr::V6(api_v6));
+                cluster.host_route = Some(HostRoute::add(&cluster.world, host.clone(), &via)?);
+            }
+            HostAccess::None => {}
         }
         cluster.wait_usable(settings.ready_timeout)?;
         tracing::info!(name = %cluster.name, nodes = cluster.nodes.len(), elapsed = ?started.elapsed(), "cluster up");
@@ -766,6 +796,7 @@ impl Cluster {
                 .into_iter()
                 .map(PublishedInfo::from)
                 .collect(),
+            host_route: self.host_route.as_ref().map(|r| r.info().clone()),
         }
     }
 

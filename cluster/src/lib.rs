@@ -15,7 +15,8 @@
 //! The host reaches the cluster through [`forward`]: the apiserver and every
 //! NodePort are published on the host's loopback by plain sockets, so
 //! `kubectl` and `curl http://localhost:30000/` work with no address, route
-//! or link added to the host. Inside, [`underlay`] routes each node's pod
+//! or link added to the host; `--host-access route` opts into a link and
+//! routes instead ([`host_route`]). Inside, [`underlay`] routes each node's pod
 //! CIDRs via the node in the underlay namespace, so pods reach the
 //! apiserver and its answers find them.
 //!
@@ -27,16 +28,18 @@
 //! cluster's data directory and its state directory under [`state::RUN_ROOT`],
 //! and the loopback listeners it publishes. **What it must never touch:**
 //! the host's network configuration (no address, route, link, sysctl or
-//! firewall rule in the root namespace), the root cgroup, and anything of
+//! firewall rule in the root namespace, save the one link and its routes
+//! that `--host-access route` asks for), the root cgroup, and anything of
 //! another cluster.
 
 mod cluster;
 pub mod components;
 pub mod forward;
+pub mod host_route;
 pub mod state;
 pub mod underlay;
 
-pub use cluster::{Cluster, ClusterInfo, IpFamily, NodeInfo, Settings};
+pub use cluster::{Cluster, ClusterInfo, HostAccess, IpFamily, NodeInfo, Settings};
 
 /// Errors of building and running a cluster.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use ferry_cluster::components::Binaries;
-use ferry_cluster::{Cluster, IpFamily, Settings, state};
+use ferry_cluster::{Cluster, HostAccess, IpFamily, Settings, state};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
@@ -47,6 +47,19 @@ struct Cli {
     /// With `down`: also remove the cluster's data directory.
     #[arg(long, global = true)]
     purge: bool,
+    /// How the host reaches NodePorts: `loopback` publishes them on
+    /// 127.0.0.1 and leaves the host's network alone; `route` gives the host
+    /// a link onto the cluster's underlay and routes to the pod CIDRs, so
+    /// NodePorts answer at the nodes' addresses (it changes the host's
+    /// network: opt in knowingly).
+    #[arg(long, global = true, value_enum, default_value = "loopback")]
+    host_access: HostAccessArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum HostAccessArg {
+    Loopback,
+    Route,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +95,10 @@ impl Cli {
         s.ip_family = self.ip_family;
         s.api_port = self.api_port;
         s.ready_timeout = Duration::from_secs(self.timeout);
+        s.host_access = match self.host_access {
+            HostAccessArg::Loopback => HostAccess::Loopback,
+            HostAccessArg::Route => HostAccess::Route { host: None },
+        };
         Ok(s)
     }
 }
@@ -130,6 +147,8 @@ fn up(cli: &Cli) -> anyhow::Result<()> {
         format!("{:?}", cli.ip_family).to_lowercase(),
         "--timeout".into(),
         cli.timeout.to_string(),
+        "--host-access".into(),
+        format!("{:?}", cli.host_access).to_lowercase(),
     ];
     if let Some(port) = cli.api_port {
         args.extend(["--api-port".into(), port.to_string()]);
@@ -187,9 +206,22 @@ fn print_next_steps(info: &ferry_cluster::ClusterInfo) {
     println!("  export KUBECONFIG={}", info.kubeconfig.display());
     println!("  kubectl get nodes -o wide");
     println!("  kubectl create deployment web --image=nginx --replicas=3");
-    println!(
-        "  kubectl expose deployment web --type=NodePort --port=80   # NodePorts answer on localhost"
-    );
+    match &info.host_route {
+        None => println!(
+            "  kubectl expose deployment web --type=NodePort --port=80   # NodePorts answer on localhost"
+        ),
+        Some(route) => {
+            println!(
+                "  kubectl expose deployment web --type=NodePort --port=80   # NodePorts answer at the nodes' addresses"
+            );
+            println!(
+                "  # the host's link {} ({}) reaches the nodes; routes: {}",
+                route.link,
+                route.addrs.join(", "),
+                route.routes.join(", ")
+            );
+        }
+    }
     println!("  ferry status --name {}", info.name);
     println!("  ferry down --name {}", info.name);
 }
@@ -346,6 +378,14 @@ fn status(cli: &Cli) -> anyhow::Result<()> {
                 "  {label:<28} {pid:<8} {:<9} {}",
                 c.restarts,
                 c.log.display()
+            );
+        }
+        if let Some(route) = &info.host_route {
+            println!(
+                "  HOST ROUTE (--host-access route): link {} with {}; {}",
+                route.link,
+                route.addrs.join(", "),
+                route.routes.join(", ")
             );
         }
         if !info.published.is_empty() {

@@ -64,16 +64,23 @@ impl TestCluster {
     }
 
     fn build(nodes: usize, family: IpFamily, apiserver_args: &[&str]) -> Self {
+        Self::up_settings(nodes, |s| {
+            s.ip_family = family;
+            s.apiserver_args = apiserver_args.iter().map(|a| (*a).to_owned()).collect();
+        })
+    }
+
+    /// A cluster with `nodes` nodes and the test's own `settings`.
+    pub fn up_settings(nodes: usize, settings: impl FnOnce(&mut Settings)) -> Self {
         let name = unique_name();
         let data_dir = std::env::temp_dir().join(format!("ferry-cluster-test-{name}"));
         let _ = std::fs::remove_dir_all(&data_dir);
         let bins = Binaries::in_dir(bin_dir()).expect("component binaries");
-        let mut settings = Settings::new(&name, nodes, data_dir.clone(), bins);
-        settings.api_port = Some(0);
-        settings.ip_family = family;
-        settings.ready_timeout = Duration::from_secs(90);
-        settings.apiserver_args = apiserver_args.iter().map(|a| (*a).to_owned()).collect();
-        let cluster = Cluster::up(settings).expect("ferry up");
+        let mut s = Settings::new(&name, nodes, data_dir.clone(), bins);
+        s.api_port = Some(0);
+        s.ready_timeout = Duration::from_secs(90);
+        settings(&mut s);
+        let cluster = Cluster::up(s).expect("ferry up");
         Self { cluster, data_dir }
     }
 

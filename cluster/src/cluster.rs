@@ -323,6 +323,8 @@ struct NodePlan {
     kubelet_token: PathBuf,
     cluster_dns: Vec<IpAddr>,
     logs: PathBuf,
+    /// The user's image catalogue entries (`<data-dir>/images.yaml`).
+    images: PathBuf,
 }
 
 /// One node's share of the cluster.
@@ -371,6 +373,7 @@ impl NodePlan {
                 cgroup_root: &hooks.cgroup,
                 kubelet_token: &self.kubelet_token,
                 state_dir: &node.state_dir.join("runtime"),
+                images: &self.images,
             },
             &self.logs.join(format!("{name}-node.log")),
         ))?;
@@ -417,6 +420,29 @@ fn node_name(cluster: &str, i: usize) -> String {
     format!("{cluster}-node{}", i + 1)
 }
 
+/// `<data-dir>/images.yaml`: the user's additions to ferry-node's image
+/// catalogue, written with its explanation the first time and checked here,
+/// so a broken file stops `ferry up` with its reason instead of leaving
+/// every node runtime failing to start.
+fn images_file(data_dir: &Path) -> Result<PathBuf> {
+    let path = data_dir.join("images.yaml");
+    if !path.exists() {
+        fs::write(
+            &path,
+            "# Images that ferry-node runs, beyond its built-in catalogue (see\n\
+             # node/README.md): a map of image to command line, used for containers\n\
+             # with no `command` (their `args` are appended). Nodes read it when they\n\
+             # start: `ferry down` and `ferry up` apply a change. For example:\n\
+             #   registry.example/hello:1: [\"sh\", \"-c\", \"echo hello; sleep infinity\"]\n\
+             {}\n",
+        )
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    }
+    ferry_node::images::Catalogue::load_extra(&path)
+        .map_err(|e| Error::Config(format!("{e:#}; fix or remove the file")))?;
+    Ok(path)
+}
+
 fn wait_for<T>(
     what: &str,
     timeout: Duration,
@@ -453,6 +479,7 @@ impl Cluster {
         let logs = settings.data_dir.join("logs");
         private_dir(&settings.data_dir)?;
         private_dir(&logs)?;
+        let images = images_file(&settings.data_dir)?;
         let world = World::builder().nodes(settings.nodes).build()?;
         let underlay = world.underlay().clone();
         let first = world.node(0);
@@ -565,6 +592,7 @@ impl Cluster {
             kubelet_token: api_dir.join(components::KUBELET_TOKEN_FILE),
             cluster_dns: cluster_dns.clone(),
             logs: logs.clone(),
+            images,
         };
         let mut xdp = Vec::new();
         for node in world.nodes() {

@@ -200,6 +200,8 @@ pub struct NodeRuntime<'a> {
     /// The token the apiserver presents to the node's API.
     pub kubelet_token: &'a Path,
     pub state_dir: &'a Path,
+    /// More images (`--images`).
+    pub images: &'a Path,
 }
 
 /// ferry-node in its node's namespace.
@@ -231,6 +233,8 @@ pub fn node_runtime(node: &Netns, bins: &Binaries, rt: &NodeRuntime<'_>, log: &P
             CLUSTER_DOMAIN.into(),
             "--kubelet-token-file".into(),
             s(rt.kubelet_token),
+            "--images".into(),
+            s(rt.images),
         ],
     }
 }

@@ -10,6 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestCluster;
+use ferry_cluster::components::Binaries;
+use ferry_cluster::{Cluster, Settings};
 use ferry_testbed::{Netns, skip_if_not_root};
 
 const PODS: &str = r#"
@@ -55,7 +57,21 @@ spec:
   - name: b
     image: busybox
     command: ["sh", "-c", "echo from-b; sleep 3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: custom}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: registry.example/hello:1
+    args: ["from", "images.yaml"]
 "#;
+
+/// The cluster's `images.yaml`: one image of the user's own.
+const IMAGES: &str =
+    "registry.example/hello:1: [\"sh\", \"-c\", \"echo hello \\\"$0 $1\\\"; sleep 3600\"]\n";
 
 fn running(c: &TestCluster, pod: &str) -> bool {
     c.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.phase}"])
@@ -106,13 +122,22 @@ fn kubectl_logs_and_exec_reach_the_pods_through_the_apiserver() {
     if skip_if_not_root() {
         return;
     }
-    let c = TestCluster::up(1);
+    let c = TestCluster::up_settings(1, |s| {
+        std::fs::create_dir_all(&s.data_dir).expect("data dir");
+        std::fs::write(s.data_dir.join("images.yaml"), IMAGES).expect("images.yaml");
+    });
     let manifest = c.data_dir.join("pods.yaml");
     std::fs::write(&manifest, PODS).expect("manifest");
     c.k(&["apply", "-f", manifest.to_str().expect("path")]);
-    for pod in ["talker", "counter", "duo"] {
+    for pod in ["talker", "counter", "duo", "custom"] {
         c.eventually(&format!("{pod} running"), 60, || running(&c, pod));
     }
+    // An image from the cluster's images.yaml runs its command line, the
+    // container's args appended.
+    c.eventually("the custom image's line", 20, || {
+        c.kubectl(&["logs", "custom"])
+            .is_ok_and(|l| l == "hello from images.yaml\n")
+    });
 
     // logs: stdout and stderr; --tail; --timestamps. Their relative order
     // is not kept (two pipes, read apart, as with containerd), so the
@@ -339,4 +364,25 @@ fn kubectl_logs_and_exec_reach_the_pods_through_the_apiserver() {
     );
     let ok = curl(Some(&format!("Bearer {}", token.trim())));
     assert_eq!(ok, format!("{all} 200"), "the apiserver's token: served");
+}
+
+/// A broken `images.yaml` stops `ferry up` at once, naming the file and
+/// what is wrong, before anything is built.
+#[test]
+fn a_broken_images_file_stops_ferry_up_with_its_reason() {
+    let name = common::unique_name();
+    let data_dir = std::env::temp_dir().join(format!("ferry-cluster-test-{name}"));
+    std::fs::create_dir_all(&data_dir).expect("data dir");
+    std::fs::write(data_dir.join("images.yaml"), "registry.example/x: 42\n").expect("write");
+    let bins = Binaries::in_dir(common::bin_dir()).expect("binaries");
+    let result = Cluster::up(Settings::new(&name, 1, data_dir.clone(), bins));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let Err(err) = result else {
+        panic!("a cluster came up with a broken images.yaml");
+    };
+    let msg = err.to_string();
+    assert!(
+        msg.contains("images.yaml") && msg.contains("fix or remove"),
+        "{msg}"
+    );
 }

@@ -18,25 +18,24 @@
 //! DaemonSets, so an event costs the DaemonSet it concerns (a node event:
 //! every DaemonSet, as upstream).
 
-use super::key_of;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::claim::{claim, controlled_by_kind};
+use super::events::{PodAction, Recorder};
 use super::history::{self, HASH_LABEL};
-use super::owned::{ByController, Controlled, Key};
-use super::queue::WorkQueue;
-use super::replicaset::{PodInfo, Recorder, controller_ref};
+use super::owned::Key;
+use super::pod_owners::{OwnedPod, PodOwners};
+use super::replicaset::{PodInfo, controller_ref};
 use super::scheduler::DaemonFit;
+use super::status::{self, Availability, epoch_now};
 use super::{Change, Controller, log_failure, write_opts};
 use crate::admission::workloads::scaled_value;
 use crate::object;
 use crate::registry::{DeleteOptions, Registry};
 use crate::resources::{DAEMONSETS, NODES, PODS, Resource};
-use crate::selector::LabelSelector;
 use crate::store::EventType;
 
 pub const COMPONENT: &str = "daemonset-controller";
@@ -116,13 +115,9 @@ struct DaemonPod {
     name: String,
 }
 
-impl Controlled for DaemonPod {
-    fn controller(&self) -> Option<&str> {
-        self.info.controller.as_deref()
-    }
-}
+impl OwnedPod for DaemonPod {
+    const OWNER: &'static Resource = &DAEMONSETS;
 
-impl DaemonPod {
     fn of(pod: &Value) -> Self {
         Self {
             info: PodInfo::of(pod),
@@ -131,12 +126,8 @@ impl DaemonPod {
         }
     }
 
-    fn hash(&self) -> &str {
-        self.info.labels.get(HASH_LABEL).map_or("", String::as_str)
-    }
-
-    fn failed(&self) -> bool {
-        matches!(self.info.phase.as_str(), "Failed" | "Succeeded")
+    fn info(&self) -> &PodInfo {
+        &self.info
     }
 }
 
@@ -159,7 +150,11 @@ fn split<'a>(
 ) -> Option<(Option<&'a DaemonPod>, Option<&'a DaemonPod>)> {
     let (mut new, mut old) = (None, None);
     for p in pods.iter().filter(|p| !p.info.deleting) {
-        let slot = if p.hash() == hash { &mut new } else { &mut old };
+        let slot = if p.revision() == hash {
+            &mut new
+        } else {
+            &mut old
+        };
         if slot.is_some() {
             return None;
         }
@@ -180,72 +175,26 @@ struct Plan {
 #[derive(Debug, Default)]
 pub struct DaemonSetController {
     nodes: BTreeMap<String, Arc<Value>>,
-    sets: HashMap<Key, String>,
-    by_uid: HashMap<String, Key>,
-    /// Pods whose controller is a DaemonSet.
-    pods: ByController<DaemonPod>,
-    /// DaemonSets to sync, now or later (back-off, availability).
-    queue: WorkQueue<Key>,
-    /// DaemonSets whose orphans to look for (new or changed selector).
-    adopt: BTreeSet<Key>,
+    /// The DaemonSets, their pods, and those to sync, now or later
+    /// (back-off, availability).
+    sets: PodOwners<DaemonPod>,
     /// (DaemonSet uid, node) -> (back-off, not before), after a failed pod.
     backoff: HashMap<(String, String), (Duration, Instant)>,
     events: Recorder,
 }
 
-fn epoch_now() -> i64 {
-    jiff::Timestamp::now().as_second()
-}
-
-fn is_daemon_pod(pod: &Value) -> bool {
-    controlled_by_kind(pod, "DaemonSet")
-}
-
 impl DaemonSetController {
-    fn enqueue_owner(&mut self, pod: &DaemonPod) {
-        if let Some(key) = pod
-            .info
-            .controller
-            .as_ref()
-            .and_then(|u| self.by_uid.get(u))
-        {
-            self.queue.add(key.clone());
-        }
-    }
-
-    fn forget_set(&mut self, key: &Key) {
-        if let Some(uid) = self.sets.remove(key) {
-            self.by_uid.remove(&uid);
-            self.events.forget(&uid);
-            self.backoff.retain(|(u, _), _| *u != uid);
-        }
+    /// Drops what is kept of a DaemonSet that is gone.
+    fn forget(&mut self, uid: &str) {
+        self.events.forget(uid);
+        self.backoff.retain(|(u, _), _| u != uid);
     }
 
     fn sync(&mut self, reg: &Registry, key: &Key) {
         let (ns, name) = key;
-        let adopt = self.adopt.remove(key);
-        let Ok(Some(ds)) = reg.store.get(&DAEMONSETS, ns, name) else {
+        let Some(ds) = self.sets.claim(reg, COMPONENT, key) else {
             return;
         };
-        if object::deletion_timestamp(&ds).is_some() {
-            return;
-        }
-        let Some(sel) = ds
-            .pointer("/spec/selector")
-            .and_then(|s| LabelSelector::from_api(s).ok())
-            .filter(|s| !s.is_empty())
-        else {
-            return;
-        };
-        let owned = self.pods.owned(object::uid(&ds)).map(|(k, p)| (k, &p.info));
-        let written = claim(reg, COMPONENT, &ds, "DaemonSet", &sel, owned, adopt);
-        for (k, pod) in written {
-            if is_daemon_pod(&pod) {
-                self.pods.insert(k, DaemonPod::of(&pod));
-            } else {
-                self.pods.remove(&k);
-            }
-        }
         let revs = history::owned(reg, &ds);
         let (rev, collisions) = match history::current(reg, &ds, "DaemonSet", &revs) {
             Ok(r) => r,
@@ -290,7 +239,7 @@ impl DaemonSetController {
         let fit = DaemonFit::new(&pod);
 
         let mut by_node: BTreeMap<String, Vec<&DaemonPod>> = BTreeMap::new();
-        for (_, p) in self.pods.owned(&uid) {
+        for (_, p) in self.sets.pods.owned(&uid) {
             by_node.entry(p.node.clone()).or_default().push(p);
         }
         for pods in by_node.values_mut() {
@@ -331,7 +280,7 @@ impl DaemonSetController {
                     if p.info.deleting {
                         continue;
                     }
-                    if p.failed() {
+                    if p.info.finished() {
                         // Replaced after a back-off, so a pod that fails at
                         // once does not spin.
                         let slot = self
@@ -357,7 +306,11 @@ impl DaemonSetController {
                 // the new one is available.
                 let (mut new, mut old) = (None, None);
                 for p in &running {
-                    let slot = if p.hash() == hash { &mut new } else { &mut old };
+                    let slot = if p.revision() == hash {
+                        &mut new
+                    } else {
+                        &mut old
+                    };
                     if slot.is_none() {
                         *slot = Some(*p);
                     } else {
@@ -393,16 +346,17 @@ impl DaemonSetController {
         }
         drop(by_node);
         if let Some(at) = plan.waiting {
-            self.queue.add_at(at, key.clone());
+            self.sets.queue.add_at(at, key.clone());
         }
         self.execute(reg, &ds, &pod, &plan);
 
         // History: keep the revisions live pods use, and the limit more.
         let live: BTreeSet<String> = self
+            .sets
             .pods
             .owned(&uid)
             .map(|(_, p)| p)
-            .map(|p| format!("{name}-{}", p.hash()))
+            .map(|p| format!("{name}-{}", p.revision()))
             .chain([rev.name.clone()])
             .collect();
         let limit = ds
@@ -525,27 +479,16 @@ impl DaemonSetController {
                 Ok(entry) => {
                     if let Ok(created) = entry.value() {
                         let pname = object::name(&created).to_string();
-                        self.pods
+                        self.sets
+                            .pods
                             .insert((ns.clone(), pname.clone()), DaemonPod::of(&created));
-                        self.events.record(
-                            reg,
-                            COMPONENT,
-                            ds,
-                            "Normal",
-                            "SuccessfulCreate",
-                            &format!("Created pod: {pname}"),
-                        );
+                        self.events
+                            .pod_event(reg, COMPONENT, ds, PodAction::Create, Ok(&pname));
                     }
                 }
                 Err(e) => {
-                    self.events.record(
-                        reg,
-                        COMPONENT,
-                        ds,
-                        "Warning",
-                        "FailedCreate",
-                        &format!("Error creating: {}", e.message),
-                    );
+                    self.events
+                        .pod_event(reg, COMPONENT, ds, PodAction::Create, Err(&e));
                     log_failure(COMPONENT, object::name(ds), &e);
                     break;
                 }
@@ -555,30 +498,18 @@ impl DaemonSetController {
         for key in deletes.into_iter().take(BURST) {
             match reg.delete(&PODS, &key.0, &key.1, &DeleteOptions::default()) {
                 Ok(_) => {
-                    if let Some(p) = self.pods.get_mut(key) {
+                    if let Some(p) = self.sets.pods.get_mut(key) {
                         p.info.deleting = true;
                     }
-                    self.events.record(
-                        reg,
-                        COMPONENT,
-                        ds,
-                        "Normal",
-                        "SuccessfulDelete",
-                        &format!("Deleted pod: {}", key.1),
-                    );
+                    self.events
+                        .pod_event(reg, COMPONENT, ds, PodAction::Delete, Ok(&key.1));
                 }
                 Err(e) if e.code == 404 => {
-                    self.pods.remove(key);
+                    self.sets.pods.remove(key);
                 }
                 Err(e) => {
-                    self.events.record(
-                        reg,
-                        COMPONENT,
-                        ds,
-                        "Warning",
-                        "FailedDelete",
-                        &format!("Error deleting: {}", e.message),
-                    );
+                    self.events
+                        .pod_event(reg, COMPONENT, ds, PodAction::Delete, Err(&e));
                     log_failure(COMPONENT, &key.1, &e);
                 }
             }
@@ -596,20 +527,14 @@ impl DaemonSetController {
         collisions: Option<i64>,
     ) {
         let uid = object::uid(ds);
-        let min_ready = ds
-            .pointer("/spec/minReadySeconds")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        let now = epoch_now();
         let mut by_node: BTreeMap<&str, Vec<&DaemonPod>> = BTreeMap::new();
-        for (_, p) in self.pods.owned(uid) {
+        for (_, p) in self.sets.pods.owned(uid) {
             if !p.info.deleting {
                 by_node.entry(p.node.as_str()).or_default().push(p);
             }
         }
-        let (mut desired, mut current, mut misscheduled) = (0i64, 0i64, 0i64);
-        let (mut ready, mut available, mut updated) = (0i64, 0i64, 0i64);
-        let mut next_available: Option<i64> = None;
+        let (mut desired, mut current, mut misscheduled, mut updated) = (0i64, 0i64, 0i64, 0i64);
+        let mut availability = Availability::of(ds);
         for (name, node) in &self.nodes {
             let (run, _) = fit.check(node);
             let pods = by_node.get_mut(name.as_str());
@@ -628,67 +553,32 @@ impl DaemonSetController {
             pods.sort_by(oldest_first);
             let p = pods[0];
             if p.info.ready {
-                ready += 1;
-                if p.info.available(min_ready, now) {
-                    available += 1;
-                } else if let Some(t) = p.info.ready_since {
-                    let at = t + min_ready;
-                    next_available = Some(next_available.map_or(at, |n| n.min(at)));
-                }
+                availability.count_ready(&p.info);
             }
-            if p.hash() == hash {
+            if p.revision() == hash {
                 updated += 1;
             }
         }
-        if let Some(at) = next_available {
-            self.queue.add_after_seconds(at - now, key.clone());
-        }
+        availability.requeue(&mut self.sets.queue, key.clone());
         let mut status = json!({
             "currentNumberScheduled": current,
             "numberMisscheduled": misscheduled,
             "desiredNumberScheduled": desired,
-            "numberReady": ready,
+            "numberReady": availability.ready,
             "updatedNumberScheduled": updated,
-            "numberAvailable": available,
-            "numberUnavailable": desired - available,
+            "numberAvailable": availability.available,
+            "numberUnavailable": desired - availability.available,
         });
-        for zero_omitted in [
-            "updatedNumberScheduled",
-            "numberAvailable",
-            "numberUnavailable",
-        ] {
-            if status[zero_omitted] == json!(0)
-                && let Some(m) = status.as_object_mut()
-            {
-                m.remove(zero_omitted);
-            }
-        }
-        if let Some(g) = ds.pointer("/metadata/generation") {
-            status["observedGeneration"] = g.clone();
-        }
-        if let Some(c) =
-            collisions.or_else(|| ds.pointer("/status/collisionCount").and_then(Value::as_i64))
-        {
-            status["collisionCount"] = json!(c);
-        }
-        if let Some(conds) = ds.pointer("/status/conditions") {
-            status["conditions"] = conds.clone();
-        }
-        if ds.get("status") == Some(&status) {
-            return;
-        }
-        let mut next = ds.clone();
-        next["status"] = status;
-        if let Err(e) = reg.update(
-            &DAEMONSETS,
-            &key.0,
-            &key.1,
-            Some("status"),
-            next,
-            &write_opts(),
-        ) {
-            log_failure(COMPONENT, &key.1, &e);
-        }
+        status::omit_zero(
+            &mut status,
+            &[
+                "updatedNumberScheduled",
+                "numberAvailable",
+                "numberUnavailable",
+            ],
+        );
+        status::carry_over(&mut status, ds, collisions);
+        status::write(reg, COMPONENT, &DAEMONSETS, ds, status);
     }
 }
 
@@ -733,64 +623,21 @@ impl Controller for DaemonSetController {
         for node in super::list_all(reg, &NODES, None) {
             self.nodes.insert(object::name(&node).to_string(), node);
         }
-        for ds in super::list_all(reg, &DAEMONSETS, None) {
-            let key = key_of(&ds);
-            self.sets.insert(key.clone(), object::uid(&ds).to_string());
-            self.by_uid
-                .insert(object::uid(&ds).to_string(), key.clone());
-            self.adopt.insert(key.clone());
-            self.queue.add(key);
-        }
-        for pod in reg.store.list(&PODS, None, |_| true).unwrap_or_default() {
-            if is_daemon_pod(&pod) {
-                let key = key_of(&pod);
-                self.pods.insert(key, DaemonPod::of(&pod));
-            }
-        }
+        self.sets.resync(reg);
     }
 
     fn observe(&mut self, _reg: &Registry, ev: &Change) {
         let key = ev.key();
         match (ev.resource.kind, ev.kind) {
-            ("Pod", EventType::Deleted) => {
-                if let Some(old) = self.pods.remove(&key) {
-                    self.enqueue_owner(&old);
-                }
-            }
-            ("Pod", _) => {
-                let rv = object::resource_version(ev.object_meta());
-                if self.pods.get(&key).is_some_and(|p| p.info.rv > rv) {
-                    return;
-                }
-                if let Some(old) = self.pods.get(&key).cloned() {
-                    self.enqueue_owner(&old);
-                }
-                if is_daemon_pod(ev.object_meta()) {
-                    let pod = DaemonPod::of(ev.object());
-                    self.enqueue_owner(&pod);
-                    self.pods.insert(key, pod);
-                } else {
-                    self.pods.remove(&key);
-                }
-            }
-            ("DaemonSet", EventType::Deleted) => self.forget_set(&key),
+            ("Pod", _) => self.sets.observe_pod(ev),
             ("DaemonSet", _) => {
-                let obj = ev.object_meta();
-                let uid = object::uid(obj).to_string();
-                if self.sets.get(&key) != Some(&uid) {
-                    self.forget_set(&key);
-                    self.sets.insert(key.clone(), uid.clone());
-                    self.by_uid.insert(uid, key.clone());
+                if let Some(uid) = self.sets.observe_owner(ev) {
+                    self.forget(&uid);
                 }
-                let generation = |m: &Value| m.pointer("/metadata/generation").cloned();
-                if ev.previous_meta().map(generation) != Some(generation(obj)) {
-                    self.adopt.insert(key.clone());
-                }
-                self.queue.add(key);
             }
             ("Node", EventType::Deleted) => {
                 self.nodes.remove(&key.1);
-                self.queue.extend(self.sets.keys().cloned());
+                self.sets.enqueue_all();
             }
             ("Node", _) => {
                 let node = Arc::new(ev.object().clone());
@@ -800,7 +647,7 @@ impl Controller for DaemonSetController {
                     .is_none_or(|old| node_placement(old) != node_placement(&node));
                 self.nodes.insert(key.1.clone(), node);
                 if changed {
-                    self.queue.extend(self.sets.keys().cloned());
+                    self.sets.enqueue_all();
                 }
             }
             _ => {}
@@ -808,13 +655,13 @@ impl Controller for DaemonSetController {
     }
 
     fn reconcile(&mut self, reg: &Registry) {
-        for key in self.queue.take_due() {
+        for key in self.sets.queue.take_due() {
             self.sync(reg, &key);
         }
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
-        self.queue.next_wakeup()
+        self.sets.queue.next_wakeup()
     }
 }
 

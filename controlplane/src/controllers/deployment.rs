@@ -17,9 +17,10 @@ use std::time::Instant;
 
 use serde_json::{Map, Value, json};
 
+use super::events::Recorder;
 use super::owned::{ByController, Controlled, Key};
 use super::queue::WorkQueue;
-use super::replicaset::{Recorder, controller_of, controller_ref};
+use super::replicaset::{controller_of, controller_ref};
 use super::{Change, Controller, log_failure, write_opts};
 use crate::admission::workloads::scaled_value;
 use crate::object;

@@ -7,17 +7,20 @@ pub mod claim;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub(crate) mod events;
 pub mod gc;
 pub mod history;
 pub mod ipam;
 pub mod namespace;
 pub mod nodelifecycle;
 pub(crate) mod owned;
+pub(crate) mod pod_owners;
 pub mod podgc;
 pub(crate) mod queue;
 pub mod replicaset;
 pub mod scheduler;
 pub mod statefulset;
+pub(crate) mod status;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock, mpsc};
@@ -30,6 +33,8 @@ use crate::error::ApiError;
 use crate::registry::{DeleteOptions, Registry, WriteOptions};
 use crate::resources::{RESOURCES, Resource};
 use crate::store::{Entry, Event, EventType};
+
+pub(crate) use events::{record_event, record_keyed_event, warn_event};
 
 /// One committed change as controllers see it. The object is parsed on
 /// first use, in full or (cheaper) just its metadata, since most controllers
@@ -402,125 +407,6 @@ pub(crate) fn delete(reg: &Registry, ctrl: &str, res: &'static Resource, ns: &st
 /// Every object of `res` (in `ns` when given).
 pub(crate) fn list_all(reg: &Registry, res: &Resource, ns: Option<&str>) -> Vec<Arc<Value>> {
     reg.store.list(res, ns, |_| true).unwrap_or_default()
-}
-
-/// Records a Warning Event about `obj` from controller `component`, as
-/// kube's event recorder does: one Event per object and reason, whose
-/// `count` and `lastTimestamp` go up when it recurs (so a retrying
-/// controller writes one object, not one per attempt), shown by
-/// `kubectl get events` and `kubectl describe`.
-pub(crate) fn warn_event(
-    reg: &Registry,
-    component: &str,
-    obj: &Value,
-    reason: &str,
-    message: &str,
-) {
-    record_event(reg, component, obj, "Warning", reason, message);
-}
-
-/// Records an Event of `event_type` (`Normal` or `Warning`) the same way
-/// as [`warn_event`].
-pub(crate) fn record_event(
-    reg: &Registry,
-    component: &str,
-    obj: &Value,
-    event_type: &str,
-    reason: &str,
-    message: &str,
-) {
-    let name = format!(
-        "{}.{}",
-        crate::object::name(obj),
-        reason.to_ascii_lowercase()
-    );
-    write_event(reg, component, obj, event_type, reason, message, &name);
-}
-
-/// Records an Event as kube's event correlator keeps them: one per object
-/// and distinct `key` (the message, for events such as "Scaled up replica
-/// set web-5d4 from 0 to 3" that differ each time), whose `count` goes up
-/// when the same one recurs.
-pub(crate) fn record_keyed_event(
-    reg: &Registry,
-    component: &str,
-    obj: &Value,
-    event_type: &str,
-    reason: &str,
-    message: &str,
-    key: &str,
-) {
-    // FNV-1a over the object's uid, the reason and the key: a stable name
-    // per distinct event that a recreated object of the same name never
-    // shares.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in crate::object::uid(obj)
-        .bytes()
-        .chain([0])
-        .chain(reason.bytes())
-        .chain([0])
-        .chain(key.bytes())
-    {
-        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    let name = format!("{}.{hash:016x}", crate::object::name(obj));
-    write_event(reg, component, obj, event_type, reason, message, &name);
-}
-
-fn write_event(
-    reg: &Registry,
-    component: &str,
-    obj: &Value,
-    event_type: &str,
-    reason: &str,
-    message: &str,
-    name: &str,
-) {
-    use crate::object;
-    use crate::resources::EVENTS;
-    // Events about cluster-scoped objects (Nodes) live in `default`.
-    let ns = match object::namespace(obj) {
-        "" => "default",
-        ns => ns,
-    };
-    let name = name.to_string();
-    let now = object::now();
-    let res = match reg.store.get(&EVENTS, ns, &name) {
-        Ok(Some(cur)) => {
-            let mut ev = (*cur).clone();
-            let count = ev.get("count").and_then(Value::as_i64).unwrap_or(1);
-            ev["count"] = serde_json::json!(count.saturating_add(1));
-            ev["lastTimestamp"] = serde_json::json!(now);
-            ev["message"] = serde_json::json!(message);
-            reg.update(&EVENTS, ns, &name, None, ev, &write_opts())
-                .map(|_| ())
-        }
-        _ => {
-            let ev = serde_json::json!({
-                "apiVersion": "v1", "kind": "Event",
-                "metadata": {"name": name, "namespace": ns},
-                "involvedObject": {
-                    "apiVersion": obj.get("apiVersion").cloned().unwrap_or(Value::Null),
-                    "kind": obj.get("kind").cloned().unwrap_or(Value::Null),
-                    "namespace": ns,
-                    "name": object::name(obj),
-                    "uid": obj.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
-                },
-                "reason": reason,
-                "message": message,
-                "type": event_type,
-                "count": 1,
-                "firstTimestamp": now,
-                "lastTimestamp": now,
-                "source": {"component": component},
-                "reportingComponent": component,
-            });
-            reg.create(&EVENTS, ns, ev, &write_opts()).map(|_| ())
-        }
-    };
-    if let Err(e) = res {
-        log_failure(component, &name, &e);
-    }
 }
 
 #[cfg(test)]

@@ -16,9 +16,11 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use super::events::{PodAction, Recorder};
 use super::owned::{ByController, Controlled, Key};
 use super::queue::WorkQueue;
-use super::{Change, Controller, log_failure, record_keyed_event, write_opts};
+use super::status::{self, Availability, epoch_now};
+use super::{Change, Controller, log_failure, write_opts};
 use crate::object;
 use crate::patch::PatchType;
 use crate::registry::{DeleteOptions, Registry};
@@ -29,8 +31,6 @@ use crate::store::EventType;
 pub const COMPONENT: &str = "replicaset-controller";
 /// Pods created or deleted in one sync at most (upstream's burstReplicas).
 const BURST: usize = 500;
-/// Similar events recorded on their own before they are combined.
-const SIMILAR_EVENTS: u32 = 10;
 
 /// What the controller needs of a pod.
 #[derive(Debug, Clone, Default)]
@@ -116,9 +116,14 @@ impl PodInfo {
         }
     }
 
+    /// Succeeded or Failed.
+    pub fn finished(&self) -> bool {
+        matches!(self.phase.as_str(), "Succeeded" | "Failed")
+    }
+
     /// Neither being deleted nor finished (upstream's FilterActivePods).
     pub fn active(&self) -> bool {
-        !self.deleting && !matches!(self.phase.as_str(), "Succeeded" | "Failed")
+        !self.deleting && !self.finished()
     }
 
     /// Ready for at least `min_ready` seconds at `now`.
@@ -153,43 +158,6 @@ pub(crate) fn controller_ref(owner: &Value, api_version: &str, kind: &str) -> Va
     })
 }
 
-/// Events the controllers record, with upstream's correlation: the first
-/// few of a kind each on their own, then one combined Event per object and
-/// reason whose count goes up.
-#[derive(Debug, Default)]
-pub(crate) struct Recorder {
-    seen: HashMap<(String, String), u32>,
-}
-
-impl Recorder {
-    pub fn record(
-        &mut self,
-        reg: &Registry,
-        component: &str,
-        obj: &Value,
-        event_type: &str,
-        reason: &str,
-        message: &str,
-    ) {
-        let n = self
-            .seen
-            .entry((object::uid(obj).to_string(), reason.to_string()))
-            .or_default();
-        *n = n.saturating_add(1);
-        if *n <= SIMILAR_EVENTS {
-            record_keyed_event(reg, component, obj, event_type, reason, message, message);
-        } else {
-            let combined = format!("(combined from similar events): {message}");
-            record_keyed_event(reg, component, obj, event_type, reason, &combined, "");
-        }
-    }
-
-    /// Forgets an object that is gone.
-    pub fn forget(&mut self, uid: &str) {
-        self.seen.retain(|(u, _), _| u != uid);
-    }
-}
-
 #[derive(Debug, Clone)]
 struct RsInfo {
     uid: String,
@@ -208,10 +176,6 @@ pub struct ReplicaSetController {
     /// ReplicaSets to sync, now or when a pod becomes available.
     queue: WorkQueue<Key>,
     events: Recorder,
-}
-
-fn epoch_now() -> i64 {
-    jiff::Timestamp::now().as_second()
 }
 
 /// Upstream's ActivePodsWithRanks ordering: the pods to delete first sort
@@ -476,28 +440,20 @@ impl ReplicaSetController {
                             let pname = object::name(&created).to_string();
                             self.pods
                                 .insert((ns.clone(), pname.clone()), PodInfo::of(&created));
-                            self.events.record(
+                            self.events.pod_event(
                                 reg,
                                 COMPONENT,
                                 rs,
-                                "Normal",
-                                "SuccessfulCreate",
-                                &format!("Created pod: {pname}"),
+                                PodAction::Create,
+                                Ok(&pname),
                             );
                         }
                     }
                     Err(e) => {
-                        let msg = e.message.clone();
-                        self.events.record(
-                            reg,
-                            COMPONENT,
-                            rs,
-                            "Warning",
-                            "FailedCreate",
-                            &format!("Error creating: {msg}"),
-                        );
+                        self.events
+                            .pod_event(reg, COMPONENT, rs, PodAction::Create, Err(&e));
                         log_failure(COMPONENT, object::name(rs), &e);
-                        return Some(msg);
+                        return Some(e.message);
                     }
                 }
             }
@@ -566,29 +522,17 @@ impl ReplicaSetController {
                     if let Some(p) = self.pods.get_mut(&pkey) {
                         p.deleting = true;
                     }
-                    self.events.record(
-                        reg,
-                        COMPONENT,
-                        rs,
-                        "Normal",
-                        "SuccessfulDelete",
-                        &format!("Deleted pod: {}", pkey.1),
-                    );
+                    self.events
+                        .pod_event(reg, COMPONENT, rs, PodAction::Delete, Ok(&pkey.1));
                 }
                 Err(e) if e.code == 404 => {
                     self.pods.remove(&pkey);
                 }
                 Err(e) => {
-                    self.events.record(
-                        reg,
-                        COMPONENT,
-                        rs,
-                        "Warning",
-                        "FailedDelete",
-                        &format!("Error deleting: {}", e.message),
-                    );
+                    self.events
+                        .pod_event(reg, COMPONENT, rs, PodAction::Delete, Err(&e));
                     log_failure(COMPONENT, &pkey.1, &e);
-                    failure = Some(e.message.clone());
+                    failure = Some(e.message);
                 }
             }
         }
@@ -603,11 +547,6 @@ impl ReplicaSetController {
         replicas: usize,
         failure: Option<String>,
     ) {
-        let now = epoch_now();
-        let min_ready = rs
-            .pointer("/spec/minReadySeconds")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
         let template_labels: Vec<(String, String)> = rs
             .pointer("/spec/template/metadata/labels")
             .and_then(Value::as_object)
@@ -615,8 +554,8 @@ impl ReplicaSetController {
             .flatten()
             .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
             .collect();
-        let (mut labeled, mut ready, mut available) = (0i64, 0i64, 0i64);
-        let mut next_available: Option<i64> = None;
+        let mut labeled = 0i64;
+        let mut availability = Availability::of(rs);
         for k in active {
             let Some(p) = self.pods.get(k) else { continue };
             if template_labels
@@ -626,22 +565,10 @@ impl ReplicaSetController {
                 labeled += 1;
             }
             if p.ready {
-                ready += 1;
-                if p.available(min_ready, now) {
-                    available += 1;
-                } else if let Some(t) = p.ready_since {
-                    let at = t + min_ready;
-                    next_available = Some(next_available.map_or(at, |n| n.min(at)));
-                }
+                availability.count_ready(p);
             }
         }
-        if let Some(at) = next_available {
-            let key = (
-                object::namespace(rs).to_string(),
-                object::name(rs).to_string(),
-            );
-            self.queue.add_after_seconds(at - now, key);
-        }
+        availability.requeue(&mut self.queue, key_of(rs));
         let mut status = rs
             .get("status")
             .cloned()
@@ -674,8 +601,8 @@ impl ReplicaSetController {
         st.insert("replicas".into(), json!(active.len()));
         for (field, n) in [
             ("fullyLabeledReplicas", labeled),
-            ("readyReplicas", ready),
-            ("availableReplicas", available),
+            ("readyReplicas", availability.ready),
+            ("availableReplicas", availability.available),
         ] {
             if n > 0 {
                 st.insert(field.into(), json!(n));
@@ -691,21 +618,7 @@ impl ReplicaSetController {
         } else {
             st.insert("conditions".into(), json!(conditions));
         }
-        if rs.get("status") == Some(&status) {
-            return;
-        }
-        let mut next = rs.clone();
-        next["status"] = status;
-        if let Err(e) = reg.update(
-            &REPLICASETS,
-            object::namespace(rs),
-            object::name(rs),
-            Some("status"),
-            next,
-            &write_opts(),
-        ) {
-            log_failure(COMPONENT, object::name(rs), &e);
-        }
+        status::write(reg, COMPONENT, &REPLICASETS, rs, status);
     }
 }
 

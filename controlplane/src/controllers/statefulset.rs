@@ -20,24 +20,21 @@
 //! template's volumeMounts resolve), with a Warning event
 //! `VolumeClaimTemplatesIgnored` on the StatefulSet saying so.
 
-use super::key_of;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use super::claim::{claim, controlled_by_kind};
+use super::events::{PodAction, Recorder, record_event};
 use super::history::{self, HASH_LABEL, Revision};
-use super::owned::{ByController, Controlled, Key};
-use super::queue::WorkQueue;
-use super::replicaset::{PodInfo, Recorder, controller_ref};
-use super::{Change, Controller, log_failure, record_event, write_opts};
+use super::owned::Key;
+use super::pod_owners::{OwnedPod, PodOwners};
+use super::replicaset::{PodInfo, controller_ref};
+use super::status::{self, Availability, epoch_now};
+use super::{Change, Controller, log_failure, write_opts};
 use crate::object;
 use crate::registry::{DeleteOptions, Registry};
 use crate::resources::{PODS, Resource, STATEFULSETS};
-use crate::selector::LabelSelector;
-use crate::store::EventType;
 
 pub const COMPONENT: &str = "statefulset-controller";
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -50,13 +47,9 @@ struct SetPod {
     name: String,
 }
 
-impl Controlled for SetPod {
-    fn controller(&self) -> Option<&str> {
-        self.info.controller.as_deref()
-    }
-}
+impl OwnedPod for SetPod {
+    const OWNER: &'static Resource = &STATEFULSETS;
 
-impl SetPod {
     fn of(pod: &Value) -> Self {
         Self {
             info: PodInfo::of(pod),
@@ -64,10 +57,12 @@ impl SetPod {
         }
     }
 
-    fn revision(&self) -> &str {
-        self.info.labels.get(HASH_LABEL).map_or("", String::as_str)
+    fn info(&self) -> &PodInfo {
+        &self.info
     }
+}
 
+impl SetPod {
     /// The ordinal of a pod of `set`, from its name (upstream's
     /// getParentNameAndOrdinal).
     fn ordinal(&self, set: &str) -> Option<i64> {
@@ -82,10 +77,6 @@ impl SetPod {
         self.info.deleting
     }
 
-    fn failed(&self) -> bool {
-        matches!(self.info.phase.as_str(), "Failed" | "Succeeded")
-    }
-
     fn running_and_ready(&self) -> bool {
         self.info.phase == "Running" && self.info.ready
     }
@@ -98,20 +89,12 @@ impl SetPod {
 
 #[derive(Debug, Default)]
 pub struct StatefulSetController {
-    sets: HashMap<Key, String>,
-    by_uid: HashMap<String, Key>,
-    /// Pods whose controller is a StatefulSet.
-    pods: ByController<SetPod>,
-    /// StatefulSets to sync, now or when a pod becomes available.
-    queue: WorkQueue<Key>,
-    adopt: BTreeSet<Key>,
+    /// The StatefulSets, their pods, and those to sync, now or when a pod
+    /// becomes available.
+    sets: PodOwners<SetPod>,
     /// StatefulSets already warned about their volumeClaimTemplates.
     warned: HashSet<String>,
     events: Recorder,
-}
-
-fn epoch_now() -> i64 {
-    jiff::Timestamp::now().as_second()
 }
 
 fn i(v: &Value, ptr: &str) -> Option<i64> {
@@ -217,7 +200,7 @@ fn plan(v: &View) -> Vec<Step> {
         .map(|p| p.name.clone());
     for (ord, pod) in &v.replicas {
         match pod {
-            Some(p) if p.failed() && !p.terminating() => {
+            Some(p) if p.info.finished() && !p.terminating() => {
                 // Replaced: deleted now, made again below.
                 steps.push(Step::Delete(p.name.clone()));
                 steps.push(Step::Create(*ord, from_update(*ord)));
@@ -281,51 +264,18 @@ fn plan(v: &View) -> Vec<Step> {
 }
 
 impl StatefulSetController {
-    fn enqueue_owner(&mut self, pod: &SetPod) {
-        if let Some(key) = pod
-            .info
-            .controller
-            .as_ref()
-            .and_then(|u| self.by_uid.get(u))
-        {
-            self.queue.add(key.clone());
-        }
-    }
-
-    fn forget_set(&mut self, key: &Key) {
-        if let Some(uid) = self.sets.remove(key) {
-            self.by_uid.remove(&uid);
-            self.events.forget(&uid);
-            self.warned.remove(&uid);
-        }
+    /// Drops what is kept of a StatefulSet that is gone.
+    fn forget(&mut self, uid: &str) {
+        self.events.forget(uid);
+        self.warned.remove(uid);
     }
 
     fn sync(&mut self, reg: &Registry, key: &Key) {
-        let (ns, name) = key;
-        let adopt = self.adopt.remove(key);
-        let Ok(Some(set)) = reg.store.get(&STATEFULSETS, ns, name) else {
-            return;
-        };
-        if object::deletion_timestamp(&set).is_some() {
-            return;
-        }
-        let Some(sel) = set
-            .pointer("/spec/selector")
-            .and_then(|s| LabelSelector::from_api(s).ok())
-            .filter(|s| !s.is_empty())
-        else {
+        let name = &key.1;
+        let Some(set) = self.sets.claim(reg, COMPONENT, key) else {
             return;
         };
         let uid = object::uid(&set).to_string();
-        let owned = self.pods.owned(&uid).map(|(k, p)| (k, &p.info));
-        let written = claim(reg, COMPONENT, &set, "StatefulSet", &sel, owned, adopt);
-        for (k, pod) in written {
-            if controlled_by_kind(&pod, "StatefulSet") {
-                self.pods.insert(k, SetPod::of(&pod));
-            } else {
-                self.pods.remove(&k);
-            }
-        }
         self.warn_claims(reg, &set);
         let revs = history::owned(reg, &set);
         let (update, collisions) = match history::current(reg, &set, "StatefulSet", &revs) {
@@ -348,7 +298,7 @@ impl StatefulSetController {
         let now = epoch_now();
         let mut replica_pods: BTreeMap<i64, &SetPod> = BTreeMap::new();
         let mut condemned: Vec<(i64, &SetPod)> = Vec::new();
-        for (_, p) in self.pods.owned(&uid) {
+        for (_, p) in self.sets.pods.owned(&uid) {
             let Some(ord) = p.ordinal(name) else { continue };
             if (start..start + replicas).contains(&ord) {
                 replica_pods.insert(ord, p);
@@ -385,6 +335,7 @@ impl StatefulSetController {
         // History: the revisions live pods use, the two in status, and
         // the limit more.
         let mut keep: BTreeSet<String> = self
+            .sets
             .pods
             .owned(&uid)
             .map(|(_, p)| p)
@@ -431,84 +382,52 @@ impl StatefulSetController {
         let ns = object::namespace(set).to_string();
         let set_name = object::name(set);
         for step in steps {
-            match step {
+            let (action, pname, outcome) = match step {
                 Step::Create(ord, from_update) => {
                     let rev = if *from_update { update } else { current };
                     let pod = new_pod(set, &rev.template, *ord, &rev.name);
                     let pname = format!("{set_name}-{ord}");
-                    match reg.create(&PODS, &ns, pod, &write_opts()) {
-                        Ok(entry) => {
-                            if let Ok(created) = entry.value() {
-                                self.pods
-                                    .insert((ns.clone(), pname.clone()), SetPod::of(&created));
-                            }
-                            self.events.record(
-                                reg,
-                                COMPONENT,
-                                set,
-                                "Normal",
-                                "SuccessfulCreate",
-                                &format!("create Pod {pname} in StatefulSet {set_name} successful"),
-                            );
+                    let outcome = reg.create(&PODS, &ns, pod, &write_opts()).map(|entry| {
+                        if let Ok(created) = entry.value() {
+                            self.sets
+                                .pods
+                                .insert((ns.clone(), pname.clone()), SetPod::of(&created));
                         }
-                        Err(e) => {
-                            self.events.record(
-                                reg,
-                                COMPONENT,
-                                set,
-                                "Warning",
-                                "FailedCreate",
-                                &format!(
-                                    "create Pod {pname} in StatefulSet {set_name} failed error: {}",
-                                    e.message
-                                ),
-                            );
-                            log_failure(COMPONENT, &pname, &e);
-                            return;
-                        }
-                    }
+                    });
+                    (PodAction::Create, pname, outcome)
                 }
                 Step::Delete(pname) => {
                     let key = (ns.clone(), pname.clone());
-                    match reg.delete(&PODS, &ns, pname, &DeleteOptions::default()) {
-                        Ok(_) => {
+                    let outcome = match reg.delete(&PODS, &ns, pname, &DeleteOptions::default()) {
+                        Err(e) if e.code == 404 => {
+                            self.sets.pods.remove(&key);
+                            continue;
+                        }
+                        outcome => outcome.map(|_| {
                             // Gone at once (unbound or finished) or being
                             // deleted gracefully: the event tells which.
                             match reg.store.get(&PODS, &ns, pname) {
-                                Ok(Some(p)) => self.pods.insert(key, SetPod::of(&p)),
+                                Ok(Some(p)) => self.sets.pods.insert(key, SetPod::of(&p)),
                                 _ => {
-                                    self.pods.remove(&key);
+                                    self.sets.pods.remove(&key);
                                 }
                             }
-                            self.events.record(
-                                reg,
-                                COMPONENT,
-                                set,
-                                "Normal",
-                                "SuccessfulDelete",
-                                &format!("delete Pod {pname} in StatefulSet {set_name} successful"),
-                            );
-                        }
-                        Err(e) if e.code == 404 => {
-                            self.pods.remove(&key);
-                        }
-                        Err(e) => {
-                            self.events.record(
-                                reg,
-                                COMPONENT,
-                                set,
-                                "Warning",
-                                "FailedDelete",
-                                &format!(
-                                    "delete Pod {pname} in StatefulSet {set_name} failed error: {}",
-                                    e.message
-                                ),
-                            );
-                            log_failure(COMPONENT, pname, &e);
-                            return;
-                        }
-                    }
+                        }),
+                    };
+                    (PodAction::Delete, pname.clone(), outcome)
                 }
+            };
+            self.events.stateful_pod_event(
+                reg,
+                COMPONENT,
+                set,
+                action,
+                &pname,
+                outcome.as_ref().copied(),
+            );
+            if let Err(e) = outcome {
+                log_failure(COMPONENT, &pname, &e);
+                return;
             }
         }
     }
@@ -523,24 +442,15 @@ impl StatefulSetController {
         collisions: Option<i64>,
     ) {
         let uid = object::uid(set);
-        let min_ready = i(set, "/spec/minReadySeconds").unwrap_or(0);
-        let now = epoch_now();
-        let (mut replicas, mut ready, mut available) = (0i64, 0i64, 0i64);
-        let (mut at_current, mut at_update) = (0i64, 0i64);
-        let mut next_available: Option<i64> = None;
-        for (_, p) in self.pods.owned(uid) {
+        let (mut replicas, mut at_current, mut at_update) = (0i64, 0i64, 0i64);
+        let mut availability = Availability::of(set);
+        for (_, p) in self.sets.pods.owned(uid) {
             if p.ordinal(object::name(set)).is_none() || p.terminating() {
                 continue;
             }
             replicas += 1;
             if p.running_and_ready() {
-                ready += 1;
-                if p.info.available(min_ready, now) {
-                    available += 1;
-                } else if let Some(t) = p.info.ready_since {
-                    let at = t + min_ready;
-                    next_available = Some(next_available.map_or(at, |n| n.min(at)));
-                }
+                availability.count_ready(&p.info);
             }
             if p.revision() == current.name {
                 at_current += 1;
@@ -549,9 +459,8 @@ impl StatefulSetController {
                 at_update += 1;
             }
         }
-        if let Some(at) = next_available {
-            self.queue.add_after_seconds(at - now, key.clone());
-        }
+        availability.requeue(&mut self.sets.queue, key.clone());
+        let ready = availability.ready;
         let (mut current_name, mut current_count) = (current.name.clone(), at_current);
         let rolling = set
             .pointer("/spec/updateStrategy/type")
@@ -567,41 +476,16 @@ impl StatefulSetController {
             "readyReplicas": ready,
             "currentReplicas": current_count,
             "updatedReplicas": at_update,
-            "availableReplicas": available,
+            "availableReplicas": availability.available,
             "currentRevision": current_name,
             "updateRevision": update.name,
         });
-        if let Some(m) = status.as_object_mut() {
-            for zero_omitted in ["readyReplicas", "currentReplicas", "updatedReplicas"] {
-                if m.get(zero_omitted) == Some(&json!(0)) {
-                    m.remove(zero_omitted);
-                }
-            }
-        }
-        if let Some(g) = set.pointer("/metadata/generation") {
-            status["observedGeneration"] = g.clone();
-        }
-        if let Some(c) = collisions.or_else(|| i(set, "/status/collisionCount")) {
-            status["collisionCount"] = json!(c);
-        }
-        if let Some(conds) = set.pointer("/status/conditions") {
-            status["conditions"] = conds.clone();
-        }
-        if set.get("status") == Some(&status) {
-            return;
-        }
-        let mut next = set.clone();
-        next["status"] = status;
-        if let Err(e) = reg.update(
-            &STATEFULSETS,
-            &key.0,
-            &key.1,
-            Some("status"),
-            next,
-            &write_opts(),
-        ) {
-            log_failure(COMPONENT, &key.1, &e);
-        }
+        status::omit_zero(
+            &mut status,
+            &["readyReplicas", "currentReplicas", "updatedReplicas"],
+        );
+        status::carry_over(&mut status, set, collisions);
+        status::write(reg, COMPONENT, &STATEFULSETS, set, status);
     }
 }
 
@@ -620,73 +504,28 @@ impl Controller for StatefulSetController {
             warned: std::mem::take(&mut self.warned),
             ..Self::default()
         };
-        for set in super::list_all(reg, &STATEFULSETS, None) {
-            let key = key_of(&set);
-            self.sets.insert(key.clone(), object::uid(&set).to_string());
-            self.by_uid
-                .insert(object::uid(&set).to_string(), key.clone());
-            self.adopt.insert(key.clone());
-            self.queue.add(key);
-        }
-        let pods: Vec<Arc<Value>> = reg.store.list(&PODS, None, |_| true).unwrap_or_default();
-        for pod in pods {
-            if controlled_by_kind(&pod, "StatefulSet") {
-                let key = key_of(&pod);
-                self.pods.insert(key, SetPod::of(&pod));
-            }
-        }
+        self.sets.resync(reg);
     }
 
     fn observe(&mut self, _reg: &Registry, ev: &Change) {
-        let key = ev.key();
-        match (ev.resource.kind, ev.kind) {
-            ("Pod", EventType::Deleted) => {
-                if let Some(old) = self.pods.remove(&key) {
-                    self.enqueue_owner(&old);
+        match ev.resource.kind {
+            "Pod" => self.sets.observe_pod(ev),
+            "StatefulSet" => {
+                if let Some(uid) = self.sets.observe_owner(ev) {
+                    self.forget(&uid);
                 }
-            }
-            ("Pod", _) => {
-                let rv = object::resource_version(ev.object_meta());
-                if self.pods.get(&key).is_some_and(|p| p.info.rv > rv) {
-                    return;
-                }
-                if let Some(old) = self.pods.get(&key).cloned() {
-                    self.enqueue_owner(&old);
-                }
-                if controlled_by_kind(ev.object_meta(), "StatefulSet") {
-                    let pod = SetPod::of(ev.object());
-                    self.enqueue_owner(&pod);
-                    self.pods.insert(key, pod);
-                } else {
-                    self.pods.remove(&key);
-                }
-            }
-            ("StatefulSet", EventType::Deleted) => self.forget_set(&key),
-            ("StatefulSet", _) => {
-                let obj = ev.object_meta();
-                let uid = object::uid(obj).to_string();
-                if self.sets.get(&key) != Some(&uid) {
-                    self.forget_set(&key);
-                    self.sets.insert(key.clone(), uid.clone());
-                    self.by_uid.insert(uid, key.clone());
-                }
-                let generation = |m: &Value| m.pointer("/metadata/generation").cloned();
-                if ev.previous_meta().map(generation) != Some(generation(obj)) {
-                    self.adopt.insert(key.clone());
-                }
-                self.queue.add(key);
             }
             _ => {}
         }
     }
 
     fn reconcile(&mut self, reg: &Registry) {
-        for key in self.queue.take_due() {
+        for key in self.sets.queue.take_due() {
             self.sync(reg, &key);
         }
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
-        self.queue.next_wakeup()
+        self.sets.queue.next_wakeup()
     }
 }

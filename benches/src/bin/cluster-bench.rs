@@ -1,7 +1,8 @@
 //! `cluster-bench`: `ferry up` measured whole (issue 12, section 5): time
 //! to a usable cluster with 1 and 3 nodes (library and CLI), idle memory,
-//! pod create to reachable, a Deployment scaled from 0, and Services and
-//! Pods loaded into ferry-apiserver; written as a markdown table (see
+//! pod create to reachable, a Deployment scaled from 0, Services and
+//! Pods loaded into ferry-apiserver, and pods' veths until the agent's
+//! programs are on them; written as a markdown table (see
 //! `ferry_benches::cluster`).
 //!
 //! Run it as root through `cargo xtask bench cluster`, which builds the
@@ -25,7 +26,7 @@ use ferry_benches::report::RunInfo;
 #[derive(Debug, Parser)]
 #[command(
     name = "cluster-bench",
-    about = "ferry up measured whole: startup, memory, pod latency, scale, object load",
+    about = "ferry up measured whole: startup, memory, pod latency, scale, object load, veth attach",
     args_override_self = true
 )]
 struct Cli {
@@ -34,7 +35,7 @@ struct Cli {
     /// The `ferry` binary; the components are taken from its directory.
     #[arg(long)]
     ferry: Option<PathBuf>,
-    /// Phases to run (up, cli, pods, scale, load; default: all).
+    /// Phases to run (up, cli, pods, scale, load, attach; default: all).
     #[arg(long, value_delimiter = ',')]
     phases: Option<Vec<String>>,
     /// Startup runs per node count (default 5; --quick: 2).
@@ -60,6 +61,13 @@ struct Cli {
     load_services: Option<usize>,
     #[arg(long)]
     load_pods: Option<usize>,
+    /// Veths timed until the agent's programs are on them (default 100;
+    /// --quick: 20), then pods created through the API, Ready against
+    /// their veth's programs (default 20; --quick: 5; 0: none).
+    #[arg(long)]
+    attach_veths: Option<usize>,
+    #[arg(long)]
+    attach_pods: Option<usize>,
     /// Small sizes everywhere: a smoke run of a couple of minutes.
     #[arg(long)]
     quick: bool,
@@ -139,6 +147,8 @@ fn settings(cli: &Cli) -> Result<Settings> {
         load_nodes: if q { 10 } else { 100 },
         load_concurrency: 64,
         load_limit: Duration::from_secs(if q { 120 } else { 900 }),
+        attach_veths: pick(cli.attach_veths, 100, 20).clamp(1, 500),
+        attach_pods: pick(cli.attach_pods, 20, 5).min(100),
     })
 }
 

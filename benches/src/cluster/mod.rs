@@ -16,11 +16,16 @@
 //! 3. [`load`]: Services and Pods (objects only, on fake nodes, ready
 //!    status written directly) loaded into a lone `ferry-apiserver`, and
 //!    the time until its controllers are idle.
+//! 4. [`attach`]: on a 1-node cluster whose agent runs with
+//!    `--pod-devices`, veths made one at a time, each timed until the
+//!    kernel lists the agent's TC programs on it; then pods created through
+//!    the API, each one's veth programs against its Ready.
 //!
 //! A phase that fails is reported as such and the next one runs. Every
 //! wait is bounded; every cluster is dropped (all its namespaces, cgroups
 //! and processes removed) before the next is built.
 
+pub mod attach;
 pub mod load;
 pub mod pods;
 pub mod report;
@@ -33,7 +38,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 /// The phases, by the key `--phases` names them.
-pub const PHASES: &[&str] = &["up", "cli", "pods", "scale", "load"];
+pub const PHASES: &[&str] = &["up", "cli", "pods", "scale", "load", "attach"];
 
 /// Everything a run is told.
 #[derive(Debug, Clone)]
@@ -63,6 +68,10 @@ pub struct Settings {
     pub load_nodes: usize,
     pub load_concurrency: usize,
     pub load_limit: Duration,
+    /// The attach phase: veths timed one by one, then pods created through
+    /// the API (0: none).
+    pub attach_veths: usize,
+    pub attach_pods: usize,
 }
 
 impl Settings {
@@ -87,6 +96,7 @@ pub struct Results {
     pub pods: Option<pods::Latency>,
     pub scale: Option<pods::Scale>,
     pub load: Option<load::LoadRun>,
+    pub attach: Option<attach::Attach>,
     pub failures: Vec<Failure>,
 }
 
@@ -169,6 +179,14 @@ pub fn run(s: &Settings, stop: &AtomicBool, say: fn(&str)) -> Result<Results> {
         ));
         let l = load::run(s, &rt, stop, say);
         r.load = r.record("load", l);
+    }
+    if s.runs("attach") && check_stop(stop).is_ok() {
+        say(&format!(
+            "attach: {} veths and {} pods on a 1-node cluster",
+            s.attach_veths, s.attach_pods
+        ));
+        let a = attach::run(s, &rt, stop, say);
+        r.attach = r.record("attach", a);
     }
     Ok(r)
 }

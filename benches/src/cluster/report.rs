@@ -93,6 +93,7 @@ pub fn markdown(s: &Settings, info: &RunInfo, r: &Results) -> String {
     pods(&mut o, r);
     scale(&mut o, r);
     load(&mut o, r);
+    attach(&mut o, r);
     if !r.failures.is_empty() {
         let _ = writeln!(o, "### Phases that did not complete\n");
         for f in &r.failures {
@@ -403,4 +404,99 @@ fn load(o: &mut String, r: &Results) {
         let _ = writeln!(o, "| {k} | {v} |");
     }
     let _ = writeln!(o);
+}
+
+fn attach(o: &mut String, r: &Results) {
+    let Some(a) = &r.attach else { return };
+    let v = &a.veths;
+    let goal = Duration::from_millis(50);
+    let _ = writeln!(
+        o,
+        "### A pod's veth until the agent's programs are on it\n\n\
+         `ferry up` runs its agents without `--pod-devices` (its pods are in the agent's cgroup: \
+         socket-level balancing covers them from their first connect, with nothing done per pod). \
+         This measures the per-pod path of agents that are given it: on a 1-node cluster, node \
+         {}'s agent restarted with its own arguments plus `--pod-devices {}`. {} veth pairs, one \
+         at a time, wired as ferry-cni wires a pod (host end `ferbench<i>` in the node, peer in a \
+         namespace of the run's own, host end set up: one `ip -batch`), kept until the end (the \
+         node holds {} of them by the last). Each timed from the moment its link was visible in \
+         the node (its name resolved; polled every 100 µs while `ip` ran) until the kernel listed \
+         both programs on it (`BPF_PROG_QUERY` of TCX ingress and egress, the agent's programs \
+         by name; the query takes RTNL, which a TCX attach holds through its RCU grace period, \
+         so a program is seen once its attach call is done: it runs on packets from a grace \
+         period earlier), and until both links were pinned under \
+         the agent's bpffs `links/`. The poll sleeps 100 µs between rounds (≈0.1–0.2 ms \
+         resolution) and shares the cores with the agent. Wall {:.1} s; the agent used {:.2} s \
+         of CPU.\n",
+        a.node,
+        super::attach::POD_PREFIX,
+        v.count,
+        v.count,
+        v.wall.as_secs_f64(),
+        v.agent_cpu.as_secs_f64(),
+    );
+    let _ = writeln!(
+        o,
+        "| from the link visible (or `ip` returned) to | p50 | p99 | max | veths |\n\
+         | --- | ---: | ---: | ---: | ---: |"
+    );
+    for (what, s) in [
+        (
+            "ingress program attached (kernel; the agent's first)",
+            &v.ingress,
+        ),
+        ("**both programs attached (kernel)**", &v.attached),
+        ("links pinned (bpffs)", &v.pinned),
+        (
+            "programs attached, from `ip` (add + up) returned",
+            &v.after_ip,
+        ),
+    ] {
+        let _ = writeln!(
+            o,
+            "| {what} | {} | {} | {} | {} |",
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.max),
+            s.count
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nGoal (issue 12): under 50 ms from the veth to the programs attached: **{}** \
+         (p99 {}, max {}); {} of {} veths had no programs within 5 s.\n",
+        match (v.attached.max, v.missed) {
+            (Some(m), 0) if m < goal => "met",
+            (Some(_), _) => "not met",
+            (None, _) => "not measured",
+        },
+        ms(v.attached.p99),
+        ms(v.attached.max),
+        v.missed,
+        v.count
+    );
+    if let Some(p) = &a.pods {
+        let _ = writeln!(
+            o,
+            "Pods through the API on the same node (pause, created one at a time, each waited for \
+             until Ready; ferry-node wires them with ferry-cni): each pod's veth (found by the \
+             node's route to the pod's address) followed by a poller in the node (new interfaces \
+             by index, the same kernel query, every 250 µs), Ready as this process's watch saw it \
+             (after the status write: Ready's true time is a little earlier).\n\n\
+             | pods | Ready | veth found | **Ready before the programs** | veth seen → attached p50 / max | attached → Ready seen p50 / min |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: |\n\
+             | {} | {} | {} | **{}** | {} / {} | {} / {} |\n",
+            p.pods,
+            p.ready,
+            p.found,
+            p.ready_first,
+            ms(p.seen_to_attached.p50),
+            ms(p.seen_to_attached.max),
+            ms(p.lead.p50),
+            ms(p.lead_min),
+        );
+    }
+    if let Some(e) = &a.pods_error {
+        let _ = writeln!(o, "Pods through the API: did not complete: {}\n", brief(e));
+    }
 }

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{
@@ -20,6 +20,11 @@ use aya::programs::{
 use aya::{Ebpf, EbpfLoader};
 
 use crate::service::programmer::{LbMaps, MapOpError, addr_words};
+use ferry_ebpf_common::policy::{
+    MAP_POLICY_CIDRS, MAP_POLICY_CT, MAP_POLICY_ENDPOINTS, MAP_POLICY_IDENTITIES, MAP_POLICY_RULES,
+    MAP_POLICY_STATS, PolicyCidrKey, PolicyCtValue, PolicyEndpoint, PolicyRuleKey, PolicyRuleValue,
+    PolicyStats,
+};
 use ferry_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, LbConfig, MAP_AFFINITY,
     MAP_BACKENDS, MAP_CONNTRACK, MAP_LB_CONFIG, MAP_MAGLEV, MAP_NODE_ADDRS, MAP_NODEPORT_ADDRS,
@@ -53,6 +58,10 @@ pub const SOCK_PROGRAMS: &[&str] = &[
 /// The per-packet programs, attached to each of `--devices`.
 pub const TC_INGRESS: &str = "ferry_tc_ingress";
 pub const TC_EGRESS: &str = "ferry_tc_egress";
+/// The per-packet programs of pods' devices (`--pod-devices`): the same
+/// translation, and NetworkPolicy's verdicts.
+pub const POD_TC_INGRESS: &str = "ferry_pod_tc_ingress";
+pub const POD_TC_EGRESS: &str = "ferry_pod_tc_egress";
 /// The fast path for traffic from outside, at XDP on `--devices`.
 pub const XDP: &str = "ferry_xdp";
 
@@ -121,6 +130,17 @@ pub struct MapSizes {
     /// Maglev table chunks of 512 entries (32 per table of the default
     /// 16381 entries); allocated as written, not up front.
     pub maglev: u32,
+    /// NetworkPolicy: this node's pods.
+    pub policy_endpoints: u32,
+    /// NetworkPolicy: the cluster's pod addresses (and this node's).
+    pub policy_identities: u32,
+    /// NetworkPolicy: ipBlock prefixes (allocated as written).
+    pub policy_cidrs: u32,
+    /// NetworkPolicy: allow entries of this node's policy sets (allocated
+    /// as written).
+    pub policy_rules: u32,
+    /// NetworkPolicy: judged flows (LRU), two entries each.
+    pub policy_conntrack: u32,
 }
 
 impl Default for MapSizes {
@@ -133,6 +153,11 @@ impl Default for MapSizes {
             stats: 16384,
             conntrack: 262144,
             maglev: 65536,
+            policy_endpoints: 4096,
+            policy_identities: 131072,
+            policy_cidrs: 16384,
+            policy_rules: 262144,
+            policy_conntrack: 262144,
         }
     }
 }
@@ -190,7 +215,7 @@ pub fn load_detached(maps_dir: &Path, sizes: &MapSizes) -> Result<Ebpf, BpfError
             pins: maps_dir.to_owned(),
             source: Box::new(source),
         })?;
-    for name in [TC_INGRESS, TC_EGRESS] {
+    for name in [TC_INGRESS, TC_EGRESS, POD_TC_INGRESS, POD_TC_EGRESS] {
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
         prog.load().map_err(prog_err(name))?;
     }
@@ -209,7 +234,12 @@ fn loader<'a>(maps_dir: &'a Path, sizes: &MapSizes) -> EbpfLoader<'a> {
         .map_max_entries(MAP_SOCK_REVNAT, sizes.sock_revnat)
         .map_max_entries(MAP_STATS, sizes.stats)
         .map_max_entries(MAP_CONNTRACK, sizes.conntrack)
-        .map_max_entries(MAP_MAGLEV, sizes.maglev);
+        .map_max_entries(MAP_MAGLEV, sizes.maglev)
+        .map_max_entries(MAP_POLICY_ENDPOINTS, sizes.policy_endpoints)
+        .map_max_entries(MAP_POLICY_IDENTITIES, sizes.policy_identities)
+        .map_max_entries(MAP_POLICY_CIDRS, sizes.policy_cidrs)
+        .map_max_entries(MAP_POLICY_RULES, sizes.policy_rules)
+        .map_max_entries(MAP_POLICY_CT, sizes.policy_conntrack);
     loader
 }
 
@@ -242,7 +272,7 @@ pub fn install(
         let link = attach_sock(&mut ebpf, name, &cgroup)?;
         pinned.push(swap_pin(link, &links_dir, name)?);
     }
-    for (name, _) in TC_PROGRAMS {
+    for (name, _) in TC_PROGRAMS.iter().chain(&POD_TC_PROGRAMS) {
         let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
         prog.load().map_err(prog_err(name))?;
     }
@@ -276,8 +306,16 @@ pub fn install(
     // Links of a previous agent this one did not replace: devices no
     // longer listed, or programs renamed by an upgrade.
     // Pod devices' links stay until the pod-device loop swaps them.
+    // (Under either program name: an agent before NetworkPolicy attached
+    // the plain ones to pods' devices too.)
     let pod_pins: Vec<String> = pod_prefix
-        .map(|p| TC_PROGRAMS.iter().map(|(n, _)| pin_name(n, p)).collect())
+        .map(|p| {
+            TC_PROGRAMS
+                .iter()
+                .chain(&POD_TC_PROGRAMS)
+                .map(|(n, _)| pin_name(n, p))
+                .collect()
+        })
         .unwrap_or_default();
     if let Ok(entries) = std::fs::read_dir(&links_dir) {
         for entry in entries.flatten() {
@@ -310,6 +348,12 @@ const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
     (TC_EGRESS, TcAttachType::Egress),
 ];
 
+/// The same for pods' devices.
+const POD_TC_PROGRAMS: [(&str, TcAttachType); 2] = [
+    (POD_TC_INGRESS, TcAttachType::Ingress),
+    (POD_TC_EGRESS, TcAttachType::Egress),
+];
+
 /// bpffs refuses dots, which device names may have.
 fn pin_name(program: &str, device: &str) -> String {
     format!("{program}_{}", device.replace('.', "_"))
@@ -338,6 +382,21 @@ impl PacketHooks {
         let mut pins = Vec::new();
         for (name, kind) in TC_PROGRAMS {
             pins.push(self.attach_one(name, kind, device)?);
+        }
+        self.attached.push(device.to_owned());
+        Ok(pins)
+    }
+
+    /// Attaches the pod programs to pod device `device` (replacing a
+    /// previous agent's links there: the new link first, then the old goes,
+    /// under either program name); returns the pins.
+    pub fn attach_pod(&mut self, device: &str) -> Result<Vec<PathBuf>, BpfError> {
+        let mut pins = Vec::new();
+        for (name, kind) in POD_TC_PROGRAMS {
+            pins.push(self.attach_one(name, kind, device)?);
+        }
+        for (name, _) in TC_PROGRAMS {
+            remove_link(&self.links_dir.join(pin_name(name, device)))?;
         }
         self.attached.push(device.to_owned());
         Ok(pins)
@@ -408,7 +467,7 @@ impl PacketHooks {
             if !self.attached.contains(dev) {
                 // One device failing (gone since the listing) must not keep
                 // the others unattached.
-                match self.attach(dev) {
+                match self.attach_pod(dev) {
                     Ok(_) => added += 1,
                     Err(e) => {
                         first_err.get_or_insert(e);
@@ -423,7 +482,7 @@ impl PacketHooks {
             .cloned()
             .collect();
         for dev in gone {
-            for (name, _) in TC_PROGRAMS {
+            for (name, _) in POD_TC_PROGRAMS.iter().chain(&TC_PROGRAMS) {
                 remove_link(&self.links_dir.join(pin_name(name, &dev)))?;
             }
             self.attached.retain(|d| d != &dev);
@@ -578,6 +637,42 @@ pub fn open_maps(dir: &Path) -> Result<Maps, BpfError> {
         lb_config: open(&dir, MAP_LB_CONFIG)?,
         xdp_stats: open(&dir, MAP_XDP_STATS)?,
     })
+}
+
+/// NetworkPolicy's maps (see `ferry_ebpf_common::policy`), as the agent
+/// writes them and `inspect` reads them.
+pub struct PolicyMaps {
+    pub endpoints: HashMap<MapData, [u32; 4], PolicyEndpoint>,
+    pub identities: HashMap<MapData, [u32; 4], u32>,
+    pub cidrs: LpmTrie<MapData, PolicyCidrKey, u32>,
+    pub rules: LpmTrie<MapData, PolicyRuleKey, PolicyRuleValue>,
+    pub conntrack: HashMap<MapData, CtKey, PolicyCtValue>,
+    pub stats: PerCpuArray<MapData, PolicyStats>,
+}
+
+impl std::fmt::Debug for PolicyMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PolicyMaps")
+    }
+}
+
+impl PolicyMaps {
+    /// Handles on the pinned maps.
+    pub fn open(layout: &Layout) -> Result<Self, BpfError> {
+        Self::open_in(&layout.maps_dir())
+    }
+
+    /// Handles on the maps pinned in `dir` (as [`load_detached`] pins them).
+    pub fn open_in(dir: &Path) -> Result<Self, BpfError> {
+        Ok(Self {
+            endpoints: open(dir, MAP_POLICY_ENDPOINTS)?,
+            identities: open(dir, MAP_POLICY_IDENTITIES)?,
+            cidrs: open(dir, MAP_POLICY_CIDRS)?,
+            rules: open(dir, MAP_POLICY_RULES)?,
+            conntrack: open(dir, MAP_POLICY_CT)?,
+            stats: open(dir, MAP_POLICY_STATS)?,
+        })
+    }
 }
 
 /// The node's addresses where NodePorts answer, kept equal to what the node

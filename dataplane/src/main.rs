@@ -167,6 +167,15 @@ struct Cli {
     /// takes 32); allocated as used.
     #[arg(long, global = true, default_value_t = MapSizes::default().maglev)]
     map_maglev: u32,
+    /// NetworkPolicy allow entries of this node's pods (allocated as used).
+    #[arg(long, global = true, default_value_t = MapSizes::default().policy_rules)]
+    map_policy_rules: u32,
+    /// NetworkPolicy's judged flows (LRU; two entries a flow).
+    #[arg(long, global = true, default_value_t = MapSizes::default().policy_conntrack)]
+    map_policy_conntrack: u32,
+    /// NetworkPolicy: pod addresses of the whole cluster.
+    #[arg(long, global = true, default_value_t = MapSizes::default().policy_identities)]
+    map_policy_identities: u32,
     /// How new flows from outside the cluster (NodePort, LoadBalancer,
     /// externalIPs) pick a backend; a Service's `ferry.dev/lb-algorithm`
     /// annotation overrides it. In-cluster traffic is always random.
@@ -208,6 +217,10 @@ impl Cli {
             stats: self.map_stats,
             conntrack: self.map_conntrack,
             maglev: self.map_maglev,
+            policy_rules: self.map_policy_rules,
+            policy_conntrack: self.map_policy_conntrack,
+            policy_identities: self.map_policy_identities,
+            ..MapSizes::default()
         }
     }
 

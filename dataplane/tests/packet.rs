@@ -8,9 +8,12 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use aya::Ebpf;
+use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{HashMap, MapData};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use ferry_dataplane::bpf::{self, MapSizes, TC_EGRESS, TC_INGRESS, load_detached};
+use ferry_dataplane::bpf::{
+    self, MapSizes, POD_TC_EGRESS, POD_TC_INGRESS, PolicyMaps, TC_EGRESS, TC_INGRESS, load_detached,
+};
 use ferry_dataplane::service::maglev::{BackendId, Seed, Table, flow_bytes};
 use ferry_dataplane::service::model::{
     Backend as ModelBackend, Frontend, FrontendKind, LbAlgorithm, Protocol, ServicePortEntries,
@@ -18,12 +21,17 @@ use ferry_dataplane::service::model::{
 };
 use ferry_dataplane::service::nat_ports::NatPorts;
 use ferry_dataplane::service::programmer::{LbSettings, Programmer, addr_words};
+use ferry_ebpf_common::policy::{
+    DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY,
+    IDENTITY_CIDR_BIT, IDENTITY_HOST, PolicyCidrKey, PolicyEndpoint, PolicyRuleKey,
+    PolicyRuleValue, RULE_PREFIX_ANY_PORT, RULE_PREFIX_ANY_PROTO,
+};
 use ferry_ebpf_common::{
     BACKEND_FLAG_LOCAL, Backend, BackendKey, CtKey, CtValue, MAP_BACKENDS, MAP_CONNTRACK,
     MAP_NODE_ADDRS, MAP_SERVICES, NodeAddrs, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
     ServiceKey, ServiceValue,
 };
-use ferry_testbed::packet::{PROTO_SCTP, endpoints, frame};
+use ferry_testbed::packet::{PROTO_SCTP, endpoints, frame, icmp};
 use ferry_testbed::{BPFFS, skip_if_not_root};
 
 const TC_ACT_OK: u32 = 0;
@@ -777,4 +785,241 @@ fn sctp_is_translated_with_its_crc32c_kept_right() {
     let (rc, out) = l.run(TC_INGRESS, &init6);
     assert_eq!(rc, TC_ACT_OK);
     assert_eq!(read(&out), ((client6, 40000), (pod6, 9999)));
+}
+
+// --- NetworkPolicy at pod devices --------------------------------------------
+
+/// A rule of set `set` allowing `peer` in `dir`: `proto` 0 for every
+/// protocol; `port` 0 for every port, else its first `bits` bits.
+fn allow(maps: &mut PolicyMaps, set: u32, peer: u32, dir: u8, proto: u8, port: u16, bits: u32) {
+    let prefix = match (proto, port) {
+        (0, _) => RULE_PREFIX_ANY_PROTO,
+        (_, 0) => RULE_PREFIX_ANY_PORT,
+        _ => RULE_PREFIX_ANY_PORT + bits,
+    };
+    let key = PolicyRuleKey {
+        set,
+        peer,
+        dir,
+        proto,
+        port: port.to_be(),
+    };
+    maps.rules
+        .insert(&LpmKey::new(prefix, key), PolicyRuleValue { policy: 1 }, 0)
+        .expect("rule");
+}
+
+fn endpoint(maps: &mut PolicyMaps, addr: &str, set: u32, flags: u32) {
+    let ep = PolicyEndpoint {
+        set,
+        flags,
+        ..PolicyEndpoint::default()
+    };
+    maps.endpoints
+        .insert(addr_words(ip(addr)), ep, 0)
+        .expect("endpoint");
+}
+
+fn cidr(maps: &mut PolicyMaps, net: &str, identity: u32) {
+    let net: ferry_testbed::ipnet::IpNet = net.parse().expect("cidr");
+    let bits = u32::from(net.prefix_len()) + if net.addr().is_ipv4() { 96 } else { 0 };
+    let key = PolicyCidrKey {
+        addr: addr_words(net.addr()),
+    };
+    maps.cidrs
+        .insert(&LpmKey::new(bits, key), identity, 0)
+        .expect("cidr");
+}
+
+/// What the pod device's programs say: `to_pod` on its egress (the pod's
+/// ingress), else on its ingress (the pod's egress).
+fn verdict(l: &mut Loaded, to_pod: bool, packet: &[u8]) -> u32 {
+    let program = if to_pod {
+        POD_TC_EGRESS
+    } else {
+        POD_TC_INGRESS
+    };
+    l.run(program, packet).0
+}
+
+/// Isolation, identities, protocols, ports and port ranges, the node's
+/// own addresses, and state: an allowed flow's replies pass a direction
+/// that allows nothing new.
+#[test]
+fn policy_allows_only_what_a_rule_names_and_the_replies_of_allowed_flows() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut l = Loaded::new("policy");
+    l.pod_device();
+    let mut maps = PolicyMaps::open_in(&l.dir).expect("policy maps");
+    let (pod, peer, stranger, node) = ("10.244.0.5", "10.244.1.7", "10.244.2.9", "10.244.0.1");
+    // A pod nobody isolates passes everything.
+    let syn = |src: &str, sport, dst: &str, dport| {
+        packet(PROTO_TCP, (ip(src), sport), (ip(dst), dport), true)
+    };
+    assert_eq!(
+        verdict(&mut l, true, &syn(stranger, 1000, pod, 22)),
+        TC_ACT_OK
+    );
+
+    endpoint(&mut maps, pod, 7, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS);
+    maps.identities
+        .insert(addr_words(ip(peer)), 100, 0)
+        .expect("id");
+    maps.identities
+        .insert(addr_words(ip(node)), IDENTITY_HOST, 0)
+        .expect("id");
+    allow(&mut maps, 7, 100, DIR_INGRESS, PROTO_TCP, 80, 16);
+    // UDP 5300-5303: a 14-bit prefix of the port.
+    allow(&mut maps, 7, 100, DIR_INGRESS, PROTO_UDP, 5300, 14);
+    // From 172.16.0.0/12, any TCP port.
+    cidr(&mut maps, "172.16.0.0/12", IDENTITY_CIDR_BIT | 1);
+    allow(
+        &mut maps,
+        7,
+        IDENTITY_CIDR_BIT | 1,
+        DIR_INGRESS,
+        PROTO_TCP,
+        0,
+        0,
+    );
+
+    let udp =
+        |src: &str, dst: &str, dport| packet(PROTO_UDP, (ip(src), 999), (ip(dst), dport), false);
+    for (what, p, want) in [
+        ("peer, TCP 80", syn(peer, 40000, pod, 80), TC_ACT_OK),
+        ("peer, TCP 81", syn(peer, 40001, pod, 81), TC_ACT_SHOT),
+        (
+            "peer, UDP 80: a TCP rule opens no UDP",
+            udp(peer, pod, 80),
+            TC_ACT_SHOT,
+        ),
+        (
+            "peer, UDP 5302 in the range",
+            udp(peer, pod, 5302),
+            TC_ACT_OK,
+        ),
+        ("peer, UDP 5304 past it", udp(peer, pod, 5304), TC_ACT_SHOT),
+        (
+            "a pod without a rule",
+            syn(stranger, 40002, pod, 80),
+            TC_ACT_SHOT,
+        ),
+        (
+            "the node itself, any port",
+            syn(node, 40003, pod, 9999),
+            TC_ACT_OK,
+        ),
+        (
+            "an address in the block",
+            syn("172.20.1.1", 40004, pod, 8443),
+            TC_ACT_OK,
+        ),
+        (
+            "an address outside it",
+            syn("172.32.0.1", 40005, pod, 8443),
+            TC_ACT_SHOT,
+        ),
+        (
+            "ping: no rule for every protocol",
+            icmp(ip(peer), ip(pod), 8, 7),
+            TC_ACT_SHOT,
+        ),
+        // Egress is isolated and allows nothing new...
+        (
+            "the pod's own new flow",
+            syn(pod, 5555, peer, 80),
+            TC_ACT_SHOT,
+        ),
+    ] {
+        assert_eq!(
+            verdict(&mut l, !what.starts_with("the pod's"), &p),
+            want,
+            "{what}"
+        );
+    }
+    // ...but the replies of the flows allowed in pass it.
+    let reply = packet(PROTO_TCP, (ip(pod), 80), (ip(peer), 40000), false);
+    assert_eq!(verdict(&mut l, false, &reply), TC_ACT_OK, "the reply");
+    let reply = packet(PROTO_UDP, (ip(pod), 5302), (ip(peer), 999), false);
+    assert_eq!(verdict(&mut l, false, &reply), TC_ACT_OK, "the UDP reply");
+
+    // A rule for every protocol and port from anyone.
+    allow(&mut maps, 7, IDENTITY_ANY, DIR_INGRESS, 0, 0, 0);
+    assert_eq!(
+        verdict(&mut l, true, &icmp(ip(stranger), ip(pod), 8, 9)),
+        TC_ACT_OK
+    );
+    assert_eq!(verdict(&mut l, true, &udp(stranger, pod, 1)), TC_ACT_OK);
+    // Its echo reply is the reverse of the request's tuple.
+    assert_eq!(
+        verdict(&mut l, false, &icmp(ip(pod), ip(stranger), 0, 9)),
+        TC_ACT_OK
+    );
+
+    // Another device claiming the pod's address is not the pod.
+    endpoint(&mut maps, pod, 7, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS);
+    let mut ep = maps.endpoints.get(&addr_words(ip(pod)), 0).expect("ep");
+    ep.ifindex = LOOPBACK + 100;
+    maps.endpoints
+        .insert(addr_words(ip(pod)), ep, 0)
+        .expect("ep");
+    assert_eq!(
+        verdict(&mut l, true, &syn(peer, 41000, pod, 80)),
+        TC_ACT_SHOT
+    );
+
+    let stats = maps.stats.get(&0, 0).expect("stats");
+    let denied: u64 = stats.iter().map(|s| s.counts[2] + s.counts[3]).sum();
+    assert!(denied >= 8, "{denied} denials counted");
+}
+
+/// IPv6: ipBlocks with an except (a longer prefix without the rule), and
+/// neighbour discovery passing an isolated pod while ping does not.
+#[test]
+fn policy_ip_blocks_with_excepts_and_ipv6_neighbour_discovery() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut l = Loaded::new("policy6");
+    l.pod_device();
+    let mut maps = PolicyMaps::open_in(&l.dir).expect("policy maps");
+    let pod = "fd00:10:244::5";
+    endpoint(&mut maps, pod, 3, EP_ISOLATED_INGRESS | EP_ISOLATED_EGRESS);
+    cidr(&mut maps, "fd00:99::/32", IDENTITY_CIDR_BIT | 1);
+    cidr(&mut maps, "fd00:99:1::/48", IDENTITY_CIDR_BIT | 2);
+    allow(
+        &mut maps,
+        3,
+        IDENTITY_CIDR_BIT | 1,
+        DIR_EGRESS,
+        PROTO_TCP,
+        443,
+        16,
+    );
+    let syn = |dst: &str| packet(PROTO_TCP, (ip(pod), 50000), (ip(dst), 443), true);
+    assert_eq!(verdict(&mut l, false, &syn("fd00:99:5::1")), TC_ACT_OK);
+    assert_eq!(
+        verdict(&mut l, false, &syn("fd00:99:1::9")),
+        TC_ACT_SHOT,
+        "the except"
+    );
+    assert_eq!(verdict(&mut l, false, &syn("fd00:98::1")), TC_ACT_SHOT);
+    let router = ip("fe80::1");
+    assert_eq!(
+        verdict(&mut l, false, &icmp(ip(pod), router, 135, 0)),
+        TC_ACT_OK,
+        "NS"
+    );
+    assert_eq!(
+        verdict(&mut l, true, &icmp(router, ip(pod), 136, 0)),
+        TC_ACT_OK,
+        "NA"
+    );
+    assert_eq!(
+        verdict(&mut l, false, &icmp(ip(pod), router, 128, 1)),
+        TC_ACT_SHOT,
+        "ping"
+    );
 }

@@ -104,9 +104,38 @@ pub fn frame(proto: u8, src: Endpoint, dst: Endpoint, syn: bool) -> Vec<u8> {
         }
         l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
     }
+    wrap(proto, src.0, dst.0, &l4)
+}
 
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// An ICMP (IPv4) or ICMPv6 (IPv6) message of type `ty` from `src` to
+/// `dst`, with identifier `id` (echo), sequence 1 and a little payload.
+pub fn icmp(src: IpAddr, dst: IpAddr, ty: u8, id: u16) -> Vec<u8> {
+    let proto = if src.is_ipv4() {
+        PROTO_ICMP
+    } else {
+        PROTO_ICMPV6
+    };
+    let mut l4 = vec![ty, 0, 0, 0];
+    l4.extend_from_slice(&id.to_be_bytes());
+    l4.extend_from_slice(&1u16.to_be_bytes());
+    l4.extend_from_slice(b"ferry");
+    let sum = if proto == PROTO_ICMPV6 {
+        pseudo(src, dst, proto, l4.len()) + sum16(&l4)
+    } else {
+        sum16(&l4)
+    };
+    let c = !fold(sum);
+    l4[2..4].copy_from_slice(&c.to_be_bytes());
+    wrap(proto, src, dst, &l4)
+}
+
+/// Ethernet and IP headers (no options, no extension headers) around `l4`.
+fn wrap(proto: u8, src: IpAddr, dst: IpAddr, l4: &[u8]) -> Vec<u8> {
     let mut p = vec![0u8; 12];
-    match (src.0, dst.0) {
+    match (src, dst) {
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             p.extend_from_slice(&0x86ddu16.to_be_bytes());
             p.extend_from_slice(&[0x60, 0, 0, 0]);
@@ -131,7 +160,7 @@ pub fn frame(proto: u8, src: Endpoint, dst: Endpoint, syn: bool) -> Vec<u8> {
             p.extend_from_slice(&h);
         }
     }
-    p.extend_from_slice(&l4);
+    p.extend_from_slice(l4);
     p
 }
 

@@ -17,6 +17,7 @@
 #![no_std]
 
 pub mod maglev;
+pub mod policy;
 pub mod sctp;
 
 /// IP protocol numbers as the kernel reports them.
@@ -421,6 +422,12 @@ mod user {
     unsafe impl aya::Pod for MaglevChunk {}
     unsafe impl aya::Pod for LbConfig {}
     unsafe impl aya::Pod for XdpStats {}
+    unsafe impl aya::Pod for policy::PolicyEndpoint {}
+    unsafe impl aya::Pod for policy::PolicyRuleKey {}
+    unsafe impl aya::Pod for policy::PolicyRuleValue {}
+    unsafe impl aya::Pod for policy::PolicyCidrKey {}
+    unsafe impl aya::Pod for policy::PolicyCtValue {}
+    unsafe impl aya::Pod for policy::PolicyStats {}
 }
 
 #[cfg(test)]
@@ -448,6 +455,15 @@ mod tests {
         assert_eq!(size_of::<LbConfig>(), 32);
         assert_eq!(size_of::<DsrOpt>(), 24);
         assert_eq!(size_of::<XdpStats>(), 48);
+        assert_eq!(size_of::<policy::PolicyEndpoint>(), 16);
+        assert_eq!(size_of::<policy::PolicyRuleKey>(), 12);
+        assert_eq!(size_of::<policy::PolicyRuleValue>(), 4);
+        assert_eq!(size_of::<policy::PolicyCidrKey>(), 16);
+        assert_eq!(size_of::<policy::PolicyCtValue>(), 16);
+        assert_eq!(
+            policy::RULE_PREFIX_FULL as usize,
+            8 * size_of::<policy::PolicyRuleKey>()
+        );
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! translates to (at random, by ClientIP affinity or by a Maglev table),
 //! and making replies look as if they came from the frontend, at the
 //! socket hooks, at TC ([`packet`]), at XDP ([`xdp`]) and across nodes by
-//! direct server return ([`dsr`]). Reads the maps in [`maps`]; it must never
-//! write the service, backend, Maglev or settings maps (the agent owns
-//! them), only the affinity, socket reverse-NAT, conntrack and statistics
-//! maps.
+//! direct server return ([`dsr`]); and NetworkPolicy's verdicts at pod
+//! devices ([`policy`]). Reads the maps in [`maps`]; it must never write the
+//! service, backend, Maglev, settings or policy maps (the agent owns them),
+//! only the affinity, socket reverse-NAT, conntrack (the services' and
+//! policy's) and statistics maps.
 //!
 //! Every lookup is a hash or array lookup keyed by the packet or socket, so
 //! the cost does not grow with the number of services or endpoints.
@@ -19,6 +20,7 @@ mod dsr;
 mod flow;
 mod maps;
 mod packet;
+mod policy;
 mod service;
 mod sock;
 mod xdp;

@@ -5,6 +5,9 @@
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray};
 use ferry_ebpf_common::CtKey as Key;
+use ferry_ebpf_common::policy::{
+    PolicyCidrKey, PolicyCtValue, PolicyEndpoint, PolicyRuleKey, PolicyRuleValue, PolicyStats,
+};
 use ferry_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, LbConfig, MaglevChunk,
     MaglevKey, NodeAddrs, ServiceKey, ServiceStats, ServiceValue, SockRevNatKey, SockRevNatValue,
@@ -56,6 +59,30 @@ pub static LB_CONFIG: Array<LbConfig> = Array::pinned(1, 0);
 /// What the XDP program did (one entry, per CPU).
 #[map(name = "FERRY_XDP_STATS")]
 pub static XDP_STATS: PerCpuArray<XdpStats> = PerCpuArray::pinned(1, 0);
+
+/// NetworkPolicy (see `ferry_ebpf_common::policy`): this node's pods.
+#[map(name = "FERRY_POL_EP")]
+pub static POL_EP: HashMap<[u32; 4], PolicyEndpoint> = HashMap::pinned(4096, 0);
+
+/// Every pod address of the cluster, and this node's, to its identity.
+#[map(name = "FERRY_POL_IDS")]
+pub static POL_IDS: HashMap<[u32; 4], u32> = HashMap::pinned(131072, 0);
+
+/// The prefixes of the policies' ipBlocks to their CIDR identities.
+#[map(name = "FERRY_POL_CIDRS")]
+pub static POL_CIDRS: LpmTrie<PolicyCidrKey, u32> = LpmTrie::pinned(16384, 0);
+
+/// What each policy set allows.
+#[map(name = "FERRY_POL_RULES")]
+pub static POL_RULES: LpmTrie<PolicyRuleKey, PolicyRuleValue> = LpmTrie::pinned(262144, 0);
+
+/// Flows already judged, both directions.
+#[map(name = "FERRY_POL_CT")]
+pub static POL_CT: LruHashMap<CtKey, PolicyCtValue> = LruHashMap::pinned(262144, 0);
+
+/// New flows allowed and denied (one entry, per CPU).
+#[map(name = "FERRY_POL_STATS")]
+pub static POL_STATS: PerCpuArray<PolicyStats> = PerCpuArray::pinned(1, 0);
 
 /// Room for building conntrack entries: the BPF stack (512 bytes for a
 /// whole call chain) cannot hold several of them. Per CPU and never pinned.

@@ -30,8 +30,10 @@ use ferry_ebpf_common::{
     BACKEND_FLAG_LOCAL, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtKey, CtValue,
     PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, is_v4,
 };
+use ferry_ebpf_common::policy::{DIR_EGRESS, DIR_INGRESS};
 
 use crate::dsr;
+use crate::policy;
 use crate::flow::{
     ETH_HLEN, Frame, Packet, TCP_ACK, TCP_RST, TCP_SYN, count_packet, parse, source_allowed, touch,
     track, track_dsr,
@@ -149,6 +151,30 @@ pub fn ferry_tc_ingress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn ferry_tc_egress(ctx: TcContext) -> i32 {
+    let _ = egress(&ctx);
+    TC_ACT_OK as i32
+}
+
+/// A pod's device, packets from the pod: translated as on any device,
+/// then judged by the pod's egress policy against the real destination.
+#[classifier]
+pub fn ferry_pod_tc_ingress(ctx: TcContext) -> i32 {
+    let rc = ingress(&ctx).unwrap_or(TC_ACT_OK as i32);
+    if rc != TC_ACT_OK as i32 {
+        return rc;
+    }
+    policy::judge(&ctx, DIR_EGRESS)
+}
+
+/// A pod's device, packets to the pod: judged by the pod's ingress policy
+/// as they arrive (a reply still from its backend, so its flow is found),
+/// then translated back.
+#[classifier]
+pub fn ferry_pod_tc_egress(ctx: TcContext) -> i32 {
+    let rc = policy::judge(&ctx, DIR_INGRESS);
+    if rc != TC_ACT_OK as i32 {
+        return rc;
+    }
     let _ = egress(&ctx);
     TC_ACT_OK as i32
 }

@@ -18,6 +18,7 @@ pub mod events;
 pub mod inspect;
 pub mod metrics;
 pub mod nodes;
+pub mod policy;
 pub mod routing;
 pub mod service;
 pub mod sockets;

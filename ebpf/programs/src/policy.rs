@@ -153,7 +153,9 @@ fn verdict(ctx: &TcContext, dir: u8) -> Option<bool> {
 #[inline(always)]
 fn allowed(f: &Flow, dir: u8, set: u32) -> bool {
     let peer = if dir == DIR_INGRESS { &f.src } else { &f.dst };
-    if dir == DIR_INGRESS && f.src == f.dst {
+    // A pod reaching itself (through its Service, per packet) crosses its
+    // own device both ways.
+    if f.src == f.dst {
         return true;
     }
     let pod = POL_IDS.get_ptr(peer).map(|id| unsafe { *id });

@@ -1,0 +1,37 @@
+//! NetworkPolicy's user-space half: the API objects reduced to what policy
+//! needs ([`model`], [`selector`]), the cluster's state with identities
+//! kept stable between compilations ([`state`], [`identity`]), the compiler
+//! to the exact contents of the policy maps of `ferry_ebpf_common::policy`
+//! ([`compile`]), and two ways of deciding a verdict used to check the
+//! compiler: a simulator of the datapath's lookups over compiled maps
+//! ([`simulate`]) and a naive evaluator of the API's semantics over the
+//! model ([`reference`]).
+//!
+//! This tree owns the translation only. It must not touch BPF maps, the
+//! kernel or the Kubernetes API: the agent feeds it objects, writes the
+//! [`compile::Desired`] it returns and logs its problems.
+
+pub mod compile;
+pub mod identity;
+pub mod model;
+pub mod reference;
+pub mod selector;
+pub mod simulate;
+pub mod state;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod property_tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod scale_tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod semantics_tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod testkit;
+
+pub use compile::{Desired, PolicyName, PolicyProblem, ProblemKind};
+pub use model::{ModelError, PolicyLimits};
+pub use state::{Limits, PolicyState};

@@ -153,9 +153,14 @@ pub fn apiserver(
     }
 }
 
+/// The name prefix of the pods' host-side veths, as ferry-cni names them
+/// (`ferry_cni::wiring::HOST_VETH_PREFIX`).
+pub const POD_DEVICE_PREFIX: &str = "fer";
+
 /// ferry-agent in its node's namespace: routes, and the service proxy on
 /// the node's uplink (`--devices`) and for the processes of its cgroup
-/// (where the node runtime puts the pods).
+/// (where the node runtime puts the pods); NetworkPolicy at the pods'
+/// devices (`--pod-devices`).
 pub fn agent(
     node: &Netns,
     bins: &Binaries,
@@ -182,6 +187,8 @@ pub fn agent(
             s(&hooks.cgroup),
             "--devices".into(),
             uplink.into(),
+            "--pod-devices".into(),
+            POD_DEVICE_PREFIX.into(),
         ],
     }
 }
@@ -425,6 +432,11 @@ pub fn dns_answered(id: u16, answer: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_device_prefix_is_ferry_cnis() {
+        assert_eq!(POD_DEVICE_PREFIX, ferry_cni::wiring::HOST_VETH_PREFIX);
+    }
 
     #[test]
     fn kubeconfig_server_is_rewritten_and_nothing_else() {

@@ -237,6 +237,9 @@ fn bad_input_gets_clear_statuses_and_a_lost_node_goes_not_ready() {
     apply(&c, &node_port_service("web", 80));
     c.k(&["rollout", "status", "deploy/web", "--timeout=60s"]);
     let url = format!("http://localhost:{}/", node_port(&c, "web"));
+    c.eventually("the NodePort answers on localhost", 30, || {
+        curl(&url).is_ok_and(|p| p.contains("Welcome to nginx!"))
+    });
 
     let pod = |name: &str, spec: Value| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec});
     apply(
@@ -291,7 +294,12 @@ fn bad_input_gets_clear_statuses_and_a_lost_node_goes_not_ready() {
             && has_event(&c, "crasher", "BackOff")
     });
     // None of it disturbed the rest.
-    assert!(curl(&url).is_ok_and(|p| p.contains("Welcome to nginx!")));
+    let page = curl(&url);
+    assert!(
+        page.as_ref().is_ok_and(|p| p.contains("Welcome to nginx!")),
+        "{url}: {page:?}\n{}",
+        c.k(&["get", "pods,endpointslices", "-o", "wide"])
+    );
     assert_eq!(ready_endpoints(&c, "web").len(), 2);
 
     // A node whose runtime stops renewing its Lease (every 10 s) goes

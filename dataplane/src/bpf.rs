@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
@@ -19,6 +20,7 @@ use aya::programs::{
 };
 use aya::{Ebpf, EbpfLoader};
 
+use crate::policy::programmer::{PolicyTables, Written};
 use crate::service::programmer::{LbMaps, MapOpError, addr_words};
 use ferry_ebpf_common::policy::{
     MAP_POLICY_CIDRS, MAP_POLICY_CT, MAP_POLICY_ENDPOINTS, MAP_POLICY_IDENTITIES, MAP_POLICY_RULES,
@@ -896,4 +898,91 @@ pub fn purge<K: aya::Pod, V: aya::Pod>(
         }
     }
     Ok(n)
+}
+
+/// A removal of what is not there is done.
+fn removed(r: Result<(), aya::maps::MapError>, what: &'static str) -> Result<(), MapOpError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+        Err(e) => Err(op_err(what)(e)),
+    }
+}
+
+impl PolicyTables for PolicyMaps {
+    fn set_rule(
+        &mut self,
+        prefix: u32,
+        key: &PolicyRuleKey,
+        value: &PolicyRuleValue,
+    ) -> Result<(), MapOpError> {
+        self.rules
+            .insert(&LpmKey::new(prefix, *key), value, 0)
+            .map_err(op_err("writing a policy rule"))
+    }
+
+    fn del_rule(&mut self, prefix: u32, key: &PolicyRuleKey) -> Result<(), MapOpError> {
+        removed(
+            self.rules.remove(&LpmKey::new(prefix, *key)),
+            "deleting a policy rule",
+        )
+    }
+
+    fn set_cidr(
+        &mut self,
+        prefix: u32,
+        key: &PolicyCidrKey,
+        identity: u32,
+    ) -> Result<(), MapOpError> {
+        self.cidrs
+            .insert(&LpmKey::new(prefix, *key), identity, 0)
+            .map_err(op_err("writing a policy CIDR"))
+    }
+
+    fn del_cidr(&mut self, prefix: u32, key: &PolicyCidrKey) -> Result<(), MapOpError> {
+        removed(
+            self.cidrs.remove(&LpmKey::new(prefix, *key)),
+            "deleting a policy CIDR",
+        )
+    }
+
+    fn set_identity(&mut self, addr: &[u32; 4], identity: u32) -> Result<(), MapOpError> {
+        self.identities
+            .insert(addr, identity, 0)
+            .map_err(op_err("writing a policy identity"))
+    }
+
+    fn del_identity(&mut self, addr: &[u32; 4]) -> Result<(), MapOpError> {
+        removed(self.identities.remove(addr), "deleting a policy identity")
+    }
+
+    fn set_endpoint(&mut self, addr: &[u32; 4], ep: &PolicyEndpoint) -> Result<(), MapOpError> {
+        self.endpoints
+            .insert(addr, ep, 0)
+            .map_err(op_err("writing a policy endpoint"))
+    }
+
+    fn del_endpoint(&mut self, addr: &[u32; 4]) -> Result<(), MapOpError> {
+        removed(self.endpoints.remove(addr), "deleting a policy endpoint")
+    }
+
+    fn read_all(&self) -> Result<Written, MapOpError> {
+        let mut w = Written::default();
+        for entry in self.rules.iter() {
+            let (k, v) = entry.map_err(op_err("reading the policy rules"))?;
+            w.rules.insert((k.prefix_len(), k.data()), v);
+        }
+        for entry in self.cidrs.iter() {
+            let (k, v) = entry.map_err(op_err("reading the policy CIDRs"))?;
+            w.cidrs.insert((k.prefix_len(), k.data()), v);
+        }
+        for entry in self.identities.iter() {
+            let (k, v) = entry.map_err(op_err("reading the policy identities"))?;
+            w.identities.insert(k, v);
+        }
+        for entry in self.endpoints.iter() {
+            let (k, v) = entry.map_err(op_err("reading the policy endpoints"))?;
+            w.endpoints.insert(k, v);
+        }
+        Ok(w)
+    }
 }

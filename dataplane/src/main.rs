@@ -19,6 +19,8 @@ use ferry_dataplane::devices;
 use ferry_dataplane::inspect;
 use ferry_dataplane::metrics::{self, Metrics};
 use ferry_dataplane::nodes::NodeInfo;
+use ferry_dataplane::policy::enforcer;
+use ferry_dataplane::policy::programmer::PolicyProgrammer;
 use ferry_dataplane::routing::{Mode, Router};
 use ferry_dataplane::service::maglev::{self, Seed};
 use ferry_dataplane::service::model::LbAlgorithm;
@@ -95,9 +97,14 @@ struct Cli {
     nodeport_addresses: Vec<ipnet::IpNet>,
     /// Also translate per packet on every device named with this prefix,
     /// attached as they appear: the node side of pods' veths (ferry-cni's
-    /// are `fer...`), for pods whose processes are outside the cgroup.
+    /// are `fer...`), for pods whose processes are outside the cgroup; and
+    /// enforce NetworkPolicy there.
     #[arg(long, global = true)]
     pod_devices: Option<String>,
+    /// With `--pod-devices`: do not enforce NetworkPolicy (every pod can
+    /// reach every other, whatever the policies say).
+    #[arg(long, global = true)]
+    no_network_policy: bool,
     /// Answer ARP and NDP for LoadBalancer IPs on `--devices`, one node
     /// per Service, elected through a Lease (L2 announcement, for bare
     /// metal and local clusters); `--l2-announce=false` turns it off.
@@ -423,6 +430,15 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         });
+        if cli.pod_devices.is_some() && !cli.no_network_policy {
+            network_policy(
+                &cli,
+                &layout,
+                client.clone(),
+                handle.clone(),
+                metrics.clone(),
+            )?;
+        }
         if let Some(prefix) = cli.pod_devices.clone() {
             tokio::spawn(async move {
                 // Link notifications (what `ip monitor link` shows) wake the
@@ -572,6 +588,61 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Starts NetworkPolicy enforcement: the policy loop, and the reading of
+/// the verdict counters into the metrics.
+fn network_policy(
+    cli: &Cli,
+    layout: &Layout,
+    client: Client,
+    handle: rtnetlink::Handle,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let maps = bpf::PolicyMaps::open(layout).context("opening the policy maps")?;
+    let programmer =
+        PolicyProgrammer::new(maps).context("reading the policy maps a previous agent left")?;
+    let counters = bpf::PolicyMaps::open(layout).context("opening the policy maps")?;
+    let settings = enforcer::Settings {
+        node_name: cli.node_name.clone(),
+        node_addrs: Box::new(move || {
+            let h = handle.clone();
+            Box::pin(async move {
+                match devices::node_port_addresses(&h, &[]).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "listing the node's addresses for NetworkPolicy");
+                        Vec::new()
+                    }
+                }
+            })
+        }),
+    };
+    let m = metrics.clone();
+    tokio::spawn(async move {
+        if let Err(e) = enforcer::run(client, settings, programmer, m).await {
+            tracing::error!(error = %e, "NetworkPolicy enforcement stopped");
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            match counters.stats.get(&0, 0) {
+                Ok(per_cpu) => {
+                    let mut sum = [0u64; 4];
+                    for s in per_cpu.iter() {
+                        for (t, c) in sum.iter_mut().zip(s.counts) {
+                            *t += c;
+                        }
+                    }
+                    metrics.set_policy_flows(sum);
+                }
+                Err(e) => tracing::debug!(error = %e, "reading the policy counters"),
+            }
+        }
+    });
+    Ok(())
 }
 
 fn stopping() {

@@ -31,6 +31,15 @@ pub struct ServiceLabels {
     pub traffic: String,
 }
 
+/// `ferry_policy_flows{direction, verdict}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyFlowLabels {
+    /// `ingress` or `egress`, the pod's.
+    pub direction: String,
+    /// `allowed` or `denied`.
+    pub verdict: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabels {
     pub map: String,
@@ -65,6 +74,14 @@ pub struct Metrics {
     l2_replies_v6: Counter,
     /// Objects from the API skipped because they did not decode.
     pub decode_errors: DecodeErrors,
+    /// NetworkPolicy: from a change to the maps written.
+    pub policy_sync_duration: Histogram,
+    /// NetworkPolicy: policies failed closed (isolating, allowing nothing).
+    pub policy_failed_closed: Gauge,
+    /// NetworkPolicy: allow entries programmed.
+    pub policy_rules: Gauge,
+    /// NetworkPolicy: new flows judged at this node's pods.
+    pub policy_flows: Family<PolicyFlowLabels, Counter>,
     ready: AtomicBool,
     /// Unix seconds of the proxy loop's last pass, for `/healthz`.
     heartbeat: AtomicU64,
@@ -192,8 +209,36 @@ impl Metrics {
         );
         let decode_errors = DecodeErrors::default();
         decode_errors.register(&mut registry);
+        let policy_sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let policy_failed_closed = Gauge::default();
+        let policy_rules = Gauge::default();
+        let policy_flows = Family::<PolicyFlowLabels, Counter>::default();
+        registry.register(
+            "ferry_policy_sync_duration_seconds",
+            "NetworkPolicy: from a change to this node's policy maps written",
+            policy_sync_duration.clone(),
+        );
+        registry.register(
+            "ferry_policy_failed_closed",
+            "NetworkPolicies that isolate their pods but allow nothing (invalid or over a limit; the agent logs why)",
+            policy_failed_closed.clone(),
+        );
+        registry.register(
+            "ferry_policy_rule_entries",
+            "NetworkPolicy allow entries programmed for this node's pods",
+            policy_rules.clone(),
+        );
+        registry.register(
+            "ferry_policy_flows",
+            "New flows judged by NetworkPolicy at this node's pods, by direction and verdict",
+            policy_flows.clone(),
+        );
         Self {
             decode_errors,
+            policy_sync_duration,
+            policy_failed_closed,
+            policy_rules,
+            policy_flows,
             registry,
             sync_duration,
             programming_latency,
@@ -250,6 +295,32 @@ impl Metrics {
     /// The proxy loop is alive.
     pub fn beat(&self) {
         self.heartbeat.store(unix_now() as u64, Ordering::Relaxed);
+    }
+
+    /// A NetworkPolicy pass is done.
+    pub fn policy_synced(&self, took: Duration, failed_closed: usize, rules: usize) {
+        self.policy_sync_duration.observe(took.as_secs_f64());
+        self.policy_failed_closed
+            .set(i64::try_from(failed_closed).unwrap_or(i64::MAX));
+        self.policy_rules
+            .set(i64::try_from(rules).unwrap_or(i64::MAX));
+    }
+
+    /// Brings `ferry_policy_flows` up to the maps' per-CPU counts
+    /// (`[allowed ingress, allowed egress, denied ingress, denied egress]`,
+    /// summed over CPUs).
+    pub fn set_policy_flows(&self, counts: [u64; 4]) {
+        for (i, total) in counts.into_iter().enumerate() {
+            let labels = PolicyFlowLabels {
+                direction: if i % 2 == 0 { "ingress" } else { "egress" }.into(),
+                verdict: if i < 2 { "allowed" } else { "denied" }.into(),
+            };
+            let c = self.policy_flows.get_or_create(&labels);
+            let have = c.get();
+            if total > have {
+                c.inc_by(total - have);
+            }
+        }
     }
 
     pub fn synced(&self, took: Duration) {

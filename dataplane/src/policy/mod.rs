@@ -7,13 +7,17 @@
 //! ([`simulate`]) and a naive evaluator of the API's semantics over the
 //! model ([`reference`]).
 //!
-//! This tree owns the translation only. It must not touch BPF maps, the
-//! kernel or the Kubernetes API: the agent feeds it objects, writes the
-//! [`compile::Desired`] it returns and logs its problems.
+//! The agent's side: [`enforcer`] watches the objects and recompiles after
+//! changes, and [`programmer`] writes the result into the maps, changed
+//! entries only, in an order that never opens a window. The translation
+//! modules must not touch BPF maps, the kernel or the Kubernetes API; only
+//! those two do.
 
 pub mod compile;
+pub mod enforcer;
 pub mod identity;
 pub mod model;
+pub mod programmer;
 pub mod reference;
 pub mod selector;
 pub mod simulate;

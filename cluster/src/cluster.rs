@@ -359,7 +359,7 @@ impl NodePlan {
         let cni_dir = node.state_dir.join("cni").join("net.d");
         components::write_cni_config(
             &cni_dir,
-            &components::cni_conflist(&self.kubeconfig, &name, &node.state_dir),
+            &components::cni_conflist(&self.kubeconfig, &name, &node.state_dir, &hooks.bpffs),
         )?;
         let runtime = Supervised::start(components::node_runtime(
             &node.netns,

@@ -286,7 +286,23 @@ pub fn dns(
 
 /// The node's CNI network config: ferry-cni, its IPAM taking the node's
 /// `spec.podCIDRs` from the API, state kept in the node's directory.
-pub fn cni_conflist(kubeconfig: &Path, node_name: &str, state_dir: &Path) -> Value {
+pub fn cni_conflist(
+    kubeconfig: &Path,
+    node_name: &str,
+    state_dir: &Path,
+    agent_bpffs: &Path,
+) -> Value {
+    // ADD returns once the agent has attached to the pod's veth, so no
+    // container runs before NetworkPolicy guards it.
+    let links = ferry_dataplane::bpf::Layout {
+        bpffs_root: agent_bpffs.to_owned(),
+        cgroup_root: PathBuf::new(),
+    }
+    .links_dir();
+    let wait_for: Vec<String> = ferry_dataplane::bpf::pod_device_pins(&links, "{hostVeth}")
+        .iter()
+        .map(|p| s(p))
+        .collect();
     json!({
         "cniVersion": "1.1.0",
         "name": "ferry",
@@ -299,6 +315,7 @@ pub fn cni_conflist(kubeconfig: &Path, node_name: &str, state_dir: &Path) -> Val
                 "nodeName": node_name,
                 "dataDir": s(&state_dir.join("cni-networks")),
             },
+            "dataplane": {"waitFor": wait_for, "timeoutMs": 10000},
         }],
     })
 }

@@ -69,6 +69,67 @@ struct RawConf {
     kubeconfig: Option<PathBuf>,
     node_name: Option<String>,
     log_level: Option<String>,
+    dataplane: Option<RawDataplane>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawDataplane {
+    wait_for: Vec<String>,
+    timeout_ms: Option<u64>,
+}
+
+/// `dataplane`: files the node's dataplane makes once it has taken a new
+/// pod's host veth (ferry-agent pins its programs' links), which ADD waits
+/// for before it returns, so no container of the pod runs before the
+/// dataplane (NetworkPolicy among it) is on its device. `{hostVeth}` in a
+/// path stands for the veth's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dataplane {
+    pub wait_for: Vec<String>,
+    pub timeout: std::time::Duration,
+}
+
+/// The placeholder in [`Dataplane::wait_for`].
+pub const HOST_VETH_PLACEHOLDER: &str = "{hostVeth}";
+/// [`Dataplane::timeout`] unless set; at most [`MAX_DATAPLANE_TIMEOUT_MS`].
+pub const DEFAULT_DATAPLANE_TIMEOUT_MS: u64 = 10_000;
+pub const MAX_DATAPLANE_TIMEOUT_MS: u64 = 120_000;
+
+impl Dataplane {
+    /// The files to wait for, for host veth `veth`.
+    pub fn paths(&self, veth: &str) -> Vec<PathBuf> {
+        self.wait_for
+            .iter()
+            .map(|p| PathBuf::from(p.replace(HOST_VETH_PLACEHOLDER, veth)))
+            .collect()
+    }
+}
+
+fn dataplane(raw: Option<RawDataplane>) -> Result<Option<Dataplane>> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    if raw.wait_for.is_empty() || raw.wait_for.len() > 16 {
+        return Err(Error::InvalidConfig(
+            "dataplane.waitFor must name 1 to 16 files".into(),
+        ));
+    }
+    if let Some(p) = raw.wait_for.iter().find(|p| !p.starts_with('/')) {
+        return Err(Error::InvalidConfig(format!(
+            "dataplane.waitFor: {p:?} is not an absolute path"
+        )));
+    }
+    let ms = raw.timeout_ms.unwrap_or(DEFAULT_DATAPLANE_TIMEOUT_MS);
+    if ms == 0 || ms > MAX_DATAPLANE_TIMEOUT_MS {
+        return Err(Error::InvalidConfig(format!(
+            "dataplane.timeoutMs {ms} is outside 1..={MAX_DATAPLANE_TIMEOUT_MS}"
+        )));
+    }
+    Ok(Some(Dataplane {
+        wait_for: raw.wait_for,
+        timeout: std::time::Duration::from_millis(ms),
+    }))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +202,7 @@ pub struct Config {
     pub prev_result: Option<Value>,
     pub valid_attachments: Option<Vec<Attachment>>,
     pub log_level: Option<String>,
+    pub dataplane: Option<Dataplane>,
 }
 
 /// Decodes stdin far enough to learn its `cniVersion`, for error output.
@@ -305,6 +367,7 @@ impl Config {
             prev_result: raw.prev_result.filter(|v| !v.is_null()),
             valid_attachments: raw.valid_attachments.or(raw.attachments),
             log_level: raw.log_level,
+            dataplane: dataplane(raw.dataplane)?,
         })
     }
 

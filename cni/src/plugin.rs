@@ -68,6 +68,29 @@ fn netns_path(env: &Env) -> Result<&std::path::Path> {
         .ok_or_else(|| Error::InvalidEnv("required env variables [CNI_NETNS] missing".into()))
 }
 
+/// Waits (bounded) until the dataplane has taken `host_veth`: every file
+/// of `dp` exists.
+fn wait_for_dataplane(dp: &crate::config::Dataplane, host_veth: &str) -> Result<()> {
+    let paths = dp.paths(host_veth);
+    let deadline = std::time::Instant::now() + dp.timeout;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let Some(missing) = paths.iter().find(|p| !p.exists()) else {
+            return Ok(());
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::TryAgainLater(format!(
+                "the node's dataplane did not take {host_veth} within {} ms ({} does not exist): \
+                 is ferry-agent running with --pod-devices matching it? (dataplane.waitFor in the network config)",
+                dp.timeout.as_millis(),
+                missing.display()
+            )));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
 fn add(env: &Env, config: &Config) -> Result<Value> {
     let netns = NetNs::open(netns_path(env)?)?;
     let prev = config.prev_result()?;
@@ -108,6 +131,9 @@ fn add(env: &Env, config: &Config) -> Result<Value> {
         err
     };
     let wired = wiring::setup(&plan).map_err(&rollback)?;
+    if let Some(dp) = &config.dataplane {
+        wait_for_dataplane(dp, &host_veth).map_err(&rollback)?;
+    }
     let result = CniResult {
         interfaces: vec![
             Interface {

@@ -356,6 +356,16 @@ const POD_TC_PROGRAMS: [(&str, TcAttachType); 2] = [
     (POD_TC_EGRESS, TcAttachType::Egress),
 ];
 
+/// The pins of the links the agent makes once it has attached to pod
+/// device `device` (`--pod-devices`), in its bpffs `links_dir`: what a CNI
+/// plugin waits for before a new pod runs (ferry-cni's `dataplane.waitFor`).
+pub fn pod_device_pins(links_dir: &Path, device: &str) -> Vec<PathBuf> {
+    POD_TC_PROGRAMS
+        .iter()
+        .map(|(name, _)| links_dir.join(pin_name(name, device)))
+        .collect()
+}
+
 /// bpffs refuses dots, which device names may have.
 fn pin_name(program: &str, device: &str) -> String {
     format!("{program}_{}", device.replace('.', "_"))

@@ -331,3 +331,66 @@ fn existing_node_route_to_the_pod_address_is_not_taken_over() {
     assert_eq!(w.pods[p].links(), vec!["lo".to_string()]);
     w.assert_clean();
 }
+
+/// With `dataplane.waitFor`, ADD returns only once the node's dataplane has
+/// taken the pod's host veth (ferry-agent pins its programs' links there),
+/// so nothing in the pod runs unguarded; without it in time, ADD fails
+/// with 11 (try again later), naming the file, and leaves nothing behind.
+#[test]
+fn add_waits_for_the_dataplane_to_take_the_host_veth() {
+    require_root!();
+    let mut w = World::new();
+    let p = w.pod("dp");
+    let pins = w.dir.path().join("pins");
+    std::fs::create_dir_all(&pins).expect("pins dir");
+    let template = format!("{}/link_{{hostVeth}}", pins.display());
+    let mut conf = w.conf("1.1.0");
+    conf["dataplane"] = json!({"waitFor": [template], "timeoutMs": 300});
+    let ns = w.pods[p].path_str();
+
+    let started = std::time::Instant::now();
+    let e = w.run("ADD", &conf, "c-dp", Some(&ns), "eth0").err(11);
+    assert!(
+        msg(&e).contains("did not take") && msg(&e).contains("link_fer"),
+        "{e}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    w.assert_clean();
+
+    // The "agent" takes the veth 150 ms after it appears.
+    let node = w.node.name.clone();
+    let dir = pins.clone();
+    let agent = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let veth = || -> Option<String> {
+            let out = std::process::Command::new("ip")
+                .args(["-n", &node, "-o", "link", "show"])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split(": ").nth(1))
+                .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+                .find(|n| n.starts_with("fer"))
+        };
+        while std::time::Instant::now() < deadline {
+            if let Some(veth) = veth() {
+                std::thread::sleep(Duration::from_millis(150));
+                std::fs::write(dir.join(format!("link_{veth}")), "").expect("pin");
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    });
+    conf["dataplane"]["timeoutMs"] = json!(5000);
+    let started = std::time::Instant::now();
+    w.run("ADD", &conf, "c-dp", Some(&ns), "eth0").ok();
+    assert!(agent.join().expect("agent thread"), "no veth appeared");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "ADD returned before the dataplane took the veth"
+    );
+    w.run("DEL", &conf, "c-dp", Some(&ns), "eth0").ok();
+    w.assert_clean();
+}

@@ -1023,3 +1023,64 @@ fn policy_ip_blocks_with_excepts_and_ipv6_neighbour_discovery() {
         "ping"
     );
 }
+
+/// Two pods of one node share the policy conntrack: the source's egress
+/// hook passing a flow (the source is not isolated for egress) must not
+/// let it through the destination's ingress hook unjudged; and the replies
+/// of a flow the destination let in pass both hooks on their way back.
+#[test]
+fn policy_judges_both_ends_of_a_flow_between_pods_of_one_node() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut l = Loaded::new("policy-node");
+    l.pod_device();
+    let mut maps = PolicyMaps::open_in(&l.dir).expect("policy maps");
+    let (a, c) = ("10.244.0.5", "10.244.0.6");
+    // Both isolated for ingress only (a default-deny-ingress namespace).
+    endpoint(&mut maps, a, 1, EP_ISOLATED_INGRESS);
+    endpoint(&mut maps, c, 1, EP_ISOLATED_INGRESS);
+    maps.identities
+        .insert(addr_words(ip(a)), 100, 0)
+        .expect("id");
+    maps.identities
+        .insert(addr_words(ip(c)), 100, 0)
+        .expect("id");
+    let syn = packet(PROTO_TCP, (ip(a), 40000), (ip(c), 80), true);
+    assert_eq!(
+        verdict(&mut l, false, &syn),
+        TC_ACT_OK,
+        "a's egress: not isolated"
+    );
+    assert_eq!(
+        verdict(&mut l, true, &syn),
+        TC_ACT_SHOT,
+        "c's ingress: isolated, no rule"
+    );
+
+    // Now c lets a in: the flow passes both hooks, and so do its replies.
+    allow(&mut maps, 1, 100, DIR_INGRESS, PROTO_TCP, 81, 16);
+    let syn = packet(PROTO_TCP, (ip(a), 40001), (ip(c), 81), true);
+    assert_eq!(verdict(&mut l, false, &syn), TC_ACT_OK);
+    assert_eq!(verdict(&mut l, true, &syn), TC_ACT_OK);
+    let reply = packet(PROTO_TCP, (ip(c), 81), (ip(a), 40001), false);
+    assert_eq!(
+        verdict(&mut l, false, &reply),
+        TC_ACT_OK,
+        "c's egress, the reply"
+    );
+    assert_eq!(
+        verdict(&mut l, true, &reply),
+        TC_ACT_OK,
+        "a's ingress, the reply"
+    );
+    // But the reply's tuple is no way in for c's own new flow to a.
+    let back = packet(PROTO_TCP, (ip(c), 40002), (ip(a), 81), true);
+    assert_eq!(
+        verdict(&mut l, true, &back),
+        TC_ACT_OK,
+        "a allows 100 on 81 too"
+    );
+    let back = packet(PROTO_TCP, (ip(c), 40003), (ip(a), 22), true);
+    assert_eq!(verdict(&mut l, true, &back), TC_ACT_SHOT);
+}

@@ -98,8 +98,18 @@ pub struct PolicyCidrKey {
 
 /// [`PolicyCtValue::flags`]: a FIN or RST was seen.
 pub const PCT_FLAG_CLOSING: u32 = 1;
+/// [`PolicyCtValue::flags`]: packets with this tuple pass a pod's ingress
+/// hook (the destination let the flow in, or it is the reply of a flow the
+/// destination started).
+pub const PCT_FLAG_INGRESS: u32 = 2;
+/// [`PolicyCtValue::flags`]: packets with this tuple pass a pod's egress
+/// hook. Kept apart from [`PCT_FLAG_INGRESS`]: when both ends are on one
+/// node, the source's egress hook passing a flow must not let it through
+/// the destination's ingress hook unjudged.
+pub const PCT_FLAG_EGRESS: u32 = 4;
 
-/// A judged flow (keyed by [`crate::CtKey`], one entry per direction).
+/// A judged flow (keyed by [`crate::CtKey`], one entry per direction of the
+/// flow's packets; the flags say which hooks they pass).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PolicyCtValue {

@@ -16,7 +16,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::programs::TcContext;
 use ferry_ebpf_common::policy::{
     DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IDENTITY_HOST,
-    PCT_FLAG_CLOSING, POLICY_STAT_ALLOWED, POLICY_STAT_DENIED, PolicyCidrKey, PolicyCtValue,
+    PCT_FLAG_CLOSING, PCT_FLAG_EGRESS, PCT_FLAG_INGRESS, POLICY_STAT_ALLOWED, POLICY_STAT_DENIED, PolicyCidrKey, PolicyCtValue,
     PolicyRuleKey, RULE_PREFIX_FULL,
 };
 use ferry_ebpf_common::{CtKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP, v4_mapped};
@@ -103,17 +103,15 @@ fn verdict(ctx: &TcContext, dir: u8) -> Option<bool> {
         return Some(false);
     }
     let now = unsafe { bpf_ktime_get_ns() };
+    let (this_hook, reply_hook) = if dir == DIR_INGRESS {
+        (PCT_FLAG_INGRESS, PCT_FLAG_EGRESS)
+    } else {
+        (PCT_FLAG_EGRESS, PCT_FLAG_INGRESS)
+    };
     let key = f.key();
     if let Some(entry) = POL_CT.get_ptr_mut(&key) {
         let (seen, ct_flags) = unsafe { ((*entry).last_seen_ns, (*entry).flags) };
-        let idle = if ct_flags & PCT_FLAG_CLOSING != 0 {
-            CLOSING_IDLE_NS
-        } else if f.proto == PROTO_TCP {
-            TCP_IDLE_NS
-        } else {
-            OTHER_IDLE_NS
-        };
-        if now.saturating_sub(seen) <= idle {
+        if fresh(ct_flags, seen, now, f.proto) && ct_flags & this_hook != 0 {
             unsafe {
                 if f.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                     (*entry).flags |= PCT_FLAG_CLOSING;
@@ -135,16 +133,45 @@ fn verdict(ctx: &TcContext, dir: u8) -> Option<bool> {
         return Some(false);
     }
     count(dir, POLICY_STAT_ALLOWED);
+    // This flow's packets pass this hook from now on, and its replies the
+    // endpoint's other hook, even when that direction is isolated too.
+    mark(&key, this_hook, now, f.proto);
+    mark(&f.reverse_key(), reply_hook, now, f.proto);
+    Some(true)
+}
+
+/// Whether an entry last seen at `seen` still stands at `now`.
+#[inline(always)]
+fn fresh(flags: u32, seen: u64, now: u64, proto: u8) -> bool {
+    let idle = if flags & PCT_FLAG_CLOSING != 0 {
+        CLOSING_IDLE_NS
+    } else if proto == PROTO_TCP {
+        TCP_IDLE_NS
+    } else {
+        OTHER_IDLE_NS
+    };
+    now.saturating_sub(seen) <= idle
+}
+
+/// Lets packets with tuple `key` pass the hooks in `hook` too.
+#[inline(always)]
+fn mark(key: &CtKey, hook: u32, now: u64, proto: u8) {
+    if let Some(entry) = POL_CT.get_ptr_mut(key) {
+        let (seen, flags) = unsafe { ((*entry).last_seen_ns, (*entry).flags) };
+        if fresh(flags, seen, now, proto) {
+            unsafe {
+                (*entry).flags = flags | hook;
+                (*entry).last_seen_ns = now;
+            }
+            return;
+        }
+    }
     let value = PolicyCtValue {
         last_seen_ns: now,
-        flags: 0,
+        flags: hook,
         _pad: 0,
     };
-    // Both ways: the reply passes this endpoint's other direction even
-    // when that direction is isolated too.
-    let _ = POL_CT.insert(&key, &value, 0);
-    let _ = POL_CT.insert(&f.reverse_key(), &value, 0);
-    Some(true)
+    let _ = POL_CT.insert(key, &value, 0);
 }
 
 /// Whether a rule of set `set` allows the flow's peer, protocol and port,

@@ -20,16 +20,6 @@ fn apply(c: &TestCluster, obj: &Value) {
     c.k(&["apply", "-f", &file.to_string_lossy()]);
 }
 
-fn get(c: &TestCluster, args: &[&str]) -> Value {
-    let mut all = vec!["get"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["-o", "json"]);
-    c.kubectl(&all)
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null)
-}
-
 fn deployment(name: &str, replicas: u32, image: &str) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -54,7 +44,7 @@ fn node_port_service(name: &str, target: u16) -> Value {
 }
 
 fn node_port(c: &TestCluster, svc: &str) -> u16 {
-    get(c, &["svc", svc])["spec"]["ports"][0]["nodePort"]
+    c.get_json(&["svc", svc])["spec"]["ports"][0]["nodePort"]
         .as_u64()
         .and_then(|p| u16::try_from(p).ok())
         .expect("a node port")
@@ -63,7 +53,7 @@ fn node_port(c: &TestCluster, svc: &str) -> u16 {
 /// The addresses of a Service's ready endpoints.
 fn ready_endpoints(c: &TestCluster, svc: &str) -> Vec<String> {
     let label = format!("kubernetes.io/service-name={svc}");
-    let slices = get(c, &["endpointslices", "-l", &label]);
+    let slices = c.get_json(&["endpointslices", "-l", &label]);
     slices["items"]
         .as_array()
         .into_iter()
@@ -75,14 +65,11 @@ fn ready_endpoints(c: &TestCluster, svc: &str) -> Vec<String> {
 }
 
 fn has_event(c: &TestCluster, object: &str, reason: &str) -> bool {
-    let events = get(
-        c,
-        &[
-            "events",
-            "--field-selector",
-            &format!("involvedObject.name={object}"),
-        ],
-    );
+    let events = c.get_json(&[
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={object}"),
+    ]);
     events["items"]
         .as_array()
         .into_iter()
@@ -133,7 +120,7 @@ fn rolling_update_under_traffic_loses_no_request_and_a_failing_probe_removes_a_p
         ok as usize + failed.len()
     );
     assert!(ok >= 20, "only {ok} requests during the rollout");
-    let pods = get(&c, &["pods", "-l", "app=web"]);
+    let pods = c.get_json(&["pods", "-l", "app=web"]);
     let images: Vec<&str> = pods["items"]
         .as_array()
         .into_iter()
@@ -149,7 +136,7 @@ fn rolling_update_under_traffic_loses_no_request_and_a_failing_probe_removes_a_p
     assert!(out.contains("paused"), "{out}");
     c.k(&["set", "image", "deploy/web", "nginx=nginx:1.26"]);
     c.eventually("the paused Deployment's change observed", 30, || {
-        let d = get(&c, &["deploy", "web"]);
+        let d = c.get_json(&["deploy", "web"]);
         d["status"]["observedGeneration"] == d["metadata"]["generation"]
             && d["status"]["conditions"]
                 .as_array()
@@ -158,7 +145,7 @@ fn rolling_update_under_traffic_loses_no_request_and_a_failing_probe_removes_a_p
                 .any(|c| c["type"] == "Progressing" && c["reason"] == "DeploymentPaused")
     });
     let rs_images = |c: &TestCluster| -> Vec<String> {
-        let mut images: Vec<String> = get(c, &["rs", "-l", "app=web"])["items"]
+        let mut images: Vec<String> = c.get_json(&["rs", "-l", "app=web"])["items"]
             .as_array()
             .into_iter()
             .flatten()
@@ -222,7 +209,7 @@ fn rolling_update_under_traffic_loses_no_request_and_a_failing_probe_removes_a_p
     c.eventually("no answer without a ready endpoint", 30, || {
         curl(&probed_url).is_err()
     });
-    let pod = get(&c, &["pod", "probed"]);
+    let pod = c.get_json(&["pod", "probed"]);
     assert_eq!(pod["status"]["phase"], "Running");
     assert!(has_event(&c, "probed", "Unhealthy"));
 }
@@ -264,14 +251,14 @@ fn bad_input_gets_clear_statuses_and_a_lost_node_goes_not_ready() {
         ),
     );
     c.eventually("the unknown image explained", 30, || {
-        let p = get(&c, &["pod", "unknown-image"]);
+        let p = c.get_json(&["pod", "unknown-image"]);
         let reason = &p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"];
         (reason == "ErrImagePull" || reason == "ImagePullBackOff")
             && p["status"]["phase"] == "Pending"
             && has_event(&c, "unknown-image", "Failed")
     });
     c.eventually("the unschedulable pod explained", 30, || {
-        let p = get(&c, &["pod", "nowhere"]);
+        let p = c.get_json(&["pod", "nowhere"]);
         p["status"]["conditions"]
             .as_array()
             .into_iter()
@@ -287,7 +274,7 @@ fn bad_input_gets_clear_statuses_and_a_lost_node_goes_not_ready() {
             && has_event(&c, "nowhere", "FailedScheduling")
     });
     c.eventually("the crashing container restarted with back-off", 40, || {
-        let p = get(&c, &["pod", "crasher"]);
+        let p = c.get_json(&["pod", "crasher"]);
         let st = &p["status"]["containerStatuses"][0];
         st["restartCount"].as_u64().is_some_and(|n| n >= 1)
             && st["lastState"]["terminated"]["exitCode"] == 3
@@ -313,16 +300,13 @@ fn bad_input_gets_clear_statuses_and_a_lost_node_goes_not_ready() {
         c.kubectl(&["get", "node", &lost, "--no-headers"])
             .is_ok_and(|l| l.split_whitespace().nth(1) == Some("NotReady"))
     });
-    let on_lost = get(
-        &c,
-        &[
-            "pods",
-            "-l",
-            "app=web",
-            "--field-selector",
-            &format!("spec.nodeName={lost}"),
-        ],
-    );
+    let on_lost = c.get_json(&[
+        "pods",
+        "-l",
+        "app=web",
+        "--field-selector",
+        &format!("spec.nodeName={lost}"),
+    ]);
     let lost_ips: Vec<String> = on_lost["items"]
         .as_array()
         .into_iter()

@@ -88,6 +88,17 @@ impl TestCluster {
         kubectl(self.cluster.kubeconfig(), args)
     }
 
+    /// `kubectl get ARGS -o json`, or null when it fails.
+    pub fn get_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        self.kubectl(&all)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
     /// `kubectl ...` that must succeed.
     pub fn k(&self, args: &[&str]) -> String {
         self.kubectl(args)

@@ -1,0 +1,481 @@
+//! NetworkPolicy conformance in a `ferry up` cluster, from the upstream
+//! e2e netpol suite (namespaces x, y, z; pods a, b, c; servers on TCP and
+//! UDP 80 and 81; probes from every pod to every pod's address and
+//! Service; a whole truth table per check) and from cyclonus's generator
+//! families, every verdict checked against the suite's own model
+//! (`netpol/model.rs`), which is itself checked here against upstream's
+//! hand-written tables.
+//!
+//! One two-node cluster serves every case: between cases all policies are
+//! deleted and every label put back. Probes are `ferry-probe` processes in
+//! the source pod's network namespace and cgroup, 160 at a time, 1 s for a
+//! denial (see `netpol/probe.rs`).
+//!
+//! Environment: `FERRY_NETPOL_CASES` (default 20) random cases from `FERRY_NETPOL_SEED`
+//! (default 13); `FERRY_NETPOL_FILTER` runs only the cases whose name
+//! holds it.
+
+mod common;
+
+mod netpol {
+    pub mod cases;
+    pub mod generate;
+    pub mod model;
+    pub mod probe;
+    pub mod runner;
+    pub mod world;
+}
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::TestCluster;
+use ferry_testbed::skip_if_not_root;
+use netpol::cases::{self, Env, Expect, Step};
+use netpol::generate::{self, Rng};
+use netpol::model::{Cidr, Dir, Op, Peer, Policy, PortSpec, Proto, Rule, Selector};
+use netpol::probe::{Outcome, Prober, Spec};
+use netpol::runner::{self, Runner};
+use netpol::world;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Addresses like a two-node cluster's, for the model-only tests.
+fn fake_env() -> Env {
+    let mut ips = BTreeMap::new();
+    let mut k = 0u8;
+    for ns in world::NAMESPACES {
+        for pod in world::PODS {
+            ips.insert(format!("{ns}/{pod}"), Ipv4Addr::new(10, 244, k % 2, 10 + k));
+            k += 1;
+        }
+    }
+    Env { ips }
+}
+
+fn all_cases() -> Vec<cases::Case> {
+    let mut all = cases::upstream();
+    all.extend(cases::ours());
+    all
+}
+
+#[test]
+fn netpol_model_agrees_with_upstream_truth_tables() {
+    let env = fake_env();
+    let base = world::base_model(&env.ips);
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in all_cases() {
+        let steps = (case.steps)(&env);
+        checked += steps
+            .iter()
+            .filter(|s| matches!(s, Step::Check(e) if e.iter().all(|e| e.upstream.is_some())))
+            .count();
+        if let Err(e) = runner::model_vs_upstream(&base, &steps) {
+            failures.push(format!("{}: {e}", case.name));
+        }
+    }
+    assert!(checked >= 50, "only {checked} checks with upstream tables");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn netpol_model_semantics() {
+    let env = fake_env();
+    let mut m = world::base_model(&env.ips);
+    let (xa, xb, ya, yb, zc) = (
+        m.pod_index("x/a"),
+        m.pod_index("x/b"),
+        m.pod_index("y/a"),
+        m.pod_index("y/b"),
+        m.pod_index("z/c"),
+    );
+    // Selectors: NotIn matches a missing key; DoesNotExist; AND of
+    // matchLabels and matchExpressions.
+    let l = netpol::model::labels(&[("pod", "a")]);
+    assert!(Selector::expr("role", Op::NotIn, &["x"]).matches(&l));
+    assert!(Selector::expr("role", Op::DoesNotExist, &[]).matches(&l));
+    assert!(
+        !Selector::labels(&[("pod", "a")])
+            .and("pod", Op::In, &["b"])
+            .matches(&l)
+    );
+    // ipBlock except.
+    let c = Cidr::new(Ipv4Addr::new(10, 244, 1, 77), 16);
+    assert_eq!(c.to_string(), "10.244.0.0/16");
+    assert!(
+        c.contains(Ipv4Addr::new(10, 244, 200, 1)) && !c.contains(Ipv4Addr::new(10, 245, 0, 1))
+    );
+    // Defaulted policyTypes: egress rules make Egress; an empty egress
+    // list does not.
+    let mut p = Policy::new("x", "p", Selector::all());
+    p.egress = Some(vec![]);
+    assert_eq!(p.effective_types(), vec![Dir::Ingress]);
+    p.egress = Some(vec![Rule::all()]);
+    assert_eq!(p.effective_types(), vec![Dir::Ingress, Dir::Egress]);
+    // Self is always allowed; egress named ports resolve on the peer.
+    m.upsert(
+        Policy::new("x", "deny", Selector::all())
+            .ingress(vec![])
+            .egress(vec![Rule::ports(vec![PortSpec::proto_named(
+                Proto::Udp,
+                "serve-81-udp",
+            )])]),
+    );
+    assert!(m.allowed(xa, xa, 80, Proto::Tcp));
+    assert!(!m.allowed(ya, xa, 80, Proto::Tcp));
+    assert!(m.allowed(xa, ya, 81, Proto::Udp));
+    assert!(!m.allowed(xa, ya, 80, Proto::Udp));
+    assert!(
+        !m.allowed(xa, xb, 81, Proto::Udp),
+        "x/b's ingress is isolated"
+    );
+    // A second policy adds; endPort is inclusive.
+    m.upsert(
+        Policy::new("x", "range", Selector::labels(&[("pod", "b")])).ingress(vec![Rule::new(
+            vec![Peer::namespaces(Selector::all())],
+            vec![PortSpec::range(None, 79, 81)],
+        )]),
+    );
+    assert!(m.allowed(yb, xb, 80, Proto::Tcp), "inside the range");
+    assert!(m.allowed(yb, xb, 81, Proto::Tcp), "its end");
+    assert!(!m.allowed(yb, xb, 82, Proto::Tcp));
+    assert!(!m.allowed(zc, xb, 80, Proto::Udp));
+    // Policies of other namespaces never select.
+    assert!(m.allowed(zc, yb, 81, Proto::Tcp));
+}
+
+#[test]
+fn netpol_generated_cases_are_reproducible_and_varied() {
+    let env = fake_env();
+    let a: Vec<String> = {
+        let mut r = Rng::new(13);
+        (0..20)
+            .map(|_| generate::describe(&generate::case(&mut r, &env)))
+            .collect()
+    };
+    let b: Vec<String> = {
+        let mut r = Rng::new(13);
+        (0..20)
+            .map(|_| generate::describe(&generate::case(&mut r, &env)))
+            .collect()
+    };
+    assert_eq!(a, b);
+    // The families show up: named ports, ranges, ipBlocks with except,
+    // expressions, relabelling, deletion.
+    let all = {
+        let mut r = Rng::new(13);
+        (0..200)
+            .map(|_| generate::describe(&generate::case(&mut r, &env)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for needle in [
+        "serve-81-udp",
+        "endPort",
+        "except",
+        "NotIn",
+        "label pod",
+        "label ns",
+        "delete ",
+    ] {
+        assert!(all.contains(needle), "no {needle} in 200 generated cases");
+    }
+    // Not every generated table is trivial.
+    let base = world::base_model(&env.ips);
+    let mut r = Rng::new(13);
+    let mut denied = 0;
+    for _ in 0..20 {
+        let mut m = base.clone();
+        for s in generate::case(&mut r, &env) {
+            if let Step::Apply(ps) = s {
+                ps.into_iter().for_each(|p| m.upsert(p));
+            }
+        }
+        let t = m.table(80, Proto::Tcp);
+        denied += t.cells.iter().flatten().filter(|c| !**c).count();
+    }
+    assert!(denied > 0);
+}
+
+/// The first line `child` prints, within `limit`.
+fn first_line(rx: &mpsc::Receiver<String>, limit: Duration) -> Option<String> {
+    rx.recv_timeout(limit).ok()
+}
+
+#[test]
+fn netpol_conformance_in_a_ferry_cluster() {
+    if skip_if_not_root() {
+        return;
+    }
+    let started = Instant::now();
+    let c = TestCluster::up(2);
+    let pods = Runner::timed("world up", || world::build(&c));
+    let ips: BTreeMap<String, Ipv4Addr> = pods.iter().map(|p| (p.id(), p.ip)).collect();
+    let env = Env { ips: ips.clone() };
+    let base = world::base_model(&ips);
+    let nodes: std::collections::BTreeSet<&str> = pods.iter().map(|p| p.node.as_str()).collect();
+    assert_eq!(nodes.len(), 2, "the world spans both nodes");
+    let runner = Runner {
+        c: &c,
+        prober: Prober::new(pods),
+        base: base.clone(),
+        env,
+        retries: 3,
+        retry_pause: Duration::from_millis(700),
+        probes: std::cell::Cell::new(0),
+    };
+
+    // No policies: every pod reaches every pod and Service on every port
+    // and protocol, as the model says (a generous retry budget: Services
+    // are being programmed as the world comes up).
+    let warmup = Runner {
+        retries: 40,
+        retry_pause: Duration::from_millis(500),
+        ..runner_clone(&runner)
+    };
+    Runner::timed("no policies: 8 tables of 81", || {
+        warmup.check(&base, &generate::all_kinds())
+    })
+    .unwrap_or_else(|e| panic!("without policies: {e}"));
+    Runner::timed("no policies, again", || {
+        runner.check(&base, &generate::all_kinds())
+    })
+    .unwrap_or_else(|e| panic!("without policies: {e}"));
+
+    // The prober tells a refusal (nothing listens on 82: an RST) from a
+    // timeout (an address nobody has), which the no-RST check relies on.
+    let xa = runner.base.pod_index("x/a");
+    let yb_ip = runner.prober.pods[runner.base.pod_index("y/b")].ip;
+    let unused = Ipv4Addr::from(u32::from(yb_ip) | 0xfe);
+    let out = runner.prober.run(&[
+        Spec {
+            src: xa,
+            addr: SocketAddrV4::new(yb_ip, 82),
+            udp: false,
+        },
+        Spec {
+            src: xa,
+            addr: SocketAddrV4::new(unused, 80),
+            udp: false,
+        },
+        Spec {
+            src: xa,
+            addr: SocketAddrV4::new(unused, 80),
+            udp: true,
+        },
+    ]);
+    assert_eq!(
+        out,
+        [Outcome::Refused, Outcome::TimedOut, Outcome::TimedOut],
+        "{unused}"
+    );
+
+    let filter = std::env::var("FERRY_NETPOL_FILTER").unwrap_or_default();
+    let seed = env_num("FERRY_NETPOL_SEED", 13);
+    let count = env_num("FERRY_NETPOL_CASES", 20);
+    let mut named: Vec<(String, Vec<Step>)> = all_cases()
+        .into_iter()
+        .filter(|c| c.name.contains(&filter))
+        .map(|c| (c.name.to_owned(), (c.steps)(&runner.env)))
+        .collect();
+    let mut rng = Rng::new(seed);
+    for i in 0..count {
+        let steps = generate::case(&mut rng, &runner.env);
+        let name = format!(
+            "generated #{i} (seed {seed}):\n  {}",
+            generate::describe(&steps)
+        );
+        if name.contains(&filter) || filter.is_empty() {
+            named.push((name, steps));
+        }
+    }
+
+    let mut failures = Vec::new();
+    for (name, steps) in &named {
+        world::reset(&c);
+        let t = Instant::now();
+        let r = runner.run_case(steps);
+        eprintln!(
+            "netpol: {} {name} ({:.1?})",
+            if r.is_ok() { "ok  " } else { "FAIL" },
+            t.elapsed()
+        );
+        if let Err(e) = r {
+            failures.push(format!("=== {name}\n{e}"));
+        }
+    }
+    world::reset(&c);
+    if filter.is_empty() {
+        if let Err(e) = long_lived_connection_survives_unrelated_change(&runner, true) {
+            failures.push(format!(
+                "=== an allowed long-lived connection survives an unrelated policy change\n{e}"
+            ));
+        }
+        world::reset(&c);
+        if let Err(e) = denied_syn_times_out(&runner) {
+            failures.push(format!(
+                "=== a denied SYN is dropped (timeout, no RST)\n{e}"
+            ));
+        }
+    }
+    eprintln!(
+        "netpol: {} cases, {} probes, {} failed, {:.1?} in all",
+        named.len() + 2,
+        runner.probes.get(),
+        failures.len(),
+        started.elapsed()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn runner_clone<'a>(r: &Runner<'a>) -> Runner<'a> {
+    Runner {
+        c: r.c,
+        prober: Prober {
+            bin: r.prober.bin.clone(),
+            pods: r.prober.pods.clone(),
+            workers: r.prober.workers,
+            timeout: r.prober.timeout,
+        },
+        base: r.base.clone(),
+        env: r.env.clone(),
+        retries: r.retries,
+        retry_pause: r.retry_pause,
+        probes: std::cell::Cell::new(0),
+    }
+}
+
+/// x/b holds a connection to x/a:80 that a policy allows; a policy of
+/// another namespace and one for another pod land (with `probe`, the
+/// table shows them enforced); the connection still carries its request.
+fn long_lived_connection_survives_unrelated_change(r: &Runner, probe: bool) -> Result<(), String> {
+    let allow =
+        Policy::new("x", "a-from-b", Selector::labels(&[("pod", "a")])).ingress(vec![Rule::new(
+            vec![Peer::pods(Selector::labels(&[("pod", "b")]))],
+            vec![PortSpec::proto_number(Proto::Tcp, 80)],
+        )]);
+    let tcp80 = [Expect {
+        port: 80,
+        proto: Proto::Tcp,
+        upstream: None,
+    }];
+    r.run_case(&[
+        Step::Apply(vec![allow.clone()]),
+        Step::Check(tcp80.to_vec()),
+    ])?;
+
+    let (xa, xb) = (r.base.pod_index("x/a"), r.base.pod_index("x/b"));
+    let release = r.c.data_dir.join("netpol-release");
+    let _ = std::fs::remove_file(&release);
+    let holder = &r.prober.pods[xb];
+    // The held connection's own timeouts: far beyond the test's waits.
+    let mut child = netpol::probe::command(
+        &r.prober.bin,
+        &holder.netns,
+        &holder.cgroup,
+        SocketAddr::V4(SocketAddrV4::new(r.prober.pods[xa].ip, 80)),
+        Duration::from_secs(60),
+        &["--hold", &release.to_string_lossy()],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .map_err(|e| format!("spawning the holder: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let result = (|| {
+        let first = first_line(&rx, Duration::from_secs(5)).ok_or("the holder never connected")?;
+        if !first.starts_with("connected ") {
+            return Err(format!("the holder: {first}"));
+        }
+        let unrelated = vec![
+            Policy::new("y", "deny-ingress", Selector::all()).ingress(vec![]),
+            Policy::new("x", "isolate-c", Selector::labels(&[("pod", "c")]))
+                .ingress(vec![])
+                .egress(vec![]),
+        ];
+        r.run_steps(
+            &[
+                Step::Apply(vec![allow.clone()]),
+                Step::Apply(unrelated),
+                Step::Check(tcp80.to_vec()),
+            ],
+            probe,
+        )?;
+        std::fs::write(&release, "").map_err(|e| e.to_string())?;
+        let reply =
+            first_line(&rx, Duration::from_secs(10)).ok_or("no reply on the held connection")?;
+        if reply.starts_with("ok a ") {
+            Ok(())
+        } else {
+            Err(format!("the held connection: {reply}"))
+        }
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// With ingress denied, a SYN to the pod (and to its Service) is dropped:
+/// the client times out after its whole timeout, never refused.
+fn denied_syn_times_out(r: &Runner) -> Result<(), String> {
+    r.run_case(&[
+        Step::Apply(vec![
+            Policy::new("x", "deny-ingress", Selector::all()).ingress(vec![]),
+        ]),
+        Step::Check(vec![Expect {
+            port: 80,
+            proto: Proto::Tcp,
+            upstream: None,
+        }]),
+    ])?;
+    let (xa, ya) = (r.base.pod_index("x/a"), r.base.pod_index("y/a"));
+    let slow = Prober {
+        bin: r.prober.bin.clone(),
+        pods: r.prober.pods.clone(),
+        workers: 2,
+        timeout: Duration::from_millis(2000),
+    };
+    let t = Instant::now();
+    let out = slow.run(&[
+        Spec {
+            src: ya,
+            addr: SocketAddrV4::new(r.prober.pods[xa].ip, 80),
+            udp: false,
+        },
+        Spec {
+            src: ya,
+            addr: SocketAddrV4::new(r.prober.pods[xa].service_ip, 80),
+            udp: false,
+        },
+    ]);
+    let took = t.elapsed();
+    if out != [Outcome::TimedOut, Outcome::TimedOut] || took < Duration::from_millis(1900) {
+        return Err(format!(
+            "expected two timeouts after 2 s, got {out:?} in {took:.1?}"
+        ));
+    }
+    Ok(())
+}

@@ -64,6 +64,15 @@ impl IpFamily {
     }
 }
 
+/// Most nodes of a cluster: the underlay's /24 also holds the
+/// LoadBalancer pool ([`LB_POOL_FIRST`]) and the apiserver (`.250`).
+pub const MAX_NODES: usize = 200;
+/// The LoadBalancer IP pool: 16 addresses of the underlay's subnets from
+/// this host part on (`.224/28`, `::e0/124`), on-link for every node, so
+/// the agents announce them (L2) and the forwarder and a `--host-access
+/// route` host reach them.
+const LB_POOL_FIRST: u8 = 224;
+
 /// What [`Cluster::up`] builds.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -119,11 +128,10 @@ impl Settings {
                 self.name
             )));
         }
-        if self.nodes == 0 || self.nodes > ferry_testbed::MAX_NODES {
+        if self.nodes == 0 || self.nodes > MAX_NODES {
             return Err(Error::Config(format!(
                 "--nodes {}: a cluster has 1 to {} nodes",
-                self.nodes,
-                ferry_testbed::MAX_NODES
+                self.nodes, MAX_NODES
             )));
         }
         Ok(())
@@ -519,6 +527,16 @@ impl Cluster {
             &logs.join("apiserver.log"),
         );
         api_spec.argv.extend(family.apiserver_args());
+        let lb_v4 =
+            Ipv4Addr::from(u32::from(first.underlay_v4.network()) + u32::from(LB_POOL_FIRST));
+        let lb_v6 =
+            Ipv6Addr::from(u128::from(first.underlay_v6.network()) + u128::from(LB_POOL_FIRST));
+        api_spec.argv.extend([
+            "--loadbalancer-ip-pool".to_owned(),
+            family
+                .pick(format!("{lb_v4}/28"), format!("{lb_v6}/124"))
+                .join(","),
+        ]);
         api_spec
             .argv
             .extend(settings.apiserver_args.iter().cloned());

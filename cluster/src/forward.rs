@@ -292,8 +292,11 @@ fn key_of(svc: &Service) -> String {
     )
 }
 
-/// The NodePorts the Services ask for. Two Services cannot hold one
-/// NodePort (the apiserver allocates them), so each key has one owner.
+/// What the Services ask for: every NodePort, toward the nodes; then
+/// every port of a LoadBalancer's ingress IPs, toward those IPs (as a
+/// local cloud provider publishes them), where no NodePort holds it. Two
+/// Services cannot hold one NodePort (the apiserver allocates them); of
+/// LoadBalancers sharing a port, the first by name wins.
 fn node_ports(
     services: &BTreeMap<String, Service>,
     nodes: &[std::net::IpAddr],
@@ -321,6 +324,38 @@ fn node_ports(
                         .collect(),
                 },
             );
+        }
+    }
+    for (name, svc) in services {
+        let ingress: Vec<std::net::IpAddr> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_deref()?.parse().ok())
+            .collect();
+        if ingress.is_empty() {
+            continue;
+        }
+        let Some(spec) = &svc.spec else { continue };
+        for port in spec.ports.iter().flatten() {
+            let Ok(number) = u16::try_from(port.port) else {
+                continue;
+            };
+            let proto = match port.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => Proto::Tcp,
+                "UDP" => Proto::Udp,
+                _ => continue,
+            };
+            wanted.entry((number, proto)).or_insert_with(|| Target {
+                what: format!("{name} (LoadBalancer)"),
+                addrs: ingress
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, number))
+                    .collect(),
+            });
         }
     }
     wanted

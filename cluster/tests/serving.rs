@@ -328,3 +328,48 @@ fn bad_input_gets_clear_statuses_and_a_lost_node_goes_not_ready() {
             .is_ok_and(|l| l.split_whitespace().nth(1) == Some("Ready"))
     });
 }
+
+/// A LoadBalancer Service gets an ingress IP from the cluster's pool (on
+/// the underlay, announced by a node's agent) and answers on the host's
+/// loopback at its own port, as a local cloud provider publishes it; gone
+/// with the Service.
+#[test]
+fn a_load_balancer_gets_an_address_and_answers_on_localhost() {
+    if skip_if_not_root() {
+        return;
+    }
+    let c = TestCluster::up(2);
+    apply(&c, &deployment("lb", 2, "nginx"));
+    apply(
+        &c,
+        &json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "lb"},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "lb"},
+                     "ports": [{"port": 18080, "targetPort": 80}]},
+        }),
+    );
+    c.k(&["rollout", "status", "deploy/lb", "--timeout=60s"]);
+    c.eventually("an ingress IP", 30, || {
+        c.get_json(&["svc", "lb"])["status"]["loadBalancer"]["ingress"][0]["ip"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("172.31."))
+    });
+    c.eventually("the LoadBalancer answers on localhost:18080", 30, || {
+        curl("http://localhost:18080/").is_ok_and(|p| p.contains("Welcome to nginx!"))
+    });
+    let published: Vec<String> = c
+        .cluster
+        .published()
+        .iter()
+        .map(|p| p.what.clone())
+        .collect();
+    assert!(
+        published.iter().any(|w| w == "default/lb (LoadBalancer)"),
+        "{published:?}"
+    );
+    c.k(&["delete", "svc", "lb"]);
+    c.eventually("the port closed with the Service", 30, || {
+        curl("http://localhost:18080/").is_err()
+    });
+}

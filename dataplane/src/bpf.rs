@@ -15,6 +15,7 @@ use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
+use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
 use aya::programs::{
     CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
 };
@@ -350,6 +351,11 @@ const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
     (TC_EGRESS, TcAttachType::Egress),
 ];
 
+/// The classic TC filter priority and handle of the pod programs on pods'
+/// devices: fixed, so a restarted agent finds and replaces its own filter.
+pub const POD_TC_PRIORITY: u16 = 1;
+const POD_TC_HANDLE: TcHandle = TcHandle::new(0, 1);
+
 /// The same for pods' devices.
 const POD_TC_PROGRAMS: [(&str, TcAttachType); 2] = [
     (POD_TC_INGRESS, TcAttachType::Ingress),
@@ -399,13 +405,57 @@ impl PacketHooks {
         Ok(pins)
     }
 
-    /// Attaches the pod programs to pod device `device` (replacing a
-    /// previous agent's links there: the new link first, then the old goes,
-    /// under either program name); returns the pins.
+    /// Attaches the pod programs to pod device `device` as classic TC
+    /// filters (clsact, [`POD_TC_PRIORITY`]): a TCX attach waits for an RCU
+    /// grace period while holding RTNL (12-30 ms here, serialising every
+    /// netlink writer on the machine, pods' CNI ADDs among them), a netlink
+    /// filter does not. A previous agent's filter there is replaced in
+    /// place, never removed first. The filter lives with the device, not
+    /// with this process, so an agent restart changes nothing for the pod.
+    /// Once attached, each program is pinned per device in the links
+    /// directory ([`pod_device_pins`]): what ferry-cni waits for before the
+    /// pod runs. Returns the pins.
     pub fn attach_pod(&mut self, device: &str) -> Result<Vec<PathBuf>, BpfError> {
+        // Already there when a previous agent attached, or a pod device
+        // had it: fine either way; a missing qdisc fails the attach below.
+        let _ = aya::programs::tc::qdisc_add_clsact(device);
         let mut pins = Vec::new();
         for (name, kind) in POD_TC_PROGRAMS {
-            pins.push(self.attach_one(name, kind, device)?);
+            let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+            let options = || {
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: POD_TC_PRIORITY,
+                    handle: POD_TC_HANDLE,
+                    classid: None,
+                })
+            };
+            let id = match prog.attach_with_options(device, kind, options()) {
+                Ok(id) => id,
+                // Our filter is there (a previous agent's): swap the
+                // program in it.
+                Err(first) => {
+                    let link = SchedClassifierLink::attached(
+                        device,
+                        kind,
+                        POD_TC_PRIORITY,
+                        POD_TC_HANDLE,
+                        None,
+                    )
+                    .map_err(|_| prog_err(name)(first))?;
+                    prog.attach_to_link(link).map_err(prog_err(name))?
+                }
+            };
+            // The filter must outlive this process: never detach it on drop.
+            std::mem::forget(prog.take_link(id).map_err(prog_err(name))?);
+            let path = self.links_dir.join(pin_name(name, device));
+            // A previous agent's pin here (a TCX link, before filters) goes
+            // only now that the filter runs.
+            remove_link(&path)?;
+            prog.pin(&path).map_err(|source| BpfError::Pin {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
+            pins.push(path);
         }
         for (name, _) in TC_PROGRAMS {
             remove_link(&self.links_dir.join(pin_name(name, device)))?;
@@ -558,17 +608,22 @@ fn swap_pin(link: FdLink, links_dir: &Path, name: &str) -> Result<PathBuf, BpfEr
     Ok(path)
 }
 
-/// Unpins (and so detaches) the link pinned at `path`, if any.
+/// Unpins (and so detaches) the link pinned at `path`, if any; a pinned
+/// program there (a pod device's marker, [`PacketHooks::attach_pod`]) is
+/// only unpinned: its filter goes with its device.
 fn remove_link(path: &Path) -> Result<(), BpfError> {
     if !path.exists() {
         return Ok(());
     }
-    let pinned = PinnedLink::from_pin(path).map_err(|source| BpfError::Link {
-        path: path.to_owned(),
-        source: Box::new(source),
-    })?;
-    // Dropping the unpinned link closes the last reference: detached.
-    drop(pinned.unpin().map_err(io_err("unpinning", path))?);
+    match PinnedLink::from_pin(path) {
+        // Dropping the unpinned link closes the last reference: detached.
+        Ok(pinned) => drop(pinned.unpin().map_err(io_err("unpinning", path))?),
+        Err(_) => match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("unpinning", path)(e)),
+        },
+    }
     Ok(())
 }
 
@@ -750,6 +805,22 @@ pub fn uninstall(layout: &Layout) -> Result<(), BpfError> {
     let links_dir = layout.links_dir();
     if let Ok(entries) = std::fs::read_dir(&links_dir) {
         for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // A pod device's filter, named by its marker pin (devices gone
+            // since took theirs with them).
+            for (program, kind) in POD_TC_PROGRAMS {
+                if let Some(device) = name.strip_prefix(&format!("{program}_"))
+                    && let Ok(link) = SchedClassifierLink::attached(
+                        device,
+                        kind,
+                        POD_TC_PRIORITY,
+                        POD_TC_HANDLE,
+                        None,
+                    )
+                {
+                    let _ = aya::programs::links::Link::detach(link);
+                }
+            }
             remove_link(&entry.path())?;
         }
     }

@@ -145,9 +145,9 @@ enum Bench {
     /// `ferry up` measured whole: time to a usable cluster with 1 and 3
     /// nodes (library and CLI) against kind/k3d/minikube's published
     /// figures, idle memory, pod create to reachable through its Service,
-    /// a Deployment scaled from 0 to 1,000 on 10 nodes, and 10,000 Services
-    /// with 100,000 Pods loaded into ferry-apiserver (root); writes
-    /// target/bench/cluster.md.
+    /// a Deployment scaled from 0 to 1,000 on 10 nodes, 10,000 Services
+    /// with 100,000 Pods loaded into ferry-apiserver, and a pod's veth to
+    /// the agent's programs attached (root); writes target/bench/cluster.md.
     Cluster,
     /// ferry-dns against Debian's unbound and knot serving the equivalent
     /// static zone: dnsperf queries/s and latency for a mix of cluster names

@@ -3,25 +3,24 @@
 //! under 50 ms from the veth to the programs attached, driven by netlink
 //! events).
 //!
-//! `ferry up` starts its agents without `--pod-devices` (its pods live in
-//! the agent's cgroup, so socket-level balancing covers them with nothing
-//! to do per pod). This phase measures the per-pod path the agent takes
-//! where that is not so: on a 1-node cluster built by [`Cluster::up`], node
-//! 0's agent is stopped and started again, same binary and arguments, plus
-//! `--pod-devices fer` (ferry-cni's host veth prefix). Then, in node 0's
-//! namespace:
+//! `ferry up` starts its agents with `--pod-devices fer` (ferry-cni's host
+//! veth prefix: NetworkPolicy and per-packet translation at pods' veths),
+//! and ferry-cni's ADD waits for the agent's pins before the pod runs. On
+//! a 1-node cluster built by [`Cluster::up`] (an agent without the flag is
+//! restarted with it), in node 0's namespace:
 //! 1. N veth pairs, one at a time, as ferry-cni wires a pod: the host end
 //!    (`ferbench<i>`) in the node, the peer in a namespace of the run's
 //!    own, then the host end set up (one `ip -batch` per pair). Each is
 //!    timed from the moment the link is visible in the node (its name
-//!    resolves, polled every 100 µs while `ip` runs) until the kernel
-//!    lists both programs on it (`BPF_PROG_QUERY` of TCX ingress and
-//!    egress: the programs run on its packets from then on), and until the
-//!    agent's pins of both links exist.
+//!    resolves, polled every 100 µs while `ip` runs) until the agent has
+//!    attached both programs (it pins each on the device's behalf as its
+//!    classic TC filter's attach returns: from then on it runs on the
+//!    device's packets; the ingress one comes first).
 //! 2. Pods created through the API one at a time (ferry-node wires them
 //!    with ferry-cni): when was each pod's veth first seen, when were the
-//!    programs on it (the same kernel query, every 250 µs), and when did
-//!    a watch see the pod Ready; the pods whose Ready came first.
+//!    programs on it (the same pins, every 250 µs), and when did a watch
+//!    see the pod Ready; the pods whose Ready came first (none, since ADD
+//!    waits for the pins).
 //!
 //! Everything is bounded; the veths, the spare namespace, the replacement
 //! agent and the pods go on drop (the cluster with them).
@@ -34,9 +33,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use aya::programs::tc::{SchedClassifier, TcAttachType};
 use ferry_cluster::Cluster;
-use ferry_dataplane::bpf::{TC_EGRESS, TC_INGRESS};
+use ferry_dataplane::bpf::{POD_TC_EGRESS, POD_TC_INGRESS};
 use ferry_testbed::{Netns, Process};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -144,7 +142,7 @@ fn run_on(
     let prefix = cluster.world().prefix().to_owned();
     let agent = AgentSwap::start(cluster, &node, &netns)?;
     say(&format!(
-        "attach: node {node}'s agent restarted with --pod-devices {POD_PREFIX}; {} veths",
+        "attach: node {node}'s agent with --pod-devices {POD_PREFIX}; {} veths",
         s.attach_veths
     ));
     let spare = Spare::create(&netns, &format!("{prefix}-attach"))?;
@@ -170,7 +168,15 @@ fn run_on(
             "attach: {} pods through the API, Ready against attached",
             s.attach_pods
         ));
-        match pods_ready(cluster, &netns, s.attach_pods, after, rt, stop) {
+        match pods_ready(
+            cluster,
+            &netns,
+            &agent.links_dir,
+            s.attach_pods,
+            after,
+            rt,
+            stop,
+        ) {
             Ok(p) => (Some(p), None),
             Err(e) => (None, Some(format!("{e:#}"))),
         }
@@ -191,6 +197,8 @@ struct AgentSwap {
     process: Option<Process>,
     pid: u32,
     links_dir: PathBuf,
+    /// Whether the cluster's agent was replaced (and must come back).
+    swapped: bool,
 }
 
 impl AgentSwap {
@@ -216,21 +224,27 @@ impl AgentSwap {
             .and_then(|i| argv.get(i + 1))
             .map(PathBuf::from)
             .context("the agent has no --bpffs-root")?;
-        argv.extend(["--pod-devices".into(), POD_PREFIX.into()]);
-        cluster
-            .stop("agent", Some(node))
-            .context("stopping node 0's agent")?;
         let mut swap = Self {
             node: node.to_owned(),
             process: None,
-            pid: 0,
+            pid,
             // `ferry_dataplane::bpf::Layout::links_dir`.
             links_dir: ferry_dataplane::bpf::Layout {
                 bpffs_root: bpffs,
                 cgroup_root: PathBuf::new(),
             }
             .links_dir(),
+            swapped: false,
         };
+        if argv.iter().any(|a| a == "--pod-devices") {
+            // `ferry up`'s own agent already takes pods' devices.
+            return Ok(swap);
+        }
+        argv.extend(["--pod-devices".into(), POD_PREFIX.into()]);
+        cluster
+            .stop("agent", Some(node))
+            .context("stopping node 0's agent")?;
+        swap.swapped = true;
         let mut p = netns
             .spawn(&argv)
             .context("starting the agent with --pod-devices")?;
@@ -243,6 +257,9 @@ impl AgentSwap {
 
     /// Stops the replacement and starts the cluster's own agent again.
     fn restore(mut self, cluster: &mut Cluster) {
+        if !self.swapped {
+            return;
+        }
         self.process.take();
         if let Err(e) = cluster.start("agent", Some(&self.node)) {
             eprintln!("cluster-bench: attach: restarting the agent: {e:#}");
@@ -325,27 +342,19 @@ struct Timed {
     after_ip: Option<Duration>,
 }
 
-/// Whether the kernel lists the agent's program at `kind` on `dev` (the
-/// calling thread's namespace). Kernel program names are cut to 15 bytes.
-fn has_program(dev: &str, kind: TcAttachType, program: &str) -> bool {
-    SchedClassifier::query_tcx(dev, kind).is_ok_and(|(_, progs)| {
-        progs.iter().any(|p| {
-            p.name_as_str()
-                .is_some_and(|n| !n.is_empty() && program.starts_with(n))
-        })
-    })
+/// Whether the agent has attached `program` to `dev`: its pin for the
+/// device (`ferry_dataplane::bpf::pod_device_pins`), made as the attach
+/// returns.
+fn has_program(links_dir: &Path, dev: &str, program: &str) -> bool {
+    links_dir.join(format!("{program}_{dev}")).exists()
 }
 
-fn attached(dev: &str) -> bool {
-    has_program(dev, TcAttachType::Ingress, TC_INGRESS)
-        && has_program(dev, TcAttachType::Egress, TC_EGRESS)
+fn attached(links_dir: &Path, dev: &str) -> bool {
+    has_program(links_dir, dev, POD_TC_INGRESS) && has_program(links_dir, dev, POD_TC_EGRESS)
 }
 
-/// `ferry_dataplane::bpf`'s pin names (`<program>_<device>`).
 fn pinned(links_dir: &Path, dev: &str) -> bool {
-    [TC_INGRESS, TC_EGRESS]
-        .iter()
-        .all(|p| links_dir.join(format!("{p}_{dev}")).exists())
+    attached(links_dir, dev)
 }
 
 fn socket() -> Result<OwnedFd> {
@@ -410,10 +419,10 @@ fn time_veths(n: usize, spare: &Spare, links_dir: &Path, stop: &AtomicBool) -> R
             // Each mark is taken when its check returned: a query waits
             // for RTNL, which an attach holds through its RCU grace period.
             if let Some(v) = visible {
-                if t.ingress.is_none() && has_program(&name, TcAttachType::Ingress, TC_INGRESS) {
+                if t.ingress.is_none() && has_program(links_dir, &name, POD_TC_INGRESS) {
                     t.ingress = Some(v.elapsed());
                 }
-                if t.ingress.is_some() && t.attached.is_none() && attached(&name) {
+                if t.ingress.is_some() && t.attached.is_none() && attached(links_dir, &name) {
                     t.attached = Some(v.elapsed());
                 }
                 if t.pinned.is_none() && pinned(links_dir, &name) {
@@ -483,7 +492,11 @@ struct Seen {
 /// Follows the node's new `fer...` links (by interface index, which the
 /// kernel hands out increasing, from `after` on) until `done`; notes when
 /// each was first seen and when both programs were on it.
-fn follow_pod_links(after: u32, done: &AtomicBool) -> Result<HashMap<String, Seen>> {
+fn follow_pod_links(
+    after: u32,
+    links_dir: &Path,
+    done: &AtomicBool,
+) -> Result<HashMap<String, Seen>> {
     const WINDOW: u32 = 8;
     let sock = socket()?;
     let mut next = after + 1;
@@ -523,7 +536,7 @@ fn follow_pod_links(after: u32, done: &AtomicBool) -> Result<HashMap<String, See
             k += 1;
         }
         pending.retain(|name| {
-            if !attached(name) {
+            if !attached(links_dir, name) {
                 return true;
             }
             if let Some(s) = seen.get_mut(name) {
@@ -553,6 +566,7 @@ impl Drop for SetOnDrop<'_> {
 fn pods_ready(
     cluster: &Cluster,
     netns: &Netns,
+    links_dir: &Path,
     n: usize,
     after: u32,
     rt: &tokio::runtime::Runtime,
@@ -592,8 +606,9 @@ fn pods_ready(
     let done = Arc::new(AtomicBool::new(false));
     let poller = {
         let done = Arc::clone(&done);
+        let links_dir = links_dir.to_owned();
         netns
-            .thread(move || follow_pod_links(after, &done))
+            .thread(move || follow_pod_links(after, &links_dir, &done))
             .context("starting the link poller")?
     };
     let created = {

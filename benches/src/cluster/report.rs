@@ -413,21 +413,18 @@ fn attach(o: &mut String, r: &Results) {
     let _ = writeln!(
         o,
         "### A pod's veth until the agent's programs are on it\n\n\
-         `ferry up` runs its agents without `--pod-devices` (its pods are in the agent's cgroup: \
-         socket-level balancing covers them from their first connect, with nothing done per pod). \
-         This measures the per-pod path of agents that are given it: on a 1-node cluster, node \
-         {}'s agent restarted with its own arguments plus `--pod-devices {}`. {} veth pairs, one \
+         `ferry up` runs its agents with `--pod-devices {1}` (NetworkPolicy and per-packet \
+         translation at pods' veths), attaching classic TC filters (clsact; a TCX attach waits \
+         for an RCU grace period under RTNL), and ferry-cni's ADD waits for them before the pod \
+         runs. On a 1-node cluster, node {0}'s agent: {2} veth pairs, one \
          at a time, wired as ferry-cni wires a pod (host end `ferbench<i>` in the node, peer in a \
          namespace of the run's own, host end set up: one `ip -batch`), kept until the end (the \
-         node holds {} of them by the last). Each timed from the moment its link was visible in \
-         the node (its name resolved; polled every 100 µs while `ip` ran) until the kernel listed \
-         both programs on it (`BPF_PROG_QUERY` of TCX ingress and egress, the agent's programs \
-         by name; the query takes RTNL, which a TCX attach holds through its RCU grace period, \
-         so a program is seen once its attach call is done: it runs on packets from a grace \
-         period earlier), and until both links were pinned under \
-         the agent's bpffs `links/`. The poll sleeps 100 µs between rounds (≈0.1–0.2 ms \
-         resolution) and shares the cores with the agent. Wall {:.1} s; the agent used {:.2} s \
-         of CPU.\n",
+         node holds {3} of them by the last). Each timed from the moment its link was visible in \
+         the node (its name resolved; polled every 100 µs while `ip` ran) until the agent had \
+         attached both programs: it pins each for the device under its bpffs `links/` as that \
+         filter's attach returns (what ferry-cni waits for). The poll sleeps 100 µs between \
+         rounds (≈0.1–0.2 ms resolution) and shares the cores with the agent. Wall {4:.1} s; the \
+         agent used {5:.2} s of CPU.\n",
         a.node,
         super::attach::POD_PREFIX,
         v.count,
@@ -441,12 +438,8 @@ fn attach(o: &mut String, r: &Results) {
          | --- | ---: | ---: | ---: | ---: |"
     );
     for (what, s) in [
-        (
-            "ingress program attached (kernel; the agent's first)",
-            &v.ingress,
-        ),
-        ("**both programs attached (kernel)**", &v.attached),
-        ("links pinned (bpffs)", &v.pinned),
+        ("ingress program attached (the agent's first)", &v.ingress),
+        ("**both programs attached**", &v.attached),
         (
             "programs attached, from `ip` (add + up) returned",
             &v.after_ip,
@@ -481,7 +474,7 @@ fn attach(o: &mut String, r: &Results) {
             "Pods through the API on the same node (pause, created one at a time, each waited for \
              until Ready; ferry-node wires them with ferry-cni): each pod's veth (found by the \
              node's route to the pod's address) followed by a poller in the node (new interfaces \
-             by index, the same kernel query, every 250 µs), Ready as this process's watch saw it \
+             by index, the same pins, every 250 µs), Ready as this process's watch saw it \
              (after the status write: Ready's true time is a little earlier).\n\n\
              | pods | Ready | veth found | **Ready before the programs** | veth seen → attached p50 / max | attached → Ready seen p50 / min |\n\
              | ---: | ---: | ---: | ---: | ---: | ---: |\n\

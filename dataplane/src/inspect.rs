@@ -30,6 +30,9 @@ pub enum What {
     /// Which programs each device has (XDP fast path, TC), and the XDP
     /// counters.
     Devices,
+    /// NetworkPolicy: each of this node's pods (or the one at the address
+    /// given after it), its isolation and what its policies allow.
+    Policy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +247,8 @@ pub fn print(
             }
         }
         What::Devices => devices(maps, links_dir, out)?,
+        // Its maps are opened apart (`bpf::PolicyMaps`): see [`policy`].
+        What::Policy => writeln!(out, "the policy maps are printed by `inspect policy`")?,
     }
     Ok(())
 }
@@ -296,4 +301,184 @@ fn devices(maps: &Maps, links_dir: &Path, out: &mut impl Write) -> Result<(), In
         sum.tx, sum.redirected, sum.dropped, sum.local, sum.to_tc, sum.passed
     )?;
     Ok(())
+}
+
+/// `inspect policy`: each of this node's pods (or the one at `only`) with
+/// its isolation and the allow table of its policy set, peers shown as the
+/// addresses holding their identity or the prefixes of their ipBlocks.
+pub fn policy(
+    written: &crate::policy::programmer::Written,
+    only: Option<IpAddr>,
+    out: &mut impl Write,
+) -> Result<(), InspectError> {
+    use ferry_ebpf_common::policy::{
+        DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IDENTITY_CIDR_BIT,
+        IDENTITY_HOST, RULE_PREFIX_ANY_PORT, RULE_PREFIX_ANY_PROTO,
+    };
+    let mut holders: BTreeMap<u32, Vec<IpAddr>> = BTreeMap::new();
+    for (addr, id) in &written.identities {
+        holders.entry(*id).or_default().push(words_addr(addr));
+    }
+    let mut blocks: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for ((len, key), id) in &written.cidrs {
+        let ip = words_addr(&key.addr);
+        let bits = if ip.is_ipv4() {
+            len.saturating_sub(96)
+        } else {
+            *len
+        };
+        blocks.entry(*id).or_default().push(format!("{ip}/{bits}"));
+    }
+    let peer = |id: u32| -> String {
+        match id {
+            IDENTITY_ANY => "anyone".into(),
+            IDENTITY_HOST => "this node".into(),
+            _ if id & IDENTITY_CIDR_BIT != 0 => match blocks.get(&id) {
+                Some(b) => format!("ipBlock {}", b.join(" ")),
+                None => format!("ipBlock #{}", id & !IDENTITY_CIDR_BIT),
+            },
+            _ => {
+                let addrs = holders.get(&id).map(Vec::as_slice).unwrap_or_default();
+                let shown: Vec<String> = addrs.iter().take(3).map(IpAddr::to_string).collect();
+                let more = addrs.len().saturating_sub(3);
+                let more = if more > 0 {
+                    format!(" +{more} more")
+                } else {
+                    String::new()
+                };
+                format!("pods #{id} ({}{more})", shown.join(" "))
+            }
+        }
+    };
+    for (addr, ep) in &written.endpoints {
+        let ip = words_addr(addr);
+        if only.is_some_and(|o| o != ip) {
+            continue;
+        }
+        let iso = match (
+            ep.flags & EP_ISOLATED_INGRESS != 0,
+            ep.flags & EP_ISOLATED_EGRESS != 0,
+        ) {
+            (false, false) => "not isolated: everything passes",
+            (true, false) => "isolated for ingress",
+            (false, true) => "isolated for egress",
+            (true, true) => "isolated for ingress and egress",
+        };
+        writeln!(out, "{ip}  set {}  {iso}", ep.set)?;
+        if ep.flags == 0 {
+            continue;
+        }
+        writeln!(
+            out,
+            "  {:<9} {:<44} {:<6} {:<13} POLICY",
+            "DIRECTION", "PEER", "PROTO", "PORTS"
+        )?;
+        let mut any = false;
+        for ((len, k), v) in written.rules.iter().filter(|((_, k), _)| k.set == ep.set) {
+            let dir = if k.dir == DIR_INGRESS {
+                "ingress"
+            } else {
+                "egress"
+            };
+            let proto = if *len <= RULE_PREFIX_ANY_PROTO {
+                "any".to_owned()
+            } else {
+                proto_name(k.proto).to_owned()
+            };
+            let ports = if *len <= RULE_PREFIX_ANY_PORT {
+                "any".to_owned()
+            } else {
+                let first = u16::from_be(k.port);
+                let span = 1u32 << (16 - (len - RULE_PREFIX_ANY_PORT).min(16));
+                let last = u32::from(first) + span - 1;
+                if span == 1 {
+                    first.to_string()
+                } else {
+                    format!("{first}-{last}")
+                }
+            };
+            writeln!(
+                out,
+                "  {dir:<9} {:<44} {proto:<6} {ports:<13} #{}",
+                peer(k.peer),
+                v.policy
+            )?;
+            any = true;
+        }
+        if !any {
+            writeln!(out, "  (allows nothing)")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod policy_tests {
+    use super::*;
+    use crate::policy::programmer::Written;
+    use crate::service::programmer::addr_words;
+    use ferry_ebpf_common::policy::{
+        DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IDENTITY_CIDR_BIT,
+        PolicyCidrKey, PolicyEndpoint, PolicyRuleKey, PolicyRuleValue,
+    };
+
+    #[test]
+    fn the_allow_table_names_peers_protocols_and_port_ranges() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let mut w = Written::default();
+        let ep = |set, flags| PolicyEndpoint {
+            set,
+            flags,
+            ..PolicyEndpoint::default()
+        };
+        w.endpoints
+            .insert(addr_words(ip("10.244.0.5")), ep(3, EP_ISOLATED_INGRESS));
+        w.endpoints.insert(addr_words(ip("10.244.0.6")), ep(0, 0));
+        w.identities.insert(addr_words(ip("10.244.1.7")), 100);
+        w.cidrs.insert(
+            (
+                96 + 12,
+                PolicyCidrKey {
+                    addr: addr_words(ip("172.16.0.0")),
+                },
+            ),
+            IDENTITY_CIDR_BIT | 1,
+        );
+        let rule = |peer, dir, proto, port: u16, len| {
+            (
+                (
+                    len,
+                    PolicyRuleKey {
+                        set: 3,
+                        peer,
+                        dir,
+                        proto,
+                        port: port.to_be(),
+                    },
+                ),
+                PolicyRuleValue { policy: 7 },
+            )
+        };
+        w.rules.extend([
+            rule(100, DIR_INGRESS, 6, 80, 96),
+            rule(IDENTITY_CIDR_BIT | 1, DIR_INGRESS, 17, 5300, 94),
+            rule(IDENTITY_ANY, DIR_EGRESS, 0, 0, 72),
+        ]);
+        let mut out = Vec::new();
+        policy(&w, None, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("10.244.0.5  set 3  isolated for ingress"),
+            "{text}"
+        );
+        assert!(text.contains("pods #100 (10.244.1.7)"), "{text}");
+        assert!(text.contains("ipBlock 172.16.0.0/12"), "{text}");
+        assert!(text.contains("5300-5303"), "{text}");
+        assert!(text.contains("anyone"), "{text}");
+        assert!(text.contains("10.244.0.6  set 0  not isolated"), "{text}");
+        let mut one = Vec::new();
+        policy(&w, Some(ip("10.244.0.6")), &mut one).unwrap();
+        assert!(!String::from_utf8(one).unwrap().contains("10.244.0.5"));
+    }
 }

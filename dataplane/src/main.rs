@@ -295,6 +295,8 @@ enum Command {
     Inspect {
         #[arg(value_enum)]
         what: inspect::What,
+        /// With `policy`: only the pod at this address.
+        target: Option<std::net::IpAddr>,
     },
 }
 
@@ -331,7 +333,24 @@ async fn main() -> anyhow::Result<()> {
         Routing::None => None,
     };
     match &cli.command {
-        Some(Command::Inspect { what }) => {
+        Some(Command::Inspect {
+            what: inspect::What::Policy,
+            target,
+        }) => {
+            use ferry_dataplane::policy::programmer::PolicyTables as _;
+            let layout = cli.layout()?;
+            let maps = bpf::PolicyMaps::open(&layout).with_context(|| {
+                format!(
+                    "opening the policy maps under {} (is ferry-agent running with this --bpffs-root and --pod-devices?)",
+                    cli.bpffs_root.display()
+                )
+            })?;
+            let written = maps.read_all().context("reading the policy maps")?;
+            let mut out = std::io::stdout().lock();
+            return inspect::policy(&written, *target, &mut out)
+                .context("printing the policy maps");
+        }
+        Some(Command::Inspect { what, .. }) => {
             let layout = cli.layout()?;
             let maps = bpf::open_pinned(&layout).with_context(|| {
                 format!(

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use ferry_testbed::Netns;
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Service;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 use serde::Serialize;
 use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
@@ -228,18 +228,14 @@ impl Forwarder {
         let published = Arc::clone(&self.published);
         self.watch = Some(tokio::spawn(async move {
             let mut services: BTreeMap<String, Service> = BTreeMap::new();
-            let mut stream = watcher(api, watcher::Config::default()).boxed();
-            let mut backoff = Duration::from_millis(100);
+            let mut stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
             loop {
                 let event = match stream.next().await {
-                    Some(Ok(ev)) => {
-                        backoff = Duration::from_millis(100);
-                        ev
-                    }
+                    Some(Ok(ev)) => ev,
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "watching services for NodePorts");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
                     None => return,

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use ferry_dataplane::nodes::NodeInfo;
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Node;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 use tokio::task::JoinHandle;
 
@@ -51,29 +52,12 @@ impl Drop for PodRoutes {
 }
 
 /// The routes a Node asks for: each pod CIDR via its InternalIP of the same
-/// family.
+/// family (the agent's reading of a Node, `ferry_dataplane::nodes`).
 fn wanted(node: &Node) -> Routes {
-    let cidrs = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.pod_cidrs.clone())
-        .unwrap_or_default();
-    let ips: Vec<IpAddr> = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|a| a.type_ == "InternalIP")
-        .filter_map(|a| a.address.parse().ok())
-        .collect();
-    cidrs
-        .into_iter()
-        .filter_map(|cidr| {
-            let v6 = cidr.contains(':');
-            let via = ips.iter().find(|ip| ip.is_ipv6() == v6)?;
-            Some((cidr, *via))
-        })
+    let info = NodeInfo::from_node(node);
+    info.pod_cidrs
+        .iter()
+        .filter_map(|cidr| Some((cidr.to_string(), info.ip_for(cidr)?)))
         .collect()
 }
 
@@ -103,21 +87,17 @@ async fn ip_route(underlay: &str, verb: &str, cidr: &str, via: Option<IpAddr>) -
 
 async fn run(client: Client, underlay: String, routed: Arc<AtomicUsize>) {
     let api: Api<Node> = Api::all(client);
-    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     // What is installed, per node.
     let mut installed: BTreeMap<String, Routes> = BTreeMap::new();
     let mut seen: BTreeMap<String, Routes> = BTreeMap::new();
-    let mut backoff = Duration::from_millis(100);
     loop {
         let event = match stream.next().await {
-            Some(Ok(ev)) => {
-                backoff = Duration::from_millis(100);
-                ev
-            }
+            Some(Ok(ev)) => ev,
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "watching nodes for underlay routes");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
             None => return,

@@ -249,6 +249,28 @@ pub struct CtKey {
     pub _pad: [u8; 3],
 }
 
+impl CtKey {
+    /// The key of a packet from `src:sport` to `dst:dport` (ports in
+    /// network order).
+    #[inline(always)]
+    pub const fn new(src: [u32; 4], dst: [u32; 4], sport: u16, dport: u16, proto: u8) -> Self {
+        Self {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The key of the packets going the other way.
+    #[inline(always)]
+    pub const fn reverse(&self) -> Self {
+        Self::new(self.dst, self.src, self.dport, self.sport, self.proto)
+    }
+}
+
 /// What to do with a tracked flow's packets. Forward entries (client to
 /// frontend) say where the packet goes; reply entries (backend to client)
 /// say what its source becomes again.

@@ -47,14 +47,7 @@ pub struct Packet {
 
 impl Packet {
     pub fn key(&self) -> CtKey {
-        CtKey {
-            src: self.src,
-            dst: self.dst,
-            sport: self.sport,
-            dport: self.dport,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        CtKey::new(self.src, self.dst, self.sport, self.dport, self.proto)
     }
 
     /// Where the L4 checksum is: TCP's, UDP's, or SCTP's CRC32c.
@@ -196,14 +189,8 @@ pub fn track(p: &Packet, chosen: &Chosen, snat_from: u32, now: u64) -> Option<()
     let s = SCRATCH.get_ptr_mut(0)?;
     let backend = &chosen.backend;
     let (key, value) = unsafe { (&mut (*s).key, &mut (*s).value) };
-    *key = CtKey {
-        src: backend.addr,
-        dst: p.src,
-        sport: backend.port,
-        dport: p.sport,
-        proto: p.proto,
-        _pad: [0; 3],
-    };
+    // The reply's tuple: from the backend to the client.
+    *key = CtKey::new(backend.addr, p.src, backend.port, p.sport, p.proto);
     *value = CtValue {
         last_seen_ns: now,
         addr: p.dst,

@@ -27,7 +27,7 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::classifier;
 use aya_ebpf::programs::TcContext;
 use ferry_ebpf_common::{
-    BACKEND_FLAG_LOCAL, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtKey, CtValue,
+    BACKEND_FLAG_LOCAL, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtValue,
     PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, is_v4,
 };
 use ferry_ebpf_common::policy::{DIR_EGRESS, DIR_INGRESS};
@@ -349,14 +349,7 @@ fn forget_superseded(p: &Packet) {
         return;
     };
     let key = unsafe { &mut (*s).key };
-    *key = CtKey {
-        src: p.dst,
-        dst: p.src,
-        sport: p.dport,
-        dport: p.sport,
-        proto: p.proto,
-        _pad: [0; 3],
-    };
+    *key = p.key().reverse();
     let Some(entry) = CONNTRACK.get_ptr(&*key) else {
         return;
     };

@@ -53,25 +53,7 @@ struct Flow {
 
 impl Flow {
     fn key(&self) -> CtKey {
-        CtKey {
-            src: self.src,
-            dst: self.dst,
-            sport: self.sport,
-            dport: self.dport,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
-    }
-
-    fn reverse_key(&self) -> CtKey {
-        CtKey {
-            src: self.dst,
-            dst: self.src,
-            sport: self.dport,
-            dport: self.sport,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        CtKey::new(self.src, self.dst, self.sport, self.dport, self.proto)
     }
 }
 
@@ -136,7 +118,7 @@ fn verdict(ctx: &TcContext, dir: u8) -> Option<bool> {
     // This flow's packets pass this hook from now on, and its replies the
     // endpoint's other hook, even when that direction is isolated too.
     mark(&key, this_hook, now, f.proto);
-    mark(&f.reverse_key(), reply_hook, now, f.proto);
+    mark(&key.reverse(), reply_hook, now, f.proto);
     Some(true)
 }
 

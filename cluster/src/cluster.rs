@@ -146,6 +146,10 @@ pub struct NodeInfo {
     /// Its network namespace (`ip netns exec <netns> ...`).
     pub netns: String,
     pub ip: IpAddr,
+    /// Where its agent serves flow events (`ferry-agent observe
+    /// --observe-socket <this>`).
+    #[serde(default)]
+    pub observe_socket: PathBuf,
 }
 
 /// One process of a running cluster.
@@ -385,13 +389,17 @@ impl NodePlan {
             },
             &self.logs.join(format!("{name}-node.log")),
         ))?;
+        let observe_socket = node.state_dir.join(components::OBSERVE_SOCKET);
         let agent = Supervised::start(components::agent(
             &node.netns,
             &self.bins,
             &self.kubeconfig,
-            &name,
-            &node.underlay_if,
-            &hooks,
+            &components::AgentSetup {
+                node_name: &name,
+                uplink: &node.underlay_if,
+                hooks: &hooks,
+                observe_socket: &observe_socket,
+            },
             &self.logs.join(format!("{name}-agent.log")),
         ))?;
         Ok(StartedNode {
@@ -402,6 +410,7 @@ impl NodePlan {
                 name,
                 netns: node.netns.name().to_owned(),
                 ip: node_ips[0],
+                observe_socket,
             },
         })
     }

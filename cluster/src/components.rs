@@ -157,22 +157,35 @@ pub fn apiserver(
 /// (`ferry_cni::wiring::HOST_VETH_PREFIX`).
 pub const POD_DEVICE_PREFIX: &str = "fer";
 
+/// The agent's flow event socket, in its node's state directory.
+pub const OBSERVE_SOCKET: &str = "observe.sock";
+
+/// What the agent of one node is started with.
+#[derive(Debug, Clone)]
+pub struct AgentSetup<'a> {
+    pub node_name: &'a str,
+    /// The node's link onto the underlay (`--devices`).
+    pub uplink: &'a str,
+    pub hooks: &'a AgentHooks,
+    /// Where it serves flow events ([`OBSERVE_SOCKET`] in the node's state
+    /// directory).
+    pub observe_socket: &'a Path,
+}
+
 /// ferry-agent in its node's namespace: routes, and the service proxy on
 /// the node's uplink (`--devices`) and for the processes of its cgroup
 /// (where the node runtime puts the pods); NetworkPolicy at the pods'
-/// devices (`--pod-devices`).
+/// devices (`--pod-devices`); flow events on its own socket.
 pub fn agent(
     node: &Netns,
     bins: &Binaries,
     kubeconfig: &Path,
-    node_name: &str,
-    uplink: &str,
-    hooks: &AgentHooks,
+    setup: &AgentSetup<'_>,
     log: &Path,
 ) -> Spec {
     Spec {
         name: "agent",
-        node: Some(node_name.to_owned()),
+        node: Some(setup.node_name.to_owned()),
         netns: node.clone(),
         log: log.to_owned(),
         argv: vec![
@@ -180,15 +193,17 @@ pub fn agent(
             "--kubeconfig".into(),
             s(kubeconfig),
             "--node-name".into(),
-            node_name.into(),
+            setup.node_name.into(),
             "--bpffs-root".into(),
-            s(&hooks.bpffs),
+            s(&setup.hooks.bpffs),
             "--cgroup-root".into(),
-            s(&hooks.cgroup),
+            s(&setup.hooks.cgroup),
             "--devices".into(),
-            uplink.into(),
+            setup.uplink.into(),
             "--pod-devices".into(),
             POD_DEVICE_PREFIX.into(),
+            "--observe-socket".into(),
+            s(setup.observe_socket),
         ],
     }
 }

@@ -314,23 +314,39 @@ fn netpol_conformance_in_a_ferry_cluster() {
             failures.push(format!("=== {name}\n{e}"));
         }
     }
-    world::reset(&c);
-    if filter.is_empty() {
-        if let Err(e) = long_lived_connection_survives_unrelated_change(&runner, true) {
-            failures.push(format!(
-                "=== an allowed long-lived connection survives an unrelated policy change\n{e}"
-            ));
-        }
+    type Extra = fn(&Runner) -> Result<(), String>;
+    let extras: [(&str, Extra); 3] = [
+        (
+            "an allowed long-lived connection survives an unrelated policy change",
+            |r| long_lived_connection_survives_unrelated_change(r, true),
+        ),
+        (
+            "a denied SYN is dropped (timeout, no RST)",
+            denied_syn_times_out,
+        ),
+        (
+            "ferry-agent observe shows a drop and an allow with their pods and policies",
+            observe_names_pods_and_policies,
+        ),
+    ];
+    let mut ran = named.len();
+    for (name, check) in extras.iter().filter(|(n, _)| n.contains(&filter)) {
         world::reset(&c);
-        if let Err(e) = denied_syn_times_out(&runner) {
-            failures.push(format!(
-                "=== a denied SYN is dropped (timeout, no RST)\n{e}"
-            ));
+        let t = Instant::now();
+        let r = check(&runner);
+        eprintln!(
+            "netpol: {} {name} ({:.1?})",
+            if r.is_ok() { "ok  " } else { "FAIL" },
+            t.elapsed()
+        );
+        if let Err(e) = r {
+            failures.push(format!("=== {name}\n{e}"));
         }
+        ran += 1;
     }
     eprintln!(
         "netpol: {} cases, {} probes, {} failed, {:.1?} in all",
-        named.len() + 2,
+        ran,
         runner.probes.get(),
         failures.len(),
         started.elapsed()
@@ -478,4 +494,109 @@ fn denied_syn_times_out(r: &Runner) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `ferry-agent observe --pod x/a -o json` on x/a's node, with x/a
+/// isolated by a policy that lets x/b in on TCP 80: y/a's attempt is a
+/// drop at x/a's ingress naming that policy; x/b's a forward naming it as
+/// the one that allows; both with the pods' names.
+fn observe_names_pods_and_policies(r: &Runner) -> Result<(), String> {
+    let allow =
+        Policy::new("x", "a-from-b", Selector::labels(&[("pod", "a")])).ingress(vec![Rule::new(
+            vec![Peer::pods(Selector::labels(&[("pod", "b")]))],
+            vec![PortSpec::proto_number(Proto::Tcp, 80)],
+        )]);
+    r.run_case(&[
+        Step::Apply(vec![allow]),
+        Step::Check(vec![Expect {
+            port: 80,
+            proto: Proto::Tcp,
+            upstream: None,
+        }]),
+    ])?;
+    let (xa, xb, ya) = (
+        r.base.pod_index("x/a"),
+        r.base.pod_index("x/b"),
+        r.base.pod_index("y/a"),
+    );
+    let target = &r.prober.pods[xa];
+    let node =
+        r.c.cluster
+            .nodes()
+            .iter()
+            .find(|n| n.name == target.node)
+            .ok_or("x/a's node is not in the cluster")?;
+    let mut child =
+        std::process::Command::new(ferry_testbed::binary("ferry-dataplane", "ferry-agent"))
+            .arg("observe")
+            .arg("--observe-socket")
+            .arg(&node.observe_socket)
+            .args(["--pod", "x/a", "-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawning ferry-agent observe: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let policy = serde_json::json!([{"namespace": "x", "name": "a-from-b"}]);
+    let is = |v: &serde_json::Value, verdict: &str, reason: &str, from: &str| {
+        v["verdict"] == verdict
+            && v["reason"] == reason
+            && v["direction"] == "ingress"
+            && v["policies"] == policy
+            && v["source"]["namespace"]
+                .as_str()
+                .zip(v["source"]["pod"].as_str())
+                == from.split_once('/')
+            && v["destination"]["namespace"] == "x"
+            && v["destination"]["pod"] == "a"
+            && v["destination"]["port"] == 80
+            && v["protocol"] == "TCP"
+            && v["node"] == target.node.as_str()
+    };
+    let (mut dropped, mut allowed, mut seen) = (false, false, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(dropped && allowed) && Instant::now() < deadline {
+        let addr = SocketAddrV4::new(target.ip, 80);
+        r.prober.run(&[
+            Spec {
+                src: ya,
+                addr,
+                udp: false,
+            },
+            Spec {
+                src: xb,
+                addr,
+                udp: false,
+            },
+        ]);
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))?;
+            dropped |= is(&v, "DROPPED", "policy-denied", "y/a");
+            allowed |= is(&v, "FORWARDED", "policy-allowed", "x/b");
+            seen.push(line);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if dropped && allowed {
+        Ok(())
+    } else {
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        Err(format!(
+            "drop seen: {dropped}, allow seen: {allowed}; records:\n{}\nstderr: {stderr}",
+            seen.join("\n")
+        ))
+    }
 }

@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::Key as LpmKey;
-use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
 use aya::programs::xdp::XdpLink;
@@ -23,6 +23,9 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::policy::programmer::{PolicyTables, Written};
 use crate::service::programmer::{LbMaps, MapOpError, addr_words};
+use ferry_ebpf_common::observe::{
+    MAP_FLOW_EVENTS, MAP_OBSERVE, MAP_OBSERVE_STATS, ObserveConfig, ObserveStats,
+};
 use ferry_ebpf_common::policy::{
     MAP_POLICY_CIDRS, MAP_POLICY_CT, MAP_POLICY_ENDPOINTS, MAP_POLICY_IDENTITIES, MAP_POLICY_RULES,
     MAP_POLICY_STATS, PolicyCidrKey, PolicyCtValue, PolicyEndpoint, PolicyRuleKey, PolicyRuleValue,
@@ -738,6 +741,37 @@ impl PolicyMaps {
             rules: open(dir, MAP_POLICY_RULES)?,
             conntrack: open(dir, MAP_POLICY_CT)?,
             stats: open(dir, MAP_POLICY_STATS)?,
+        })
+    }
+}
+
+/// Flow events' maps (see `ferry_ebpf_common::observe`): the switch the
+/// agent turns on while someone watches, the ring it reads, and the
+/// counters of events refused.
+pub struct ObserveMaps {
+    pub config: Array<MapData, ObserveConfig>,
+    pub stats: PerCpuArray<MapData, ObserveStats>,
+    pub events: RingBuf<MapData>,
+}
+
+impl std::fmt::Debug for ObserveMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ObserveMaps")
+    }
+}
+
+impl ObserveMaps {
+    /// Handles on the pinned maps.
+    pub fn open(layout: &Layout) -> Result<Self, BpfError> {
+        Self::open_in(&layout.maps_dir())
+    }
+
+    /// Handles on the maps pinned in `dir` (as [`load_detached`] pins them).
+    pub fn open_in(dir: &Path) -> Result<Self, BpfError> {
+        Ok(Self {
+            config: open(dir, MAP_OBSERVE)?,
+            stats: open(dir, MAP_OBSERVE_STATS)?,
+            events: open(dir, MAP_FLOW_EVENTS)?,
         })
     }
 }

@@ -4,10 +4,14 @@
 //! replacement: it loads Ferry's eBPF programs, attaches them to its cgroup
 //! and keeps their service maps in step with Services and EndpointSlices.
 //!
+//! It enforces NetworkPolicy on the pods' devices ([`policy`]) and streams
+//! flow events to `ferry-agent observe` over a local socket ([`observe`]).
+//!
 //! It owns the routes it installs (marked with its own route protocol), the
-//! `ferry.vxlan` device, and every pin under its bpffs root. It must not
-//! touch pod interfaces (the CNI plugin's), routes it did not install, or
-//! cgroups other than the one it is given. For L2 announcement it owns its
+//! `ferry.vxlan` device, every pin under its bpffs root, its TC filters on
+//! the pods' devices and its observe socket. It must not create, address or
+//! remove pod interfaces (the CNI plugin's), touch routes it did not
+//! install, or cgroups other than the one it is given. For L2 announcement it owns its
 //! `ferry-l2.*` Leases and packet sockets on `--devices` ([`announce`]).
 
 pub mod announce;
@@ -18,6 +22,7 @@ pub mod events;
 pub mod inspect;
 pub mod metrics;
 pub mod nodes;
+pub mod observe;
 pub mod policy;
 pub mod routing;
 pub mod service;

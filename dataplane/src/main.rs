@@ -19,6 +19,9 @@ use ferry_dataplane::devices;
 use ferry_dataplane::inspect;
 use ferry_dataplane::metrics::{self, Metrics};
 use ferry_dataplane::nodes::NodeInfo;
+use ferry_dataplane::observe::event::Filter;
+use ferry_dataplane::observe::names::Directory;
+use ferry_dataplane::observe::{client, server};
 use ferry_dataplane::policy::enforcer;
 use ferry_dataplane::policy::programmer::PolicyProgrammer;
 use ferry_dataplane::routing::{Mode, Router};
@@ -210,6 +213,17 @@ struct Cli {
     /// adds this range to `net.ipv4.ip_local_reserved_ports`.
     #[arg(long, global = true, default_value = "61000-65535")]
     nat_port_range: NatPorts,
+    /// Where flow events are served to `ferry-agent observe` (a Unix
+    /// socket, mode 0600); empty to turn observation off.
+    #[arg(long, global = true, default_value = "/run/ferry/observe.sock")]
+    observe_socket: PathBuf,
+    /// Flow events a second each CPU may write while someone watches (more
+    /// are counted as lost, not written).
+    #[arg(long, global = true, default_value_t = 1000)]
+    observe_rate: u32,
+    /// Watchers connected at once; more wait.
+    #[arg(long, global = true, default_value_t = 16)]
+    observe_max_watchers: usize,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -298,6 +312,36 @@ enum Command {
         /// With `policy`: only the pod at this address.
         target: Option<std::net::IpAddr>,
     },
+    /// Stream this node's flows as the programs judge and translate them
+    /// (new flows, drops, Service translations), like `hubble observe`,
+    /// until interrupted.
+    #[command(
+        after_help = "Examples:\n  ferry-agent observe --verdict dropped\n  ferry-agent observe --pod web/frontend- --count 10 -o json"
+    )]
+    Observe {
+        /// `[NAMESPACE/]POD-NAME-PREFIX`: flows from or to such a pod
+        /// (repeat for any of several).
+        #[arg(long)]
+        pod: Vec<String>,
+        /// Flows from or to pods of this namespace (repeatable).
+        #[arg(long)]
+        namespace: Vec<String>,
+        /// `forwarded`, `dropped` or `translated` (repeatable).
+        #[arg(long)]
+        verdict: Vec<String>,
+        /// `text` (one line a flow) or `json` (one object a line).
+        #[arg(long, short = 'o', default_value = "text")]
+        output: ObserveOutput,
+        /// Stop after this many flows.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ObserveOutput {
+    Text,
+    Json,
 }
 
 async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
@@ -361,6 +405,30 @@ async fn main() -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             return inspect::print(&maps, &layout.links_dir(), *what, &mut out)
                 .context("printing the maps");
+        }
+        Some(Command::Observe {
+            pod,
+            namespace,
+            verdict,
+            output,
+            count,
+        }) => {
+            let filter = Filter {
+                pods: pod.clone(),
+                namespaces: namespace.clone(),
+                verdicts: verdict.clone(),
+            };
+            let output = match output {
+                ObserveOutput::Text => client::Output::Text,
+                ObserveOutput::Json => client::Output::Json,
+            };
+            let mut out = std::io::stdout();
+            let mut notes = std::io::stderr();
+            tokio::select! {
+                r = client::observe(&cli.observe_socket, &filter, output, *count, &mut out, &mut notes) => r?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return Ok(());
         }
         Some(Command::Uninstall) => {
             let router = router(mode)?;
@@ -449,6 +517,10 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         });
+        let names = Arc::new(Directory::default());
+        if !cli.observe_socket.as_os_str().is_empty() {
+            observe(&cli, &layout, names.clone()).await;
+        }
         if cli.pod_devices.is_some() && !cli.no_network_policy {
             network_policy(
                 &cli,
@@ -456,6 +528,7 @@ async fn main() -> anyhow::Result<()> {
                 client.clone(),
                 handle.clone(),
                 metrics.clone(),
+                names,
             )?;
         }
         if let Some(prefix) = cli.pod_devices.clone() {
@@ -617,6 +690,7 @@ fn network_policy(
     client: Client,
     handle: rtnetlink::Handle,
     metrics: Arc<Metrics>,
+    names: Arc<Directory>,
 ) -> anyhow::Result<()> {
     let maps = bpf::PolicyMaps::open(layout).context("opening the policy maps")?;
     let programmer =
@@ -636,6 +710,7 @@ fn network_policy(
                 }
             })
         }),
+        names: Some(names),
     };
     let m = metrics.clone();
     tokio::spawn(async move {
@@ -662,6 +737,34 @@ fn network_policy(
         }
     });
     Ok(())
+}
+
+/// Serves flow events on `--observe-socket`. Observation is not worth
+/// stopping the dataplane for: a socket that cannot be served is logged and
+/// the agent goes on without it.
+async fn observe(cli: &Cli, layout: &Layout, names: Arc<Directory>) {
+    let maps = match bpf::ObserveMaps::open(layout) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "opening the flow event maps; observe is off");
+            return;
+        }
+    };
+    let listener = match server::bind(&cli.observe_socket).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "observe is off");
+            return;
+        }
+    };
+    let settings = server::Settings {
+        path: cli.observe_socket.clone(),
+        node: cli.node_name.clone(),
+        rate: cli.observe_rate.max(1),
+        max_watchers: cli.observe_max_watchers,
+    };
+    tracing::info!(socket = %cli.observe_socket.display(), "serving flow events");
+    tokio::spawn(server::serve(listener, settings, maps, names));
 }
 
 fn stopping() {

@@ -12,8 +12,10 @@ use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{HashMap, MapData};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use ferry_dataplane::bpf::{
-    self, MapSizes, POD_TC_EGRESS, POD_TC_INGRESS, PolicyMaps, TC_EGRESS, TC_INGRESS, load_detached,
+    self, MapSizes, ObserveMaps, POD_TC_EGRESS, POD_TC_INGRESS, PolicyMaps, TC_EGRESS, TC_INGRESS,
+    load_detached,
 };
+use ferry_dataplane::observe::event::decode;
 use ferry_dataplane::service::maglev::{BackendId, Seed, Table, flow_bytes};
 use ferry_dataplane::service::model::{
     Backend as ModelBackend, Frontend, FrontendKind, LbAlgorithm, Protocol, ServicePortEntries,
@@ -21,6 +23,10 @@ use ferry_dataplane::service::model::{
 };
 use ferry_dataplane::service::nat_ports::NatPorts;
 use ferry_dataplane::service::programmer::{LbSettings, Programmer, addr_words};
+use ferry_ebpf_common::observe::{
+    FLOW_DIR_NONE, FLOW_DROPPED, FLOW_FORWARDED, FLOW_TRANSLATED, FlowEvent, ObserveConfig,
+    REASON_NOT_ISOLATED, REASON_POLICY_ALLOWED, REASON_POLICY_DENIED, REASON_SERVICE,
+};
 use ferry_ebpf_common::policy::{
     DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY,
     IDENTITY_CIDR_BIT, IDENTITY_HOST, PolicyCidrKey, PolicyEndpoint, PolicyRuleKey,
@@ -1083,4 +1089,188 @@ fn policy_judges_both_ends_of_a_flow_between_pods_of_one_node() {
     );
     let back = packet(PROTO_TCP, (ip(c), 40003), (ip(a), 22), true);
     assert_eq!(verdict(&mut l, true, &back), TC_ACT_SHOT);
+}
+
+// --- Flow events --------------------------------------------------------------
+
+/// The events waiting in the ring, decoded.
+fn drain(obs: &mut ObserveMaps) -> Vec<FlowEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = obs.events.next() {
+        out.push(decode(&item).expect("an event"));
+    }
+    out
+}
+
+fn watch(obs: &mut ObserveMaps, until_ns: u64, rate: u32) {
+    let cfg = ObserveConfig {
+        until_ns,
+        rate,
+        burst: rate,
+    };
+    obs.config.set(0, cfg, 0).expect("observe switch");
+}
+
+/// Flow events: none while the switch is off; while on, one per judged new
+/// flow (forwarded with the allowing policy, dropped with the pod's policy
+/// set), one per hook for a flow of a pod no policy judges (never for its
+/// replies or later packets), one per translated flow, and none past the
+/// rate, which counts what it refuses.
+#[test]
+fn flow_events_only_while_watched_one_per_new_flow_and_rate_limited() {
+    if skip_if_not_root() {
+        return;
+    }
+    let mut l = Loaded::new("observe");
+    l.pod_device();
+    let mut maps = PolicyMaps::open_in(&l.dir).expect("policy maps");
+    let mut obs = ObserveMaps::open_in(&l.dir).expect("observe maps");
+    let (pod, peer, stranger, free) = ("10.244.0.5", "10.244.1.7", "10.244.2.9", "10.244.0.6");
+    endpoint(&mut maps, pod, 7, EP_ISOLATED_INGRESS);
+    endpoint(&mut maps, free, 0, 0);
+    maps.identities
+        .insert(addr_words(ip(peer)), 100, 0)
+        .expect("id");
+    allow(&mut maps, 7, 100, DIR_INGRESS, PROTO_TCP, 80, 16);
+    let syn = |src: &str, sport, dst: &str, dport| {
+        packet(PROTO_TCP, (ip(src), sport), (ip(dst), dport), true)
+    };
+    let ack = |src: &str, sport, dst: &str, dport| {
+        packet(PROTO_TCP, (ip(src), sport), (ip(dst), dport), false)
+    };
+
+    // Off: verdicts as ever, no event.
+    assert_eq!(verdict(&mut l, true, &syn(peer, 40000, pod, 80)), TC_ACT_OK);
+    assert_eq!(
+        verdict(&mut l, true, &syn(stranger, 40000, pod, 80)),
+        TC_ACT_SHOT
+    );
+    assert_eq!(
+        verdict(&mut l, true, &syn(stranger, 40000, free, 80)),
+        TC_ACT_OK
+    );
+    assert!(drain(&mut obs).is_empty(), "no event while nobody watches");
+
+    watch(&mut obs, u64::MAX, 1000);
+    // Allowed by a rule: the policy's number and the pod's set.
+    assert_eq!(verdict(&mut l, true, &syn(peer, 40001, pod, 80)), TC_ACT_OK);
+    assert_eq!(verdict(&mut l, true, &ack(peer, 40001, pod, 80)), TC_ACT_OK);
+    assert_eq!(
+        verdict(&mut l, false, &ack(pod, 80, peer, 40001)),
+        TC_ACT_OK
+    );
+    let ev = drain(&mut obs);
+    assert_eq!(
+        ev.len(),
+        1,
+        "one event for the flow, none for its later packets or replies: {ev:?}"
+    );
+    let e = ev[0];
+    assert_eq!(
+        (e.kind, e.dir, e.reason),
+        (FLOW_FORWARDED, DIR_INGRESS, REASON_POLICY_ALLOWED)
+    );
+    assert_eq!((e.policy, e.set), (1, 7));
+    assert_eq!((e.src, e.dst), (addr_words(ip(peer)), addr_words(ip(pod))));
+    assert_eq!(
+        (u16::from_be(e.sport), u16::from_be(e.dport), e.proto),
+        (40001, 80, PROTO_TCP)
+    );
+    assert!(e.time_ns > 0);
+
+    // Denied: every dropped packet is an event (a retransmitted SYN too).
+    for _ in 0..2 {
+        assert_eq!(
+            verdict(&mut l, true, &syn(stranger, 40002, pod, 80)),
+            TC_ACT_SHOT
+        );
+    }
+    let ev = drain(&mut obs);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    for e in ev {
+        assert_eq!(
+            (e.kind, e.dir, e.reason),
+            (FLOW_DROPPED, DIR_INGRESS, REASON_POLICY_DENIED)
+        );
+        assert_eq!((e.policy, e.set), (0, 7));
+    }
+
+    // A pod no policy selects: its new flow once per hook, not its reply.
+    assert_eq!(
+        verdict(&mut l, true, &syn(stranger, 40003, free, 22)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        verdict(&mut l, true, &ack(stranger, 40003, free, 22)),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        verdict(&mut l, false, &ack(free, 22, stranger, 40003)),
+        TC_ACT_OK
+    );
+    let ev = drain(&mut obs);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        (ev[0].kind, ev[0].reason, ev[0].set),
+        (FLOW_FORWARDED, REASON_NOT_ISOLATED, 0)
+    );
+
+    // A Service's frontend translated at the pod's device: the translation,
+    // then the pod's egress verdict on the real backend.
+    let vip = ip("10.96.0.10");
+    l.service_in(
+        SCOPE_INTERNAL,
+        vip,
+        80,
+        PROTO_TCP,
+        11,
+        &[backend(peer, 8080, false)],
+    );
+    let to_vip = packet(PROTO_TCP, (ip(free), 40004), (vip, 80), true);
+    assert_eq!(verdict(&mut l, false, &to_vip), TC_ACT_OK);
+    let ev = drain(&mut obs);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    let (t, v) = (ev[0], ev[1]);
+    assert_eq!(
+        (t.kind, t.dir, t.reason),
+        (FLOW_TRANSLATED, FLOW_DIR_NONE, REASON_SERVICE)
+    );
+    assert_eq!(
+        (t.orig_dst, u16::from_be(t.orig_dport)),
+        (addr_words(vip), 80)
+    );
+    assert_eq!((t.dst, u16::from_be(t.dport)), (addr_words(ip(peer)), 8080));
+    assert_eq!(
+        (v.kind, v.dir, v.dst),
+        (FLOW_FORWARDED, DIR_EGRESS, addr_words(ip(peer)))
+    );
+
+    // One event a second at most: the second is refused, and counted.
+    watch(&mut obs, u64::MAX, 1);
+    let refused = |obs: &ObserveMaps| -> u64 {
+        obs.stats
+            .get(&0, 0)
+            .expect("stats")
+            .iter()
+            .map(|s| s.rate_limited)
+            .sum()
+    };
+    let before = refused(&obs);
+    for sport in [40005, 40006, 40007] {
+        assert_eq!(
+            verdict(&mut l, true, &syn(stranger, sport, pod, 80)),
+            TC_ACT_SHOT
+        );
+    }
+    let ev = drain(&mut obs);
+    assert!(ev.len() <= 1, "at most the burst: {ev:?}");
+    assert!(refused(&obs) >= before + 2, "refused events are counted");
+
+    // A lapsed lease is off: the agent that set it is gone.
+    watch(&mut obs, 1, 1000);
+    assert_eq!(
+        verdict(&mut l, true, &syn(stranger, 40008, pod, 80)),
+        TC_ACT_SHOT
+    );
+    assert!(drain(&mut obs).is_empty());
 }

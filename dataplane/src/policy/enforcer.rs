@@ -14,8 +14,9 @@
 //! Owns the watches and the loop; the translation is [`PolicyState`]'s and
 //! the writes the programmer's.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_daemon::watch::{DecodeErrors, Decoded};
@@ -30,6 +31,7 @@ use tokio::sync::mpsc;
 use super::programmer::{PolicyProgrammer, PolicyTables};
 use super::state::PolicyState;
 use crate::metrics::Metrics;
+use crate::observe::names::{Directory, Names};
 
 /// A burst of changes is one compilation: the loop waits this long after
 /// the last change...
@@ -58,6 +60,9 @@ pub struct Settings {
     /// The node's own addresses now (its pods' host identity).
     pub node_addrs:
         Box<dyn FnMut() -> futures_util::future::BoxFuture<'static, Vec<IpAddr>> + Send>,
+    /// Where flow observation reads pod and policy names; published after
+    /// each compilation while someone watches.
+    pub names: Option<Arc<Directory>>,
 }
 
 /// Objects of a relist in progress, to drop those it did not list.
@@ -108,6 +113,9 @@ pub async fn run<T: PolicyTables>(
     let mut addrs: Vec<IpAddr> = (settings.node_addrs)().await;
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let mut addr_tick = tokio::time::interval(ADDR_CHECK);
+    // The last compilation's policy sets, for names asked between two.
+    let mut sets: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    let names = settings.names.clone();
     loop {
         let wait = match dirty_since {
             Some(first) => {
@@ -138,6 +146,12 @@ pub async fn run<T: PolicyTables>(
                 continue;
             }
             () = tokio::time::sleep_until(wait) => {}
+            () = requested(names.as_deref()) => {
+                if let Some(dir) = &names {
+                    dir.publish(Names::from_policy(&state, &sets));
+                }
+                continue;
+            }
         }
         if !relist.listed.iter().all(|l| *l) {
             continue;
@@ -156,6 +170,10 @@ pub async fn run<T: PolicyTables>(
         }
         reported = now;
         let pass = programmer.apply(&desired);
+        if let Some(dir) = names.as_deref().filter(|d| d.wanted()) {
+            dir.publish(Names::from_policy(&state, &desired.sets));
+        }
+        sets.clone_from(&desired.sets);
         if let Some(e) = &pass.first_error {
             tracing::warn!(failed = pass.failed, error = %e, "writing the policy maps; retried at the next change");
             // Retry soon even if nothing else changes.
@@ -175,6 +193,14 @@ pub async fn run<T: PolicyTables>(
             took = ?started.elapsed(),
             "network policies programmed"
         );
+    }
+}
+
+/// Resolves when observation asks for names (never without it).
+async fn requested(names: Option<&Directory>) {
+    match names {
+        Some(d) => d.requested().await,
+        None => std::future::pending().await,
     }
 }
 

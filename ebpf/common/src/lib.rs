@@ -17,6 +17,7 @@
 #![no_std]
 
 pub mod maglev;
+pub mod observe;
 pub mod policy;
 pub mod sctp;
 
@@ -450,6 +451,9 @@ mod user {
     unsafe impl aya::Pod for policy::PolicyCidrKey {}
     unsafe impl aya::Pod for policy::PolicyCtValue {}
     unsafe impl aya::Pod for policy::PolicyStats {}
+    unsafe impl aya::Pod for observe::ObserveConfig {}
+    unsafe impl aya::Pod for observe::ObserveStats {}
+    unsafe impl aya::Pod for observe::FlowEvent {}
 }
 
 #[cfg(test)]
@@ -482,6 +486,9 @@ mod tests {
         assert_eq!(size_of::<policy::PolicyRuleValue>(), 4);
         assert_eq!(size_of::<policy::PolicyCidrKey>(), 16);
         assert_eq!(size_of::<policy::PolicyCtValue>(), 16);
+        assert_eq!(size_of::<observe::ObserveConfig>(), 16);
+        assert_eq!(size_of::<observe::ObserveStats>(), 24);
+        assert_eq!(size_of::<observe::FlowEvent>(), 80);
         assert_eq!(
             policy::RULE_PREFIX_FULL as usize,
             8 * size_of::<policy::PolicyRuleKey>()

@@ -19,6 +19,7 @@
 mod dsr;
 mod flow;
 mod maps;
+mod observe;
 mod packet;
 mod policy;
 mod service;

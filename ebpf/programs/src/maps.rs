@@ -3,8 +3,9 @@
 //! defaults; the agent sets the real ones at load time.
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray};
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
 use ferry_ebpf_common::CtKey as Key;
+use ferry_ebpf_common::observe::{FlowEvent, ObserveBucket, ObserveConfig, ObserveStats};
 use ferry_ebpf_common::policy::{
     PolicyCidrKey, PolicyCtValue, PolicyEndpoint, PolicyRuleKey, PolicyRuleValue, PolicyStats,
 };
@@ -83,6 +84,33 @@ pub static POL_CT: LruHashMap<CtKey, PolicyCtValue> = LruHashMap::pinned(262144,
 /// New flows allowed and denied (one entry, per CPU).
 #[map(name = "FERRY_POL_STATS")]
 pub static POL_STATS: PerCpuArray<PolicyStats> = PerCpuArray::pinned(1, 0);
+
+/// Flow events (see `ferry_ebpf_common::observe`): the agent's switch and
+/// rate.
+#[map(name = "FERRY_OBSERVE")]
+pub static OBSERVE: Array<ObserveConfig> = Array::pinned(1, 0);
+
+/// The events, for the agent to read (1 MiB: about 12,000 events).
+#[map(name = "FERRY_FLOW_EVENTS")]
+pub static FLOW_EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
+
+/// Events written and refused (one entry, per CPU).
+#[map(name = "FERRY_OBSERVE_STATS")]
+pub static OBSERVE_STATS: PerCpuArray<ObserveStats> = PerCpuArray::pinned(1, 0);
+
+/// Each CPU's token bucket of events (never pinned).
+#[map(name = "FERRY_OBSERVE_BUCKET")]
+pub static OBSERVE_BUCKET: PerCpuArray<ObserveBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// The flow event being built (per CPU, never pinned).
+#[map(name = "FERRY_OBS_EVENT")]
+pub static OBS_EVENT: PerCpuArray<FlowEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Flows of pods no policy judges, reported once while watched (a flow's
+/// tuple both ways, the hooks it was seen at, as in [`POL_CT`]). Only
+/// written while someone watches; never consulted for a verdict.
+#[map(name = "FERRY_OBS_SEEN")]
+pub static OBS_SEEN: LruHashMap<CtKey, PolicyCtValue> = LruHashMap::with_max_entries(65536, 0);
 
 /// Room for building conntrack entries: the BPF stack (512 bytes for a
 /// whole call chain) cannot hold several of them. Per CPU and never pinned.

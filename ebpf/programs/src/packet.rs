@@ -27,12 +27,14 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::classifier;
 use aya_ebpf::programs::TcContext;
 use ferry_ebpf_common::{
-    BACKEND_FLAG_LOCAL, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtValue,
+    BACKEND_FLAG_LOCAL, Backend, CT_FLAG_DSR, CT_FLAG_EGRESS, CT_FLAG_REPLY, CT_FLAG_SNAT, CtValue,
     PROTO_SCTP, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, is_v4,
 };
+use ferry_ebpf_common::observe::{FLOW_DIR_NONE, FLOW_TRANSLATED, REASON_SERVICE};
 use ferry_ebpf_common::policy::{DIR_EGRESS, DIR_INGRESS};
 
 use crate::dsr;
+use crate::observe;
 use crate::policy;
 use crate::flow::{
     ETH_HLEN, Frame, Packet, TCP_ACK, TCP_RST, TCP_SYN, count_packet, parse, source_allowed, touch,
@@ -319,6 +321,9 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
             return match track_dsr(p, &chosen, &node, now, !chosen.maglev) {
                 Some(()) => {
                     count_packet(chosen.id, p.len);
+                    if observe::watched() {
+                        translated(p, &chosen.backend, ifindex);
+                    }
                     DSR_STARTED
                 }
                 None => TC_ACT_SHOT as i32,
@@ -329,11 +334,39 @@ fn new_flow(skb: *mut __sk_buff, p: &Packet, now: u64) -> i32 {
     match track(p, &chosen, if external { ifindex } else { 0 }, now) {
         Some(()) => {
             count_packet(chosen.id, p.len);
+            if observe::watched() {
+                translated(p, &chosen.backend, ifindex);
+            }
             let _ = rewrite(skb, p, false, &chosen.backend.addr, chosen.backend.port);
             TC_ACT_OK as i32
         }
         None => TC_ACT_SHOT as i32,
     }
+}
+
+/// While watched: a new flow's frontend translated to `backend`.
+#[inline(never)]
+fn translated(p: &Packet, backend: &Backend, ifindex: u32) {
+    let Some(e) = observe::slot() else {
+        return;
+    };
+    unsafe {
+        (*e).src = p.src;
+        (*e).dst = backend.addr;
+        (*e).orig_dst = p.dst;
+        (*e).sport = p.sport;
+        (*e).dport = backend.port;
+        (*e).orig_dport = p.dport;
+        (*e).proto = p.proto;
+        (*e).kind = FLOW_TRANSLATED;
+        (*e).dir = FLOW_DIR_NONE;
+        (*e).reason = REASON_SERVICE;
+        (*e)._pad = 0;
+        (*e).policy = 0;
+        (*e).set = 0;
+        (*e).ifindex = ifindex;
+    }
+    observe::emit();
 }
 
 /// A packet of a new flow that is not translated (it goes straight to its

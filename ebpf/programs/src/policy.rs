@@ -14,15 +14,21 @@ use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::programs::TcContext;
+use aya_ebpf::maps::LruHashMap;
+use ferry_ebpf_common::observe::{
+    FLOW_DROPPED, FLOW_FORWARDED, REASON_FROM_HOST, REASON_NOT_ISOLATED, REASON_POLICY_ALLOWED,
+    REASON_POLICY_DENIED, REASON_SELF, REASON_SPOOFED,
+};
 use ferry_ebpf_common::policy::{
     DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IDENTITY_HOST,
-    PCT_FLAG_CLOSING, PCT_FLAG_EGRESS, PCT_FLAG_INGRESS, POLICY_STAT_ALLOWED, POLICY_STAT_DENIED, PolicyCidrKey, PolicyCtValue,
-    PolicyRuleKey, RULE_PREFIX_FULL,
+    PCT_FLAG_CLOSING, PCT_FLAG_EGRESS, PCT_FLAG_INGRESS, POLICY_STAT_ALLOWED, POLICY_STAT_DENIED,
+    PolicyCidrKey, PolicyCtValue, PolicyRuleKey, RULE_PREFIX_FULL,
 };
 use ferry_ebpf_common::{CtKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP, v4_mapped};
 
 use crate::flow::{ETH_HLEN, REFRESH_NS, TCP_FIN, TCP_RST};
-use crate::maps::{POL_CIDRS, POL_CT, POL_EP, POL_IDS, POL_RULES, POL_STATS};
+use crate::maps::{OBS_SEEN, POL_CIDRS, POL_CT, POL_EP, POL_IDS, POL_RULES, POL_STATS};
+use crate::observe;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -57,39 +63,60 @@ impl Flow {
     }
 }
 
+/// Set in [`judge`]'s result: a flow event waits in the observe slot.
+const REPORT: i32 = 0x100;
+/// Set in [`judge`]'s result: a new flow at a pod no policy judges, while
+/// watched.
+const UNJUDGED: i32 = 0x200;
+
 /// The verdict for the packet in `ctx`, `dir` being the pod's direction
 /// ([`DIR_EGRESS`] on the pod device's ingress, [`DIR_INGRESS`] on its
 /// egress): `TC_ACT_OK` or `TC_ACT_SHOT` (a denied SYN is dropped, so the
-/// client times out, as the API's tests expect).
-#[inline(never)]
+/// client times out, as the API's tests expect). Flow events are sent
+/// after it returns, in a frame of their own ([`settle`]): its stack and
+/// theirs together would not fit the programs' 512 bytes.
+#[inline(always)]
 pub fn judge(ctx: &TcContext, dir: u8) -> i32 {
-    match verdict(ctx, dir) {
-        Some(false) => TC_ACT_SHOT as i32,
-        _ => TC_ACT_OK as i32,
-    }
+    settle(ctx, dir, decide(ctx, dir))
 }
 
-/// `None` and `Some(true)` pass; `Some(false)` drops.
+#[inline(never)]
+fn decide(ctx: &TcContext, dir: u8) -> i32 {
+    verdict(ctx, dir).unwrap_or(TC_ACT_OK as i32)
+}
+
 #[inline(always)]
-fn verdict(ctx: &TcContext, dir: u8) -> Option<bool> {
+fn settle(ctx: &TcContext, dir: u8, rc: i32) -> i32 {
+    if rc & UNJUDGED != 0 {
+        unjudged(ctx, dir);
+    } else if rc & REPORT != 0 {
+        observe::emit();
+    }
+    rc & !(REPORT | UNJUDGED)
+}
+
+#[inline(always)]
+fn verdict(ctx: &TcContext, dir: u8) -> Option<i32> {
+    const PASS: i32 = TC_ACT_OK as i32;
+    const DROP: i32 = TC_ACT_SHOT as i32;
     let f = parse(ctx)?;
     let local = if dir == DIR_EGRESS { &f.src } else { &f.dst };
     let ep = POL_EP.get_ptr(local)?;
     let (set, flags, ifindex) = unsafe { ((*ep).set, (*ep).flags, (*ep).ifindex) };
-    if flags == 0 || f.control {
-        return Some(true);
+    if f.control {
+        return Some(PASS);
     }
+    if flags == 0 {
+        return Some(if observe::watched() { PASS | UNJUDGED } else { PASS });
+    }
+    let device = unsafe { (*ctx.skb.skb).ifindex };
     // Another device claiming the pod's address is not the pod.
-    if ifindex != 0 && ifindex != unsafe { (*ctx.skb.skb).ifindex } {
+    if ifindex != 0 && ifindex != device {
         count(dir, POLICY_STAT_DENIED);
-        return Some(false);
+        return Some(DROP | note(&f, dir, FLOW_DROPPED, REASON_SPOOFED, 0, set, device));
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let (this_hook, reply_hook) = if dir == DIR_INGRESS {
-        (PCT_FLAG_INGRESS, PCT_FLAG_EGRESS)
-    } else {
-        (PCT_FLAG_EGRESS, PCT_FLAG_INGRESS)
-    };
+    let (this_hook, reply_hook) = hooks(dir);
     let key = f.key();
     if let Some(entry) = POL_CT.get_ptr_mut(&key) {
         let (seen, ct_flags) = unsafe { ((*entry).last_seen_ns, (*entry).flags) };
@@ -102,7 +129,7 @@ fn verdict(ctx: &TcContext, dir: u8) -> Option<bool> {
                     (*entry).last_seen_ns = now;
                 }
             }
-            return Some(true);
+            return Some(PASS);
         }
     }
     let isolated = if dir == DIR_INGRESS {
@@ -110,16 +137,88 @@ fn verdict(ctx: &TcContext, dir: u8) -> Option<bool> {
     } else {
         flags & EP_ISOLATED_EGRESS != 0
     };
-    if isolated && !allowed(&f, dir, set) {
-        count(dir, POLICY_STAT_DENIED);
-        return Some(false);
-    }
+    let (reason, policy) = if isolated {
+        match allowed(&f, dir, set) {
+            Some(grant) => grant,
+            None => {
+                count(dir, POLICY_STAT_DENIED);
+                let report = note(&f, dir, FLOW_DROPPED, REASON_POLICY_DENIED, 0, set, device);
+                return Some(DROP | report);
+            }
+        }
+    } else {
+        (REASON_NOT_ISOLATED, 0)
+    };
     count(dir, POLICY_STAT_ALLOWED);
     // This flow's packets pass this hook from now on, and its replies the
     // endpoint's other hook, even when that direction is isolated too.
-    mark(&key, this_hook, now, f.proto);
-    mark(&key.reverse(), reply_hook, now, f.proto);
-    Some(true)
+    mark(&POL_CT, &key, this_hook, now, f.proto);
+    mark(&POL_CT, &key.reverse(), reply_hook, now, f.proto);
+    Some(PASS | note(&f, dir, FLOW_FORWARDED, reason, policy, set, device))
+}
+
+/// The conntrack flag of the hook judging `dir`, and of the one its
+/// replies cross.
+#[inline(always)]
+fn hooks(dir: u8) -> (u32, u32) {
+    if dir == DIR_INGRESS {
+        (PCT_FLAG_INGRESS, PCT_FLAG_EGRESS)
+    } else {
+        (PCT_FLAG_EGRESS, PCT_FLAG_INGRESS)
+    }
+}
+
+/// While watched: a new flow at a pod no policy judges, reported once per
+/// hook (its tuple both ways kept in `OBS_SEEN`, which no verdict reads).
+#[inline(never)]
+fn unjudged(ctx: &TcContext, dir: u8) {
+    let Some(f) = parse(ctx) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (this_hook, reply_hook) = hooks(dir);
+    let key = f.key();
+    if let Some(entry) = OBS_SEEN.get_ptr(&key) {
+        let (seen, flags) = unsafe { ((*entry).last_seen_ns, (*entry).flags) };
+        if flags & this_hook != 0 && fresh(flags, seen, now, f.proto) {
+            return;
+        }
+    }
+    mark(&OBS_SEEN, &key, this_hook, now, f.proto);
+    mark(&OBS_SEEN, &key.reverse(), reply_hook, now, f.proto);
+    let device = unsafe { (*ctx.skb.skb).ifindex };
+    if note(&f, dir, FLOW_FORWARDED, REASON_NOT_ISOLATED, 0, 0, device) != 0 {
+        observe::emit();
+    }
+}
+
+/// While watched, writes a verdict's event into the observe slot and
+/// returns [`REPORT`]; 0 otherwise.
+#[inline(always)]
+fn note(f: &Flow, dir: u8, kind: u8, reason: u8, policy: u32, set: u32, device: u32) -> i32 {
+    if !observe::watched() {
+        return 0;
+    }
+    let Some(e) = observe::slot() else {
+        return 0;
+    };
+    unsafe {
+        (*e).src = f.src;
+        (*e).dst = f.dst;
+        (*e).orig_dst = [0; 4];
+        (*e).sport = f.sport;
+        (*e).dport = f.dport;
+        (*e).orig_dport = 0;
+        (*e).proto = f.proto;
+        (*e).kind = kind;
+        (*e).dir = dir;
+        (*e).reason = reason;
+        (*e)._pad = 0;
+        (*e).policy = policy;
+        (*e).set = set;
+        (*e).ifindex = device;
+    }
+    REPORT
 }
 
 /// Whether an entry last seen at `seen` still stands at `now`.
@@ -135,10 +234,10 @@ fn fresh(flags: u32, seen: u64, now: u64, proto: u8) -> bool {
     now.saturating_sub(seen) <= idle
 }
 
-/// Lets packets with tuple `key` pass the hooks in `hook` too.
+/// Lets packets with tuple `key` pass the hooks in `hook` too (in `map`).
 #[inline(always)]
-fn mark(key: &CtKey, hook: u32, now: u64, proto: u8) {
-    if let Some(entry) = POL_CT.get_ptr_mut(key) {
+fn mark(map: &LruHashMap<CtKey, PolicyCtValue>, key: &CtKey, hook: u32, now: u64, proto: u8) {
+    if let Some(entry) = map.get_ptr_mut(key) {
         let (seen, flags) = unsafe { ((*entry).last_seen_ns, (*entry).flags) };
         if fresh(flags, seen, now, proto) {
             unsafe {
@@ -153,23 +252,24 @@ fn mark(key: &CtKey, hook: u32, now: u64, proto: u8) {
         flags: hook,
         _pad: 0,
     };
-    let _ = POL_CT.insert(key, &value, 0);
+    let _ = map.insert(key, &value, 0);
 }
 
 /// Whether a rule of set `set` allows the flow's peer, protocol and port,
 /// at most three lookups: the peer's pod identity, its CIDR identity, and
-/// the rules for anyone.
+/// the rules for anyone. Allowed: why (`REASON_*`) and the allowing
+/// policy's number.
 #[inline(always)]
-fn allowed(f: &Flow, dir: u8, set: u32) -> bool {
+fn allowed(f: &Flow, dir: u8, set: u32) -> Option<(u8, u32)> {
     let peer = if dir == DIR_INGRESS { &f.src } else { &f.dst };
     // A pod reaching itself (through its Service, per packet) crosses its
     // own device both ways.
     if f.src == f.dst {
-        return true;
+        return Some((REASON_SELF, 0));
     }
     let pod = POL_IDS.get_ptr(peer).map(|id| unsafe { *id });
     if dir == DIR_INGRESS && pod == Some(IDENTITY_HOST) {
-        return true;
+        return Some((REASON_FROM_HOST, 0));
     }
     let rule = |identity: u32| {
         let key = Key::new(
@@ -182,22 +282,24 @@ fn allowed(f: &Flow, dir: u8, set: u32) -> bool {
                 port: f.dport,
             },
         );
-        POL_RULES.get(&key).is_some()
+        POL_RULES
+            .get(&key)
+            .map(|v| (REASON_POLICY_ALLOWED, v.policy))
     };
     if let Some(id) = pod
         && id != IDENTITY_ANY
-        && rule(id)
+        && let Some(grant) = rule(id)
     {
-        return true;
+        return Some(grant);
     }
     let cidr = POL_CIDRS
         .get(&Key::new(128, PolicyCidrKey { addr: *peer }))
         .copied();
     if let Some(id) = cidr
         && id != IDENTITY_ANY
-        && rule(id)
+        && let Some(grant) = rule(id)
     {
-        return true;
+        return Some(grant);
     }
     rule(IDENTITY_ANY)
 }

@@ -150,6 +150,9 @@ pub struct NodeInfo {
     /// --observe-socket <this>`).
     #[serde(default)]
     pub observe_socket: PathBuf,
+    /// Its agent's pins (`ferry-agent inspect --bpffs-root <this>`).
+    #[serde(default)]
+    pub bpffs_root: PathBuf,
 }
 
 /// One process of a running cluster.
@@ -390,6 +393,7 @@ impl NodePlan {
             &self.logs.join(format!("{name}-node.log")),
         ))?;
         let observe_socket = node.state_dir.join(components::OBSERVE_SOCKET);
+        let bpffs_root = hooks.bpffs.clone();
         let agent = Supervised::start(components::agent(
             &node.netns,
             &self.bins,
@@ -411,6 +415,7 @@ impl NodePlan {
                 netns: node.netns.name().to_owned(),
                 ip: node_ips[0],
                 observe_socket,
+                bpffs_root,
             },
         })
     }

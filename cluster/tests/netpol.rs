@@ -325,7 +325,7 @@ fn netpol_conformance_in_a_ferry_cluster() {
             denied_syn_times_out,
         ),
         (
-            "ferry-agent observe shows a drop and an allow with their pods and policies",
+            "ferry-agent observe shows a drop and an allow with their pods and policies, inspect policy by pod name",
             observe_names_pods_and_policies,
         ),
     ];
@@ -499,7 +499,8 @@ fn denied_syn_times_out(r: &Runner) -> Result<(), String> {
 /// `ferry-agent observe --pod x/a -o json` on x/a's node, with x/a
 /// isolated by a policy that lets x/b in on TCP 80: y/a's attempt is a
 /// drop at x/a's ingress naming that policy; x/b's a forward naming it as
-/// the one that allows; both with the pods' names.
+/// the one that allows; both with the pods' names. Then `ferry-agent
+/// inspect policy x/a` shows the pod by name with that policy's table.
 fn observe_names_pods_and_policies(r: &Runner) -> Result<(), String> {
     let allow =
         Policy::new("x", "a-from-b", Selector::labels(&[("pod", "a")])).ingress(vec![Rule::new(
@@ -588,7 +589,34 @@ fn observe_names_pods_and_policies(r: &Runner) -> Result<(), String> {
     let _ = child.kill();
     let _ = child.wait();
     if dropped && allowed {
-        Ok(())
+        // The same pod by name in `inspect policy`: its policy, and the
+        // peer it lets in, named.
+        let out =
+            std::process::Command::new(ferry_testbed::binary("ferry-dataplane", "ferry-agent"))
+                .args(["inspect", "policy", "x/a", "--bpffs-root"])
+                .arg(&node.bpffs_root)
+                .arg("--observe-socket")
+                .arg(&node.observe_socket)
+                .output()
+                .map_err(|e| format!("running inspect: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let head = format!("{}  x/a  set ", target.ip);
+        let ok = out.status.success()
+            && text.starts_with(&head)
+            && text.contains("isolated for ingress  (policies: x/a-from-b)")
+            && text.contains("x/b ")
+            && text
+                .lines()
+                .any(|l| l.contains("ingress") && l.contains("TCP") && l.ends_with("x/a-from-b"))
+            && text.lines().count() >= 3;
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "inspect policy x/a:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
     } else {
         let mut stderr = String::new();
         if let Some(mut e) = child.stderr.take() {

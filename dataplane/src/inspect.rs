@@ -303,12 +303,48 @@ fn devices(maps: &Maps, links_dir: &Path, out: &mut impl Write) -> Result<(), In
     Ok(())
 }
 
-/// `inspect policy`: each of this node's pods (or the one at `only`) with
+/// What `inspect policy` asks the agent to name for `written`: the pods'
+/// and peers' addresses (at most three per identity, as shown), the
+/// policies of the rules and the pods' sets, and `pod` (`NS/NAME`).
+pub fn policy_query(
+    written: &crate::policy::programmer::Written,
+    pod: Option<&str>,
+) -> crate::observe::names::NameQuery {
+    use crate::observe::names::MAX_QUERY_ENTRIES;
+    let mut shown: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut addresses: Vec<IpAddr> = written.endpoints.keys().map(words_addr).collect();
+    for (addr, id) in &written.identities {
+        let n = shown.entry(*id).or_default();
+        if *n < 3 {
+            *n += 1;
+            addresses.push(words_addr(addr));
+        }
+    }
+    addresses.truncate(MAX_QUERY_ENTRIES);
+    let mut policies: Vec<u32> = written.rules.values().map(|v| v.policy).collect();
+    policies.sort_unstable();
+    policies.dedup();
+    policies.truncate(MAX_QUERY_ENTRIES);
+    let mut sets: Vec<u32> = written.endpoints.values().map(|e| e.set).collect();
+    sets.sort_unstable();
+    sets.dedup();
+    sets.truncate(MAX_QUERY_ENTRIES);
+    crate::observe::names::NameQuery {
+        addresses,
+        pods: pod.map(str::to_owned).into_iter().collect(),
+        policies,
+        sets,
+    }
+}
+
+/// `inspect policy`: each of this node's pods (or those at `only`) with
 /// its isolation and the allow table of its policy set, peers shown as the
-/// addresses holding their identity or the prefixes of their ipBlocks.
+/// pods holding their identity or the prefixes of their ipBlocks, named
+/// with `names` where the agent gave them.
 pub fn policy(
     written: &crate::policy::programmer::Written,
-    only: Option<IpAddr>,
+    names: &crate::observe::names::Names,
+    only: &[IpAddr],
     out: &mut impl Write,
 ) -> Result<(), InspectError> {
     use ferry_ebpf_common::policy::{
@@ -329,6 +365,10 @@ pub fn policy(
         };
         blocks.entry(*id).or_default().push(format!("{ip}/{bits}"));
     }
+    let named = |ip: IpAddr| match names.pod(ip) {
+        Some(p) => format!("{}/{} {ip}", p.namespace, p.name),
+        None => ip.to_string(),
+    };
     let peer = |id: u32| -> String {
         match id {
             IDENTITY_ANY => "anyone".into(),
@@ -339,7 +379,7 @@ pub fn policy(
             },
             _ => {
                 let addrs = holders.get(&id).map(Vec::as_slice).unwrap_or_default();
-                let shown: Vec<String> = addrs.iter().take(3).map(IpAddr::to_string).collect();
+                let shown: Vec<String> = addrs.iter().take(3).map(|ip| named(*ip)).collect();
                 let more = addrs.len().saturating_sub(3);
                 let more = if more > 0 {
                     format!(" +{more} more")
@@ -352,7 +392,7 @@ pub fn policy(
     };
     for (addr, ep) in &written.endpoints {
         let ip = words_addr(addr);
-        if only.is_some_and(|o| o != ip) {
+        if !only.is_empty() && !only.contains(&ip) {
             continue;
         }
         let iso = match (
@@ -364,7 +404,21 @@ pub fn policy(
             (false, true) => "isolated for egress",
             (true, true) => "isolated for ingress and egress",
         };
-        writeln!(out, "{ip}  set {}  {iso}", ep.set)?;
+        let pod = names
+            .pod(ip)
+            .map(|p| format!("  {}/{}", p.namespace, p.name))
+            .unwrap_or_default();
+        let by: Vec<String> = names
+            .set_policies(ep.set)
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        let by = if by.is_empty() {
+            String::new()
+        } else {
+            format!("  (policies: {})", by.join(", "))
+        };
+        writeln!(out, "{ip}{pod}  set {}  {iso}{by}", ep.set)?;
         if ep.flags == 0 {
             continue;
         }
@@ -397,11 +451,14 @@ pub fn policy(
                     format!("{first}-{last}")
                 }
             };
+            let policy = match names.policy(v.policy) {
+                Some(p) => format!("{}/{}", p.namespace, p.name),
+                None => format!("#{}", v.policy),
+            };
             writeln!(
                 out,
-                "  {dir:<9} {:<44} {proto:<6} {ports:<13} #{}",
+                "  {dir:<9} {:<44} {proto:<6} {ports:<13} {policy}",
                 peer(k.peer),
-                v.policy
             )?;
             any = true;
         }
@@ -416,6 +473,7 @@ pub fn policy(
 #[allow(clippy::unwrap_used)]
 mod policy_tests {
     use super::*;
+    use crate::observe::names::{Names, PodName};
     use crate::policy::programmer::Written;
     use crate::service::programmer::addr_words;
     use ferry_ebpf_common::policy::{
@@ -466,19 +524,43 @@ mod policy_tests {
             rule(IDENTITY_ANY, DIR_EGRESS, 0, 0, 72),
         ]);
         let mut out = Vec::new();
-        policy(&w, None, &mut out).unwrap();
+        policy(&w, &Names::default(), &[], &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.contains("10.244.0.5  set 3  isolated for ingress"),
             "{text}"
         );
         assert!(text.contains("pods #100 (10.244.1.7)"), "{text}");
+        assert!(text.contains(" #7"), "numbers without names: {text}");
         assert!(text.contains("ipBlock 172.16.0.0/12"), "{text}");
         assert!(text.contains("5300-5303"), "{text}");
         assert!(text.contains("anyone"), "{text}");
         assert!(text.contains("10.244.0.6  set 0  not isolated"), "{text}");
         let mut one = Vec::new();
-        policy(&w, Some(ip("10.244.0.6")), &mut one).unwrap();
+        policy(&w, &Names::default(), &[ip("10.244.0.6")], &mut one).unwrap();
         assert!(!String::from_utf8(one).unwrap().contains("10.244.0.5"));
+
+        // With the agent's names: pods, the set's policies, the allowing
+        // policy; and the query asks for what is shown.
+        let q = policy_query(&w, Some("x/a"));
+        assert!(q.addresses.contains(&ip("10.244.1.7")) && q.addresses.contains(&ip("10.244.0.5")));
+        assert_eq!(
+            (q.policies.as_slice(), q.sets.as_slice()),
+            ([7].as_slice(), [0, 3].as_slice())
+        );
+        let mut names = Names::default();
+        names.insert_pod(ip("10.244.0.5"), PodName::new("x", "a"));
+        names.insert_pod(ip("10.244.1.7"), PodName::new("y", "b"));
+        names.insert_policy(7, "x", "allow-b");
+        names.insert_set(3, &[(7, true, false)]);
+        let mut out = Vec::new();
+        policy(&w, &names, &[], &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("10.244.0.5  x/a  set 3  isolated for ingress  (policies: x/allow-b)"),
+            "{text}"
+        );
+        assert!(text.contains("pods #100 (y/b 10.244.1.7)"), "{text}");
+        assert!(text.contains(" x/allow-b\n"), "{text}");
     }
 }

@@ -3,7 +3,7 @@
 //! replacement, keeps the eBPF service maps in step with Services and
 //! EndpointSlices.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use ferry_dataplane::inspect;
 use ferry_dataplane::metrics::{self, Metrics};
 use ferry_dataplane::nodes::NodeInfo;
 use ferry_dataplane::observe::event::Filter;
-use ferry_dataplane::observe::names::Directory;
+use ferry_dataplane::observe::names::{Directory, Names};
 use ferry_dataplane::observe::{client, server};
 use ferry_dataplane::policy::enforcer;
 use ferry_dataplane::policy::programmer::PolicyProgrammer;
@@ -309,8 +309,8 @@ enum Command {
     Inspect {
         #[arg(value_enum)]
         what: inspect::What,
-        /// With `policy`: only the pod at this address.
-        target: Option<std::net::IpAddr>,
+        /// With `policy`: only this pod (`NAMESPACE/NAME` or an address).
+        target: Option<String>,
     },
     /// Stream this node's flows as the programs judge and translate them
     /// (new flows, drops, Service translations), like `hubble observe`,
@@ -390,8 +390,32 @@ async fn main() -> anyhow::Result<()> {
                 )
             })?;
             let written = maps.read_all().context("reading the policy maps")?;
+            let by_name = target.as_deref().filter(|t| t.parse::<IpAddr>().is_err());
+            let query = inspect::policy_query(&written, by_name);
+            let names = match client::names(&cli.observe_socket, &query).await {
+                Ok(answer) => Names::from_answer(&answer),
+                Err(e) => {
+                    eprintln!("names unavailable, showing addresses and numbers: {e}");
+                    Names::default()
+                }
+            };
+            let only: Vec<IpAddr> = match (target, by_name) {
+                (None, _) => Vec::new(),
+                (Some(pod), Some(_)) => {
+                    let (ns, name) = pod.split_once('/').with_context(|| {
+                        format!("{pod:?}: give the pod as NAMESPACE/NAME or an address")
+                    })?;
+                    let ips = names.addresses_of(ns, name);
+                    anyhow::ensure!(
+                        !ips.is_empty(),
+                        "the agent knows no pod {pod} (is it in the cluster, and is --observe-socket this agent's?)"
+                    );
+                    ips
+                }
+                (Some(ip), None) => vec![ip.parse().context("the pod's address")?],
+            };
             let mut out = std::io::stdout().lock();
-            return inspect::policy(&written, *target, &mut out)
+            return inspect::policy(&written, &names, &only, &mut out)
                 .context("printing the policy maps");
         }
         Some(Command::Inspect { what, .. }) => {

@@ -1,7 +1,8 @@
-//! The agent's side of `observe`: a Unix socket (mode 0600: flows are the
-//! node's business) where each watcher sends one line, its [`Filter`] as
-//! JSON, and then reads [`Line`]s, one JSON object a line, until it hangs
-//! up.
+//! The agent's local socket (a Unix socket, mode 0600: flows are the
+//! node's business). A client sends one line, a [`Request`] as JSON:
+//! `{"observe": FILTER}` and then reads [`Line`]s, one JSON object a line,
+//! until it hangs up; or `{"names": QUERY}` (for `inspect`) and reads one
+//! [`Line::Names`].
 //!
 //! The ring reader runs only while a watcher is connected: it turns the
 //! programs' events on with a lease of [`LEASE`] renewed every second (an
@@ -34,13 +35,15 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, broadcast};
 
 use super::event::{Filter, Record, decode};
-use super::names::Directory;
+use super::names::{Directory, NameAnswer, NameQuery};
 use crate::bpf::ObserveMaps;
 
 /// How far ahead the events are switched on; renewed every second.
 pub const LEASE: Duration = Duration::from_secs(5);
 /// The longest request line.
-pub const MAX_REQUEST: usize = 4096;
+pub const MAX_REQUEST: usize = 256 * 1024;
+/// How long a names request waits for the policy loop to publish.
+pub const NAMES_WAIT: Duration = Duration::from_secs(3);
 /// How long a watcher has to send its request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write to a watcher may block before it is dropped.
@@ -84,12 +87,23 @@ pub struct Lost {
     pub slow_watcher: u64,
 }
 
-/// One line a watcher reads.
+/// What a client asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Flows matching the filter, until the client hangs up.
+    Observe(Filter),
+    /// Names of pods, policies and policy sets.
+    Names(NameQuery),
+}
+
+/// One line a client reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Line {
     Flow(Box<Record>),
     Lost { lost_events: Lost },
+    Names { names: NameAnswer },
     Error { error: String },
 }
 
@@ -128,7 +142,7 @@ pub async fn serve(
         maps,
         tx.clone(),
         joined.clone(),
-        directory,
+        directory.clone(),
         settings.clone(),
     ));
     let limit = ConnLimit::new(settings.max_watchers.max(1));
@@ -140,10 +154,11 @@ pub async fn serve(
                 backoff.on_success();
                 let rx = tx.subscribe();
                 let joined = joined.clone();
+                let directory = directory.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Err(e) = watcher(conn, rx, &joined).await {
-                        tracing::debug!(error = %e, "observe watcher gone");
+                    if let Err(e) = client(conn, rx, &joined, &directory).await {
+                        tracing::debug!(error = %e, "observe client gone");
                     }
                 });
             }
@@ -240,14 +255,14 @@ async fn reader(
         while r.tx.receiver_count() == 0 {
             joined.notified().await;
         }
-        r.directory.want(true);
+        let names = r.directory.hold();
         tracing::info!("a watcher connected: flow events on");
         if let Err(e) = r.spell().await {
             switch(&mut r.config, 0, r.settings.rate);
             tracing::error!(error = %e, "reading flow events stopped; observe is off");
             return;
         }
-        r.directory.want(false);
+        drop(names);
         tracing::info!("no watcher left: flow events off");
     }
 }
@@ -300,27 +315,41 @@ impl Reader {
     }
 }
 
-/// One watcher: its filter, then matching lines until it hangs up.
-async fn watcher(
+/// One client: its request, then the names it asked for, or matching
+/// flows until it hangs up.
+async fn client(
     conn: UnixStream,
     mut rx: broadcast::Receiver<Arc<Line>>,
     joined: &Notify,
+    directory: &Arc<Directory>,
 ) -> io::Result<()> {
     let (read, mut write) = conn.into_split();
     let mut read = BufReader::new(read.take(MAX_REQUEST as u64));
     let mut request = String::new();
-    let filter = match tokio::time::timeout(REQUEST_TIMEOUT, read.read_line(&mut request)).await {
-        Ok(Ok(_)) if request.ends_with('\n') => serde_json::from_str::<Filter>(&request)
-            .map_err(|e| format!("the request is not a filter: {e}"))
-            .and_then(|f| f.check().map(|()| f)),
+    let request = match tokio::time::timeout(REQUEST_TIMEOUT, read.read_line(&mut request)).await {
+        Ok(Ok(_)) if request.ends_with('\n') => serde_json::from_str::<Request>(&request)
+            .map_err(|e| format!("the request is not one the agent knows: {e}"))
+            .and_then(|r| match &r {
+                Request::Observe(f) => f.check().map(|()| r),
+                Request::Names(q) => q.check().map(|()| r),
+            }),
         Ok(Ok(_)) => Err(format!(
             "the request must be one line of JSON of at most {MAX_REQUEST} bytes"
         )),
         Ok(Err(e)) => return Err(e),
         Err(_) => Err(format!("no request within {}s", REQUEST_TIMEOUT.as_secs())),
     };
-    let filter = match filter {
-        Ok(f) => f,
+    let filter = match request {
+        Ok(Request::Observe(f)) => f,
+        Ok(Request::Names(q)) => {
+            drop(rx);
+            let _hold = directory.hold();
+            let names = directory.fresh(NAMES_WAIT).await;
+            let line = Line::Names {
+                names: names.answer(&q),
+            };
+            return send(&mut write, &line).await;
+        }
         Err(error) => {
             let line = Line::Error { error };
             let _ = send(&mut write, &line).await;

@@ -367,6 +367,24 @@ fn status(cli: &Cli) -> anyhow::Result<()> {
         if let Err(e) = ready {
             println!("  (the apiserver did not answer: {e})");
         }
+        if info
+            .nodes
+            .iter()
+            .any(|n| !n.observe_socket.as_os_str().is_empty())
+        {
+            println!(
+                "  FLOWS: ferry-agent observe --observe-socket <SOCKET> (inspect: --bpffs-root <PINS> too)"
+            );
+            println!("  {:<24} {:<40} PINS", "NODE", "SOCKET");
+            for node in &info.nodes {
+                println!(
+                    "  {:<24} {:<40} {}",
+                    node.name,
+                    node.observe_socket.display(),
+                    node.bpffs_root.display()
+                );
+            }
+        }
         println!("  {:<28} {:<8} {:<9} LOG", "COMPONENT", "PID", "RESTARTS");
         for c in &info.components {
             let label = match &c.node {

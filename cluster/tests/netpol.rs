@@ -315,7 +315,7 @@ fn netpol_conformance_in_a_ferry_cluster() {
         }
     }
     type Extra = fn(&Runner) -> Result<(), String>;
-    let extras: [(&str, Extra); 3] = [
+    let extras: [(&str, Extra); 4] = [
         (
             "an allowed long-lived connection survives an unrelated policy change",
             |r| long_lived_connection_survives_unrelated_change(r, true),
@@ -327,6 +327,10 @@ fn netpol_conformance_in_a_ferry_cluster() {
         (
             "ferry-agent observe shows a drop and an allow with their pods and policies, inspect policy by pod name",
             observe_names_pods_and_policies,
+        ),
+        (
+            "hostile input: a policy of 10,000 ipBlocks fails closed, the agent stays up",
+            ten_thousand_ip_blocks_fail_closed,
         ),
     ];
     let mut ran = named.len();
@@ -626,5 +630,71 @@ fn observe_names_pods_and_policies(r: &Runner) -> Result<(), String> {
             "drop seen: {dropped}, allow seen: {allowed}; records:\n{}\nstderr: {stderr}",
             seen.join("\n")
         ))
+    }
+}
+
+/// A NetworkPolicy for x/a with 10,000 ipBlocks (x/b's own address among
+/// them), past the agent's limit of ipBlock prefixes per policy: x/a is
+/// isolated and nothing is let in (fail closed: neither an open door nor a
+/// crash), every other pod is untouched, and the agent's log names the
+/// policy and the limit.
+fn ten_thousand_ip_blocks_fail_closed(r: &Runner) -> Result<(), String> {
+    let xb = r.prober.pods[r.base.pod_index("x/b")].ip;
+    let blocks: Vec<serde_json::Value> = (0..10_000u32)
+        .map(|i| {
+            let cidr = if i == 0 {
+                format!("{xb}/32")
+            } else {
+                format!("{}/32", Ipv4Addr::from(0xc0a8_0000 + i))
+            };
+            serde_json::json!({"ipBlock": {"cidr": cidr}})
+        })
+        .collect();
+    let np = serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"namespace": "x", "name": "hostile"},
+        "spec": {
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [{"from": blocks, "ports": [{"protocol": "TCP", "port": 80}]}],
+        },
+    });
+    let file = r.c.data_dir.join("netpol-hostile.json");
+    std::fs::write(&file, np.to_string()).map_err(|e| e.to_string())?;
+    r.c.kubectl(&["create", "-f", &file.to_string_lossy()])?;
+    // What the agent must do: x/a isolated for ingress, nothing allowed.
+    let mut model = r.base.clone();
+    model.upsert(Policy::new("x", "hostile", Selector::labels(&[("pod", "a")])).ingress(vec![]));
+    let checked = r.check(
+        &model,
+        &[Expect {
+            port: 80,
+            proto: Proto::Tcp,
+            upstream: None,
+        }],
+    );
+    let _ =
+        r.c.kubectl(&["delete", "networkpolicy", "hostile", "-n", "x"]);
+    checked?;
+    let logs = r.c.data_dir.join("logs");
+    let mut said = false;
+    for entry in std::fs::read_dir(&logs)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with("-agent.log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).map_err(|e| e.to_string())?;
+        if text.contains("panicked") {
+            return Err(format!("{name} shows a panic"));
+        }
+        said |= text.contains("x/hostile") && text.contains("more than the limit");
+    }
+    if said {
+        Ok(())
+    } else {
+        Err("no agent log names x/hostile and the limit it broke".into())
     }
 }

@@ -124,7 +124,10 @@ fn two_clusters_side_by_side_then_down_leaves_nothing() {
     for name in &names {
         assert!(status.contains(&format!("{name}: running")), "{status}");
         assert!(status.contains(&format!("{name}-node1")), "{status}");
-        assert!(status.contains("observe.sock"), "each agent's socket: {status}");
+        assert!(
+            status.contains("observe.sock"),
+            "each agent's socket: {status}"
+        );
     }
     let infos: Vec<serde_json::Value> = names.iter().map(|n| info(n)).collect();
     for (i, inf) in infos.iter().enumerate() {

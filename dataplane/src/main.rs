@@ -543,7 +543,7 @@ async fn main() -> anyhow::Result<()> {
         });
         let names = Arc::new(Directory::default());
         if !cli.observe_socket.as_os_str().is_empty() {
-            observe(&cli, &layout, names.clone()).await;
+            observe(&cli, &layout, names.clone(), metrics.clone()).await;
         }
         if cli.pod_devices.is_some() && !cli.no_network_policy {
             network_policy(
@@ -766,7 +766,7 @@ fn network_policy(
 /// Serves flow events on `--observe-socket`. Observation is not worth
 /// stopping the dataplane for: a socket that cannot be served is logged and
 /// the agent goes on without it.
-async fn observe(cli: &Cli, layout: &Layout, names: Arc<Directory>) {
+async fn observe(cli: &Cli, layout: &Layout, names: Arc<Directory>, metrics: Arc<Metrics>) {
     let maps = match bpf::ObserveMaps::open(layout) {
         Ok(m) => m,
         Err(e) => {
@@ -786,6 +786,7 @@ async fn observe(cli: &Cli, layout: &Layout, names: Arc<Directory>) {
         node: cli.node_name.clone(),
         rate: cli.observe_rate.max(1),
         max_watchers: cli.observe_max_watchers,
+        metrics,
     };
     tracing::info!(socket = %cli.observe_socket.display(), "serving flow events");
     tokio::spawn(server::serve(listener, settings, maps, names));

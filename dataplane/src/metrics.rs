@@ -40,6 +40,13 @@ pub struct PolicyFlowLabels {
     pub verdict: String,
 }
 
+/// `ferry_observe_events{outcome}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `written`, `rate_limited` or `ring_full`.
+    pub outcome: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabels {
     pub map: String,
@@ -82,6 +89,10 @@ pub struct Metrics {
     pub policy_rules: Gauge,
     /// NetworkPolicy: new flows judged at this node's pods.
     pub policy_flows: Family<PolicyFlowLabels, Counter>,
+    /// Flow events written and refused while watched.
+    pub observe_events: Family<OutcomeLabels, Counter>,
+    /// Clients connected to the observe socket.
+    pub observe_watchers: Gauge,
     ready: AtomicBool,
     /// Unix seconds of the proxy loop's last pass, for `/healthz`.
     heartbeat: AtomicU64,
@@ -233,8 +244,22 @@ impl Metrics {
             "New flows judged by NetworkPolicy at this node's pods, by direction and verdict",
             policy_flows.clone(),
         );
+        let observe_events = Family::<OutcomeLabels, Counter>::default();
+        let observe_watchers = Gauge::default();
+        registry.register(
+            "ferry_observe_events",
+            "Flow events the programs wrote for `ferry-agent observe`, or refused (over the rate, ring full)",
+            observe_events.clone(),
+        );
+        registry.register(
+            "ferry_observe_watchers",
+            "Clients connected to the agent's observe socket",
+            observe_watchers.clone(),
+        );
         Self {
             decode_errors,
+            observe_events,
+            observe_watchers,
             policy_sync_duration,
             policy_failed_closed,
             policy_rules,
@@ -316,6 +341,23 @@ impl Metrics {
                 verdict: if i < 2 { "allowed" } else { "denied" }.into(),
             };
             let c = self.policy_flows.get_or_create(&labels);
+            let have = c.get();
+            if total > have {
+                c.inc_by(total - have);
+            }
+        }
+    }
+
+    /// Brings `ferry_observe_events` up to the programs' totals.
+    pub fn set_observe_events(&self, written: u64, rate_limited: u64, ring_full: u64) {
+        for (outcome, total) in [
+            ("written", written),
+            ("rate_limited", rate_limited),
+            ("ring_full", ring_full),
+        ] {
+            let c = self.observe_events.get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            });
             let have = c.get();
             if total > have {
                 c.inc_by(total - have);
@@ -483,4 +525,30 @@ where
     })
     .await;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_follow_the_programs_totals_and_never_go_back() {
+        let m = Metrics::new();
+        m.set_observe_events(5, 2, 0);
+        m.set_observe_events(7, 2, 1);
+        // A total lower than seen (a restarted map) moves nothing.
+        m.set_observe_events(3, 0, 0);
+        m.set_policy_flows([4, 0, 1, 0]);
+        let text = m.render();
+        for line in [
+            "ferry_observe_events_total{outcome=\"written\"} 7",
+            "ferry_observe_events_total{outcome=\"rate_limited\"} 2",
+            "ferry_observe_events_total{outcome=\"ring_full\"} 1",
+            "ferry_policy_flows_total{direction=\"ingress\",verdict=\"allowed\"} 4",
+            "ferry_policy_flows_total{direction=\"ingress\",verdict=\"denied\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+    }
 }

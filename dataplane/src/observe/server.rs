@@ -37,6 +37,7 @@ use tokio::sync::{Notify, broadcast};
 use super::event::{Filter, Record, decode};
 use super::names::{Directory, NameAnswer, NameQuery};
 use crate::bpf::ObserveMaps;
+use crate::metrics::Metrics;
 
 /// How far ahead the events are switched on; renewed every second.
 pub const LEASE: Duration = Duration::from_secs(5);
@@ -74,6 +75,7 @@ pub struct Settings {
     /// Events per second per CPU while watched.
     pub rate: u32,
     pub max_watchers: usize,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Events the programs or the agent could not deliver.
@@ -293,6 +295,7 @@ impl Reader {
                 }
                 _ = tick.tick() => {
                     if self.tx.receiver_count() == 0 {
+                        self.settings.metrics.observe_watchers.set(0);
                         switch(&mut self.config, 0, rate);
                         // Leftovers are nobody's.
                         while self.ring.get_mut().next().is_some() {}
@@ -300,6 +303,11 @@ impl Reader {
                     }
                     switch(&mut self.config, monotonic_ns() + lease, rate);
                     let now = refused(&self.stats);
+                    let metrics = &self.settings.metrics;
+                    metrics.set_observe_events(now.written, now.rate_limited, now.ring_full);
+                    metrics
+                        .observe_watchers
+                        .set(i64::try_from(self.tx.receiver_count()).unwrap_or(i64::MAX));
                     if now.rate_limited > last.rate_limited || now.ring_full > last.ring_full {
                         let lost = Lost {
                             rate_limited: now.rate_limited - last.rate_limited,

@@ -12,8 +12,9 @@
 //! denial (see `netpol/probe.rs`).
 //!
 //! Environment: `FERRY_NETPOL_CASES` (default 20) random cases from `FERRY_NETPOL_SEED`
-//! (default 13); `FERRY_NETPOL_FILTER` runs only the cases whose name
-//! holds it.
+//! (default 13); `FERRY_NETPOL_FILTER` runs only the cases (and the checks
+//! after them: held connections, no RST, observe, hostile input, pods
+//! outside the agent's cgroup) whose name holds it.
 
 mod common;
 
@@ -40,7 +41,7 @@ use netpol::generate::{self, Rng};
 use netpol::model::{Cidr, Dir, Op, Peer, Policy, PortSpec, Proto, Rule, Selector};
 use netpol::probe::{Outcome, Prober, Spec};
 use netpol::runner::{self, Runner};
-use netpol::world;
+use netpol::world::{self, WorldPod};
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -315,7 +316,7 @@ fn netpol_conformance_in_a_ferry_cluster() {
         }
     }
     type Extra = fn(&Runner) -> Result<(), String>;
-    let extras: [(&str, Extra); 4] = [
+    let extras: [(&str, Extra); 5] = [
         (
             "an allowed long-lived connection survives an unrelated policy change",
             |r| long_lived_connection_survives_unrelated_change(r, true),
@@ -331,6 +332,10 @@ fn netpol_conformance_in_a_ferry_cluster() {
         (
             "hostile input: a policy of 10,000 ipBlocks fails closed, the agent stays up",
             ten_thousand_ip_blocks_fail_closed,
+        ),
+        (
+            "outside the agent's cgroup: a Service translated at the pod's veth, judged on the backend, observed",
+            outside_the_cgroup_judged_on_the_backend,
         ),
     ];
     let mut ran = named.len();
@@ -531,25 +536,7 @@ fn observe_names_pods_and_policies(r: &Runner) -> Result<(), String> {
             .iter()
             .find(|n| n.name == target.node)
             .ok_or("x/a's node is not in the cluster")?;
-    let mut child =
-        std::process::Command::new(ferry_testbed::binary("ferry-dataplane", "ferry-agent"))
-            .arg("observe")
-            .arg("--observe-socket")
-            .arg(&node.observe_socket)
-            .args(["--pod", "x/a", "-o", "json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawning ferry-agent observe: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, rx) = observe(&node.observe_socket, &["--pod", "x/a"])?;
     let policy = serde_json::json!([{"namespace": "x", "name": "a-from-b"}]);
     let is = |v: &serde_json::Value, verdict: &str, reason: &str, from: &str| {
         v["verdict"] == verdict
@@ -696,5 +683,118 @@ fn ten_thousand_ip_blocks_fail_closed(r: &Runner) -> Result<(), String> {
         Ok(())
     } else {
         Err("no agent log names x/hostile and the limit it broke".into())
+    }
+}
+
+/// `ferry-agent observe -o json ARGS` against `socket`: the child and its
+/// lines.
+fn observe(
+    socket: &std::path::Path,
+    args: &[&str],
+) -> Result<(std::process::Child, mpsc::Receiver<String>), String> {
+    let mut child =
+        std::process::Command::new(ferry_testbed::binary("ferry-dataplane", "ferry-agent"))
+            .arg("observe")
+            .arg("--observe-socket")
+            .arg(socket)
+            .args(["-o", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawning ferry-agent observe: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((child, rx))
+}
+
+/// Processes outside the agent's cgroup get no connect()-time
+/// translation: their SYN to x/a's Service is translated at their pod's
+/// veth and then judged against the backend, x/a, which lets x/b in and
+/// not y/a. The source node's agent reports the translation.
+fn outside_the_cgroup_judged_on_the_backend(r: &Runner) -> Result<(), String> {
+    let allow =
+        Policy::new("x", "a-from-b", Selector::labels(&[("pod", "a")])).ingress(vec![Rule::new(
+            vec![Peer::pods(Selector::labels(&[("pod", "b")]))],
+            vec![PortSpec::proto_number(Proto::Tcp, 80)],
+        )]);
+    r.run_case(&[
+        Step::Apply(vec![allow]),
+        Step::Check(vec![Expect {
+            port: 80,
+            proto: Proto::Tcp,
+            upstream: None,
+        }]),
+    ])?;
+    let pods = &r.prober.pods;
+    let (xa, xb, ya) = (
+        &pods[r.base.pod_index("x/a")],
+        &pods[r.base.pod_index("x/b")],
+        &pods[r.base.pod_index("y/a")],
+    );
+    let node =
+        r.c.cluster
+            .nodes()
+            .iter()
+            .find(|n| n.name == xb.node)
+            .ok_or("x/b's node is not in the cluster")?;
+    let (mut child, rx) = observe(
+        &node.observe_socket,
+        &["--pod", "x/b", "--verdict", "translated"],
+    )?;
+    // No `--cgroup`: the probe stays in the test's own cgroup.
+    let probe = |from: &WorldPod| {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", from.netns.display()))
+            .arg("--")
+            .arg(&r.prober.bin)
+            .arg(SocketAddrV4::new(xa.service_ip, 80).to_string())
+            .args(["--timeout-ms", "1000"])
+            .output();
+        match out {
+            Ok(o) => netpol::probe::parse(
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or_default(),
+                &String::from_utf8_lossy(&o.stderr),
+            ),
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    };
+    let (mut outcomes, mut translated, mut seen) = (Vec::new(), false, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !translated && Instant::now() < deadline {
+        outcomes = vec![probe(xb), probe(ya)];
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))?;
+            translated |= v["verdict"] == "TRANSLATED"
+                && v["source"]["namespace"] == "x"
+                && v["source"]["pod"] == "b"
+                && v["service"]["ip"] == xa.service_ip.to_string()
+                && v["service"]["port"] == 80
+                && v["destination"]["ip"] == xa.ip.to_string()
+                && v["destination"]["pod"] == "a";
+            seen.push(line);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let want = [Outcome::Ok("a".into()), Outcome::TimedOut];
+    if translated && outcomes == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "probes x/b, y/a -> x/a's Service: {outcomes:?} (want {want:?}); translation seen: {translated}; records:\n{}",
+            seen.join("\n")
+        ))
     }
 }

@@ -3,9 +3,11 @@
 //!
 //! How a verdict is reached (the datapath's side is in the eBPF programs):
 //! - every pod address of the cluster has a pod identity, shared by the
-//!   addresses whose namespace, namespace labels, pod labels, named ports
-//!   and CIDR identity are equal (no selector or ipBlock can tell them
-//!   apart); this node's own addresses are `IDENTITY_HOST`;
+//!   addresses whose namespace, named ports, CIDR identity, and namespace
+//!   and pod labels under the keys the peers' selectors mention are equal
+//!   (no selector or ipBlock can tell them apart: labels no selector names,
+//!   such as a pod's `pod-template-hash`, do not split identities); this
+//!   node's own addresses are `IDENTITY_HOST`;
 //! - the prefixes of the ipBlocks of the policies that select a local pod
 //!   form an LPM trie whose entry for prefix `p` is the CIDR identity of
 //!   S(p), the set of ipBlocks holding `p` (inside the cidr, outside every
@@ -35,7 +37,7 @@ use ipnet::IpNet;
 use super::identity::Exhausted;
 use super::model::{IpBlock, ModelError, NamedPort, Peer, Policy, PortMatch, resolve_named};
 use super::selector::{Labels, Selector};
-use super::state::{IdentityKey, PolicyState, SetKey};
+use super::state::{IdentityKey, PolicyState, RelevantKeys, SetKey};
 use crate::service::model::Protocol;
 use crate::service::programmer::{addr_words, proto_number};
 
@@ -191,7 +193,8 @@ struct Pol<'a> {
     failed: Option<ProblemKind>,
 }
 
-/// Pods alike to every selector: (namespace, labels, named ports).
+/// Pods alike to every selector: (namespace, labels under the keys
+/// selectors name, named ports).
 struct Group<'a> {
     namespace: &'a str,
     labels: &'a Labels,
@@ -212,6 +215,7 @@ impl PolicyState {
             pods,
             policies,
             ids,
+            relevant: last_relevant,
             ..
         } = self;
         let mut desired = Desired::default();
@@ -395,46 +399,79 @@ impl PolicyState {
                 .unwrap_or(IDENTITY_ANY)
         };
 
-        // Pod identities, per address.
+        // Pod identities, per address: pods alike to every selector (same
+        // namespace, same labels under the keys selectors name), with the
+        // same named ports and CIDR identity share one.
+        let label_keys = RelevantKeys::of(pols.iter().map(|p| p.policy));
+        let seen_labels: Vec<Labels> = with_ips
+            .iter()
+            .map(|p| label_keys.pod_labels(&p.labels))
+            .collect();
+        let seen_ns: BTreeMap<&str, Labels> = ns_labels
+            .iter()
+            .map(|(ns, l)| (*ns, label_keys.namespace_labels(l)))
+            .collect();
+        // When the keys changed since the last compilation, a key may now
+        // stand for pods it did not (a label no longer relevant merges
+        // pods the previous maps told apart): such identities get new
+        // numbers, so the rules written for an old number are never read
+        // for pods they were not compiled for. A key that only lost pods
+        // (a label newly relevant splits them off) keeps its number.
+        let keys_changed = last_relevant.as_ref().filter(|r| **r != label_keys);
+        let no_labels = Labels::new();
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of: BTreeMap<(&str, &Labels, &[NamedPort]), usize> = BTreeMap::new();
-        let mut identity_of: BTreeMap<(usize, u32), u32> = BTreeMap::new();
-        let mut group_idents: Vec<BTreeSet<u32>> = Vec::new();
-        let mut ident_group: HashMap<u32, usize> = HashMap::new();
-        let mut cidr_idents: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-        let mut identity_ids = ids.identities.round();
+        let mut per_addr: Vec<(IpAddr, usize, u32)> = Vec::with_capacity(owner.len());
+        let mut renew: BTreeSet<(usize, u32)> = BTreeSet::new();
         for (addr, i) in &owner {
             let pod = with_ips[*i];
             let gkey = (
                 pod.namespace.as_str(),
-                &pod.labels,
+                &seen_labels[*i],
                 pod.named_ports.as_slice(),
             );
             let g = *group_of.entry(gkey).or_insert_with(|| {
                 groups.push(Group {
                     namespace: &pod.namespace,
-                    labels: &pod.labels,
+                    labels: &seen_labels[*i],
                     ports: &pod.named_ports,
                 });
-                group_idents.push(BTreeSet::new());
                 groups.len() - 1
             });
             let cid = cidr_of(*addr);
+            if let Some(last) = keys_changed {
+                let nsl = ns_labels.get(pod.namespace.as_str()).copied();
+                let seen = seen_ns.get(pod.namespace.as_str()).unwrap_or(&no_labels);
+                if last.pod_labels(&pod.labels) != seen_labels[*i]
+                    || nsl.is_some_and(|l| last.namespace_labels(l) != *seen)
+                {
+                    renew.insert((g, cid));
+                }
+            }
+            per_addr.push((*addr, g, cid));
+        }
+        let mut identity_of: BTreeMap<(usize, u32), u32> = BTreeMap::new();
+        let mut group_idents: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); groups.len()];
+        let mut ident_group: HashMap<u32, usize> = HashMap::new();
+        let mut cidr_idents: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        let mut identity_ids = ids.identities.round();
+        for (addr, g, cid) in per_addr {
             let id = match identity_of.get(&(g, cid)) {
                 Some(id) => *id,
                 None => {
-                    let nsl = ns_labels
-                        .get(pod.namespace.as_str())
-                        .map(|l| (*l).clone())
-                        .unwrap_or_default();
+                    let grp = &groups[g];
                     let key: IdentityKey = (
-                        pod.namespace.clone(),
-                        nsl,
-                        pod.labels.clone(),
-                        pod.named_ports.clone(),
+                        grp.namespace.to_string(),
+                        seen_ns.get(grp.namespace).cloned().unwrap_or_default(),
+                        grp.labels.clone(),
+                        grp.ports.to_vec(),
                         cid,
                     );
-                    let id = identity_ids.id(&key)?;
+                    let id = if renew.contains(&(g, cid)) {
+                        identity_ids.renew(&key)?
+                    } else {
+                        identity_ids.id(&key)?
+                    };
                     identity_of.insert((g, cid), id);
                     group_idents[g].insert(id);
                     ident_group.insert(id, g);
@@ -444,7 +481,7 @@ impl PolicyState {
                     id
                 }
             };
-            desired.identities.insert(addr_words(*addr), id);
+            desired.identities.insert(addr_words(addr), id);
         }
         for a in &node_addrs {
             desired.identities.insert(addr_words(*a), IDENTITY_HOST);
@@ -615,6 +652,7 @@ impl PolicyState {
         cidr_ids.finish();
         identity_ids.finish();
         set_ids.finish();
+        *last_relevant = Some(label_keys);
         Ok(desired)
     }
 }

@@ -116,12 +116,27 @@ impl<K: Ord + Clone> Round<'_, K> {
         Ok(id)
     }
 
-    /// Ends the round: keys not asked for lose their numbers.
+    /// The key's number, a new one if the key had one before this round
+    /// (whose old number is freed as if the key were gone): for a key
+    /// that now stands for more than it did, so no entry written for its
+    /// old meaning is read with the new one. Later calls for the key in
+    /// this round, [`Round::id`] included, return the same new number.
+    pub fn renew(&mut self, key: &K) -> Result<u32, Exhausted> {
+        if let Some(id) = self.used.get(key) {
+            return Ok(*id);
+        }
+        let id = self.ids.alloc()?;
+        self.used.insert(key.clone(), id);
+        Ok(id)
+    }
+
+    /// Ends the round: keys not asked for lose their numbers, and so do
+    /// renewed keys their old ones.
     pub fn finish(self) {
         let Round { ids, used } = self;
         let old = std::mem::replace(&mut ids.ids, used);
         for (k, id) in old {
-            if !ids.ids.contains_key(&k) {
+            if ids.ids.get(&k) != Some(&id) {
                 ids.quarantine.push(id);
             }
         }
@@ -152,6 +167,32 @@ mod tests {
         assert_eq!(r.id(&"d").unwrap(), 16);
         r.finish();
         assert_eq!(ids.len(), 3);
+    }
+
+    #[test]
+    fn a_renewed_key_gets_a_new_number_and_its_old_one_waits_a_round() {
+        let mut ids = StableIds::<&str>::new(16, 100);
+        let mut r = ids.round();
+        assert_eq!(r.id(&"a").unwrap(), 16);
+        assert_eq!(r.id(&"b").unwrap(), 17);
+        r.finish();
+        let mut r = ids.round();
+        assert_eq!(r.renew(&"a").unwrap(), 18);
+        // Asked again, by either call: the renewed number.
+        assert_eq!(r.renew(&"a").unwrap(), 18);
+        assert_eq!(r.id(&"a").unwrap(), 18);
+        assert_eq!(r.id(&"b").unwrap(), 17);
+        // A key renewed on its first appearance is simply new; a's old
+        // number is not handed out in the round that freed it.
+        assert_eq!(r.renew(&"c").unwrap(), 19);
+        r.finish();
+        assert_eq!(ids.get(&"a"), Some(18));
+        // From the next round on, it is.
+        let mut r = ids.round();
+        assert_eq!(r.id(&"a").unwrap(), 18);
+        assert_eq!(r.id(&"d").unwrap(), 16);
+        r.finish();
+        assert_eq!(ids.len(), 2);
     }
 
     #[test]

@@ -1,24 +1,30 @@
 //! Randomized agreement: cyclonus-like generated worlds (namespaces x, y,
-//! z; pods a, b, c with random extra labels, named ports, dual-stack
-//! addresses on two nodes), generated policies (targets, peers of every
-//! kind incl. ipBlocks with excepts around pod addresses, ports numbered,
-//! ranged, named, per protocol) and actions (relabelling, policies added
-//! and deleted, recompiled on the same state so stable numbers are
-//! exercised), with the simulated datapath over the compiled maps compared
-//! to the reference evaluator on every probe. Seeded: a failure names the
-//! seed that reproduces it.
+//! z; pods a, b, c with random extra labels, some that selectors name only
+//! sometimes and one none names, named ports, dual-stack addresses on two
+//! nodes), generated policies (targets, peers of every kind incl. ipBlocks
+//! with excepts around pod addresses, ports numbered, ranged, named, per
+//! protocol) and actions (relabelling, policies added and deleted,
+//! recompiled on the same state so stable numbers and changes of the label
+//! keys identities count are exercised), with the simulated datapath over
+//! the compiled maps compared to the reference evaluator on every probe,
+//! and every map write between two compilations checked to open no
+//! window. Seeded: a failure names the seed that reproduces it.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ferry_ebpf_common::policy::{DIR_EGRESS, DIR_INGRESS};
 use ferry_ebpf_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use serde_json::{Value, json};
 
+use super::compile::Desired;
 use super::reference::Reference;
+use super::selector::Labels;
 use super::simulate::{Probe, simulate};
 use super::state::PolicyState;
 use super::testkit::*;
 use crate::service::model::Protocol;
+use crate::service::programmer::addr_words;
 
 /// splitmix64: small, seedable, good enough to spread cases.
 struct Rng(u64);
@@ -55,6 +61,9 @@ fn world(rng: &mut Rng) -> PolicyState {
         if rng.chance(50) {
             l.insert("team".into(), rng.pick(&["red", "blue"]).to_string());
         }
+        if rng.chance(50) {
+            l.insert("env".into(), rng.pick(&["prod", "dev"]).to_string());
+        }
         // Namespace objects sometimes unknown: their name label remains.
         if rng.chance(90) {
             s.upsert_namespace(super::model::Namespace::new(ns, l));
@@ -71,6 +80,17 @@ fn world(rng: &mut Rng) -> PolicyState {
                 p.labels
                     .insert("app".into(), rng.pick(&["web", "db"]).to_string());
             }
+            // Labels selectors name only sometimes (identities must count
+            // them exactly then) and one none names (a label of its own).
+            if rng.chance(60) {
+                p.labels
+                    .insert("hash".into(), rng.pick(&["h1", "h2", "h3"]).to_string());
+            }
+            if rng.chance(50) {
+                p.labels
+                    .insert("tier".into(), rng.pick(&["front", "back"]).to_string());
+            }
+            p.labels.insert("uid".into(), format!("{ns}-{name}"));
             for (n, proto, port) in [
                 ("serve-80-tcp", Protocol::Tcp, 80),
                 ("serve-81-udp", Protocol::Udp, 81),
@@ -85,6 +105,31 @@ fn world(rng: &mut Rng) -> PolicyState {
             p.named_ports.sort();
             s.upsert_pod(p);
         }
+        // A replica of one of them: the same labels and ports but its own
+        // `uid` and, sometimes, another `hash`.
+        let pi = rng.below(PODS.len());
+        let mut twin = s
+            .pods()
+            .find(|p| p.namespace == *ns && p.name == PODS[pi])
+            .cloned()
+            .expect("the pod just added");
+        twin.name = format!("{}-r", PODS[pi]);
+        twin.labels
+            .insert("uid".into(), format!("{ns}-{}", twin.name));
+        if rng.chance(50) {
+            twin.labels
+                .insert("hash".into(), rng.pick(&["h1", "h2", "h3"]).to_string());
+        }
+        twin.ips = twin
+            .ips
+            .iter()
+            .map(|a| match a {
+                IpAddr::V4(_) => ip(&format!("10.0.{}.{}", ni + 1, pi + 4)),
+                IpAddr::V6(_) => ip(&format!("fd10::{}:{}", ni + 1, pi + 4)),
+            })
+            .collect();
+        twin.node_name = if rng.chance(55) { NODE } else { OTHER_NODE }.into();
+        s.upsert_pod(twin);
     }
     if rng.chance(20) {
         let mut h = pod("x", "host", &[("pod", "a")], &["192.168.0.1"], NODE);
@@ -95,7 +140,18 @@ fn world(rng: &mut Rng) -> PolicyState {
 }
 
 fn selector(rng: &mut Rng, key: &str, values: &[&str]) -> Value {
-    match rng.below(6) {
+    match rng.below(8) {
+        6 => json!({"matchLabels": {"tier": rng.pick(&["front", "back"])}}),
+        7 => {
+            let op = *rng.pick(&["In", "NotIn", "Exists", "DoesNotExist"]);
+            let hash = *rng.pick(&["h1", "h2", "h3"]);
+            match op {
+                "In" | "NotIn" => {
+                    json!({"matchExpressions": [{"key": "hash", "operator": op, "values": [hash]}]})
+                }
+                _ => json!({"matchExpressions": [{"key": "hash", "operator": op}]}),
+            }
+        }
         0 => json!({}),
         1 | 2 => json!({"matchLabels": {key: rng.pick(values)}}),
         3 => json!({"matchExpressions": [{"key": key, "operator": rng.pick(&["In", "NotIn"]),
@@ -111,6 +167,8 @@ fn ns_selector(rng: &mut Rng) -> Value {
         json!({"matchLabels": {"kubernetes.io/metadata.name": rng.pick(&NAMESPACES)}})
     } else if rng.chance(30) {
         json!({"matchLabels": {"team": rng.pick(&["red", "blue"])}})
+    } else if rng.chance(20) {
+        json!({"matchExpressions": [{"key": "env", "operator": rng.pick(&["Exists", "DoesNotExist"])}]})
     } else {
         selector(rng, "ns", &NAMESPACES)
     }
@@ -214,20 +272,32 @@ fn policy_json(rng: &mut Rng, name: &str) -> Value {
 }
 
 /// One action between compilations, as cyclonus's: relabel a pod or a
-/// namespace, add or delete a policy.
+/// namespace (under a key selectors name or not), add or delete a policy.
 fn act(rng: &mut Rng, s: &mut PolicyState, serial: &mut u32) {
     match rng.below(4) {
         0 => {
             let pods: Vec<_> = s.pods().filter(|p| !p.host_network).cloned().collect();
             let mut p = rng.pick(&pods).clone();
-            p.labels
-                .insert("app".into(), rng.pick(&["web", "db", "other"]).to_string());
+            let (key, values) = *rng.pick(&[
+                ("app", &["web", "db", "other"][..]),
+                ("hash", &["h1", "h2", "h3"][..]),
+                ("tier", &["front", "back"][..]),
+                ("uid", &["changed"][..]),
+            ]);
+            if rng.chance(20) {
+                p.labels.remove(key);
+            } else {
+                p.labels.insert(key.into(), rng.pick(values).to_string());
+            }
             s.upsert_pod(p);
         }
         1 => {
             let ns = *rng.pick(&NAMESPACES);
             let mut l = labels(&[("ns", ns)]);
             l.insert("team".into(), rng.pick(&["red", "blue"]).to_string());
+            if rng.chance(50) {
+                l.insert("env".into(), rng.pick(&["prod", "dev"]).to_string());
+            }
             s.upsert_namespace(super::model::Namespace::new(ns, l));
         }
         2 => {
@@ -266,8 +336,8 @@ fn addresses(s: &PolicyState) -> Vec<IpAddr> {
 }
 
 /// Compiles and compares every probe in both directions; returns the
-/// number of comparisons.
-fn check(s: &mut PolicyState, rng: &mut Rng, seed: u64) -> usize {
+/// number of comparisons and the compiled maps.
+fn check(s: &mut PolicyState, rng: &mut Rng, seed: u64) -> (usize, Desired) {
     let desired = s.compile(NODE, &node_addrs()).expect("compile");
     assert!(
         desired.problems.is_empty(),
@@ -312,13 +382,57 @@ fn check(s: &mut PolicyState, rng: &mut Rng, seed: u64) -> usize {
             }
         }
     }
-    n
+    (n, desired)
+}
+
+/// Whether two pods whose labels differ share an identity (labels no
+/// selector names were ignored).
+fn merged_identities(s: &PolicyState, d: &Desired) -> bool {
+    let mut seen: BTreeMap<u32, &Labels> = BTreeMap::new();
+    for p in s.pods().filter(|p| !p.host_network) {
+        for a in &p.ips {
+            let Some(id) = d.identities.get(&addr_words(*a)) else {
+                continue;
+            };
+            match seen.get(id) {
+                Some(l) if **l != p.labels => return true,
+                _ => {
+                    seen.insert(*id, &p.labels);
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Probes for the window check: every pair of addresses, one random
+/// protocol and port each.
+fn window_probes(s: &PolicyState, rng: &mut Rng) -> Vec<Probe> {
+    let addrs = addresses(s);
+    let mut out = Vec::new();
+    for src in &addrs {
+        for dst in &addrs {
+            if src.is_ipv4() == dst.is_ipv4() {
+                let proto = *rng.pick(&[PROTO_TCP, PROTO_UDP, PROTO_SCTP]);
+                let dport = *rng.pick(&[80, 81, 8080]);
+                out.push(Probe {
+                    src: *src,
+                    dst: *dst,
+                    proto,
+                    dport,
+                });
+            }
+        }
+    }
+    out
 }
 
 #[test]
 fn compiled_maps_agree_with_the_reference_on_generated_cases() {
     let mut comparisons = 0;
     let mut denied_somewhere = 0;
+    let mut merged = 0;
+    let mut writes = 0;
     for seed in 0..40u64 {
         let mut rng = Rng(seed);
         let mut s = world(&mut rng);
@@ -327,19 +441,35 @@ fn compiled_maps_agree_with_the_reference_on_generated_cases() {
             serial += 1;
             s.upsert_policy(policy(policy_json(&mut rng, &format!("p{serial}"))));
         }
-        comparisons += check(&mut s, &mut rng, seed);
-        // Actions on the same state, recompiled: stable numbers in play.
-        for _ in 0..3 {
+        let (n, mut last) = check(&mut s, &mut rng, seed);
+        comparisons += n;
+        // Actions on the same state, recompiled: stable numbers in play,
+        // and the label keys identities count changing; the programmer's
+        // writes from one compilation to the next open no window.
+        for _ in 0..5 {
             act(&mut rng, &mut s, &mut serial);
-            comparisons += check(&mut s, &mut rng, seed);
+            let (n, d) = check(&mut s, &mut rng, seed);
+            comparisons += n;
+            let probes = window_probes(&s, &mut rng);
+            writes += check_transition(&last, &d, &probes);
+            last = d;
         }
         let d = s.compile(NODE, &node_addrs()).expect("compile");
         if !d.rules.is_empty() || d.endpoints.values().any(|e| e.flags != 0) {
             denied_somewhere += 1;
         }
+        if merged_identities(&s, &d) {
+            merged += 1;
+        }
     }
-    eprintln!("{comparisons} comparisons, {denied_somewhere} worlds with isolation");
-    // The generator must exercise the compiler, not only empty maps.
+    eprintln!(
+        "{comparisons} comparisons, {denied_somewhere} worlds with isolation, {merged} with pods \
+         of different labels sharing an identity, {writes} map writes checked for windows"
+    );
+    // The generator must exercise the compiler, not only empty maps, and
+    // identities made of fewer labels than pods carry.
     assert!(comparisons > 100_000, "{comparisons}");
     assert!(denied_somewhere > 20, "{denied_somewhere}");
+    assert!(merged > 20, "{merged}");
+    assert!(writes > 400, "{writes}");
 }

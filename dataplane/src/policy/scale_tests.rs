@@ -75,11 +75,13 @@ fn ten_thousand_pods_and_a_thousand_policies() {
     let start = Instant::now();
     let again = s.compile(NODE, &node_addrs()).expect("compile");
     let second = start.elapsed();
+    let distinct: std::collections::BTreeSet<u32> = desired.identities.values().copied().collect();
     eprintln!(
         "compile 10000 pods / 1000 policies / 100 local: {first:?} (again: {second:?}); \
-         {} endpoints, {} identities, {} cidrs, {} rules, {} sets",
+         {} endpoints, {} addresses of {} identities, {} cidrs, {} rules, {} sets",
         desired.endpoints.len(),
         desired.identities.len(),
+        distinct.len(),
         desired.cidrs.len(),
         desired.rules.len(),
         desired.sets.len()
@@ -120,5 +122,88 @@ fn ten_thousand_pods_and_a_thousand_policies() {
         let sim = simulate(&desired, dir, &p);
         assert_eq!(sim.allows(), want, "{p:?} dir {dir}: {sim:?}");
         assert_eq!(reference.allows(dir, &p), want, "{p:?} dir {dir}");
+    }
+}
+
+/// Rule-map growth: a peer naming pods that differ only in labels no
+/// selector mentions (a StatefulSet's per-pod name, a ReplicaSet's
+/// template hash) adds one rule entry per namespace, not per pod. 100
+/// namespaces of 100 pods, 100 on this node; 1,000 policies (10 per
+/// namespace, each selecting the node's pod of its namespace) allow a
+/// port of their own from the 850 `role: db` pods of the red namespaces,
+/// every one with a label of its own. Were identities per label set, the
+/// peer would name 850 identities, 10 × 850 entries per policy set and
+/// 850,000 in all, more than the map holds (policies failed closed).
+#[test]
+fn a_peer_of_pods_with_labels_of_their_own_fits_the_rules_map() {
+    let mut s = PolicyState::default();
+    for ns in 0..100 {
+        let name = format!("ns-{ns}");
+        let team = if ns % 2 == 0 { "red" } else { "blue" };
+        s.upsert_namespace(super::model::Namespace::new(
+            &name,
+            labels(&[("team", team)]),
+        ));
+        for i in 0..100 {
+            let pod_name = format!("db-{i}");
+            let hash = format!("{:x}", i * 7919);
+            let role = if i < 17 { "db" } else { "web" };
+            let lbl = [
+                ("role", role),
+                ("statefulset.kubernetes.io/pod-name", pod_name.as_str()),
+                ("controller-revision-hash", hash.as_str()),
+            ];
+            let node = if i == 99 { NODE } else { OTHER_NODE };
+            s.upsert_pod(pod(&name, &pod_name, &lbl, &[&pod_ip(ns, i)], node));
+        }
+        for k in 0..10 {
+            s.upsert_policy(policy(json!({
+                "metadata": {"namespace": name, "name": format!("p-{k}")},
+                "spec": {
+                    "podSelector": {"matchLabels": {"role": "web"}},
+                    "ingress": [{
+                        "from": [{"namespaceSelector": {"matchLabels": {"team": "red"}},
+                                  "podSelector": {"matchExpressions": [
+                                      {"key": "role", "operator": "In", "values": ["db"]}]}}],
+                        "ports": [{"port": 5000 + k}]
+                    }]
+                }
+            })));
+        }
+    }
+    let desired = s.compile(NODE, &node_addrs()).expect("compile");
+    let identities: std::collections::BTreeSet<u32> =
+        desired.identities.values().copied().collect();
+    eprintln!(
+        "850-pod peer: {} rule entries, {} identities, {} sets, {} failed closed",
+        desired.rules.len(),
+        identities.len(),
+        desired.sets.len(),
+        desired.problems.len()
+    );
+    assert!(
+        desired.problems.is_empty(),
+        "{:?}",
+        desired.problems.first()
+    );
+    // One identity per namespace and role (and the node's own): the
+    // per-pod labels count for nothing.
+    assert_eq!(identities.len(), 100 * 2 + 1);
+    // 100 sets × 10 policies × 50 red namespaces' db identities.
+    assert_eq!(desired.rules.len(), 100 * 10 * 50);
+
+    let reference = Reference::new(&s, NODE, &node_addrs());
+    let local = ip(&pod_ip(5, 99));
+    let cases = [
+        (tcp(ip(&pod_ip(8, 3)), local, 5004), true),
+        (tcp(ip(&pod_ip(8, 16)), local, 5009), true),
+        (tcp(ip(&pod_ip(8, 17)), local, 5004), false),
+        (tcp(ip(&pod_ip(9, 3)), local, 5004), false),
+        (tcp(ip(&pod_ip(8, 3)), local, 5010), false),
+    ];
+    for (p, want) in cases {
+        let sim = simulate(&desired, DIR_INGRESS, &p);
+        assert_eq!(sim.allows(), want, "{p:?}: {sim:?}");
+        assert_eq!(reference.allows(DIR_INGRESS, &p), want, "{p:?}");
     }
 }

@@ -3,9 +3,13 @@
 //! simulated datapath over the compiled maps, and the reference evaluator
 //! (the testkit panics when the last two disagree).
 
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
 use ferry_ebpf_common::policy::{DIR_EGRESS, DIR_INGRESS, IDENTITY_HOST};
 use serde_json::json;
 
+use super::compile::Desired;
 use super::model::{Kind, Problem};
 use super::simulate::{Probe, Verdict};
 use super::state::{Limits, PolicyState};
@@ -674,19 +678,27 @@ fn numbers_stay_stable_across_compilations() {
     s.upsert_policy(policy(json!({
         "metadata": {"namespace": "x", "name": "p"},
         "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
-                 "ingress": [{"from": [{"namespaceSelector": {}}, {"ipBlock": {"cidr": "10.0.0.0/8"}}]}]}
+                 "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchExpressions": [
+                                            {"key": "pod", "operator": "NotIn", "values": ["d"]}]}},
+                                       {"ipBlock": {"cidr": "10.0.0.0/8"}}]}]}
     })));
     let first = s.compile(NODE, &node_addrs()).unwrap();
     let again = s.compile(NODE, &node_addrs()).unwrap();
     assert_eq!(first, again);
 
-    // Relabelling one pod changes its identity only.
+    // A label no selector names changes nothing.
     let mut b = s
         .pods()
         .find(|p| p.name == "b" && p.namespace == "z")
         .unwrap()
         .clone();
     b.labels.insert("extra".into(), "1".into());
+    s.upsert_pod(b.clone());
+    assert_eq!(s.compile(NODE, &node_addrs()).unwrap(), first);
+
+    // Relabelling one pod under a key a selector names changes its
+    // identity only.
+    b.labels.insert("pod".into(), "d".into());
     s.upsert_pod(b);
     let after = s.compile(NODE, &node_addrs()).unwrap();
     let changed: Vec<_> = first
@@ -784,4 +796,101 @@ fn pods_convert_with_named_ports_and_lose_addresses_when_finished() {
     let err = s.apply_pod(&bad).unwrap_err();
     assert_eq!(err.field, "status.podIPs[1].ip");
     assert_eq!(s.pods().count(), 0);
+}
+
+/// Identities count only the label keys the peers' selectors name. When
+/// a key becomes relevant, the pods holding it split off into new
+/// identities while the rest keep theirs; when it stops being relevant,
+/// the identity the pods merge into gets a new number, so rules written
+/// for an old number are never read for pods they were not compiled for:
+/// the programmer's writes between the compilations open no window.
+#[test]
+fn identities_follow_the_label_keys_selectors_name_without_opening_a_window() {
+    let mut s = PolicyState::default();
+    s.upsert_pod(pod("x", "t", &[("app", "target")], &["10.0.1.1"], NODE));
+    let mut ips = Vec::new();
+    for i in 1..=5 {
+        let hash = format!("h{i}");
+        let mut lbl = vec![("app", "web")];
+        if i < 5 {
+            lbl.push(("pod-template-hash", hash.as_str()));
+        }
+        let a = format!("10.0.2.{i}");
+        s.upsert_pod(pod("x", &format!("w{i}"), &lbl, &[&a], OTHER_NODE));
+        ips.push(ip(&a));
+    }
+    s.upsert_pod(pod("x", "d", &[("app", "db")], &["10.0.2.6"], OTHER_NODE));
+    let web = policy(json!({
+        "metadata": {"namespace": "x", "name": "web"},
+        "spec": {"podSelector": {"matchLabels": {"app": "target"}},
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                              "ports": [{"port": 80}]}]}
+    }));
+    // Allows only the web pod without a template hash, on 81.
+    let unhashed = policy(json!({
+        "metadata": {"namespace": "x", "name": "unhashed"},
+        "spec": {"podSelector": {"matchLabels": {"app": "target"}},
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"},
+                     "matchExpressions": [{"key": "pod-template-hash", "operator": "DoesNotExist"}]}}],
+                              "ports": [{"port": 81}]}]}
+    }));
+    s.upsert_policy(web);
+    let target = ip("10.0.1.1");
+    let mut all = ips.clone();
+    all.extend([target, ip("10.0.2.6")]);
+    let probes: Vec<Probe> = all
+        .iter()
+        .flat_map(|src| all.iter().map(move |dst| (*src, *dst)))
+        .flat_map(|(src, dst)| [tcp(src, dst, 80), tcp(src, dst, 81)])
+        .collect();
+    let id = |d: &Desired, a: IpAddr| d.identities[&addr_words(a)];
+    let compile = |s: &mut PolicyState| {
+        let d = s.compile(NODE, &node_addrs()).unwrap();
+        let w = World {
+            state: s,
+            desired: d,
+        };
+        for p in &probes {
+            w.verdict(DIR_INGRESS, p);
+            w.verdict(DIR_EGRESS, p);
+        }
+        w.desired
+    };
+
+    // No selector names the hash: the five web pods share one identity.
+    let d1 = compile(&mut s);
+    let x = id(&d1, ips[4]);
+    assert!(ips.iter().all(|a| id(&d1, *a) == x));
+    assert_ne!(id(&d1, ip("10.0.2.6")), x);
+
+    // Now one does: the hashed pods split off, each on its own; the
+    // unhashed one and the db pod keep their numbers.
+    s.upsert_policy(unhashed);
+    let d2 = compile(&mut s);
+    assert!(check_transition(&d1, &d2, &probes) > 0);
+    assert_eq!(id(&d2, ips[4]), x);
+    assert_eq!(id(&d2, ip("10.0.2.6")), id(&d1, ip("10.0.2.6")));
+    let split: BTreeSet<u32> = ips[..4].iter().map(|a| id(&d2, *a)).collect();
+    assert_eq!(split.len(), 4);
+    assert!(!split.contains(&x));
+    let w = World {
+        state: &s,
+        desired: d2.clone(),
+    };
+    assert!(w.ingress(&tcp(ips[4], target, 81)));
+    assert!(!w.ingress(&tcp(ips[0], target, 81)));
+
+    // And then none does again: the pods merge into an identity that
+    // stands for more than `x` did, so it gets a new number. Were it `x`,
+    // w1 would pass on 81 by x's rule while the target is still in its
+    // old set.
+    s.delete_policy("x", "unhashed");
+    let d3 = compile(&mut s);
+    assert!(check_transition(&d2, &d3, &probes) > 0);
+    let merged = id(&d3, ips[0]);
+    assert!(ips.iter().all(|a| id(&d3, *a) == merged));
+    assert_ne!(merged, x);
+    assert!(!split.contains(&merged));
+    // Stable again once the keys stay put.
+    assert_eq!(compile(&mut s), d3);
 }

@@ -1,21 +1,22 @@
 //! The cluster as NetworkPolicy sees it: namespaces, pods and policies in
-//! their compact forms ([`super::model`]), updated per object, and the
+//! their compact forms ([`super::model`]), updated per object, the
 //! numbers given to policies, identities and policy sets, which stay the
-//! same across compilations for as long as what they stand for exists.
+//! same across compilations for as long as what they stand for exists,
+//! and the label keys identities are made of ([`RelevantKeys`]).
 //!
 //! Owns that state and the per-object apply/delete. Must not hold API
 //! objects; compilation lives in [`super::compile`].
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ferry_ebpf_common::policy::{IDENTITY_CIDR_BIT, IDENTITY_FIRST_POD};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 
 use super::identity::StableIds;
-use super::model::{IpBlock, ModelError, NamedPort, Namespace, Pod, Policy, PolicyLimits};
-use super::selector::Labels;
+use super::model::{IpBlock, ModelError, NamedPort, Namespace, Peer, Pod, Policy, PolicyLimits};
+use super::selector::{Labels, Requirement, Selector};
 
 /// Bounds on what the policies can make the agent and the maps hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +44,71 @@ impl Default for Limits {
 
 /// What pods sharing a pod identity have in common: every selector sees
 /// them alike, and so does every ipBlock (the CIDR identity of the
-/// address; 0 when no ipBlock prefix holds it).
+/// address; 0 when no ipBlock prefix holds it): (namespace, its labels
+/// and the pod's labels, both kept to the [`RelevantKeys`], named ports,
+/// CIDR identity).
 pub(super) type IdentityKey = (String, Labels, Labels, Vec<NamedPort>, u32);
+
+/// The label keys the peers' selectors of the policies mention
+/// (`matchLabels` and `matchExpressions` of every operator): pod labels
+/// under other keys (a ReplicaSet's `pod-template-hash`, a StatefulSet's
+/// pod name) and namespace labels under other keys cannot make a selector
+/// tell two pods apart, so identities ignore them. Pods that differ only
+/// there share an identity, which keeps rule entries (per set, peer
+/// identity and port) from growing with such labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct RelevantKeys {
+    /// Keys of peers' `podSelector`s.
+    pub(super) pod: BTreeSet<String>,
+    /// Keys of peers' `namespaceSelector`s.
+    pub(super) namespace: BTreeSet<String>,
+}
+
+impl RelevantKeys {
+    pub(super) fn of<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Self {
+        let mut keys = RelevantKeys::default();
+        let add = |to: &mut BTreeSet<String>, sel: &Option<Selector>| {
+            for r in sel.iter().flat_map(|s| s.requirements()) {
+                let (Requirement::In(k, _)
+                | Requirement::NotIn(k, _)
+                | Requirement::Exists(k)
+                | Requirement::DoesNotExist(k)) = r;
+                if !to.contains(k) {
+                    to.insert(k.clone());
+                }
+            }
+        };
+        for p in policies {
+            for rule in [false, true].into_iter().flat_map(|eg| p.rules(eg)) {
+                for peer in &rule.peers {
+                    if let Peer::Pods { namespaces, pods } = peer {
+                        add(&mut keys.pod, pods);
+                        add(&mut keys.namespace, namespaces);
+                    }
+                }
+            }
+        }
+        keys
+    }
+
+    /// A pod's labels as identities see them.
+    pub(super) fn pod_labels(&self, labels: &Labels) -> Labels {
+        keep(labels, &self.pod)
+    }
+
+    /// A namespace's labels as identities see them.
+    pub(super) fn namespace_labels(&self, labels: &Labels) -> Labels {
+        keep(labels, &self.namespace)
+    }
+}
+
+fn keep(labels: &Labels, keys: &BTreeSet<String>) -> Labels {
+    labels
+        .iter()
+        .filter(|(k, _)| keys.contains(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
 
 /// Pods selected by the same policies, with the same own named ports when
 /// an ingress rule of those policies names a port.
@@ -66,6 +130,10 @@ pub struct PolicyState {
     pub(super) policies: BTreeMap<(String, String), (u32, Policy)>,
     pub(super) policy_numbers: StableIds<(String, String)>,
     pub(super) ids: Allocators,
+    /// The keys identities were made of by the last compilation: when
+    /// they change, an identity whose key now stands for pods it did not
+    /// stand for is given a new number (see `compile`).
+    pub(super) relevant: Option<RelevantKeys>,
 }
 
 impl Default for PolicyState {
@@ -88,6 +156,7 @@ impl PolicyState {
                 cidrs: StableIds::new(1, IDENTITY_CIDR_BIT),
                 sets: StableIds::new(1, u32::MAX),
             },
+            relevant: None,
         }
     }
 

@@ -10,11 +10,13 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::compile::Desired;
 use super::model::{NamedPort, Namespace, Pod, Policy};
+use super::programmer::{PolicyProgrammer, PolicyTables, Written};
 use super::reference::Reference;
 use super::selector::Labels;
 use super::simulate::{Probe, Verdict, simulate};
 use super::state::PolicyState;
 use crate::service::model::Protocol;
+use crate::service::programmer::MapOpError;
 
 pub const NODE: &str = "n1";
 pub const OTHER_NODE: &str = "n2";
@@ -184,4 +186,125 @@ impl World<'_> {
     pub fn egress(&self, p: &Probe) -> bool {
         self.verdict(DIR_EGRESS, p).allows()
     }
+}
+
+/// In-memory policy maps that, after every single write the programmer
+/// makes, check that they allow nothing that neither the maps before nor
+/// the maps after allow: the programmer's order never opens a window.
+struct WindowCheck<'a> {
+    now: Written,
+    probes: &'a [(Probe, u8, bool)],
+    writes: usize,
+}
+
+impl WindowCheck<'_> {
+    fn check(&mut self) -> Result<(), MapOpError> {
+        self.writes += 1;
+        let mid = Desired {
+            endpoints: self.now.endpoints.clone(),
+            identities: self.now.identities.clone(),
+            cidrs: self.now.cidrs.clone(),
+            rules: self.now.rules.clone(),
+            ..Desired::default()
+        };
+        for (p, dir, either) in self.probes {
+            let v = simulate(&mid, *dir, p);
+            assert!(
+                *either || !v.allows(),
+                "write {}: {p:?} dir {dir} allowed ({v:?}) between two maps that both deny it",
+                self.writes
+            );
+        }
+        Ok(())
+    }
+}
+
+impl PolicyTables for WindowCheck<'_> {
+    fn set_rule(
+        &mut self,
+        prefix: u32,
+        key: &ferry_ebpf_common::policy::PolicyRuleKey,
+        value: &ferry_ebpf_common::policy::PolicyRuleValue,
+    ) -> Result<(), MapOpError> {
+        self.now.rules.insert((prefix, *key), *value);
+        self.check()
+    }
+    fn del_rule(
+        &mut self,
+        prefix: u32,
+        key: &ferry_ebpf_common::policy::PolicyRuleKey,
+    ) -> Result<(), MapOpError> {
+        self.now.rules.remove(&(prefix, *key));
+        self.check()
+    }
+    fn set_cidr(
+        &mut self,
+        prefix: u32,
+        key: &ferry_ebpf_common::policy::PolicyCidrKey,
+        id: u32,
+    ) -> Result<(), MapOpError> {
+        self.now.cidrs.insert((prefix, *key), id);
+        self.check()
+    }
+    fn del_cidr(
+        &mut self,
+        prefix: u32,
+        key: &ferry_ebpf_common::policy::PolicyCidrKey,
+    ) -> Result<(), MapOpError> {
+        self.now.cidrs.remove(&(prefix, *key));
+        self.check()
+    }
+    fn set_identity(&mut self, a: &[u32; 4], id: u32) -> Result<(), MapOpError> {
+        self.now.identities.insert(*a, id);
+        self.check()
+    }
+    fn del_identity(&mut self, a: &[u32; 4]) -> Result<(), MapOpError> {
+        self.now.identities.remove(a);
+        self.check()
+    }
+    fn set_endpoint(
+        &mut self,
+        a: &[u32; 4],
+        ep: &ferry_ebpf_common::policy::PolicyEndpoint,
+    ) -> Result<(), MapOpError> {
+        self.now.endpoints.insert(*a, *ep);
+        self.check()
+    }
+    fn del_endpoint(&mut self, a: &[u32; 4]) -> Result<(), MapOpError> {
+        self.now.endpoints.remove(a);
+        self.check()
+    }
+    fn read_all(&self) -> Result<Written, MapOpError> {
+        Ok(self.now.clone())
+    }
+}
+
+/// Writes `to` over maps holding `from` with the programmer and checks,
+/// after every write, that no probe (in both directions) is allowed that
+/// `from` and `to` both deny. Returns the number of writes.
+pub fn check_transition(from: &Desired, to: &Desired, probes: &[Probe]) -> usize {
+    let judged: Vec<(Probe, u8, bool)> = probes
+        .iter()
+        .flat_map(|p| [DIR_INGRESS, DIR_EGRESS].map(|dir| (*p, dir)))
+        .map(|(p, dir)| {
+            let either = simulate(from, dir, &p).allows() || simulate(to, dir, &p).allows();
+            (p, dir, either)
+        })
+        .collect();
+    let tables = WindowCheck {
+        now: Written {
+            rules: from.rules.clone(),
+            cidrs: from.cidrs.clone(),
+            identities: from.identities.clone(),
+            endpoints: from.endpoints.clone(),
+        },
+        probes: &judged,
+        writes: 0,
+    };
+    let mut programmer = PolicyProgrammer::new(tables).expect("in-memory maps");
+    let pass = programmer.apply(to);
+    assert_eq!(pass.failed, 0);
+    let t = programmer.tables();
+    assert_eq!(t.now, *programmer.written());
+    t.writes
 }

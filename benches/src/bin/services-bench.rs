@@ -22,6 +22,7 @@ use ferry_benches::report::RunInfo;
 use ferry_benches::services::client::{self, ClientArgs};
 use ferry_benches::services::cluster::Binaries;
 use ferry_benches::services::iptables::Backend;
+use ferry_benches::services::memory::MemorySettings;
 use ferry_benches::services::{self, Modes, Settings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,6 +89,27 @@ struct Cli {
     /// Endpoint changes timed in the control-plane phase.
     #[arg(long)]
     changes: Option<usize>,
+    /// Services of the agent-memory phase (0 skips it; Ferry only): a
+    /// cluster's load of Services, Pods and NetworkPolicies, the agent's RSS
+    /// once synced.
+    #[arg(long)]
+    memory_services: Option<usize>,
+    /// Endpoints per Service there.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    memory_endpoints: u32,
+    /// Pods there (a few on the agent's node, the rest on 40 others).
+    #[arg(long)]
+    memory_pods: Option<usize>,
+    /// Namespaces the objects are spread over.
+    #[arg(long)]
+    memory_namespaces: Option<usize>,
+    /// NetworkPolicies there.
+    #[arg(long)]
+    memory_policies: Option<usize>,
+    /// Seconds the memory phase keeps the synced agent running after its
+    /// readings (to profile it).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    memory_hold_secs: u64,
     /// Which iptables loads the iptables-mode rules.
     #[arg(long, value_enum, default_value_t = IptablesArg::Legacy)]
     iptables: IptablesArg,
@@ -95,8 +117,8 @@ struct Cli {
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [ModeArg::Ferry, ModeArg::Iptables, ModeArg::Nftables])]
     modes: Vec<ModeArg>,
     /// A small run: 1000 Services, 500 connects, 200 GETs, 1 s of
-    /// concurrency, a 1000-Service control-plane phase with 10 changes
-    /// (explicit options still win).
+    /// concurrency, a 1000-Service control-plane phase with 10 changes, a
+    /// memory phase a tenth of issue 13's (explicit options still win).
     #[arg(long)]
     quick: bool,
     /// Creates in flight against the apiserver.
@@ -198,6 +220,20 @@ fn settings(cli: &Cli) -> Result<Settings> {
         },
         concurrency: cli.concurrency.clamp(1, 256),
         sync_timeout: Duration::from_secs(300),
+        memory: {
+            let issue = MemorySettings::ISSUE;
+            let tenth =
+                |n: usize, explicit: Option<usize>| explicit.unwrap_or(if q { n / 10 } else { n });
+            MemorySettings {
+                services: tenth(issue.services, cli.memory_services),
+                endpoints: usize::try_from(cli.memory_endpoints).unwrap_or(issue.endpoints),
+                pods: tenth(issue.pods, cli.memory_pods),
+                namespaces: tenth(issue.namespaces, cli.memory_namespaces),
+                policies: tenth(issue.policies, cli.memory_policies),
+                local_pods: issue.local_pods,
+                hold_secs: cli.memory_hold_secs,
+            }
+        },
     })
 }
 

@@ -155,6 +155,11 @@ impl Lab {
         Ok(())
     }
 
+    /// The running apiserver's process id.
+    pub fn apiserver_pid(&self) -> Option<u32> {
+        self.apiserver.as_ref().map(Process::pid)
+    }
+
     /// The apiserver's log so far.
     pub fn apiserver_output(&self) -> String {
         self.apiserver
@@ -358,6 +363,11 @@ impl Agent {
             .wait_for_output("service maps in sync", within)
             .with_context(|| format!("ferry-agent never synced; its log:\n{}", self.log_tail()))?;
         Ok(self.spawned.elapsed())
+    }
+
+    /// When the agent was started.
+    pub fn spawned(&self) -> Instant {
+        self.spawned
     }
 
     /// `nsenter` execs `env`, which execs the agent: the same pid.

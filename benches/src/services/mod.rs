@@ -35,6 +35,11 @@
 //!    partial-sync `iptables-restore --noflush` / `nft -f`).
 //! 3. **Memory** with the M Services: the agent's RSS, its maps' memlock,
 //!    and the kernel memory each dataplane's state took.
+//! 4. **Agent memory with a cluster's load** ([`memory`], Ferry only): a
+//!    fresh apiserver with Services, EndpointSlices, Pods, Namespaces and
+//!    NetworkPolicies; a cold agent with NetworkPolicy on, its RSS once both
+//!    its service maps and its policy maps are in sync, the BPF maps'
+//!    memlock apart. Alone: `--services 0 --cp-services 0 --modes ferry`.
 
 pub mod api;
 pub mod client;
@@ -42,6 +47,7 @@ pub mod cluster;
 pub mod hash;
 pub mod iptables;
 pub mod maps;
+pub mod memory;
 pub mod model;
 pub mod nftables;
 pub mod report;
@@ -98,6 +104,8 @@ pub struct Settings {
     pub concurrency: usize,
     /// Bound on an agent's first sync.
     pub sync_timeout: Duration,
+    /// The agent-memory phase's load (`services` 0 skips it).
+    pub memory: memory::MemorySettings,
 }
 
 /// What one client run measured.
@@ -251,6 +259,7 @@ pub struct Versions {
 pub struct Results {
     pub e2e: Vec<EndToEnd>,
     pub cp: Option<ControlPlane>,
+    pub memory: Option<memory::MemoryRun>,
     pub versions: Versions,
 }
 
@@ -508,6 +517,16 @@ async fn measure(
             cp.errors.push(format!("{e:#}"));
         }
         results.cp = Some(cp);
+    }
+    if s.memory.services > 0 && s.modes.ferry {
+        stopped(stop)?;
+        let mut run = memory::MemoryRun::default();
+        let r = memory::run(lab, bins, s, stop, say, &mut run).await;
+        if let Err(e) = r {
+            say(&format!("memory phase failed: {e:#}"));
+            run.errors.push(format!("{e:#}"));
+        }
+        results.memory = Some(run);
     }
     Ok(results)
 }

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use super::memory::MemoryRun;
 use super::{ControlPlane, DataplaneRun, EndToEnd, Results, Settings, Traffic};
 use crate::process::Rss;
 use crate::report::{RunInfo, fine_ratio as ratio};
@@ -396,6 +397,134 @@ fn cp_tables(out: &mut String, cp: &ControlPlane) {
     );
 }
 
+fn mib_bytes(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / 1048576.0)
+}
+
+/// The agent-memory phase: one column, issue 13's goal beside it.
+fn memory_table(out: &mut String, m: &MemoryRun) {
+    let Some(l) = m.settings else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "## ferry-agent memory: {} Services x {} endpoints, {} Pods in {} namespaces, {} \
+         NetworkPolicies\n",
+        l.services, l.endpoints, l.pods, l.namespaces, l.policies
+    );
+    let _ = writeln!(
+        out,
+        "A fresh apiserver holding the objects (selectorless Services, their EndpointSlices \
+         as the controller writes them, Pods with a Running status, {} of them on the agent's \
+         node, the rest 250 a node on other nodes, labelled namespaces, policies with pod and \
+         namespace selectors, named ports, port ranges and ipBlocks), then a cold \
+         `ferry-agent --pod-devices fer` (service proxy and NetworkPolicy). Read once its \
+         service maps held every frontend and its policy loop had written its first \
+         compilation, and again once its CPU went quiet. BPF map memory is the maps' memlock \
+         (bpftool), apart from the process's.\n",
+        l.local_pods
+    );
+    let _ = writeln!(out, "| metric | ferry-agent | issue 13 goal |");
+    let _ = writeln!(out, "| --- | ---: | ---: |");
+    let row = |out: &mut String, k: &str, v: String, goal: &str| {
+        let _ = writeln!(out, "| {k} | {v} | {goal} |");
+    };
+    row(
+        out,
+        "objects created in the apiserver in",
+        dur(m.load),
+        NONE,
+    );
+    row(
+        out,
+        "agent start to service maps in sync / to policy maps written",
+        format!("{} / {}", dur(m.services_synced), dur(m.policy_synced)),
+        NONE,
+    );
+    row(
+        out,
+        "policy compilation (`ferry_policy_sync_duration_seconds`, first pass)",
+        dur(m.policy_compile_secs.map(Duration::from_secs_f64)),
+        NONE,
+    );
+    row(
+        out,
+        "frontends programmed; policy rule entries (failed closed)",
+        format!(
+            "{}; {} ({})",
+            m.frontends,
+            m.policy_rules
+                .map_or_else(|| NONE.into(), |v| v.to_string()),
+            m.policy_failed_closed
+                .map_or_else(|| NONE.into(), |v| v.to_string())
+        ),
+        NONE,
+    );
+    row(
+        out,
+        "**RSS (VmRSS) once synced and quiet**",
+        rss(m.rss),
+        "≤ 64 MiB",
+    );
+    row(
+        out,
+        "of it anonymous (heap, stacks) / file-backed (the binary)",
+        format!(
+            "{} / {}",
+            mib_kib(m.rss_anon_kib.and_then(|k| i64::try_from(k).ok())),
+            mib_kib(m.rss_file_kib.and_then(|k| i64::try_from(k).ok()))
+        ),
+        NONE,
+    );
+    row(
+        out,
+        "RSS by mapping (`/proc/PID/smaps`, largest)",
+        m.smaps
+            .iter()
+            .take(4)
+            .map(|(n, k)| format!("{n} {:.1} MiB", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join("; "),
+        NONE,
+    );
+    row(out, "RSS right after both syncs", rss(m.rss_synced), NONE);
+    row(
+        out,
+        "peak RSS (VmHWM)",
+        m.rss.map_or_else(
+            || NONE.into(),
+            |r| format!("{:.1} MiB", r.peak_kib as f64 / 1024.0),
+        ),
+        NONE,
+    );
+    row(out, "agent CPU time until quiet", dur(m.agent_cpu), NONE);
+    let total: u64 = m.memlock.iter().map(|(_, b)| b).sum();
+    let policy: u64 = m
+        .memlock
+        .iter()
+        .filter(|(n, _)| n.starts_with("FERRY_POL"))
+        .map(|(_, b)| b)
+        .sum();
+    let largest = m
+        .memlock
+        .iter()
+        .take(4)
+        .map(|(name, b)| format!("{name} {:.1}", *b as f64 / 1048576.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    row(
+        out,
+        "BPF maps, memlock (bpftool): total; of it NetworkPolicy's (largest, MiB)",
+        if m.memlock.is_empty() {
+            NONE.into()
+        } else {
+            format!("{}; {} ({largest})", mib_bytes(total), mib_bytes(policy))
+        },
+        "reported apart",
+    );
+    out.push('\n');
+}
+
 pub fn markdown(s: &Settings, info: &RunInfo, r: &Results) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Ferry vs kube-proxy: the service dataplane\n");
@@ -511,6 +640,9 @@ pub fn markdown(s: &Settings, info: &RunInfo, r: &Results) -> String {
         cp_tables(&mut out, cp);
         out.push('\n');
     }
+    if let Some(m) = &r.memory {
+        memory_table(&mut out, m);
+    }
     let mut notes = Vec::new();
     for e in &r.e2e {
         for (name, run) in [
@@ -531,6 +663,9 @@ pub fn markdown(s: &Settings, info: &RunInfo, r: &Results) -> String {
     }
     if let Some(cp) = &r.cp {
         notes.extend(cp.errors.iter().map(|e| format!("control plane: {e}")));
+    }
+    if let Some(m) = &r.memory {
+        notes.extend(m.errors.iter().map(|e| format!("agent memory: {e}")));
     }
     if !notes.is_empty() {
         let _ = writeln!(out, "### Notes\n");

@@ -262,159 +262,321 @@ pub fn is_proxied(service: &Service) -> bool {
 /// `type: ExternalName`, headless (`clusterIP: None`), or without ports.
 /// Ports come in spec order; frontends and backends are sorted and
 /// deduplicated, so the result does not depend on the order of `slices`.
+///
+/// The same as converting each object to its compact form
+/// ([`ServiceInfo::from_service`], [`SliceInfo::from_slice`]) and asking
+/// [`ServiceInfo::entries`], which is what the proxy loop does.
 pub fn service_entries(
     service: &Service,
     slices: &[&EndpointSlice],
     node_name: &str,
 ) -> Result<Vec<ServicePortEntries>, ModelError> {
-    if !is_proxied(service) {
-        return Ok(Vec::new());
-    }
-    let Some(spec) = service.spec.as_ref() else {
-        return Ok(Vec::new());
-    };
-    if spec.type_.as_deref() == Some("ExternalName") || is_headless(spec) {
-        return Ok(Vec::new());
-    }
-    let ports = spec.ports.as_deref().unwrap_or_default();
-    if ports.is_empty() {
-        return Ok(Vec::new());
-    }
-
+    let info = ServiceInfo::from_service(service)?;
     let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
     let name = service.metadata.name.as_deref().unwrap_or_default();
-    let svc = format!("{namespace}/{name}");
-
-    let cluster_ips = cluster_ips(spec, &svc)?;
-    let external_ips = spec
-        .external_ips
+    let own: Vec<SliceInfo> = slices
         .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, ip)| parse_field_ip(ip, &svc, || format!("spec.externalIPs[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let lb_ips = load_balancer_ips(service, &svc)?;
-    let affinity_timeout = affinity_timeout(spec, &svc)?;
-    let lb_algorithm = lb_algorithm(service).ok().flatten();
-    let source_ranges = spec
-        .load_balancer_source_ranges
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, r)| {
-            r.trim()
-                .parse::<ipnet::IpNet>()
-                .map(|n| n.trunc())
-                .map_err(|_| ModelError::BadCidr {
-                    service: svc.clone(),
-                    field: format!("spec.loadBalancerSourceRanges[{i}]"),
-                    value: r.clone(),
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-
-    let own: Vec<&EndpointSlice> = slices
-        .iter()
-        .copied()
         .filter(|s| slice_belongs_to(s, namespace, name))
+        .map(|s| SliceInfo::from_slice(s, node_name))
         .collect();
+    let refs: Vec<&SliceInfo> = own.iter().collect();
+    Ok(info.entries(namespace, name, &refs))
+}
 
-    let mut out = Vec::with_capacity(ports.len());
-    for (i, sp) in ports.iter().enumerate() {
-        let protocol =
-            Protocol::from_k8s(sp.protocol.as_deref()).ok_or_else(|| ModelError::BadProtocol {
-                service: svc.clone(),
-                field: format!("spec.ports[{i}].protocol"),
-                value: sp.protocol.clone().unwrap_or_default(),
-            })?;
-        let port = u16::try_from(sp.port)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| ModelError::BadPort {
-                service: svc.clone(),
-                field: format!("spec.ports[{i}].port"),
-                value: sp.port,
-            })?;
-        let port_name = sp.name.as_deref().unwrap_or_default();
+/// One Service port as the model reads it, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PortInfo {
+    /// `""` for an unnamed port.
+    name: Box<str>,
+    protocol: Protocol,
+    port: u16,
+    /// `spec.ports[].nodePort` of a NodePort or LoadBalancer Service.
+    node_port: Option<u16>,
+}
 
-        let frontend = |addr: IpAddr, kind| Frontend {
-            addr,
-            port,
-            protocol,
-            kind,
+/// What the model needs of a Service, converted (and checked) once when it
+/// arrives, so the proxy keeps this instead of the API object: its ports,
+/// addresses, source ranges, traffic policies, affinity and algorithm.
+/// About 150 bytes plus its addresses, where a Service object takes
+/// kilobytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServiceInfo {
+    /// Empty for a Service this proxy does not handle (see
+    /// [`service_entries`]): it gets no entries.
+    ports: Box<[PortInfo]>,
+    cluster_ips: Box<[IpAddr]>,
+    external_ips: Box<[IpAddr]>,
+    lb_ips: Box<[IpAddr]>,
+    source_ranges: Box<[ipnet::IpNet]>,
+    affinity_timeout: Option<u32>,
+    lb_algorithm: Option<LbAlgorithm>,
+    internal_local: bool,
+    external_local: bool,
+}
+
+impl ServiceInfo {
+    /// Converts a Service; the error names the first field that cannot be
+    /// translated (the same one [`service_entries`] reports).
+    pub fn from_service(service: &Service) -> Result<Self, ModelError> {
+        if !is_proxied(service) {
+            return Ok(Self::default());
+        }
+        let Some(spec) = service.spec.as_ref() else {
+            return Ok(Self::default());
         };
-        // NodePort and LoadBalancer Services answer on their node port at
-        // the node's addresses, in each of the Service's families.
-        let node_port = match spec.type_.as_deref() {
-            Some("NodePort" | "LoadBalancer") => sp.node_port.filter(|p| *p != 0),
-            _ => None,
-        };
-        let node_port = node_port
-            .map(|p| {
-                u16::try_from(p).map_err(|_| ModelError::BadPort {
+        if spec.type_.as_deref() == Some("ExternalName") || is_headless(spec) {
+            return Ok(Self::default());
+        }
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        if ports.is_empty() {
+            return Ok(Self::default());
+        }
+        let namespace = service.metadata.namespace.as_deref().unwrap_or_default();
+        let name = service.metadata.name.as_deref().unwrap_or_default();
+        let svc = format!("{namespace}/{name}");
+
+        let cluster_ips = cluster_ips(spec, &svc)?;
+        let external_ips = spec
+            .external_ips
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, ip)| parse_field_ip(ip, &svc, || format!("spec.externalIPs[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let lb_ips = load_balancer_ips(service, &svc)?;
+        let affinity_timeout = affinity_timeout(spec, &svc)?;
+        let lb_algorithm = lb_algorithm(service).ok().flatten();
+        let source_ranges = spec
+            .load_balancer_source_ranges
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, r)| {
+                r.trim()
+                    .parse::<ipnet::IpNet>()
+                    .map(|n| n.trunc())
+                    .map_err(|_| ModelError::BadCidr {
+                        service: svc.clone(),
+                        field: format!("spec.loadBalancerSourceRanges[{i}]"),
+                        value: r.clone(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut infos = Vec::with_capacity(ports.len());
+        for (i, sp) in ports.iter().enumerate() {
+            let protocol = Protocol::from_k8s(sp.protocol.as_deref()).ok_or_else(|| {
+                ModelError::BadProtocol {
                     service: svc.clone(),
-                    field: format!("spec.ports[{i}].nodePort"),
-                    value: p,
+                    field: format!("spec.ports[{i}].protocol"),
+                    value: sp.protocol.clone().unwrap_or_default(),
+                }
+            })?;
+            let port = u16::try_from(sp.port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| ModelError::BadPort {
+                    service: svc.clone(),
+                    field: format!("spec.ports[{i}].port"),
+                    value: sp.port,
+                })?;
+            // NodePort and LoadBalancer Services answer on their node port at
+            // the node's addresses, in each of the Service's families.
+            let node_port = match spec.type_.as_deref() {
+                Some("NodePort" | "LoadBalancer") => sp.node_port.filter(|p| *p != 0),
+                _ => None,
+            };
+            let node_port = node_port
+                .map(|p| {
+                    u16::try_from(p).map_err(|_| ModelError::BadPort {
+                        service: svc.clone(),
+                        field: format!("spec.ports[{i}].nodePort"),
+                        value: p,
+                    })
+                })
+                .transpose()?;
+            infos.push(PortInfo {
+                name: sp.name.as_deref().unwrap_or_default().into(),
+                protocol,
+                port,
+                node_port,
+            });
+        }
+        Ok(Self {
+            ports: infos.into(),
+            cluster_ips: cluster_ips.into(),
+            external_ips: external_ips.into(),
+            lb_ips: lb_ips.into(),
+            source_ranges: source_ranges.into(),
+            affinity_timeout,
+            lb_algorithm,
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        })
+    }
+
+    /// The entries for every port of Service `namespace/name` from `slices`
+    /// (all of them its own), in spec order (see [`service_entries`]).
+    pub fn entries(
+        &self,
+        namespace: &str,
+        name: &str,
+        slices: &[&SliceInfo],
+    ) -> Vec<ServicePortEntries> {
+        let mut out = Vec::with_capacity(self.ports.len());
+        for sp in self.ports.iter() {
+            let (port, protocol) = (sp.port, sp.protocol);
+            let frontend = |addr: IpAddr, kind| Frontend {
+                addr,
+                port,
+                protocol,
+                kind,
+            };
+            let node_port_frontends = sp.node_port.into_iter().flat_map(|np| {
+                self.cluster_ips.iter().map(move |ip| Frontend {
+                    addr: if ip.is_ipv4() {
+                        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+                    } else {
+                        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+                    },
+                    port: np,
+                    protocol,
+                    kind: FrontendKind::NodePort,
+                })
+            });
+            let mut frontends: Vec<Frontend> = self
+                .cluster_ips
+                .iter()
+                .map(|ip| frontend(*ip, FrontendKind::ClusterIp))
+                .chain(
+                    self.external_ips
+                        .iter()
+                        .map(|ip| frontend(*ip, FrontendKind::ExternalIp)),
+                )
+                .chain(
+                    self.lb_ips
+                        .iter()
+                        .map(|ip| frontend(*ip, FrontendKind::LoadBalancer)),
+                )
+                .chain(node_port_frontends)
+                .collect();
+            // One frontend per address:port:protocol; the smallest kind wins
+            // (ClusterIp over ExternalIp over LoadBalancer; the last two share
+            // their backends, so nothing is lost between them).
+            frontends.sort();
+            frontends.dedup_by(|later, first| {
+                later.addr == first.addr
+                    && later.port == first.port
+                    && later.protocol == first.protocol
+            });
+
+            let endpoints = port_endpoints(slices, &sp.name, protocol);
+            out.push(ServicePortEntries {
+                id: ServicePortName {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    port: sp.name.to_string(),
+                },
+                protocol,
+                frontends,
+                cluster_backends: usable_backends(&endpoints, self.internal_local),
+                external_backends: usable_backends(&endpoints, self.external_local),
+                external_drop: self.external_local
+                    && usable_backends(&endpoints, true).is_empty()
+                    && !usable_backends(&endpoints, false).is_empty(),
+                affinity_timeout: self.affinity_timeout,
+                source_ranges: self.source_ranges.to_vec(),
+                lb_algorithm: self.lb_algorithm,
+            });
+        }
+        out
+    }
+}
+
+/// One EndpointSlice port the model can use: named as a Service port
+/// (`""` unnamed), a known protocol, a number in 1-65535.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SlicePort {
+    name: Box<str>,
+    protocol: Protocol,
+    port: u16,
+}
+
+/// One endpoint: its first address (the one kube-proxy uses) and what
+/// backend selection needs (conditions, and whether it is on this node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EndpointInfo {
+    addr: IpAddr,
+    state: EndpointState,
+}
+
+/// What the model needs of an EndpointSlice, converted once when it
+/// arrives (for the node the agent runs on): its usable ports and
+/// endpoints, about 24 bytes each, where the object takes hundreds a
+/// endpoint. A slice the proxy must ignore (another proxy's, a headless
+/// Service's, FQDN-typed) has neither.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SliceInfo {
+    ports: Box<[SlicePort]>,
+    endpoints: Box<[EndpointInfo]>,
+}
+
+impl SliceInfo {
+    /// Converts a slice as seen from node `node_name`. Ports without a
+    /// known protocol or a valid number, and endpoints whose first address
+    /// does not parse, are left out (they program nothing).
+    pub fn from_slice(slice: &EndpointSlice, node_name: &str) -> Self {
+        if !labels_proxied(&slice.metadata) || slice.address_type == "FQDN" {
+            return Self::default();
+        }
+        let ports: Vec<SlicePort> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|sp| {
+                Some(SlicePort {
+                    name: sp.name.as_deref().unwrap_or_default().into(),
+                    protocol: Protocol::from_k8s(sp.protocol.as_deref())?,
+                    port: sp
+                        .port
+                        .and_then(|p| u16::try_from(p).ok())
+                        .filter(|p| *p != 0)?,
                 })
             })
-            .transpose()?;
-        let node_port_frontends = node_port.into_iter().flat_map(|np| {
-            cluster_ips.iter().map(move |ip| Frontend {
-                addr: if ip.is_ipv4() {
-                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-                } else {
-                    IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-                },
-                port: np,
-                protocol,
-                kind: FrontendKind::NodePort,
-            })
-        });
-        let mut frontends: Vec<Frontend> = cluster_ips
-            .iter()
-            .map(|ip| frontend(*ip, FrontendKind::ClusterIp))
-            .chain(
-                external_ips
-                    .iter()
-                    .map(|ip| frontend(*ip, FrontendKind::ExternalIp)),
-            )
-            .chain(
-                lb_ips
-                    .iter()
-                    .map(|ip| frontend(*ip, FrontendKind::LoadBalancer)),
-            )
-            .chain(node_port_frontends)
             .collect();
-        // One frontend per address:port:protocol; the smallest kind wins
-        // (ClusterIp over ExternalIp over LoadBalancer; the last two share
-        // their backends, so nothing is lost between them).
-        frontends.sort();
-        frontends.dedup_by(|later, first| {
-            later.addr == first.addr && later.port == first.port && later.protocol == first.protocol
-        });
-
-        let endpoints = port_endpoints(&own, port_name, protocol, node_name);
-        out.push(ServicePortEntries {
-            id: ServicePortName {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                port: port_name.to_owned(),
-            },
-            protocol,
-            frontends,
-            cluster_backends: usable_backends(&endpoints, internal_local),
-            external_backends: usable_backends(&endpoints, external_local),
-            external_drop: external_local
-                && usable_backends(&endpoints, true).is_empty()
-                && !usable_backends(&endpoints, false).is_empty(),
-            affinity_timeout,
-            source_ranges: source_ranges.clone(),
-            lb_algorithm,
-        });
+        let endpoints: Vec<EndpointInfo> = if ports.is_empty() {
+            Vec::new()
+        } else {
+            slice
+                .endpoints
+                .iter()
+                .filter_map(|endpoint| {
+                    // kube-proxy uses the first address only.
+                    let first = endpoint.addresses.first()?;
+                    let Some(addr) = parse_ip(first) else {
+                        tracing::debug!(
+                            slice = slice.metadata.name.as_deref().unwrap_or_default(),
+                            address = first.as_str(),
+                            "skipping endpoint with an unparsable address"
+                        );
+                        return None;
+                    };
+                    Some(EndpointInfo {
+                        addr,
+                        state: EndpointState::of(endpoint, node_name),
+                    })
+                })
+                .collect()
+        };
+        Self {
+            ports: ports.into(),
+            endpoints: endpoints.into(),
+        }
     }
-    Ok(out)
+
+    /// Endpoints the slice holds (for tests and gauges).
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
 }
 
 /// Neither the service-proxy-name nor the headless label.
@@ -560,43 +722,21 @@ impl EndpointState {
 /// Every endpoint of `slices` for the service port `port_name`/`protocol`,
 /// keyed (and so sorted and deduplicated) by backend address:port.
 fn port_endpoints(
-    slices: &[&EndpointSlice],
+    slices: &[&SliceInfo],
     port_name: &str,
     protocol: Protocol,
-    node_name: &str,
 ) -> BTreeMap<Backend, EndpointState> {
     let mut out: BTreeMap<Backend, EndpointState> = BTreeMap::new();
     for slice in slices {
-        for sp in slice.ports.iter().flatten() {
-            if sp.name.as_deref().unwrap_or_default() != port_name
-                || Protocol::from_k8s(sp.protocol.as_deref()) != Some(protocol)
-            {
+        for sp in slice.ports.iter() {
+            if &*sp.name != port_name || sp.protocol != protocol {
                 continue;
             }
-            let Some(port) = sp
-                .port
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p != 0)
-            else {
-                continue;
-            };
-            for endpoint in &slice.endpoints {
-                // kube-proxy uses the first address only.
-                let Some(first) = endpoint.addresses.first() else {
-                    continue;
-                };
-                let Some(addr) = parse_ip(first) else {
-                    tracing::debug!(
-                        slice = slice.metadata.name.as_deref().unwrap_or_default(),
-                        address = first.as_str(),
-                        "skipping endpoint with an unparsable address"
-                    );
-                    continue;
-                };
-                let state = EndpointState::of(endpoint, node_name);
+            for e in slice.endpoints.iter() {
+                let state = e.state;
                 out.entry(Backend {
-                    addr,
-                    port,
+                    addr: e.addr,
+                    port: sp.port,
                     local: false,
                 })
                 .and_modify(|kept| {
@@ -1923,5 +2063,129 @@ mod tests {
             assert_eq!(Protocol::from_k8s(Some(p.as_str())), Some(p));
             assert_eq!(p.to_string(), p.as_str());
         }
+    }
+
+    #[test]
+    fn slice_info_keeps_only_what_programs() {
+        let s = web_slice(
+            "web-1",
+            "IPv4",
+            json!([
+                {"name": "http", "port": 8080, "protocol": "TCP"},
+                {"name": "odd", "port": 9, "protocol": "QUIC"},
+                {"name": "none"},
+                {"name": "zero", "port": 0}
+            ]),
+            json!([
+                ep("10.0.0.1", NODE),
+                ep("10.0.0.2", "node-b"),
+                {"addresses": ["not-an-ip"], "conditions": {"ready": true}},
+                {"addresses": [], "conditions": {"ready": true}},
+                ep_cond("10.0.0.3", NODE, json!({"ready": false, "serving": true, "terminating": true}))
+            ]),
+        );
+        let info = SliceInfo::from_slice(&s, NODE);
+        assert_eq!(info.ports.len(), 1, "only the TCP port with a number");
+        assert_eq!(&*info.ports[0].name, "http");
+        assert_eq!(info.ports[0].port, 8080);
+        let addrs: Vec<String> = info.endpoints.iter().map(|e| e.addr.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        assert!(info.endpoints[0].state.local && !info.endpoints[1].state.local);
+        assert!(info.endpoints[2].state.serving_terminating() && !info.endpoints[2].state.ready);
+        // No node name: nothing is local (as kube-proxy).
+        assert!(
+            SliceInfo::from_slice(&s, "")
+                .endpoints
+                .iter()
+                .all(|e| !e.state.local)
+        );
+        // FQDN slices and other proxies' slices program nothing.
+        let fqdn = web_slice(
+            "web-2",
+            "FQDN",
+            json!([{"name": "http", "port": 80}]),
+            json!([ep("a.example", NODE)]),
+        );
+        assert_eq!(SliceInfo::from_slice(&fqdn, NODE), SliceInfo::default());
+        let mut other = s.clone();
+        other
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(LABEL_SERVICE_PROXY_NAME.into(), "else".into());
+        assert_eq!(SliceInfo::from_slice(&other, NODE).endpoint_count(), 0);
+    }
+
+    #[test]
+    fn compact_forms_give_the_entries_of_the_objects() {
+        let svc = web(json!({
+            "type": "LoadBalancer", "clusterIPs": ["10.96.0.10", "fd00::10"],
+            "externalIPs": ["192.0.2.7"], "externalTrafficPolicy": "Local",
+            "sessionAffinity": "ClientIP",
+            "loadBalancerSourceRanges": ["198.51.100.0/24"],
+            "ports": [
+                {"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080},
+                {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053}
+            ]
+        }));
+        let a = web_slice(
+            "web-a",
+            "IPv4",
+            json!([{"name": "http", "port": 8080}, {"name": "dns", "port": 5353, "protocol": "UDP"}]),
+            json!([ep("10.0.0.1", NODE), ep("10.0.0.2", "node-b")]),
+        );
+        let b = web_slice(
+            "web-b",
+            "IPv6",
+            json!([{"name": "http", "port": 8080}]),
+            json!([
+                ep("fd00::1", "node-b"),
+                ep_cond("10.0.0.1", "node-b", json!({"ready": false}))
+            ]),
+        );
+        let objects = service_entries(&svc, &[&a, &b], NODE).expect("entries");
+        let info = ServiceInfo::from_service(&svc).expect("info");
+        let (sa, sb) = (
+            SliceInfo::from_slice(&a, NODE),
+            SliceInfo::from_slice(&b, NODE),
+        );
+        assert_eq!(info.entries("default", "web", &[&sa, &sb]), objects);
+        assert_eq!(info.entries("default", "web", &[&sb, &sa]), objects);
+        assert_eq!(objects.len(), 2);
+        // Local policy: the external backends are this node's only.
+        assert_eq!(
+            objects[0].external_backends,
+            vec![Backend {
+                local: true,
+                ..be("10.0.0.1:8080")
+            }]
+        );
+        // The compact form is far smaller than the object it stands for.
+        assert!(std::mem::size_of::<EndpointInfo>() <= 24);
+        assert!(std::mem::size_of::<ServiceInfo>() < std::mem::size_of::<Service>() / 4);
+    }
+
+    #[test]
+    fn compact_service_reports_the_first_bad_field() {
+        let svc = web(json!({
+            "clusterIP": "10.96.0.10",
+            "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 70000}]
+        }));
+        let err = ServiceInfo::from_service(&svc).expect_err("bad port");
+        assert_eq!(err, service_entries(&svc, &[], NODE).expect_err("bad port"));
+        assert!(err.to_string().contains("spec.ports[1].port"), "{err}");
+        // Nothing to program for what the proxy does not handle.
+        let headless = web(json!({"clusterIP": "None", "ports": [{"port": 80}]}));
+        assert_eq!(
+            ServiceInfo::from_service(&headless),
+            Ok(ServiceInfo::default())
+        );
+        let external = web(json!({"type": "ExternalName", "externalName": "x.example"}));
+        assert!(
+            ServiceInfo::from_service(&external)
+                .expect("info")
+                .entries("default", "web", &[])
+                .is_empty()
+        );
     }
 }

@@ -306,7 +306,9 @@ fn backend(b: &model::Backend) -> Backend {
 pub struct Programmer<M> {
     maps: M,
     groups: HashMap<GroupKey, Group>,
-    by_service: HashMap<ServiceName, BTreeSet<GroupKey>>,
+    /// Each Service's groups, sorted (a boxed slice: a Service has a few,
+    /// and a set would take a node of eleven).
+    by_service: HashMap<ServiceName, Box<[GroupKey]>>,
     /// Every frontend key and the group serving it, across all services.
     owners: HashMap<KeyOrd, GroupKey>,
     /// Frontends more than one group wants: the others, latest claim last,
@@ -439,7 +441,11 @@ impl<M: LbMaps> Programmer<M> {
         let desired = desired_groups(entries, &self.lb);
         let mut stats = ApplyStats::default();
         let mut first_err = None;
-        let old: BTreeSet<GroupKey> = self.by_service.get(service).cloned().unwrap_or_default();
+        let old: BTreeSet<GroupKey> = self
+            .by_service
+            .get(service)
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default();
         for (gk, want) in &desired {
             if let Err(e) = self.write_group(gk, want, &mut stats) {
                 first_err.get_or_insert(e);
@@ -480,7 +486,8 @@ impl<M: LbMaps> Programmer<M> {
         if now.is_empty() {
             self.by_service.remove(service);
         } else {
-            self.by_service.insert(service.clone(), now);
+            self.by_service
+                .insert(service.clone(), now.into_iter().collect());
         }
         match first_err {
             Some(e) => Err(e),

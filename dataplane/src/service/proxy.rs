@@ -32,88 +32,114 @@ use crate::metrics::{Metrics, ServiceLabels};
 /// How often failed Services are retried.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Objects per page of the initial list (kube-rs's default is 500; a
+/// page of 500 EndpointSlices of 100 endpoints is tens of megabytes once
+/// decoded).
+pub const LIST_PAGE: u32 = 100;
+
 enum Change {
     Service(Box<watcher::Event<Decoded<Service>>>),
     Slice(Box<watcher::Event<Decoded<EndpointSlice>>>),
     Error(String),
 }
 
-/// Services and their slices as last seen, with what needs programming.
+/// A Service as the loop keeps it: the model's compact form (or why the
+/// Service cannot be programmed), and the little else the loop reads.
+#[derive(Debug)]
+struct CachedService {
+    info: Result<model::ServiceInfo, Box<model::ModelError>>,
+    /// An unreadable `ferry.dev/lb-algorithm` annotation, reported when
+    /// the Service is programmed.
+    lb_error: Option<Box<model::ModelError>>,
+    /// The health-check node port it wants served.
+    health_port: Option<u16>,
+    /// Events about the Service name it.
+    uid: Option<Box<str>>,
+}
+
+impl CachedService {
+    fn of(svc: &Service) -> Self {
+        Self {
+            info: model::ServiceInfo::from_service(svc).map_err(Box::new),
+            lb_error: model::lb_algorithm(svc).err().map(Box::new),
+            health_port: super::health::port_of(svc),
+            uid: svc.metadata.uid.as_deref().map(Into::into),
+        }
+    }
+}
+
+/// One EndpointSlice as the loop keeps it.
+#[derive(Debug)]
+struct CachedSlice {
+    name: Box<str>,
+    info: model::SliceInfo,
+    /// Its `endpoints.kubernetes.io/last-change-trigger-time`.
+    trigger: Option<Box<str>>,
+    /// That trigger time was measured already (each change is observed
+    /// once).
+    measured: bool,
+}
+
+impl CachedSlice {
+    fn of(slice: &EndpointSlice, node_name: &str) -> Self {
+        Self {
+            name: slice.name_any().into(),
+            info: model::SliceInfo::from_slice(slice, node_name),
+            trigger: slice
+                .annotations()
+                .get(TRIGGER_TIME)
+                .map(|t| t.as_str().into()),
+            measured: false,
+        }
+    }
+
+    /// Takes over `before`'s measurement when the trigger time is the same.
+    fn after(mut self, before: Option<&CachedSlice>) -> Self {
+        self.measured = before.is_some_and(|b| b.measured && b.trigger == self.trigger);
+        self
+    }
+}
+
+/// A Service's slices (few: a slice holds up to 100 endpoints by default).
+type Slices = Vec<CachedSlice>;
+
+fn slice_named<'a>(slices: &'a Slices, name: &str) -> Option<&'a CachedSlice> {
+    slices.iter().find(|s| &*s.name == name)
+}
+
+/// Puts `slice` in place of the one of the same name; returns the old one.
+fn upsert_slice(slices: &mut Slices, slice: CachedSlice) -> Option<CachedSlice> {
+    match slices.iter_mut().find(|s| s.name == slice.name) {
+        Some(old) => Some(std::mem::replace(old, slice)),
+        None => {
+            slices.push(slice);
+            None
+        }
+    }
+}
+
+fn remove_slice(slices: &mut Slices, name: &str) -> Option<CachedSlice> {
+    let i = slices.iter().position(|s| &*s.name == name)?;
+    Some(slices.swap_remove(i))
+}
+
+/// Services and their slices as last seen, in the model's compact forms
+/// (never the API objects), with what needs programming.
 #[derive(Default)]
 struct Cache {
-    services: HashMap<ServiceName, Service>,
-    slices: HashMap<ServiceName, HashMap<String, EndpointSlice>>,
+    /// This node's name: whether an endpoint is local is decided when its
+    /// slice arrives.
+    node_name: String,
+    services: HashMap<ServiceName, CachedService>,
+    slices: HashMap<ServiceName, Slices>,
     /// Objects of a relist in progress; swapped in at its end.
-    relist_services: Option<HashMap<ServiceName, Service>>,
-    relist_slices: Option<HashMap<ServiceName, HashMap<String, EndpointSlice>>>,
+    relist_services: Option<HashMap<ServiceName, CachedService>>,
+    relist_slices: Option<HashMap<ServiceName, Slices>>,
     dirty: BTreeSet<ServiceName>,
     services_synced: bool,
     slices_synced: bool,
-    /// The trigger time last measured per slice, so each change is
-    /// observed once.
-    observed: HashMap<(String, String), String>,
     /// Each slice's Service, to find it when a slice is relabelled.
     slice_owner: HashMap<(String, String), ServiceName>,
-}
-
-/// A Service as the model reads it: no managed fields or annotations (but
-/// Ferry's own), which are most of an object's memory.
-fn slim_service(mut svc: Service) -> Service {
-    // The uid stays: Events about the Service name it.
-    let uid = svc.metadata.uid.take();
-    slim_meta(&mut svc.metadata);
-    svc.metadata.uid = uid;
-    if let Some(a) = svc.metadata.annotations.as_mut() {
-        a.retain(|k, _| k == model::ANNOTATION_LB_ALGORITHM);
-    }
-    if svc
-        .metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.is_empty())
-    {
-        svc.metadata.annotations = None;
-    }
-    if let Some(spec) = svc.spec.as_mut() {
-        // Endpoints come from the slices; the selector is the controller's.
-        spec.selector = None;
-    }
-    if let Some(status) = svc.status.as_mut() {
-        status.conditions = None;
-    }
-    svc
-}
-
-fn slim_meta(m: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
-    m.managed_fields = None;
-    m.owner_references = None;
-    m.uid = None;
-    m.generate_name = None;
-    m.resource_version = None;
-    m.creation_timestamp = None;
-    m.finalizers = None;
-}
-
-/// An EndpointSlice as the model reads it (addresses, conditions, node,
-/// ports), keeping only the trigger-time annotation.
-fn slim_slice(mut slice: EndpointSlice) -> EndpointSlice {
-    let m = &mut slice.metadata;
-    slim_meta(m);
-    if let Some(a) = m.annotations.as_mut() {
-        a.retain(|k, _| k == TRIGGER_TIME);
-    }
-    for e in &mut slice.endpoints {
-        e.target_ref = None;
-        e.hints = None;
-        e.hostname = None;
-        e.deprecated_topology = None;
-        e.zone = None;
-        // kube-proxy (and the model) use the first address only.
-        e.addresses.truncate(1);
-        e.addresses.shrink_to_fit();
-    }
-    slice.endpoints.shrink_to_fit();
-    slice
 }
 
 fn service_name<K: kube::Resource>(svc: &K) -> ServiceName {
@@ -127,6 +153,13 @@ fn owner_of<K: kube::Resource>(slice: &K) -> Option<ServiceName> {
 }
 
 impl Cache {
+    fn new(node_name: &str) -> Self {
+        Self {
+            node_name: node_name.to_string(),
+            ..Self::default()
+        }
+    }
+
     fn on_service(&mut self, ev: watcher::Event<Decoded<Service>>, errors: &DecodeErrors) {
         match ev {
             watcher::Event::Apply(obj) => {
@@ -134,7 +167,7 @@ impl Cache {
                 self.dirty.insert(key.clone());
                 match errors.check("Service", obj) {
                     Some(svc) => {
-                        self.services.insert(key, slim_service(svc));
+                        self.services.insert(key, CachedService::of(&svc));
                     }
                     // Unreadable now: deleted, not kept as it was.
                     None => {
@@ -153,11 +186,12 @@ impl Cache {
                 if let Some(svc) = errors.check("Service", obj) {
                     self.relist_services
                         .get_or_insert_with(HashMap::new)
-                        .insert(service_name(&svc), slim_service(svc));
+                        .insert(service_name(&svc), CachedService::of(&svc));
                 }
             }
             watcher::Event::InitDone => {
-                let fresh = self.relist_services.take().unwrap_or_default();
+                let mut fresh = self.relist_services.take().unwrap_or_default();
+                fresh.shrink_to_fit();
                 // Whatever was there or is there now may have changed.
                 self.dirty.extend(self.services.keys().cloned());
                 self.dirty.extend(fresh.keys().cloned());
@@ -183,22 +217,29 @@ impl Cache {
                 };
                 let name = slice.name_any();
                 let id = (owner.0.clone(), name.clone());
+                let mut fresh = CachedSlice::of(&slice, &self.node_name);
+                drop(slice);
                 // A slice relabelled to another Service leaves the old one.
                 if let Some(before) = self.slice_owner.insert(id, owner.clone())
                     && before != owner
                     && let Some(slices) = self.slices.get_mut(&before)
                 {
-                    slices.remove(&name);
+                    let old = remove_slice(slices, &name);
+                    fresh = fresh.after(old.as_ref());
                     if slices.is_empty() {
                         self.slices.remove(&before);
                     }
                     self.dirty.insert(before);
                 }
                 self.dirty.insert(owner.clone());
-                self.slices
-                    .entry(owner)
-                    .or_default()
-                    .insert(name, slim_slice(slice));
+                let slices = self.slices.entry(owner).or_default();
+                let measured = fresh.measured;
+                let fresh = fresh.after(slice_named(slices, &name));
+                let fresh = CachedSlice {
+                    measured: fresh.measured || measured,
+                    ..fresh
+                };
+                upsert_slice(slices, fresh);
             }
             watcher::Event::Delete(slice) => {
                 // The owner as last seen; a bad object may not carry labels.
@@ -207,7 +248,7 @@ impl Cache {
                     return;
                 };
                 if let Some(slices) = self.slices.get_mut(&owner) {
-                    slices.remove(&slice.name_any());
+                    remove_slice(slices, &slice.name_any());
                     if slices.is_empty() {
                         self.slices.remove(&owner);
                     }
@@ -222,22 +263,33 @@ impl Cache {
                 let Some(owner) = owner_of(&slice) else {
                     return;
                 };
-                self.relist_slices
-                    .get_or_insert_with(HashMap::new)
-                    .entry(owner)
-                    .or_default()
-                    .insert(slice.name_any(), slim_slice(slice));
+                let fresh = CachedSlice::of(&slice, &self.node_name);
+                drop(slice);
+                let before = self
+                    .slices
+                    .get(&owner)
+                    .and_then(|s| slice_named(s, &fresh.name));
+                let fresh = fresh.after(before);
+                upsert_slice(
+                    self.relist_slices
+                        .get_or_insert_with(HashMap::new)
+                        .entry(owner)
+                        .or_default(),
+                    fresh,
+                );
             }
             watcher::Event::InitDone => {
-                let fresh = self.relist_slices.take().unwrap_or_default();
+                let mut fresh = self.relist_slices.take().unwrap_or_default();
+                fresh.shrink_to_fit();
                 self.dirty.extend(self.slices.keys().cloned());
                 self.dirty.extend(fresh.keys().cloned());
                 self.slice_owner = fresh
-                    .iter()
+                    .iter_mut()
                     .flat_map(|(svc, slices)| {
+                        slices.shrink_to_fit();
                         slices
-                            .keys()
-                            .map(move |name| ((svc.0.clone(), name.clone()), svc.clone()))
+                            .iter()
+                            .map(move |s| ((svc.0.clone(), s.name.to_string()), svc.clone()))
                     })
                     .collect();
                 self.slices = fresh;
@@ -249,42 +301,38 @@ impl Cache {
     /// Programming latency for every slice of `key` whose trigger time is
     /// new: from the change in the API to the maps holding it.
     fn observe_programming(&mut self, key: &ServiceName, metrics: &Metrics) {
-        let Some(slices) = self.slices.get(key) else {
+        let Some(slices) = self.slices.get_mut(key) else {
             return;
         };
         let now = jiff::Timestamp::now();
-        for (name, slice) in slices {
-            let Some(trigger) = slice.annotations().get(TRIGGER_TIME) else {
+        for slice in slices.iter_mut().filter(|s| !s.measured) {
+            let Some(trigger) = slice.trigger.as_deref() else {
                 continue;
             };
-            let id = (key.0.clone(), name.clone());
-            if self.observed.get(&id) == Some(trigger) {
-                continue;
-            }
             if let Ok(at) = trigger.parse::<jiff::Timestamp>() {
                 let secs = now.duration_since(at).as_secs_f64();
                 if secs >= 0.0 {
                     metrics.programming_latency.observe(secs);
                 }
             }
-            self.observed.insert(id, trigger.clone());
+            slice.measured = true;
         }
     }
 
     fn entries(
         &self,
         key: &ServiceName,
-        node_name: &str,
-    ) -> Result<Vec<model::ServicePortEntries>, model::ModelError> {
+    ) -> Result<Vec<model::ServicePortEntries>, &model::ModelError> {
         let Some(svc) = self.services.get(key) else {
             return Ok(Vec::new());
         };
-        let slices: Vec<&EndpointSlice> = self
+        let info = svc.info.as_ref().map_err(AsRef::as_ref)?;
+        let slices: Vec<&model::SliceInfo> = self
             .slices
             .get(key)
-            .map(|m| m.values().collect())
+            .map(|v| v.iter().map(|s| &s.info).collect())
             .unwrap_or_default();
-        model::service_entries(svc, &slices, node_name)
+        Ok(info.entries(&key.0, &key.1, &slices))
     }
 }
 
@@ -310,7 +358,10 @@ fn note(
     crate::events::Note {
         namespace: key.0.clone(),
         name: key.1.clone(),
-        uid: cache.services.get(key).and_then(|s| s.metadata.uid.clone()),
+        uid: cache
+            .services
+            .get(key)
+            .and_then(|s| s.uid.as_deref().map(String::from)),
         reason,
         message,
     }
@@ -330,13 +381,18 @@ pub async fn run<M: LbMaps>(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Change>(1024);
-    let config = watcher::Config::default().labels(PROXIED_SELECTOR);
+    // Lists come in pages of LIST_PAGE objects: each page is decoded whole
+    // before its objects are reduced to the compact forms, so the page
+    // bounds what the initial sync holds at once.
+    let config = watcher::Config::default()
+        .labels(PROXIED_SELECTOR)
+        .page_size(LIST_PAGE);
     watch::<Decoded<Service>>(client.clone(), config.clone(), tx.clone(), |ev| {
         Change::Service(Box::new(ev))
     });
     watch::<Decoded<EndpointSlice>>(client, config, tx, |ev| Change::Slice(Box::new(ev)));
 
-    let mut cache = Cache::default();
+    let mut cache = Cache::new(&settings.node_name);
     let mut failed: HashSet<ServiceName> = HashSet::new();
     let mut initial_done = false;
     let mut retry = tokio::time::interval(RETRY);
@@ -372,7 +428,7 @@ pub async fn run<M: LbMaps>(
         let dirty = std::mem::take(&mut cache.dirty);
         let count = dirty.len();
         for key in dirty {
-            let entries = match cache.entries(&key, &settings.node_name) {
+            let entries = match cache.entries(&key) {
                 Ok(e) => e,
                 Err(e) => {
                     // A Service we cannot read keeps whatever it had.
@@ -386,7 +442,7 @@ pub async fn run<M: LbMaps>(
                     continue;
                 }
             };
-            if let Some(Err(e)) = cache.services.get(&key).map(model::lb_algorithm) {
+            if let Some(e) = cache.services.get(&key).and_then(|s| s.lb_error.as_ref()) {
                 tracing::warn!(namespace = %key.0, service = %key.1, error = %e, "ignoring an annotation");
                 settings
                     .events
@@ -394,7 +450,7 @@ pub async fn run<M: LbMaps>(
             }
             health.update(
                 &key,
-                cache.services.get(&key).and_then(super::health::port_of),
+                cache.services.get(&key).and_then(|s| s.health_port),
                 super::health::local_endpoints(&entries),
             );
             announcer.update(&key, crate::announce::eligible_ips(&entries));
@@ -504,15 +560,15 @@ struct Counters {
 
 impl Counters {
     fn update<M: LbMaps>(&mut self, programmer: &Programmer<M>, metrics: &Metrics) {
-        let mut seen = HashMap::new();
+        let mut seen = HashMap::with_capacity(self.last.len());
         for (id, port, v6, external) in programmer.group_labels() {
             let Ok(Some(now)) = programmer.maps().read_stats(id) else {
                 continue;
             };
             let labels = ServiceLabels {
-                service: port.to_string(),
-                family: if v6 { "IPv6" } else { "IPv4" }.to_owned(),
-                traffic: if external { "external" } else { "internal" }.to_owned(),
+                service: port.to_string().into(),
+                family: if v6 { "IPv6" } else { "IPv4" },
+                traffic: if external { "external" } else { "internal" },
             };
             // A reused id starts below the last reading: count from zero.
             let before = self
@@ -548,5 +604,128 @@ fn handle(cache: &mut Cache, msg: Change, errors: &DecodeErrors) {
         Change::Service(ev) => cache.on_service(*ev, errors),
         Change::Slice(ev) => cache.on_slice(*ev, errors),
         Change::Error(e) => tracing::warn!(error = %e, "watch error; retrying"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NODE: &str = "node-a";
+
+    fn svc(name: &str, port: i64) -> Decoded<Service> {
+        Decoded::Ok(
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "ns", "name": name, "uid": "u-1"},
+                "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": port}]},
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn slice(name: &str, owner: &str, ip: &str, trigger: &str) -> Decoded<EndpointSlice> {
+        Decoded::Ok(
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "ns", "name": name,
+                             "labels": {LABEL_SERVICE_NAME: owner},
+                             "annotations": {TRIGGER_TIME: trigger}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080}],
+                "endpoints": [{"addresses": [ip], "nodeName": NODE, "conditions": {"ready": true}}],
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn key(name: &str) -> ServiceName {
+        ("ns".into(), name.into())
+    }
+
+    fn backends(cache: &Cache, name: &str) -> Vec<String> {
+        cache
+            .entries(&key(name))
+            .unwrap()
+            .iter()
+            .flat_map(|e| e.cluster_backends.iter())
+            .map(|b| format!("{}:{}:{}", b.addr, b.port, b.local))
+            .collect()
+    }
+
+    fn listed(cache: &mut Cache, errors: &DecodeErrors) {
+        cache.on_service(watcher::Event::Init, errors);
+        cache.on_service(watcher::Event::InitApply(svc("web", 80)), errors);
+        cache.on_service(watcher::Event::InitApply(svc("api", 80)), errors);
+        cache.on_service(watcher::Event::InitDone, errors);
+        cache.on_slice(watcher::Event::Init, errors);
+        cache.on_slice(
+            watcher::Event::InitApply(slice("web-1", "web", "10.0.0.1", "2025-01-01T00:00:00Z")),
+            errors,
+        );
+        cache.on_slice(watcher::Event::InitDone, errors);
+    }
+
+    #[test]
+    fn compact_cache_programs_from_its_forms() {
+        let metrics = Metrics::new();
+        let errors = metrics.decode_errors.clone();
+        let mut cache = Cache::new(NODE);
+        listed(&mut cache, &errors);
+        assert!(cache.services_synced && cache.slices_synced);
+        assert_eq!(backends(&cache, "web"), ["10.0.0.1:8080:true"]);
+        assert!(backends(&cache, "api").is_empty());
+        // A slice relabelled to another Service moves, both are dirty.
+        cache.dirty.clear();
+        cache.on_slice(
+            watcher::Event::Apply(slice("web-1", "api", "10.0.0.2", "2025-01-01T00:00:01Z")),
+            &errors,
+        );
+        assert!(backends(&cache, "web").is_empty());
+        assert_eq!(backends(&cache, "api"), ["10.0.0.2:8080:true"]);
+        assert_eq!(cache.dirty, BTreeSet::from([key("web"), key("api")]));
+        // Deleted by its last owner even when the object has no labels.
+        let bare: EndpointSlice = serde_json::from_value(
+            json!({"metadata": {"namespace": "ns", "name": "web-1"}, "endpoints": []}),
+        )
+        .unwrap();
+        cache.on_slice(watcher::Event::Delete(Decoded::Ok(bare)), &errors);
+        assert!(backends(&cache, "api").is_empty());
+        assert!(!cache.slices.contains_key(&key("api")));
+        // A Service that cannot be programmed reports why, and keeps the uid.
+        cache.on_service(watcher::Event::Apply(svc("web", 70_000)), &errors);
+        let err = cache.entries(&key("web")).unwrap_err();
+        assert!(err.to_string().contains("spec.ports[0].port"), "{err}");
+        assert_eq!(
+            note(&cache, &key("web"), "x", String::new()).uid.as_deref(),
+            Some("u-1")
+        );
+    }
+
+    #[test]
+    fn each_trigger_time_is_measured_once_also_across_relists() {
+        let metrics = Metrics::new();
+        let errors = metrics.decode_errors.clone();
+        let mut cache = Cache::new(NODE);
+        listed(&mut cache, &errors);
+        let unmeasured = |c: &Cache| c.slices.values().flatten().filter(|s| !s.measured).count();
+        assert_eq!(unmeasured(&cache), 1);
+        cache.observe_programming(&key("web"), &metrics);
+        assert_eq!(unmeasured(&cache), 0);
+        // The same trigger again (a relist, or a resync of the same
+        // object) is not measured again...
+        listed(&mut cache, &errors);
+        assert_eq!(unmeasured(&cache), 0);
+        cache.on_slice(
+            watcher::Event::Apply(slice("web-1", "web", "10.0.0.1", "2025-01-01T00:00:00Z")),
+            &errors,
+        );
+        assert_eq!(unmeasured(&cache), 0);
+        // ...a new one is.
+        cache.on_slice(
+            watcher::Event::Apply(slice("web-1", "web", "10.0.0.3", "2025-01-01T00:00:05Z")),
+            &errors,
+        );
+        assert_eq!(unmeasured(&cache), 1);
     }
 }

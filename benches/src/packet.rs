@@ -6,7 +6,7 @@
 //! Nothing is attached anywhere: the programs run on crafted frames.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::Ebpf;
@@ -30,7 +30,7 @@ pub enum PacketBenchError {
     Bpf { what: &'static str, message: String },
 }
 
-fn bpf_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> PacketBenchError {
+pub(crate) fn bpf_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> PacketBenchError {
     move |e| PacketBenchError::Bpf {
         what,
         message: e.to_string(),
@@ -48,16 +48,76 @@ pub struct Row {
     pub miss_mean: Duration,
 }
 
-/// The object loaded in a bpffs directory of its own, removed on drop.
-struct Bench {
+/// The agent's object loaded detached (`load_detached`), its maps pinned
+/// in a bpffs directory of its own, removed on drop; the packet programs
+/// timed on crafted frames. Shared with the NetworkPolicy bench
+/// ([`crate::policy`]).
+pub(crate) struct Detached {
     ebpf: Ebpf,
     dir: PathBuf,
 }
 
-impl Drop for Bench {
+impl Drop for Detached {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+impl Detached {
+    /// Loads the object with maps of `sizes` under
+    /// `/sys/fs/bpf/ferry-bench-<pid>-<name>`.
+    pub(crate) fn load(name: &str, sizes: &MapSizes) -> Result<Self, PacketBenchError> {
+        let dir =
+            PathBuf::from("/sys/fs/bpf").join(format!("ferry-bench-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        match load_detached(&dir, sizes) {
+            Ok(ebpf) => Ok(Self { ebpf, dir }),
+            Err(e) => {
+                // Maps already pinned stay behind otherwise.
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Where the maps are pinned.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The kernel's time for one run of `packet` through `program`,
+    /// averaged over `repeat`, and the program's verdict.
+    pub(crate) fn run(
+        &mut self,
+        program: &'static str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(Duration, u32), PacketBenchError> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(PacketBenchError::Bpf {
+                what: program,
+                message: "no such program".into(),
+            })?
+            .try_into()
+            .map_err(bpf_err(program))?;
+        let mut out = vec![0u8; packet.len() + 64];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(bpf_err("BPF_PROG_TEST_RUN"))?;
+        Ok((r.duration, r.return_value))
+    }
+}
+
+/// Services in the maps, on the detached object.
+struct Bench {
+    loaded: Detached,
 }
 
 /// The i-th service's frontend and backend addresses.
@@ -71,8 +131,6 @@ fn addrs(i: usize) -> (Ipv4Addr, Ipv4Addr) {
 
 impl Bench {
     fn new(services: usize, flows: usize) -> Result<Self, PacketBenchError> {
-        let dir = PathBuf::from("/sys/fs/bpf").join(format!("ferry-bench-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
         let n = u32::try_from(services).unwrap_or(u32::MAX);
         let sizes = MapSizes {
             services: n.max(1024),
@@ -80,8 +138,8 @@ impl Bench {
             conntrack: u32::try_from(flows * 4).unwrap_or(u32::MAX).max(1024),
             ..MapSizes::default()
         };
-        let ebpf = load_detached(&dir, &sizes)?;
-        let mut bench = Self { ebpf, dir };
+        let loaded = Detached::load("services", &sizes)?;
+        let mut bench = Self { loaded };
         bench.fill(services)?;
         Ok(bench)
     }
@@ -90,10 +148,14 @@ impl Bench {
         &mut self,
         name: &'static str,
     ) -> Result<HashMap<&mut MapData, K, V>, PacketBenchError> {
-        let map = self.ebpf.map_mut(name).ok_or(PacketBenchError::Bpf {
-            what: name,
-            message: "no such map".into(),
-        })?;
+        let map = self
+            .loaded
+            .ebpf
+            .map_mut(name)
+            .ok_or(PacketBenchError::Bpf {
+                what: name,
+                message: "no such map".into(),
+            })?;
         HashMap::try_from(map).map_err(bpf_err(name))
     }
 
@@ -141,25 +203,7 @@ impl Bench {
 
     /// The kernel's time for one run of `packet`, averaged over `repeat`.
     fn time(&mut self, packet: &[u8], repeat: u32) -> Result<Duration, PacketBenchError> {
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(TC_INGRESS)
-            .ok_or(PacketBenchError::Bpf {
-                what: TC_INGRESS,
-                message: "no such program".into(),
-            })?
-            .try_into()
-            .map_err(bpf_err(TC_INGRESS))?;
-        let mut out = vec![0u8; packet.len() + 64];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .map_err(bpf_err("BPF_PROG_TEST_RUN"))?;
-        Ok(r.duration)
+        Ok(self.loaded.run(TC_INGRESS, packet, repeat)?.0)
     }
 }
 

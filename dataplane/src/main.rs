@@ -30,6 +30,7 @@ use ferry_dataplane::service::model::LbAlgorithm;
 use ferry_dataplane::service::nat_ports::NatPorts;
 use ferry_dataplane::service::programmer::{LbMode, LbSettings, Programmer};
 use ferry_dataplane::service::proxy;
+use ferry_ebpf_common::policy::PolicyStats;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -748,13 +749,11 @@ fn network_policy(
             tick.tick().await;
             match counters.stats.get(&0, 0) {
                 Ok(per_cpu) => {
-                    let mut sum = [0u64; 4];
+                    let mut sum = PolicyStats::default();
                     for s in per_cpu.iter() {
-                        for (t, c) in sum.iter_mut().zip(s.counts) {
-                            *t += c;
-                        }
+                        sum.add(s);
                     }
-                    metrics.set_policy_flows(sum);
+                    metrics.set_policy_flows(&sum);
                 }
                 Err(e) => tracing::debug!(error = %e, "reading the policy counters"),
             }

@@ -22,22 +22,32 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 
-/// A service port's counters (`namespace/name:port`), per family.
+use crate::observe::event::reason_name;
+use ferry_ebpf_common::policy::{PolicyStats, denies};
+
+/// A service port's counters (`namespace/name:port`), per family. Kept
+/// for every service port in four families: the name is shared between
+/// them, the rest is static.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
-    pub service: String,
-    pub family: String,
+    pub service: std::sync::Arc<str>,
+    /// `IPv4` or `IPv6`.
+    pub family: &'static str,
     /// `internal` (in-cluster and socket-level) or `external` traffic.
-    pub traffic: String,
+    pub traffic: &'static str,
 }
 
-/// `ferry_policy_flows{direction, verdict}`.
+/// `ferry_policy_flows{direction, verdict, reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyFlowLabels {
     /// `ingress` or `egress`, the pod's.
-    pub direction: String,
+    pub direction: &'static str,
     /// `allowed` or `denied`.
-    pub verdict: String,
+    pub verdict: &'static str,
+    /// As `ferry-agent observe` says it: `policy-allowed`,
+    /// `not-isolated`, `from-node`, `to-self`, `policy-denied`,
+    /// `spoofed-address`.
+    pub reason: &'static str,
 }
 
 /// `ferry_observe_events{outcome}`.
@@ -241,7 +251,7 @@ impl Metrics {
         );
         registry.register(
             "ferry_policy_flows",
-            "New flows judged by NetworkPolicy at this node's pods, by direction and verdict",
+            "New flows judged by NetworkPolicy at this node's pods, by direction, verdict and reason",
             policy_flows.clone(),
         );
         let observe_events = Family::<OutcomeLabels, Counter>::default();
@@ -331,14 +341,18 @@ impl Metrics {
             .set(i64::try_from(rules).unwrap_or(i64::MAX));
     }
 
-    /// Brings `ferry_policy_flows` up to the maps' per-CPU counts
-    /// (`[allowed ingress, allowed egress, denied ingress, denied egress]`,
-    /// summed over CPUs).
-    pub fn set_policy_flows(&self, counts: [u64; 4]) {
-        for (i, total) in counts.into_iter().enumerate() {
+    /// Brings `ferry_policy_flows` up to the programs' counts (summed over
+    /// CPUs).
+    pub fn set_policy_flows(&self, stats: &PolicyStats) {
+        for (i, &total) in stats.counts.iter().enumerate() {
+            let reason = u8::try_from(i / 2).unwrap_or(u8::MAX);
+            if total == 0 && reason_name(reason) == "unknown" {
+                continue;
+            }
             let labels = PolicyFlowLabels {
-                direction: if i % 2 == 0 { "ingress" } else { "egress" }.into(),
-                verdict: if i < 2 { "allowed" } else { "denied" }.into(),
+                direction: if i % 2 == 0 { "ingress" } else { "egress" },
+                verdict: if denies(reason) { "denied" } else { "allowed" },
+                reason: reason_name(reason),
             };
             let c = self.policy_flows.get_or_create(&labels);
             let have = c.get();
@@ -531,6 +545,7 @@ where
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use ferry_ebpf_common::observe::{REASON_POLICY_ALLOWED, REASON_POLICY_DENIED, REASON_SPOOFED};
 
     #[test]
     fn counters_follow_the_programs_totals_and_never_go_back() {
@@ -539,14 +554,19 @@ mod tests {
         m.set_observe_events(7, 2, 1);
         // A total lower than seen (a restarted map) moves nothing.
         m.set_observe_events(3, 0, 0);
-        m.set_policy_flows([4, 0, 1, 0]);
+        let mut stats = PolicyStats::default();
+        stats.counts[usize::from(REASON_POLICY_ALLOWED) * 2] = 4;
+        stats.counts[usize::from(REASON_POLICY_DENIED) * 2] = 1;
+        stats.counts[usize::from(REASON_SPOOFED) * 2 + 1] = 2;
+        m.set_policy_flows(&stats);
         let text = m.render();
         for line in [
             "ferry_observe_events_total{outcome=\"written\"} 7",
             "ferry_observe_events_total{outcome=\"rate_limited\"} 2",
             "ferry_observe_events_total{outcome=\"ring_full\"} 1",
-            "ferry_policy_flows_total{direction=\"ingress\",verdict=\"allowed\"} 4",
-            "ferry_policy_flows_total{direction=\"ingress\",verdict=\"denied\"} 1",
+            "ferry_policy_flows_total{direction=\"ingress\",verdict=\"allowed\",reason=\"policy-allowed\"} 4",
+            "ferry_policy_flows_total{direction=\"ingress\",verdict=\"denied\",reason=\"policy-denied\"} 1",
+            "ferry_policy_flows_total{direction=\"egress\",verdict=\"denied\",reason=\"spoofed-address\"} 2",
         ] {
             assert!(text.contains(line), "{line} in:\n{text}");
         }

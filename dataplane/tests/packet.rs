@@ -26,11 +26,12 @@ use ferry_dataplane::service::programmer::{LbSettings, Programmer, addr_words};
 use ferry_ebpf_common::observe::{
     FLOW_DIR_NONE, FLOW_DROPPED, FLOW_FORWARDED, FLOW_TRANSLATED, FlowEvent, ObserveConfig,
     REASON_NOT_ISOLATED, REASON_POLICY_ALLOWED, REASON_POLICY_DENIED, REASON_SERVICE,
+    REASON_SPOOFED,
 };
 use ferry_ebpf_common::policy::{
     DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY,
     IDENTITY_CIDR_BIT, IDENTITY_HOST, PolicyCidrKey, PolicyEndpoint, PolicyRuleKey,
-    PolicyRuleValue, RULE_PREFIX_ANY_PORT, RULE_PREFIX_ANY_PROTO,
+    PolicyRuleValue, PolicyStats, RULE_PREFIX_ANY_PORT, RULE_PREFIX_ANY_PROTO,
 };
 use ferry_ebpf_common::{
     BACKEND_FLAG_LOCAL, Backend, BackendKey, CtKey, CtValue, MAP_BACKENDS, MAP_CONNTRACK,
@@ -976,9 +977,14 @@ fn policy_allows_only_what_a_rule_names_and_the_replies_of_allowed_flows() {
         TC_ACT_SHOT
     );
 
-    let stats = maps.stats.get(&0, 0).expect("stats");
-    let denied: u64 = stats.iter().map(|s| s.counts[2] + s.counts[3]).sum();
-    assert!(denied >= 8, "{denied} denials counted");
+    let mut sum = PolicyStats::default();
+    for s in maps.stats.get(&0, 0).expect("stats").iter() {
+        sum.add(s);
+    }
+    let [_, _, denied_in, denied_out] = sum.verdicts();
+    assert!(denied_in + denied_out >= 8, "{sum:?}: denials counted");
+    let spoofed = sum.counts[usize::from(REASON_SPOOFED) * 2 + usize::from(DIR_INGRESS)];
+    assert_eq!(spoofed, 1, "the spoofed address counted by its reason");
 }
 
 /// IPv6: ipBlocks with an except (a longer prefix without the rule), and

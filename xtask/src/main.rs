@@ -155,6 +155,13 @@ enum Bench {
     /// memory against CoreDNS's formula, in a network namespace (root);
     /// writes target/bench/dns.md.
     Dns,
+    /// NetworkPolicy: the pod programs' per-packet cost by BPF_PROG_TEST_RUN
+    /// with 0, 100 and 10,000 policies over 10,000 pods (writes
+    /// target/bench/policy.md), then new-connection rate and latency between
+    /// pods under 1,000 policies against a kube-router-style iptables+ipset
+    /// ruleset, and policy change to enforcement, in a testbed world (root);
+    /// writes target/bench/netpol.md.
+    Policy,
 }
 
 fn main() -> ExitCode {
@@ -323,6 +330,26 @@ fn bench(which: Bench, args: &[OsString]) -> Result<()> {
             "dns.md",
             args,
         ),
+        Bench::Policy => {
+            run_bench(&[], "policy-bench", &[], "policy.md", args)?;
+            run_bench(
+                &[
+                    ("ferry-controlplane", "ferry-apiserver"),
+                    ("ferry-dataplane", "ferry-agent"),
+                    ("ferry-cni", "ferry-cni"),
+                    ("ferry-testbed", "ferry-netexec"),
+                ],
+                "netpol-bench",
+                &[
+                    ("--apiserver", "ferry-apiserver"),
+                    ("--agent", "ferry-agent"),
+                    ("--cni", "ferry-cni"),
+                    ("--netexec", "ferry-netexec"),
+                ],
+                "netpol.md",
+                args,
+            )
+        }
     }
 }
 

@@ -19,6 +19,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ethtool",
     "iptables",
     "nftables",
+    // The NetworkPolicy bench's kube-router-style ruleset (ipsets of pods).
+    "ipset",
     "bpftool",
     "tcpdump",
     "conntrack",

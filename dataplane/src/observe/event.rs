@@ -94,6 +94,20 @@ pub struct Record {
     pub policies: Vec<PolicyRef>,
 }
 
+/// How records and metrics name a `REASON_*`.
+pub fn reason_name(reason: u8) -> &'static str {
+    match reason {
+        REASON_POLICY_ALLOWED => "policy-allowed",
+        REASON_NOT_ISOLATED => "not-isolated",
+        REASON_FROM_HOST => "from-node",
+        REASON_SELF => "to-self",
+        REASON_POLICY_DENIED => "policy-denied",
+        REASON_SPOOFED => "spoofed-address",
+        REASON_SERVICE => "service",
+        _ => "unknown",
+    }
+}
+
 fn protocol(p: u8) -> String {
     match p {
         1 => "ICMP".into(),
@@ -130,16 +144,6 @@ impl Record {
             FLOW_TRANSLATED => "TRANSLATED",
             _ => "UNKNOWN",
         };
-        let reason = match e.reason {
-            REASON_POLICY_ALLOWED => "policy-allowed",
-            REASON_NOT_ISOLATED => "not-isolated",
-            REASON_FROM_HOST => "from-node",
-            REASON_SELF => "to-self",
-            REASON_POLICY_DENIED => "policy-denied",
-            REASON_SPOOFED => "spoofed-address",
-            REASON_SERVICE => "service",
-            _ => "unknown",
-        };
         let direction = match e.dir {
             DIR_INGRESS => Some("ingress".to_string()),
             DIR_EGRESS => Some("egress".to_string()),
@@ -155,7 +159,7 @@ impl Record {
             time,
             node: node.to_string(),
             verdict: verdict.into(),
-            reason: reason.into(),
+            reason: reason_name(e.reason).into(),
             direction,
             protocol: protocol(e.proto),
             source: end(&e.src, e.sport),

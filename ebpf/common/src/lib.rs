@@ -486,6 +486,7 @@ mod tests {
         assert_eq!(size_of::<policy::PolicyRuleValue>(), 4);
         assert_eq!(size_of::<policy::PolicyCidrKey>(), 16);
         assert_eq!(size_of::<policy::PolicyCtValue>(), 16);
+        assert_eq!(size_of::<policy::PolicyStats>(), 128);
         assert_eq!(size_of::<observe::ObserveConfig>(), 16);
         assert_eq!(size_of::<observe::ObserveStats>(), 24);
         assert_eq!(size_of::<observe::FlowEvent>(), 80);

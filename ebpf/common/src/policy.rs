@@ -7,7 +7,10 @@
 //!   are isolated. A pod not here is never judged.
 //! - [`MAP_POLICY_IDENTITIES`]: every pod address in the cluster (and this
 //!   node's own addresses, [`IDENTITY_HOST`]) to its identity: pods with the
-//!   same namespace, namespace labels, pod labels and named ports share one.
+//!   same namespace and named ports, and the same labels under the keys some
+//!   policy's selectors name (pod labels for podSelectors, namespace labels
+//!   for namespaceSelectors), share one; labels no selector reads (a
+//!   pod-template-hash, a StatefulSet pod name) tell no pods apart.
 //! - [`MAP_POLICY_CIDRS`]: an LPM trie of every prefix the ipBlocks of the
 //!   node's policies name (CIDRs and excepts) to a CIDR identity
 //!   ([`IDENTITY_CIDR_BIT`] set): the set of ipBlocks holding an address is
@@ -119,17 +122,49 @@ pub struct PolicyCtValue {
     pub _pad: u32,
 }
 
-/// Indexes into [`PolicyStats::counts`]: `what * 2 + dir`.
+/// Indexes into [`PolicyStats::verdicts`]: `what * 2 + dir`.
 pub const POLICY_STAT_ALLOWED: usize = 0;
 pub const POLICY_STAT_DENIED: usize = 1;
 
-/// New flows judged at this node's pods (per CPU): allowed and denied, per
-/// direction (`[allowed ingress, allowed egress, denied ingress, denied
-/// egress]`).
+/// Reasons counted in [`PolicyStats`] (`crate::observe::REASON_*` are
+/// below this).
+pub const POLICY_REASONS: usize = 8;
+
+/// New flows judged at this node's pods (per CPU), by why and direction:
+/// `counts[reason * 2 + dir]`, `reason` one of `crate::observe::REASON_*`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PolicyStats {
-    pub counts: [u64; 4],
+    pub counts: [u64; 2 * POLICY_REASONS],
+}
+
+impl PolicyStats {
+    /// Allowed and denied per direction: `[allowed ingress, allowed
+    /// egress, denied ingress, denied egress]`.
+    pub fn verdicts(&self) -> [u64; 4] {
+        let mut v = [0u64; 4];
+        for (i, c) in self.counts.iter().enumerate() {
+            let what = if denies((i / 2) as u8) {
+                POLICY_STAT_DENIED
+            } else {
+                POLICY_STAT_ALLOWED
+            };
+            v[what * 2 + i % 2] += c;
+        }
+        v
+    }
+
+    /// Adds another CPU's counts.
+    pub fn add(&mut self, other: &Self) {
+        for (t, c) in self.counts.iter_mut().zip(other.counts) {
+            *t += c;
+        }
+    }
+}
+
+/// Whether a packet judged for `reason` is dropped.
+pub fn denies(reason: u8) -> bool {
+    reason == crate::observe::REASON_POLICY_DENIED || reason == crate::observe::REASON_SPOOFED
 }
 
 pub const MAP_POLICY_ENDPOINTS: &str = "FERRY_POL_EP";
@@ -137,4 +172,6 @@ pub const MAP_POLICY_IDENTITIES: &str = "FERRY_POL_IDS";
 pub const MAP_POLICY_CIDRS: &str = "FERRY_POL_CIDRS";
 pub const MAP_POLICY_RULES: &str = "FERRY_POL_RULES";
 pub const MAP_POLICY_CT: &str = "FERRY_POL_CT";
-pub const MAP_POLICY_STATS: &str = "FERRY_POL_STATS";
+/// Renamed from `FERRY_POL_STATS` when it grew reasons: a pinned map keeps
+/// the size it was made with.
+pub const MAP_POLICY_STATS: &str = "FERRY_POL_VERDICTS";

@@ -82,7 +82,7 @@ pub static POL_RULES: LpmTrie<PolicyRuleKey, PolicyRuleValue> = LpmTrie::pinned(
 pub static POL_CT: LruHashMap<CtKey, PolicyCtValue> = LruHashMap::pinned(262144, 0);
 
 /// New flows allowed and denied (one entry, per CPU).
-#[map(name = "FERRY_POL_STATS")]
+#[map(name = "FERRY_POL_VERDICTS")]
 pub static POL_STATS: PerCpuArray<PolicyStats> = PerCpuArray::pinned(1, 0);
 
 /// Flow events (see `ferry_ebpf_common::observe`): the agent's switch and

@@ -21,7 +21,7 @@ use ferry_ebpf_common::observe::{
 };
 use ferry_ebpf_common::policy::{
     DIR_EGRESS, DIR_INGRESS, EP_ISOLATED_EGRESS, EP_ISOLATED_INGRESS, IDENTITY_ANY, IDENTITY_HOST,
-    PCT_FLAG_CLOSING, PCT_FLAG_EGRESS, PCT_FLAG_INGRESS, POLICY_STAT_ALLOWED, POLICY_STAT_DENIED,
+    PCT_FLAG_CLOSING, PCT_FLAG_EGRESS, PCT_FLAG_INGRESS,
     PolicyCidrKey, PolicyCtValue, PolicyRuleKey, RULE_PREFIX_FULL,
 };
 use ferry_ebpf_common::{CtKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP, v4_mapped};
@@ -112,7 +112,7 @@ fn verdict(ctx: &TcContext, dir: u8) -> Option<i32> {
     let device = unsafe { (*ctx.skb.skb).ifindex };
     // Another device claiming the pod's address is not the pod.
     if ifindex != 0 && ifindex != device {
-        count(dir, POLICY_STAT_DENIED);
+        count(dir, REASON_SPOOFED);
         return Some(DROP | note(&f, dir, FLOW_DROPPED, REASON_SPOOFED, 0, set, device));
     }
     let now = unsafe { bpf_ktime_get_ns() };
@@ -141,7 +141,7 @@ fn verdict(ctx: &TcContext, dir: u8) -> Option<i32> {
         match allowed(&f, dir, set) {
             Some(grant) => grant,
             None => {
-                count(dir, POLICY_STAT_DENIED);
+                count(dir, REASON_POLICY_DENIED);
                 let report = note(&f, dir, FLOW_DROPPED, REASON_POLICY_DENIED, 0, set, device);
                 return Some(DROP | report);
             }
@@ -149,7 +149,7 @@ fn verdict(ctx: &TcContext, dir: u8) -> Option<i32> {
     } else {
         (REASON_NOT_ISOLATED, 0)
     };
-    count(dir, POLICY_STAT_ALLOWED);
+    count(dir, reason);
     // This flow's packets pass this hook from now on, and its replies the
     // endpoint's other hook, even when that direction is isolated too.
     mark(&POL_CT, &key, this_hook, now, f.proto);
@@ -304,10 +304,11 @@ fn allowed(f: &Flow, dir: u8, set: u32) -> Option<(u8, u32)> {
     rule(IDENTITY_ANY)
 }
 
+/// Counts a judged flow by why (`REASON_*`) and direction.
 #[inline(always)]
-fn count(dir: u8, what: usize) {
+fn count(dir: u8, reason: u8) {
     if let Some(s) = POL_STATS.get_ptr_mut(0) {
-        let i = what * 2 + usize::from(dir & 1);
+        let i = usize::from(reason & 7) * 2 + usize::from(dir & 1);
         unsafe {
             if let Some(c) = (*s).counts.get_mut(i) {
                 *c += 1;

@@ -221,9 +221,7 @@ fn spawn_watch<K>(
         // Lists in small pages, as the service proxy's: a page is decoded
         // whole, and big pages leave the allocator fragmented for good.
         let config = watcher::Config::default().page_size(crate::service::proxy::LIST_PAGE);
-        let mut stream = watcher(api, config)
-            .default_backoff()
-            .boxed();
+        let mut stream = watcher(api, config).default_backoff().boxed();
         while let Some(ev) = stream.next().await {
             let change = match ev {
                 Ok(ev) => wrap(ev),

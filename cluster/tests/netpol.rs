@@ -385,24 +385,30 @@ fn runner_clone<'a>(r: &Runner<'a>) -> Runner<'a> {
     }
 }
 
+/// x/a isolated for ingress, x/b let in on TCP 80.
+fn a_from_b() -> Policy {
+    Policy::new("x", "a-from-b", Selector::labels(&[("pod", "a")])).ingress(vec![Rule::new(
+        vec![Peer::pods(Selector::labels(&[("pod", "b")]))],
+        vec![PortSpec::proto_number(Proto::Tcp, 80)],
+    )])
+}
+
+/// A check of TCP 80 alone.
+fn tcp80() -> Vec<Expect> {
+    vec![Expect {
+        port: 80,
+        proto: Proto::Tcp,
+        upstream: None,
+    }]
+}
+
 /// x/b holds a connection to x/a:80 that a policy allows; a policy of
 /// another namespace and one for another pod land (with `probe`, the
 /// table shows them enforced); the connection still carries its request.
 fn long_lived_connection_survives_unrelated_change(r: &Runner, probe: bool) -> Result<(), String> {
-    let allow =
-        Policy::new("x", "a-from-b", Selector::labels(&[("pod", "a")])).ingress(vec![Rule::new(
-            vec![Peer::pods(Selector::labels(&[("pod", "b")]))],
-            vec![PortSpec::proto_number(Proto::Tcp, 80)],
-        )]);
-    let tcp80 = [Expect {
-        port: 80,
-        proto: Proto::Tcp,
-        upstream: None,
-    }];
-    r.run_case(&[
-        Step::Apply(vec![allow.clone()]),
-        Step::Check(tcp80.to_vec()),
-    ])?;
+    let allow = a_from_b();
+    let tcp80 = tcp80();
+    r.run_case(&[Step::Apply(vec![allow.clone()]), Step::Check(tcp80.clone())])?;
 
     let (xa, xb) = (r.base.pod_index("x/a"), r.base.pod_index("x/b"));
     let release = r.c.data_dir.join("netpol-release");
@@ -445,7 +451,7 @@ fn long_lived_connection_survives_unrelated_change(r: &Runner, probe: bool) -> R
             &[
                 Step::Apply(vec![allow.clone()]),
                 Step::Apply(unrelated),
-                Step::Check(tcp80.to_vec()),
+                Step::Check(tcp80.clone()),
             ],
             probe,
         )?;
@@ -470,11 +476,7 @@ fn denied_syn_times_out(r: &Runner) -> Result<(), String> {
         Step::Apply(vec![
             Policy::new("x", "deny-ingress", Selector::all()).ingress(vec![]),
         ]),
-        Step::Check(vec![Expect {
-            port: 80,
-            proto: Proto::Tcp,
-            upstream: None,
-        }]),
+        Step::Check(tcp80()),
     ])?;
     let (xa, ya) = (r.base.pod_index("x/a"), r.base.pod_index("y/a"));
     let slow = Prober {
@@ -511,19 +513,7 @@ fn denied_syn_times_out(r: &Runner) -> Result<(), String> {
 /// the one that allows; both with the pods' names. Then `ferry-agent
 /// inspect policy x/a` shows the pod by name with that policy's table.
 fn observe_names_pods_and_policies(r: &Runner) -> Result<(), String> {
-    let allow =
-        Policy::new("x", "a-from-b", Selector::labels(&[("pod", "a")])).ingress(vec![Rule::new(
-            vec![Peer::pods(Selector::labels(&[("pod", "b")]))],
-            vec![PortSpec::proto_number(Proto::Tcp, 80)],
-        )]);
-    r.run_case(&[
-        Step::Apply(vec![allow]),
-        Step::Check(vec![Expect {
-            port: 80,
-            proto: Proto::Tcp,
-            upstream: None,
-        }]),
-    ])?;
+    r.run_case(&[Step::Apply(vec![a_from_b()]), Step::Check(tcp80())])?;
     let (xa, xb, ya) = (
         r.base.pod_index("x/a"),
         r.base.pod_index("x/b"),
@@ -652,14 +642,7 @@ fn ten_thousand_ip_blocks_fail_closed(r: &Runner) -> Result<(), String> {
     // What the agent must do: x/a isolated for ingress, nothing allowed.
     let mut model = r.base.clone();
     model.upsert(Policy::new("x", "hostile", Selector::labels(&[("pod", "a")])).ingress(vec![]));
-    let checked = r.check(
-        &model,
-        &[Expect {
-            port: 80,
-            proto: Proto::Tcp,
-            upstream: None,
-        }],
-    );
+    let checked = r.check(&model, &tcp80());
     let _ =
         r.c.kubectl(&["delete", "networkpolicy", "hostile", "-n", "x"]);
     checked?;
@@ -720,19 +703,7 @@ fn observe(
 /// veth and then judged against the backend, x/a, which lets x/b in and
 /// not y/a. The source node's agent reports the translation.
 fn outside_the_cgroup_judged_on_the_backend(r: &Runner) -> Result<(), String> {
-    let allow =
-        Policy::new("x", "a-from-b", Selector::labels(&[("pod", "a")])).ingress(vec![Rule::new(
-            vec![Peer::pods(Selector::labels(&[("pod", "b")]))],
-            vec![PortSpec::proto_number(Proto::Tcp, 80)],
-        )]);
-    r.run_case(&[
-        Step::Apply(vec![allow]),
-        Step::Check(vec![Expect {
-            port: 80,
-            proto: Proto::Tcp,
-            upstream: None,
-        }]),
-    ])?;
+    r.run_case(&[Step::Apply(vec![a_from_b()]), Step::Check(tcp80())])?;
     let pods = &r.prober.pods;
     let (xa, xb, ya) = (
         &pods[r.base.pod_index("x/a")],

@@ -52,19 +52,7 @@ impl Lab {
             ))
             .build()
             .context("building the testbed world")?;
-        let node = world.node(0);
-        let api_ip = Ipv4Addr::from(u32::from(node.underlay_v4.network()) + 250);
-        world
-            .underlay()
-            .exec([
-                "ip".to_string(),
-                "addr".into(),
-                "add".into(),
-                format!("{api_ip}/{}", node.underlay_v4.prefix_len()),
-                "dev".into(),
-                ferry_testbed::UNDERLAY_BRIDGE.into(),
-            ])
-            .context("addressing the underlay bridge for the apiserver")?;
+        let api_ip = crate::services::cluster::apiserver_address(&world)?;
         let mut lab = Self {
             _sinks: Vec::new(),
             apiserver: None,

@@ -331,18 +331,7 @@ impl Lab {
             .build()
             .context("building the testbed world")?;
         let node0 = world.node(0);
-        let api_ip = Ipv4Addr::from(u32::from(node0.underlay_v4.network()) + 250);
-        world
-            .underlay()
-            .exec([
-                "ip".to_string(),
-                "addr".into(),
-                "add".into(),
-                format!("{api_ip}/{}", node0.underlay_v4.prefix_len()),
-                "dev".into(),
-                UNDERLAY_BRIDGE.into(),
-            ])
-            .context("addressing the underlay bridge")?;
+        let api_ip = crate::services::cluster::apiserver_address(&world)?;
         // The floor row's packets go to the backend pod through node 0.
         let node1_v4 = world
             .node(1)

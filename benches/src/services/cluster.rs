@@ -65,19 +65,7 @@ impl Lab {
             .cni(ferry_cni(&bins.cni))
             .build()
             .context("building the testbed world")?;
-        let node = world.node(0);
-        let api_ip = Ipv4Addr::from(u32::from(node.underlay_v4.network()) + 250);
-        world
-            .underlay()
-            .exec([
-                "ip".to_string(),
-                "addr".into(),
-                "add".into(),
-                format!("{api_ip}/{}", node.underlay_v4.prefix_len()),
-                "dev".into(),
-                ferry_testbed::UNDERLAY_BRIDGE.into(),
-            ])
-            .context("addressing the underlay bridge for the apiserver")?;
+        let api_ip = apiserver_address(&world)?;
         let mut servers = Vec::new();
         for pod in world.pods().iter().take(BACKENDS) {
             let mut p = pod
@@ -431,4 +419,24 @@ pub fn bpf_memlock(bpffs: &Path, stop: &AtomicBool) -> Result<Vec<(String, u64)>
     }
     out.sort_by_key(|b| std::cmp::Reverse(b.1));
     Ok(out)
+}
+
+/// Gives the world's underlay bridge an address of node 0's underlay
+/// subnet (`.250`) for the apiserver to listen on, reachable from every
+/// node; returns it.
+pub fn apiserver_address(world: &World) -> Result<Ipv4Addr> {
+    let node = world.node(0);
+    let api_ip = Ipv4Addr::from(u32::from(node.underlay_v4.network()) + 250);
+    world
+        .underlay()
+        .exec([
+            "ip".to_string(),
+            "addr".into(),
+            "add".into(),
+            format!("{api_ip}/{}", node.underlay_v4.prefix_len()),
+            "dev".into(),
+            ferry_testbed::UNDERLAY_BRIDGE.into(),
+        ])
+        .context("addressing the underlay bridge for the apiserver")?;
+    Ok(api_ip)
 }

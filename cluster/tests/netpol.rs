@@ -427,15 +427,7 @@ fn long_lived_connection_survives_unrelated_change(r: &Runner, probe: bool) -> R
     .stderr(Stdio::null())
     .spawn()
     .map_err(|e| format!("spawning the holder: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines(&mut child)?;
     let result = (|| {
         let first = first_line(&rx, Duration::from_secs(5)).ok_or("the holder never connected")?;
         if !first.starts_with("connected ") {
@@ -686,6 +678,12 @@ fn observe(
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("spawning ferry-agent observe: {e}"))?;
+    let rx = lines(&mut child)?;
+    Ok((child, rx))
+}
+
+/// The lines `child` prints, read on a thread of their own.
+fn lines(child: &mut std::process::Child) -> Result<mpsc::Receiver<String>, String> {
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -695,7 +693,7 @@ fn observe(
             }
         }
     });
-    Ok((child, rx))
+    Ok(rx)
 }
 
 /// Processes outside the agent's cgroup get no connect()-time

@@ -71,19 +71,14 @@ impl Runner<'_> {
     pub fn run_steps(&self, steps: &[Step], probe: bool) -> Result<(), String> {
         let mut model = self.base.clone();
         for (i, step) in steps.iter().enumerate() {
+            follow(&mut model, step);
             match step {
-                Step::Apply(policies) => {
-                    for p in policies {
-                        model.upsert(p.clone());
-                    }
-                    world::apply_list(
-                        self.c,
-                        policies.iter().map(|p| p.to_json()).collect(),
-                        "netpol-policies.json",
-                    );
-                }
+                Step::Apply(policies) => world::apply_list(
+                    self.c,
+                    policies.iter().map(|p| p.to_json()).collect(),
+                    "netpol-policies.json",
+                ),
                 Step::Delete { namespace, name } => {
-                    model.delete(namespace, name);
                     self.c
                         .k(&["delete", "networkpolicy", name, "-n", namespace]);
                 }
@@ -92,26 +87,12 @@ impl Runner<'_> {
                     pod,
                     key,
                     value,
-                } => {
-                    let idx = model.pod_index(&format!("{namespace}/{pod}"));
-                    match value {
-                        Some(v) => model.pods[idx].labels.insert(key.clone(), v.clone()),
-                        None => model.pods[idx].labels.remove(key),
-                    };
-                    world::label_pod(self.c, namespace, pod, key, value.as_deref());
-                }
+                } => world::label_pod(self.c, namespace, pod, key, value.as_deref()),
                 Step::LabelNs {
                     namespace,
                     key,
                     value,
-                } => {
-                    let l = model.namespaces.entry(namespace.clone()).or_default();
-                    match value {
-                        Some(v) => l.insert(key.clone(), v.clone()),
-                        None => l.remove(key),
-                    };
-                    world::label_ns(self.c, namespace, key, value.as_deref());
-                }
+                } => world::label_ns(self.c, namespace, key, value.as_deref()),
                 Step::Check(exps) if probe => self
                     .check(&model, exps)
                     .map_err(|r| format!("step {} (check): {r}", i + 1))?,
@@ -239,53 +220,59 @@ impl Runner<'_> {
 pub fn model_vs_upstream(base: &Model, steps: &[Step]) -> Result<(), String> {
     let mut model = base.clone();
     for (i, step) in steps.iter().enumerate() {
-        match step {
-            Step::Apply(ps) => ps.iter().for_each(|p| model.upsert(p.clone())),
-            Step::Delete { namespace, name } => model.delete(namespace, name),
-            Step::LabelPod {
-                namespace,
-                pod,
-                key,
-                value,
-            } => {
-                let idx = model.pod_index(&format!("{namespace}/{pod}"));
-                match value {
-                    Some(v) => model.pods[idx].labels.insert(key.clone(), v.clone()),
-                    None => model.pods[idx].labels.remove(key),
-                };
-            }
-            Step::LabelNs {
-                namespace,
-                key,
-                value,
-            } => {
-                let l = model.namespaces.entry(namespace.clone()).or_default();
-                match value {
-                    Some(v) => l.insert(key.clone(), v.clone()),
-                    None => l.remove(key),
-                };
-            }
-            Step::Check(exps) => {
-                for e in exps {
-                    let Some(r) = &e.upstream else { continue };
-                    let got = model.table(e.port, e.proto);
-                    let want = r.table(&got.names);
-                    let n = got.names.len();
-                    let same = (0..n)
-                        .all(|s| (0..n).all(|d| s == d || got.cells[s][d] == want.cells[s][d]));
-                    if !same {
-                        return Err(format!(
-                            "step {} {}/{}: upstream\n{}model\n{}",
-                            i + 1,
-                            e.proto.api(),
-                            e.port,
-                            want.show(),
-                            got.show()
-                        ));
-                    }
+        follow(&mut model, step);
+        if let Step::Check(exps) = step {
+            for e in exps {
+                let Some(r) = &e.upstream else { continue };
+                let got = model.table(e.port, e.proto);
+                let want = r.table(&got.names);
+                let n = got.names.len();
+                let same =
+                    (0..n).all(|s| (0..n).all(|d| s == d || got.cells[s][d] == want.cells[s][d]));
+                if !same {
+                    return Err(format!(
+                        "step {} {}/{}: upstream\n{}model\n{}",
+                        i + 1,
+                        e.proto.api(),
+                        e.port,
+                        want.show(),
+                        got.show()
+                    ));
                 }
             }
         }
     }
     Ok(())
+}
+
+/// What `step` changes in the model (a check changes nothing).
+fn follow(model: &mut Model, step: &Step) {
+    match step {
+        Step::Apply(ps) => ps.iter().for_each(|p| model.upsert(p.clone())),
+        Step::Delete { namespace, name } => model.delete(namespace, name),
+        Step::LabelPod {
+            namespace,
+            pod,
+            key,
+            value,
+        } => {
+            let idx = model.pod_index(&format!("{namespace}/{pod}"));
+            match value {
+                Some(v) => model.pods[idx].labels.insert(key.clone(), v.clone()),
+                None => model.pods[idx].labels.remove(key),
+            };
+        }
+        Step::LabelNs {
+            namespace,
+            key,
+            value,
+        } => {
+            let l = model.namespaces.entry(namespace.clone()).or_default();
+            match value {
+                Some(v) => l.insert(key.clone(), v.clone()),
+                None => l.remove(key),
+            };
+        }
+        Step::Check(_) => {}
+    }
 }

@@ -224,7 +224,7 @@ fn pod_info(pod: &Pod, node: &str) -> PodInfo {
     PodInfo {
         namespace: meta.namespace.clone().unwrap_or_default(),
         name: meta.name.clone().unwrap_or_default(),
-        labels: meta.labels.clone().unwrap_or_default(),
+        labels: meta.labels.as_ref().map(Labels::from).unwrap_or_default(),
         ip: first_v4(pod),
         actionable: !finished && has_ip && !host_network,
         local: spec.and_then(|s| s.node_name.as_deref()) == Some(node),
@@ -252,7 +252,11 @@ impl Cluster {
             .map(|n| {
                 (
                     n.metadata.name.clone().unwrap_or_default(),
-                    n.metadata.labels.clone().unwrap_or_default(),
+                    n.metadata
+                        .labels
+                        .as_ref()
+                        .map(Labels::from)
+                        .unwrap_or_default(),
                 )
             })
             .collect();

@@ -150,7 +150,11 @@ impl Namespace {
         }
         Ok(Namespace::new(
             &name,
-            ns.metadata.labels.clone().unwrap_or_default(),
+            ns.metadata
+                .labels
+                .as_ref()
+                .map(Labels::from)
+                .unwrap_or_default(),
         ))
     }
 }
@@ -271,7 +275,12 @@ impl Pod {
         named_ports.shrink_to_fit();
         ips.shrink_to_fit();
         Ok(Pod {
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            labels: pod
+                .metadata
+                .labels
+                .as_ref()
+                .map(Labels::from)
+                .unwrap_or_default(),
             ips,
             node_name: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),

@@ -14,8 +14,99 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-/// A label map (`metadata.labels`).
-pub type Labels = BTreeMap<String, String>;
+/// A label map (`metadata.labels`): the pairs sorted by key in one
+/// allocation. A pod's handful of labels takes a quarter of what a
+/// `BTreeMap` node holds, and the agent keeps one map per pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Labels(Box<[(Box<str>, Box<str>)]>);
+
+impl Labels {
+    pub fn new() -> Self {
+        Labels::default()
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.find(key).ok().map(|i| &*self.0[i].1)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.find(key).is_ok()
+    }
+
+    /// Sets `key` (a copy of the pairs: labels change rarely).
+    pub fn insert(&mut self, key: String, value: String) {
+        let (key, value) = (key.into_boxed_str(), value.into_boxed_str());
+        match self.find(&key) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => {
+                let mut pairs = std::mem::take(&mut self.0).into_vec();
+                pairs.insert(i, (key, value));
+                self.0 = pairs.into_boxed_slice();
+            }
+        }
+    }
+
+    /// Removes `key`, if present.
+    pub fn remove(&mut self, key: &str) {
+        if let Ok(i) = self.find(key) {
+            let mut pairs = std::mem::take(&mut self.0).into_vec();
+            pairs.remove(i);
+            self.0 = pairs.into_boxed_slice();
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| &**k)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// `metadata.labels` as the API gives them.
+impl From<&BTreeMap<String, String>> for Labels {
+    fn from(map: &BTreeMap<String, String>) -> Self {
+        let pairs: Vec<(Box<str>, Box<str>)> = map
+            .iter()
+            .map(|(k, v)| (Box::from(k.as_str()), Box::from(v.as_str())))
+            .collect();
+        Labels(pairs.into_boxed_slice())
+    }
+}
+
+/// Later pairs win over earlier ones with the same key, as collecting into
+/// a map does.
+impl<K: Into<Box<str>>, V: Into<Box<str>>> FromIterator<(K, V)> for Labels {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut pairs: Vec<(Box<str>, Box<str>)> = iter
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        // Stable: among equal keys the last one given stays last.
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(Box<str>, Box<str>)> = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            match out.last_mut() {
+                Some(last) if last.0 == k => last.1 = v,
+                _ => out.push((k, v)),
+            }
+        }
+        Labels(out.into_boxed_slice())
+    }
+}
 
 /// Why a selector was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -171,6 +262,21 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn labels_stay_sorted_and_the_last_value_wins() {
+        let mut l: Labels = [("b", "1"), ("a", "2"), ("b", "3")].into_iter().collect();
+        assert_eq!(l.iter().collect::<Vec<_>>(), [("a", "2"), ("b", "3")]);
+        l.insert("c".into(), "4".into());
+        l.insert("a".into(), "5".into());
+        l.insert("0".into(), "6".into());
+        assert_eq!(l.keys().collect::<Vec<_>>(), ["0", "a", "b", "c"]);
+        assert_eq!((l.get("a"), l.get("z")), (Some("5"), None));
+        l.remove("b");
+        l.remove("z");
+        assert!(!l.contains_key("b") && l.contains_key("c"));
+        assert_eq!(l.len(), 3);
+    }
+
     fn expr(key: &str, op: &str, values: Option<&[&str]>) -> LabelSelectorRequirement {
         LabelSelectorRequirement {
             key: key.into(),
@@ -181,7 +287,11 @@ mod tests {
 
     fn sel(ml: &[(&str, &str)], exprs: Vec<LabelSelectorRequirement>) -> LabelSelector {
         LabelSelector {
-            match_labels: (!ml.is_empty()).then(|| labels(ml)),
+            match_labels: (!ml.is_empty()).then(|| {
+                ml.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            }),
             match_expressions: (!exprs.is_empty()).then_some(exprs),
         }
     }

@@ -103,11 +103,7 @@ impl RelevantKeys {
 }
 
 fn keep(labels: &Labels, keys: &BTreeSet<String>) -> Labels {
-    labels
-        .iter()
-        .filter(|(k, _)| keys.contains(*k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    labels.iter().filter(|(k, _)| keys.contains(*k)).collect()
 }
 
 /// Pods selected by the same policies, with the same own named ports when

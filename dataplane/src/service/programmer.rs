@@ -169,10 +169,80 @@ struct GroupKey {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Desired {
-    frontends: BTreeSet<KeyOrd>,
+    frontends: Frontends,
     backends: Vec<Backend>,
     flags: u8,
     timeout: u32,
+}
+
+/// A group's frontends, sorted. Most groups have one or two: a `BTreeSet`
+/// would spend a whole node on each, for ten thousand groups.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Frontends(Vec<KeyOrd>);
+
+impl Frontends {
+    fn insert(&mut self, key: KeyOrd) -> bool {
+        match self.0.binary_search(&key) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, key);
+                true
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &KeyOrd) -> bool {
+        match self.0.binary_search(key) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn contains(&self, key: &KeyOrd) -> bool {
+        self.0.binary_search(key).is_ok()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, KeyOrd> {
+        self.0.iter()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Those of `self` not in `other`, in order.
+    fn difference<'a>(&'a self, other: &'a Frontends) -> impl Iterator<Item = &'a KeyOrd> + 'a {
+        self.0.iter().filter(|k| !other.contains(k))
+    }
+}
+
+impl Extend<KeyOrd> for Frontends {
+    fn extend<I: IntoIterator<Item = KeyOrd>>(&mut self, iter: I) {
+        self.0.extend(iter);
+        self.0.sort_unstable();
+        self.0.dedup();
+    }
+}
+
+impl FromIterator<KeyOrd> for Frontends {
+    fn from_iter<I: IntoIterator<Item = KeyOrd>>(iter: I) -> Self {
+        let mut set = Frontends::default();
+        set.extend(iter);
+        set.0.shrink_to_fit();
+        set
+    }
+}
+
+impl<'a> IntoIterator for &'a Frontends {
+    type Item = &'a KeyOrd;
+    type IntoIter = std::slice::Iter<'a, KeyOrd>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 /// `ServiceKey` ordered, so desired sets compare deterministically.
@@ -452,7 +522,7 @@ impl<M: LbMaps> Programmer<M> {
             }
         }
         // Then let go of what no group of this Service wants any more.
-        let none = BTreeSet::new();
+        let none = Frontends::default();
         for gk in old.iter().chain(desired.keys()) {
             let Some(group) = self.groups.get(gk) else {
                 continue;
@@ -950,7 +1020,7 @@ fn desired_groups(entries: &[ServicePortEntries], lb: &LbSettings) -> BTreeMap<G
                 },
                 internal,
             );
-            let external: BTreeSet<KeyOrd> = frontends
+            let external: Frontends = frontends
                 .iter()
                 .filter(|f| f.kind != FrontendKind::ClusterIp)
                 .map(|f| key(f, SCOPE_EXTERNAL))

@@ -565,6 +565,11 @@ impl Counters {
             let Ok(Some(now)) = programmer.maps().read_stats(id) else {
                 continue;
             };
+            // A Service nothing has reached gets no series: ten thousand
+            // idle Services would otherwise hold forty thousand counters.
+            if now == ServiceStats::default() && !self.last.contains_key(&id) {
+                continue;
+            }
             let labels = ServiceLabels {
                 service: port.to_string().into(),
                 family: if v6 { "IPv6" } else { "IPv4" },

@@ -18,6 +18,7 @@ use ferry_dataplane::conntrack::Timeouts;
 use ferry_dataplane::devices;
 use ferry_dataplane::inspect;
 use ferry_dataplane::metrics::{self, Metrics};
+use ferry_dataplane::node_setup;
 use ferry_dataplane::nodes::NodeInfo;
 use ferry_dataplane::observe::event::Filter;
 use ferry_dataplane::observe::names::{Directory, Names};
@@ -61,49 +62,89 @@ struct Cli {
     #[arg(long, global = true, env = "NODE_NAME", default_value = "")]
     node_name: String,
     /// How pod traffic crosses between nodes.
-    #[arg(long, global = true, value_enum, default_value = "direct")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_AGENT_ROUTING",
+        value_enum,
+        default_value = "direct"
+    )]
     routing: Routing,
     /// VXLAN network identifier.
-    #[arg(long, global = true, default_value_t = 1)]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_AGENT_VXLAN_VNI",
+        default_value_t = 1
+    )]
     vxlan_vni: u32,
     /// VXLAN UDP port (8472, as flannel and Cilium use on Linux).
-    #[arg(long, global = true, default_value_t = 8472)]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_AGENT_VXLAN_PORT",
+        default_value_t = 8472
+    )]
     vxlan_port: u16,
     /// Seconds between full re-syncs, repairing anything changed behind the
     /// agent's back.
     #[arg(long, global = true, default_value_t = 60)]
     resync_seconds: u64,
     /// Where the maps and program links are pinned (a bpffs directory).
-    #[arg(long, global = true, default_value = "/sys/fs/bpf/ferry")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_AGENT_BPFFS_ROOT",
+        default_value = "/sys/fs/bpf/ferry"
+    )]
     bpffs_root: PathBuf,
     /// The cgroup (v2) whose processes get socket-level load balancing:
-    /// the root cgroup in production; tests give a child cgroup of their
-    /// own. Default: the cgroup2 mount point.
-    #[arg(long, global = true)]
+    /// the hierarchy's root in production (in a pod: the host's
+    /// /sys/fs/cgroup mounted by hostPath, since the pod's own
+    /// /sys/fs/cgroup is its own cgroup); tests give a child cgroup of
+    /// their own. Default: the first cgroup2 mount that is the hierarchy's
+    /// root (one without `cgroup.type`).
+    #[arg(long, global = true, env = "FERRY_AGENT_CGROUP_ROOT")]
     cgroup_root: Option<PathBuf>,
     /// Run without the service proxy (routes only).
     #[arg(long, global = true)]
     no_service_proxy: bool,
     /// Devices whose traffic gets per-packet service translation (TC),
     /// e.g. the node's uplink; none: socket-level balancing only.
-    #[arg(long, global = true, value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_AGENT_DEVICES",
+        value_delimiter = ','
+    )]
     devices: Vec<String>,
     /// The XDP fast path for traffic from outside on `--devices`: `native`
     /// (in the driver, or fail), `best-effort` (native where the driver
     /// supports it, TC alone elsewhere) or `off`.
-    #[arg(long, global = true, value_enum, default_value = "best-effort")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_AGENT_XDP",
+        value_enum,
+        default_value = "best-effort"
+    )]
     xdp: bpf::XdpSetting,
     /// NodePorts answer only at the node's addresses in these CIDRs
     /// (kube-proxy's flag); empty: at every address but loopback and
     /// link-local ones (and, from the node's own processes, at 127.0.0.1
     /// and ::1).
-    #[arg(long, global = true, value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_AGENT_NODEPORT_ADDRESSES",
+        value_delimiter = ','
+    )]
     nodeport_addresses: Vec<ipnet::IpNet>,
     /// Also translate per packet on every device named with this prefix,
     /// attached as they appear: the node side of pods' veths (ferry-cni's
     /// are `fer...`), for pods whose processes are outside the cgroup; and
     /// enforce NetworkPolicy there.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "FERRY_AGENT_POD_DEVICES")]
     pod_devices: Option<String>,
     /// With `--pod-devices`: do not enforce NetworkPolicy (every pod can
     /// reach every other, whatever the policies say).
@@ -112,8 +153,8 @@ struct Cli {
     /// Answer ARP and NDP for LoadBalancer IPs on `--devices`, one node
     /// per Service, elected through a Lease (L2 announcement, for bare
     /// metal and local clusters); `--l2-announce=false` turns it off.
-    #[arg(long, global = true, default_value_t = true, num_args = 0..=1,
-          require_equals = true, default_missing_value = "true")]
+    #[arg(long, global = true, env = "FERRY_AGENT_L2_ANNOUNCE", default_value_t = true,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     l2_announce: bool,
     /// Namespace of the L2 announcement Leases
     /// (`ferry-l2.<namespace>.<service>`).
@@ -132,11 +173,21 @@ struct Cli {
     l2_lease_retry_period: Duration,
     /// Where `/healthz`, `/readyz` and `/metrics` are served (kube-proxy's
     /// metrics port); empty to turn them off.
-    #[arg(long, global = true, default_value = "127.0.0.1:10249")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_AGENT_METRICS_BIND_ADDRESS",
+        default_value = "127.0.0.1:10249"
+    )]
     metrics_bind_address: String,
     /// Where kube-proxy's own `/healthz` and `/livez` are served (load
     /// balancers and probes read them); empty to turn them off.
-    #[arg(long, global = true, default_value = "0.0.0.0:10256")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_AGENT_HEALTHZ_BIND_ADDRESS",
+        default_value = "0.0.0.0:10256"
+    )]
     healthz_bind_address: String,
     /// Seconds a metrics client has to send a request head.
     #[arg(long, global = true, default_value_t = HttpLimits::default().header_timeout.as_secs())]
@@ -190,14 +241,26 @@ struct Cli {
     /// How new flows from outside the cluster (NodePort, LoadBalancer,
     /// externalIPs) pick a backend; a Service's `ferry.dev/lb-algorithm`
     /// annotation overrides it. In-cluster traffic is always random.
-    #[arg(long, global = true, value_enum, default_value = "random")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_AGENT_LB_ALGORITHM",
+        value_enum,
+        default_value = "random"
+    )]
     lb_algorithm: LbAlgorithm,
     /// How traffic from outside reaches a backend on another node: `snat`
     /// (through the entry node both ways, as kube-proxy), `dsr` (to the
     /// backend's node in Geneve, UDP port 6081, replies straight to the
     /// client) or `hybrid` (DSR for TCP only). The same on every node: a
     /// node takes DSR packets only when it runs DSR itself.
-    #[arg(long, global = true, value_enum, default_value = "snat")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_AGENT_LB_MODE",
+        value_enum,
+        default_value = "snat"
+    )]
     lb_mode: LbMode,
     /// Entries per Maglev table: a prime (251, 509, 1021, 2039, 4093, 8191,
     /// 16381, 32749, 65521 or 131071); the same on every node.
@@ -212,7 +275,12 @@ struct Cli {
     /// (`net.ipv4.ip_local_port_range`) so replies to the node's own
     /// connections are never taken for them; where the two meet, the agent
     /// adds this range to `net.ipv4.ip_local_reserved_ports`.
-    #[arg(long, global = true, default_value = "61000-65535")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_AGENT_NAT_PORT_RANGE",
+        default_value = "61000-65535"
+    )]
     nat_port_range: NatPorts,
     /// Where flow events are served to `ferry-agent observe` (a Unix
     /// socket, mode 0600); empty to turn observation off.
@@ -247,10 +315,7 @@ impl Cli {
     }
 
     fn layout(&self) -> anyhow::Result<Layout> {
-        let cgroup_root = match &self.cgroup_root {
-            Some(p) => p.clone(),
-            None => cgroup2_mount().context("finding the cgroup2 mount (pass --cgroup-root)")?,
-        };
+        let cgroup_root = node_setup::cgroup_root_here(self.cgroup_root.as_deref())?;
         Ok(Layout {
             bpffs_root: self.bpffs_root.clone(),
             cgroup_root,
@@ -289,20 +354,136 @@ fn announcer(cli: &Cli, client: Client, metrics: Arc<Metrics>) -> anyhow::Result
         .context("starting L2 announcement (--l2-announce=false turns it off)")
 }
 
-/// The first cgroup2 mount point, from /proc/self/mountinfo.
-fn cgroup2_mount() -> anyhow::Result<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
-    info.lines()
-        .find_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let fstype = post.split_whitespace().next()?;
-            (fstype == "cgroup2").then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .context("no cgroup2 file system is mounted")
+impl Cli {
+    fn checks(&self, kernel_btf: &std::path::Path) -> node_setup::CheckSettings {
+        node_setup::CheckSettings {
+            kernel_btf: kernel_btf.to_owned(),
+            service_proxy: !self.no_service_proxy,
+            ..node_setup::CheckSettings::new(self.bpffs_root.clone(), self.cgroup_root.clone())
+        }
+    }
+}
+
+/// Prints one line a check; an error if any check failed.
+fn print_checks(findings: &[node_setup::Finding]) -> anyhow::Result<()> {
+    for f in findings {
+        println!("{f}");
+    }
+    let failed = findings
+        .iter()
+        .filter(|f| f.level == node_setup::Level::Error)
+        .count();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} check(s) failed: see the lines marked error"
+    );
+    Ok(())
+}
+
+/// The checks at agent start: logged; errors stop the agent.
+fn startup_checks(cli: &Cli) -> anyhow::Result<()> {
+    use node_setup::Level;
+    let findings =
+        node_setup::run_checks(&cli.checks(std::path::Path::new(node_setup::KERNEL_BTF)));
+    let mut errors = Vec::new();
+    for f in &findings {
+        match f.level {
+            Level::Ok | Level::Skipped => tracing::info!(check = f.check, "{}", f.message),
+            Level::Warning => tracing::warn!(check = f.check, "{}", f.message),
+            Level::Error => {
+                tracing::error!(check = f.check, "{}", f.message);
+                errors.push(format!("{}: {}", f.check, f.message));
+            }
+        }
+    }
+    anyhow::ensure!(errors.is_empty(), "{}", errors.join("; "));
+    Ok(())
+}
+
+/// `install-cni`: the plugin and its network config onto the host.
+async fn install_cni(cli: &Cli, args: &InstallCni) -> anyhow::Result<()> {
+    let cidrs = if args.pod_cidrs.is_empty() {
+        let client = client(cli.kubeconfig.as_ref()).await?;
+        node_setup::node_pod_cidrs(client, &cli.node_name, args.pod_cidrs_wait).await?
+    } else {
+        args.pod_cidrs.clone()
+    };
+    let network = node_setup::CniNetwork {
+        ranges: node_setup::PodRanges::Cidrs(cidrs),
+        state_dir: args.cni_state_dir.clone(),
+        wait_for_agent: (cli.pod_devices.is_some() && !cli.no_service_proxy)
+            .then(|| cli.bpffs_root.clone()),
+    };
+    let to = node_setup::CniInstall {
+        bin_dir: args.cni_bin_dir.clone(),
+        conf_dir: args.cni_conf_dir.clone(),
+        source: args.source.clone(),
+    };
+    let done = node_setup::install_cni(&to, &network)?;
+    for (path, outcome) in [
+        (&done.plugin, done.plugin_outcome),
+        (&done.conflist, done.conflist_outcome),
+    ] {
+        let what = match outcome {
+            node_setup::Outcome::Written => "installed",
+            node_setup::Outcome::Unchanged => "unchanged",
+        };
+        println!("{what} {}", path.display());
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+struct InstallCni {
+    /// The host's CNI bin directory, as mounted here.
+    #[arg(long)]
+    cni_bin_dir: PathBuf,
+    /// The host's CNI config directory, as mounted here.
+    #[arg(long)]
+    cni_conf_dir: PathBuf,
+    /// The ferry-cni binary to copy.
+    #[arg(long, default_value = node_setup::PLUGIN_SOURCE)]
+    source: PathBuf,
+    /// The node's pod CIDRs; default: its Node's `spec.podCIDRs` (immutable
+    /// once set), read through the API for `--node-name`.
+    #[arg(long, value_delimiter = ',')]
+    pod_cidrs: Vec<ipnet::IpNet>,
+    /// How long to wait for the Node's `spec.podCIDRs` to be allocated.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pod_cidrs_wait: Duration,
+    /// ferry-cni's state directory (results and address reservations)
+    /// [default: the plugin's, /var/lib/cni/ferry and /var/lib/cni/networks].
+    #[arg(long)]
+    cni_state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Copy ferry-cni into the host's CNI bin directory and write Ferry's
+    /// network config (05-ferry.conflist) into its config directory, each
+    /// atomically; files already right are left alone.
+    #[command(
+        after_help = "Example (the DaemonSet's init container):\n  ferry-agent install-cni --cni-bin-dir /host/opt/cni/bin --cni-conf-dir /host/etc/cni/net.d"
+    )]
+    InstallCni(InstallCni),
+    /// Check the kernel and the node: kernel BTF, the cgroup2 root, bpffs
+    /// under --bpffs-root, and a kube-proxy still programming the node.
+    /// One line a check; exits non-zero when one fails.
+    Check {
+        /// Where the kernel's BTF is read.
+        #[arg(long, default_value = node_setup::KERNEL_BTF)]
+        kernel_btf: PathBuf,
+    },
+    /// Mount bpffs at --bpffs-mount unless it is one already (needs
+    /// CAP_SYS_ADMIN), then run the checks.
+    Init {
+        /// Where bpffs is mounted (--bpffs-root must be on it).
+        #[arg(long, default_value = node_setup::BPFFS_MOUNT)]
+        bpffs_mount: PathBuf,
+        /// Where the kernel's BTF is read.
+        #[arg(long, default_value = node_setup::KERNEL_BTF)]
+        kernel_btf: PathBuf,
+    },
     /// Remove every route, device, program and pin the agent installed, then
     /// exit.
     Uninstall,
@@ -395,6 +576,24 @@ async fn main() -> anyhow::Result<()> {
         Routing::None => None,
     };
     match &cli.command {
+        Some(Command::InstallCni(args)) => return install_cni(&cli, args).await,
+        Some(Command::Check { kernel_btf }) => {
+            return print_checks(&node_setup::run_checks(&cli.checks(kernel_btf)));
+        }
+        Some(Command::Init {
+            bpffs_mount,
+            kernel_btf,
+        }) => {
+            match node_setup::mount_bpffs(bpffs_mount)? {
+                node_setup::Mounted::Already => {
+                    println!("bpffs already mounted at {}", bpffs_mount.display())
+                }
+                node_setup::Mounted::Now => {
+                    println!("bpffs mounted at {}", bpffs_mount.display())
+                }
+            }
+            return print_checks(&node_setup::run_checks(&cli.checks(kernel_btf)));
+        }
         Some(Command::Inspect {
             what: inspect::What::Policy,
             target,
@@ -491,6 +690,7 @@ async fn main() -> anyhow::Result<()> {
         cli.metrics_header_timeout > 0 && cli.metrics_idle_timeout > 0,
         "--metrics-header-timeout and --metrics-idle-timeout must be at least 1 second"
     );
+    startup_checks(&cli)?;
     match ferry_daemon::raise_nofile_limit() {
         Ok(limit) => tracing::debug!(open_files = ?limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "raising the open-file limit"),

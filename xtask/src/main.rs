@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's own developer commands.
 //!
-//! This crate owns three things and nothing else:
+//! This crate owns these commands and nothing else:
 //! - `setup`: turning a fresh Debian machine (as root) into one that can build
 //!   and test Ferry — Debian packages, the nightly `rust-src`, a `bpf-linker`
 //!   built against the nightly's own LLVM, and a mounted bpffs. Every step
@@ -13,13 +13,20 @@
 //!   `ferry up` with them (the README's first command).
 //! - `fuzz`: running a cargo-fuzz target for a while (installing cargo-fuzz
 //!   first if it is missing).
+//! - `image`: building ferry-agent, ferry-cni and ferry-dns static and
+//!   packaging them as a reproducible OCI image, written as an image layout
+//!   and a tarball for `podman load`, `ctr images import` and `kind load
+//!   image-archive`, with no daemon (`image/`).
 //! - `gen-api`: regenerating ferry-apiserver's protobuf tables and vendored
 //!   OpenAPI definitions from upstream Kubernetes sources (`apigen.rs`).
 //!
 //! It shells out with `std::process::Command` rather than pulling in crates, so
-//! it builds quickly on a machine that has nothing yet.
+//! it builds quickly on a machine that has nothing yet; the image writer's
+//! gzip (flate2 on zlib-rs) and SHA-256 (ring) are the exceptions, both
+//! already in the workspace's tree.
 
 mod apigen;
+mod image;
 mod setup;
 
 use std::ffi::OsString;
@@ -73,6 +80,22 @@ enum Cmd {
         target: FuzzTarget,
         #[arg(default_value_t = 60)]
         seconds: u64,
+    },
+    /// Build ferry-agent, ferry-cni and ferry-dns static and package them,
+    /// without any daemon, as a reproducible OCI image: an image layout
+    /// (`<out>/oci/`) and a tarball (`<out>/ferry-<version>.tar`) for
+    /// `podman load`, `ctr images import` and `kind load image-archive`.
+    Image {
+        /// Image name with its tag [default: localhost/ferry:<workspace version>].
+        #[arg(long)]
+        name: Option<String>,
+        /// Output directory [default: target/image].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Package ferry-agent, ferry-cni and ferry-dns from this directory
+        /// instead of building them (they must still be static).
+        #[arg(long, value_name = "DIR")]
+        binaries: Option<PathBuf>,
     },
     /// Regenerate `controlplane/src/api/protobuf/schema.rs` and
     /// `controlplane/openapi/definitions.json` from upstream checkouts.
@@ -171,6 +194,15 @@ fn main() -> ExitCode {
         Cmd::Test { .. } => test(&raw_args_after("test")),
         Cmd::Bench { which, args } => bench(which, &args),
         Cmd::Fuzz { target, seconds } => fuzz(target, seconds),
+        Cmd::Image {
+            name,
+            out,
+            binaries,
+        } => image::run(image::Args {
+            name,
+            out,
+            binaries,
+        }),
         Cmd::GenApi {
             k8s_api,
             apimachinery,

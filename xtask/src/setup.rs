@@ -45,6 +45,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "jq",
     // The DNS tests read ferry-dns's /ready and /metrics.
     "curl",
+    // The image tests read `cargo xtask image`'s archive and layout back with
+    // it (it checks every blob's digest and size); it never builds images.
+    "skopeo",
 ];
 
 /// Packages whose postinst enables a daemon, with the systemd units it enables.

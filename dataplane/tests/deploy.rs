@@ -1,0 +1,376 @@
+//! `deploy/`, the manifests that install ferry-agent and ferry-dns on a
+//! cluster: every object is valid against Kubernetes 1.32's schemas
+//! (PyPI's `kubernetes-validate --strict`: unknown fields fail, and so does
+//! any warning), `kubectl kustomize deploy/` renders, and what the manifests
+//! say to the agent is what the agent takes (its subcommands, flags and the
+//! ConfigMap's environment variables). The test lives with the agent
+//! because most of `deploy/` is the agent's command line.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use ferry_testbed::binary;
+use serde_json::Value;
+
+const KUBERNETES_VERSION: &str = "1.32.0";
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+/// The manifests, without the Kustomization (no schema: kubernetes-validate
+/// only warns about it).
+fn manifest_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
+        .expect("deploy/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| p.file_name().is_some_and(|n| n != "kustomization.yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 8, "{files:?}");
+    files
+}
+
+fn objects() -> Vec<Value> {
+    manifest_files()
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(f).expect("read");
+            serde_saphyr::from_multiple::<Value>(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in deploy/"))
+}
+
+/// A validation that passed: rc 0 and no warning or error line.
+fn assert_valid(what: &str, out: &Output) {
+    let all = text(out);
+    assert!(out.status.success(), "{what}: {all}");
+    for line in all.lines() {
+        assert!(
+            !line.starts_with("WARN") && !line.starts_with("ERROR"),
+            "{what}: {line}\n{all}"
+        );
+    }
+}
+
+#[test]
+fn manifests_are_valid_for_kubernetes_1_32() {
+    if !on_path("kubernetes-validate") {
+        println!(
+            "SKIP: kubernetes-validate is not installed (pip install kubernetes-validate==1.37.0)"
+        );
+        return;
+    }
+    for file in manifest_files() {
+        let out = Command::new("kubernetes-validate")
+            .args(["-k", KUBERNETES_VERSION, "--strict"])
+            .arg(&file)
+            .output()
+            .expect("kubernetes-validate");
+        assert_valid(&file.display().to_string(), &out);
+        let passed = String::from_utf8_lossy(&out.stdout)
+            .matches(" passed ")
+            .count()
+            + String::from_utf8_lossy(&out.stderr)
+                .matches(" passed ")
+                .count();
+        assert!(
+            passed >= 1,
+            "{}: nothing validated\n{}",
+            file.display(),
+            text(&out)
+        );
+    }
+    // The validator does fail: an unknown field in a copy of the DaemonSet.
+    let ds = std::fs::read_to_string(deploy_dir().join("agent-daemonset.yaml")).expect("read");
+    let bad = ds.replacen(
+        "      hostNetwork: true",
+        "      hostNetwork: true\n      hostNetwrk: true",
+        1,
+    );
+    assert_ne!(bad, ds);
+    let out = run_with_stdin(
+        Command::new("kubernetes-validate").args(["-k", KUBERNETES_VERSION, "--strict", "-"]),
+        bad.as_bytes(),
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn kustomization_renders_every_manifest_validly() {
+    if !on_path("kubectl") {
+        println!("SKIP: kubectl is not installed");
+        return;
+    }
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy_dir())
+        .output()
+        .expect("kubectl kustomize");
+    assert!(out.status.success(), "{}", text(&out));
+    let rendered = String::from_utf8_lossy(&out.stdout).into_owned();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&rendered).expect("rendered YAML");
+    assert_eq!(
+        docs.len(),
+        objects().len(),
+        "every object is in the kustomization"
+    );
+    for d in &docs {
+        let namespaced = !matches!(
+            d["kind"].as_str(),
+            Some("ClusterRole" | "ClusterRoleBinding")
+        );
+        if namespaced {
+            assert_eq!(d["metadata"]["namespace"], "kube-system", "{d}");
+        }
+    }
+    if !on_path("kubernetes-validate") {
+        println!("SKIP: kubernetes-validate is not installed; rendered output not validated");
+        return;
+    }
+    let out = run_with_stdin(
+        Command::new("kubernetes-validate").args(["-k", KUBERNETES_VERSION, "--strict", "-"]),
+        rendered.as_bytes(),
+    );
+    assert_valid("kubectl kustomize deploy/", &out);
+}
+
+/// Every image is the workspace version's, never pulled.
+#[test]
+fn images_are_this_version_and_never_pulled() {
+    let objects = objects();
+    let want = format!("localhost/ferry:{}", env!("CARGO_PKG_VERSION"));
+    let mut seen = 0;
+    for o in &objects {
+        let spec = &o["spec"]["template"]["spec"];
+        for list in ["initContainers", "containers"] {
+            for c in spec[list].as_array().into_iter().flatten() {
+                assert_eq!(c["image"], want.as_str(), "{}", c["name"]);
+                assert_eq!(c["imagePullPolicy"], "IfNotPresent", "{}", c["name"]);
+                seen += 1;
+            }
+        }
+    }
+    assert_eq!(seen, 4);
+    let kustomization =
+        std::fs::read_to_string(deploy_dir().join("kustomization.yaml")).expect("read");
+    assert!(
+        kustomization.contains(&format!("newTag: \"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{kustomization}"
+    );
+}
+
+/// The agent takes what the DaemonSet gives it: each container's command
+/// line parses (`--help` after it stops before running), and every
+/// ConfigMap key is an environment variable the agent reads, with a value
+/// it accepts.
+#[test]
+fn the_agent_takes_its_manifests_settings() {
+    let objects = objects();
+    let agent = binary("ferry-dataplane", "ferry-agent");
+    let help = Command::new(&agent).arg("--help").output().expect("help");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let mut read: BTreeSet<String> = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|s| s.split(['=', ']']).next().map(str::to_owned))
+        .collect();
+    // kube's in-cluster configuration reads these two.
+    read.extend([
+        "KUBERNETES_SERVICE_HOST".into(),
+        "KUBERNETES_SERVICE_PORT".into(),
+    ]);
+    let config = &find(&objects, "ConfigMap", "ferry-agent")["data"];
+    let config = config.as_object().expect("data");
+    let mut env: Vec<(String, String)> = Vec::new();
+    for (k, v) in config {
+        assert!(
+            read.contains(k),
+            "{k} is not read by ferry-agent (it reads {read:?})"
+        );
+        env.push((k.clone(), v.as_str().expect("string").to_owned()));
+    }
+    let ds = find(&objects, "DaemonSet", "ferry-agent");
+    let spec = &ds["spec"]["template"]["spec"];
+    let containers: Vec<&Value> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|l| spec[*l].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(containers.len(), 3);
+    for c in containers {
+        let argv: Vec<&str> = c["command"]
+            .as_array()
+            .expect("command")
+            .iter()
+            .chain(c["args"].as_array().into_iter().flatten())
+            .map(|a| a.as_str().expect("string"))
+            .collect();
+        assert_eq!(argv[0], "/usr/bin/ferry-agent");
+        let out = Command::new(&agent)
+            .args(&argv[1..])
+            .arg("--help")
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("agent");
+        assert!(out.status.success(), "{argv:?}: {}", text(&out));
+        // The values parse: `check` reads every setting before it runs.
+        let out = Command::new(&agent)
+            .args(["check", "--kernel-btf", "/nonexistent"])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("agent");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("invalid value") && !err.contains("unexpected"),
+            "{err}"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("/run/ferry/cgroupv2"),
+            "the ConfigMap's cgroup root was not taken: {stdout}"
+        );
+    }
+    // The probes read the agent's health endpoints where it serves them.
+    let agent_c = &spec["containers"][0];
+    let metrics = config["FERRY_AGENT_METRICS_BIND_ADDRESS"]
+        .as_str()
+        .expect("metrics");
+    let port: u16 = metrics
+        .rsplit_once(':')
+        .expect("port")
+        .1
+        .parse()
+        .expect("port");
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
+        let get = &agent_c[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        assert_eq!(get["port"], u64::from(port), "{probe}");
+        assert_eq!(get["host"], "127.0.0.1", "{probe}");
+    }
+}
+
+/// ferry-dns's settings file in the ConfigMap is one ferry-dns takes, and
+/// the probes and ports are where it serves them.
+#[test]
+fn ferry_dns_takes_its_manifests_settings() {
+    let objects = objects();
+    let config = find(&objects, "ConfigMap", "ferry-dns")["data"]["ferry-dns.toml"]
+        .as_str()
+        .expect("ferry-dns.toml")
+        .to_owned();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let file = tmp.path().join("ferry-dns.toml");
+    std::fs::write(&file, &config).expect("write");
+    // Settings are validated before the API is reached: with a kubeconfig
+    // that does not exist, the error must be about that kubeconfig.
+    let dns = binary("ferry-dns", "ferry-dns");
+    let out = Command::new(&dns)
+        .arg("--config")
+        .arg(&file)
+        .args(["--kubeconfig", "/nonexistent/kubeconfig"])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("ferry-dns");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("/nonexistent/kubeconfig"), "{err}");
+    let deploy = find(&objects, "Deployment", "ferry-dns");
+    let c = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        config.contains("metrics-listen = \"0.0.0.0:9153\""),
+        "{config}"
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], 9153);
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 9153);
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    // CoreDNS's Service, as its tooling looks for it.
+    let svc = find(&objects, "Service", "kube-dns");
+    assert_eq!(svc["metadata"]["labels"]["k8s-app"], "kube-dns");
+    assert_eq!(svc["spec"]["clusterIP"], "10.96.0.10");
+    let ports: Vec<(String, u64, String)> = svc["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["port"].as_u64().unwrap_or_default(),
+                p["protocol"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("dns".into(), 53, "UDP".into()),
+            ("dns-tcp".into(), 53, "TCP".into()),
+            ("metrics".into(), 9153, "TCP".into())
+        ]
+    );
+    // The Service, the PDB and the anti-affinity select the Deployment's pods.
+    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    let pdb = find(&objects, "PodDisruptionBudget", "ferry-dns");
+    for (k, v) in svc["spec"]["selector"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .chain(
+            pdb["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .into_iter()
+                .flatten(),
+        )
+    {
+        assert_eq!(&labels[k], v, "{k}");
+    }
+}

@@ -35,7 +35,7 @@ fn main() {
         // encoding for a flag list.
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            rustflags(&manifest_dir).join("\x1f"),
         );
     // The outer build's toolchain and wrappers (clippy's, say) must not leak
     // into the nightly BPF build.
@@ -67,4 +67,26 @@ fn main() {
         std::fs::copy(&object, out_dir.join(name))
             .unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
     }
+}
+
+/// The BPF build's flags: BTF, and source paths (kept in the BTF's line
+/// info) made independent of where the checkout and cargo's home are, so
+/// the object, and the image holding the agent, are the same bytes from any
+/// directory.
+fn rustflags(manifest_dir: &std::path::Path) -> Vec<String> {
+    let mut flags = vec!["-Cdebuginfo=2".to_owned(), "-Clink-arg=--btf".to_owned()];
+    let workspace = manifest_dir.parent().unwrap_or(manifest_dir);
+    let mut remaps = vec![(workspace.to_path_buf(), "/ferry")];
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    remaps.extend(cargo_home.map(|c| (c, "/cargo")));
+    let rustup_home = env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".rustup")));
+    remaps.extend(rustup_home.map(|r| (r, "/rustup")));
+    for (from, to) in remaps {
+        flags.push(format!("--remap-path-prefix={}={to}", from.display()));
+    }
+    flags
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_dataplane::bpf::XdpPass;
+use ferry_dataplane::node_setup::{self, CniNetwork, PodRanges};
 use ferry_testbed::{AgentHooks, Netns, Process, UNDERLAY_BRIDGE, World};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -372,10 +373,18 @@ impl NodePlan {
         let name = node_name(&self.cluster, node.index);
         let hooks = AgentHooks::create(&format!("{}-n{}", self.prefix, node.index))?;
         let cni_dir = node.state_dir.join("cni").join("net.d");
-        components::write_cni_config(
-            &cni_dir,
-            &components::cni_conflist(&self.kubeconfig, &name, &node.state_dir, &hooks.bpffs),
-        )?;
+        // ADD returns once the agent has attached to the pod's veth, so no
+        // container runs before NetworkPolicy guards it.
+        let network = CniNetwork {
+            ranges: PodRanges::FromApi {
+                kubeconfig: self.kubeconfig.clone(),
+                node_name: name.clone(),
+            },
+            state_dir: Some(node.state_dir.clone()),
+            wait_for_agent: Some(hooks.bpffs.clone()),
+        };
+        node_setup::write_conflist(&cni_dir, &network)
+            .map_err(|e| Error::Config(format!("node {name}'s CNI config: {e}")))?;
         let runtime = Supervised::start(components::node_runtime(
             &node.netns,
             &self.bins,

@@ -299,52 +299,6 @@ pub fn dns(
     }
 }
 
-/// The node's CNI network config: ferry-cni, its IPAM taking the node's
-/// `spec.podCIDRs` from the API, state kept in the node's directory.
-pub fn cni_conflist(
-    kubeconfig: &Path,
-    node_name: &str,
-    state_dir: &Path,
-    agent_bpffs: &Path,
-) -> Value {
-    // ADD returns once the agent has attached to the pod's veth, so no
-    // container runs before NetworkPolicy guards it.
-    let links = ferry_dataplane::bpf::Layout {
-        bpffs_root: agent_bpffs.to_owned(),
-        cgroup_root: PathBuf::new(),
-    }
-    .links_dir();
-    let wait_for: Vec<String> = ferry_dataplane::bpf::pod_device_pins(&links, "{hostVeth}")
-        .iter()
-        .map(|p| s(p))
-        .collect();
-    json!({
-        "cniVersion": "1.1.0",
-        "name": "ferry",
-        "plugins": [{
-            "type": "ferry-cni",
-            "dataDir": s(&state_dir.join("cni-results")),
-            "ipam": {
-                "type": "ferry",
-                "kubeconfig": s(kubeconfig),
-                "nodeName": node_name,
-                "dataDir": s(&state_dir.join("cni-networks")),
-            },
-            "dataplane": {"waitFor": wait_for, "timeoutMs": 10000},
-        }],
-    })
-}
-
-/// Writes the node's CNI config dir with [`cni_conflist`] in it.
-pub fn write_cni_config(dir: &Path, conflist: &Value) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let path = dir.join("10-ferry.conflist");
-    let staged = dir.join(".10-ferry.conflist.tmp");
-    fs::write(&staged, conflist.to_string())
-        .map_err(|e| Error::io(format!("writing {}", staged.display()), e))?;
-    fs::rename(&staged, &path).map_err(|e| Error::io(format!("writing {}", path.display()), e))
-}
-
 /// A copy of the apiserver's kubeconfig pointing at `server` instead (the
 /// apiserver's certificate holds 127.0.0.1 and localhost).
 pub fn rewrite_kubeconfig(from: &Path, to: &Path, server: &str) -> Result<()> {

@@ -277,22 +277,31 @@ pub fn install_cni(to: &CniInstall, network: &CniNetwork) -> Result<Installed, S
         path,
         error,
     })?;
-    let text = format!("{:#}\n", network.conflist());
-    let conflist = to.conf_dir.join(CONFLIST_NAME);
-    let conflist_outcome = install_file(&to.conf_dir, CONFLIST_NAME, 0o644, || {
-        Ok(text.clone().into_bytes())
-    })
-    .map_err(|(action, path, error)| SetupError::Io {
-        action,
-        path,
-        error,
-    })?;
+    let (conflist, conflist_outcome) = write_conflist(&to.conf_dir, network)?;
     Ok(Installed {
         plugin,
         plugin_outcome,
         conflist,
         conflist_outcome,
     })
+}
+
+/// Writes `network`'s conflist as `conf_dir/`[`CONFLIST_NAME`] (0644),
+/// atomically; a file already right is left alone. `install-cni` and
+/// `ferry up`'s nodes both write it this way.
+pub fn write_conflist(
+    conf_dir: &Path,
+    network: &CniNetwork,
+) -> Result<(PathBuf, Outcome), SetupError> {
+    let text = format!("{:#}\n", network.conflist());
+    let outcome = install_file(conf_dir, CONFLIST_NAME, 0o644, || Ok(text.into_bytes())).map_err(
+        |(action, path, error)| SetupError::Io {
+            action,
+            path,
+            error,
+        },
+    )?;
+    Ok((conf_dir.join(CONFLIST_NAME), outcome))
 }
 
 type InstallError = (&'static str, PathBuf, io::Error);

@@ -7,11 +7,11 @@
 //! because most of `deploy/` is the agent's command line.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use ferry_testbed::binary;
+use ferry_testbed::{binary, command_output, output_text as text};
 use serde_json::Value;
 
 const KUBERNETES_VERSION: &str = "1.32.0";
@@ -25,29 +25,9 @@ fn on_path(tool: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("write stdin");
-    child.wait_with_output().expect("wait")
+/// Runs `cmd` (feeding it `input`), bounded in time.
+fn run(cmd: &mut Command, input: Option<&[u8]>) -> Output {
+    command_output(cmd, input, Duration::from_secs(60)).expect("run a command")
 }
 
 /// The manifests, without the Kustomization (no schema: kubernetes-validate
@@ -98,17 +78,16 @@ fn assert_valid(what: &str, out: &Output) {
 #[test]
 fn manifests_are_valid_for_kubernetes_1_32() {
     if !on_path("kubernetes-validate") {
-        println!(
-            "SKIP: kubernetes-validate is not installed (pip install kubernetes-validate==1.37.0)"
-        );
+        println!("SKIP: kubernetes-validate is not installed (`cargo xtask setup` installs it)");
         return;
     }
     for file in manifest_files() {
-        let out = Command::new("kubernetes-validate")
-            .args(["-k", KUBERNETES_VERSION, "--strict"])
-            .arg(&file)
-            .output()
-            .expect("kubernetes-validate");
+        let out = run(
+            Command::new("kubernetes-validate")
+                .args(["-k", KUBERNETES_VERSION, "--strict"])
+                .arg(&file),
+            None,
+        );
         assert_valid(&file.display().to_string(), &out);
         let passed = String::from_utf8_lossy(&out.stdout)
             .matches(" passed ")
@@ -131,9 +110,9 @@ fn manifests_are_valid_for_kubernetes_1_32() {
         1,
     );
     assert_ne!(bad, ds);
-    let out = run_with_stdin(
+    let out = run(
         Command::new("kubernetes-validate").args(["-k", KUBERNETES_VERSION, "--strict", "-"]),
-        bad.as_bytes(),
+        Some(bad.as_bytes()),
     );
     assert!(!out.status.success(), "{}", text(&out));
 }
@@ -144,11 +123,10 @@ fn kustomization_renders_every_manifest_validly() {
         println!("SKIP: kubectl is not installed");
         return;
     }
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(deploy_dir())
-        .output()
-        .expect("kubectl kustomize");
+    let out = run(
+        Command::new("kubectl").arg("kustomize").arg(deploy_dir()),
+        None,
+    );
     assert!(out.status.success(), "{}", text(&out));
     let rendered = String::from_utf8_lossy(&out.stdout).into_owned();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&rendered).expect("rendered YAML");
@@ -170,9 +148,9 @@ fn kustomization_renders_every_manifest_validly() {
         println!("SKIP: kubernetes-validate is not installed; rendered output not validated");
         return;
     }
-    let out = run_with_stdin(
+    let out = run(
         Command::new("kubernetes-validate").args(["-k", KUBERNETES_VERSION, "--strict", "-"]),
-        rendered.as_bytes(),
+        Some(rendered.as_bytes()),
     );
     assert_valid("kubectl kustomize deploy/", &out);
 }
@@ -210,7 +188,7 @@ fn images_are_this_version_and_never_pulled() {
 fn the_agent_takes_its_manifests_settings() {
     let objects = objects();
     let agent = binary("ferry-dataplane", "ferry-agent");
-    let help = Command::new(&agent).arg("--help").output().expect("help");
+    let help = run(Command::new(&agent).arg("--help"), None);
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
     let mut read: BTreeSet<String> = help
         .split("[env: ")
@@ -248,21 +226,23 @@ fn the_agent_takes_its_manifests_settings() {
             .map(|a| a.as_str().expect("string"))
             .collect();
         assert_eq!(argv[0], "/usr/bin/ferry-agent");
-        let out = Command::new(&agent)
-            .args(&argv[1..])
-            .arg("--help")
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .expect("agent");
+        let out = run(
+            Command::new(&agent)
+                .args(&argv[1..])
+                .arg("--help")
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v))),
+            None,
+        );
         assert!(out.status.success(), "{argv:?}: {}", text(&out));
         // The values parse: `check` reads every setting before it runs.
-        let out = Command::new(&agent)
-            .args(["check", "--kernel-btf", "/nonexistent"])
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .output()
-            .expect("agent");
+        let out = run(
+            Command::new(&agent)
+                .args(["check", "--kernel-btf", "/nonexistent"])
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v))),
+            None,
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !err.contains("invalid value") && !err.contains("unexpected"),
@@ -312,13 +292,14 @@ fn ferry_dns_takes_its_manifests_settings() {
     // Settings are validated before the API is reached: with a kubeconfig
     // that does not exist, the error must be about that kubeconfig.
     let dns = binary("ferry-dns", "ferry-dns");
-    let out = Command::new(&dns)
-        .arg("--config")
-        .arg(&file)
-        .args(["--kubeconfig", "/nonexistent/kubeconfig"])
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("ferry-dns");
+    let out = run(
+        Command::new(&dns)
+            .arg("--config")
+            .arg(&file)
+            .args(["--kubeconfig", "/nonexistent/kubeconfig"])
+            .env_remove("RUST_BACKTRACE"),
+        None,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("/nonexistent/kubeconfig"), "{err}");

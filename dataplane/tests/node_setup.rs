@@ -15,26 +15,31 @@ use std::time::Duration;
 
 use common::{ControlPlane, binary, node_object};
 use ferry_dataplane::node_setup;
-use ferry_testbed::{AgentHooks, Cni, World, skip_if_not_root, unique_prefix};
+use ferry_testbed::{
+    AgentHooks, Cni, World, command_output, output_text as text, skip_if_not_root, unique_prefix,
+};
 use serde_json::{Value, json};
 
 fn agent_bin() -> PathBuf {
     binary("ferry-dataplane", "ferry-agent")
 }
 
+/// Runs `cmd`, bounded in time, without a backtrace in its errors.
 fn run(cmd: &mut Command) -> Output {
-    cmd.env_remove("RUST_BACKTRACE")
-        .output()
-        .expect("run a command")
+    command_output(
+        cmd.env_remove("RUST_BACKTRACE"),
+        None,
+        Duration::from_secs(60),
+    )
+    .expect("run a command")
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// Runs the shell `script` in a private mount namespace: its mounts never
+/// reach the host.
+fn in_private_mounts(script: &str) -> Output {
+    run(Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(script))
 }
 
 /// `ferry-agent install-cni` into `bin`/`conf` with the given pod CIDRs.
@@ -225,9 +230,7 @@ fn install_cni_into_a_read_only_dir_says_so() {
         src = source.display(),
         agent = agent_bin().display(),
     );
-    let out = run(Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(&script));
+    let out = in_private_mounts(&script);
     assert!(!out.status.success(), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&*conf.to_string_lossy()), "{err}");
@@ -452,9 +455,7 @@ fn cgroup_auto_detection_takes_the_hierarchy_root() {
             root = root.display(),
             agent = agent.display(),
         );
-        run(Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(&script))
+        in_private_mounts(&script)
     };
     let out = in_container(true, "");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -556,9 +557,7 @@ fn init_mounts_bpffs_in_its_own_mount_namespace_only() {
         "{init} && stat -f -c %T {t} && {init}",
         t = target.display()
     );
-    let out = run(Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(&script));
+    let out = in_private_mounts(&script);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut lines = stdout.lines();

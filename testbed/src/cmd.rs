@@ -23,7 +23,7 @@ pub(crate) fn display(cmd: &Command) -> String {
 /// Runs `cmd` to completion, feeding it `stdin`, and returns its output
 /// whatever the exit status. Past `timeout` the command is killed
 /// (SIGKILL) and [`Error::Timeout`] returned.
-pub(crate) fn output(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
+pub fn output(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
     let command = display(cmd);
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
@@ -62,6 +62,16 @@ pub(crate) fn output(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration)
             Err(Error::Timeout { command, timeout })
         }
     }
+}
+
+/// `out`'s exit status, stdout and stderr as text, for assertion messages.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Like [`output`], but a non-zero exit is an [`Error::CommandFailed`];

@@ -51,6 +51,7 @@ pub use client::{
     NETEXEC_HTTP_PORT, NETEXEC_READY, NETEXEC_UDP_PORT, http_get, http_get_full, netexec_binary,
     retry, start_netexec, udp_request,
 };
+pub use cmd::{output as command_output, output_text};
 pub use cni::{
     Attachment, CNI_TIMEOUT, Cni, CniCall, CniCommand, REFERENCE_PLUGINS, host_local_ranges,
     result_ips, target_profile_dir,

@@ -48,6 +48,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // The image tests read `cargo xtask image`'s archive and layout back with
     // it (it checks every blob's digest and size); it never builds images.
     "skopeo",
+    // The venv that holds PyPI's kubernetes-validate (the manifests' schema
+    // check); Debian does not package it.
+    "python3-venv",
 ];
 
 /// Packages whose postinst enables a daemon, with the systemd units it enables.
@@ -66,6 +69,12 @@ const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 const POLICY_RC_D_BACKUP: &str = "/usr/sbin/policy-rc.d.ferry-backup";
 const BPFFS: &str = "/sys/fs/bpf";
 
+/// PyPI's `kubernetes-validate`, which ships Kubernetes' JSON schemas: the
+/// deploy tests check `deploy/` against 1.32's, offline.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+const KUBERNETES_VALIDATE_VENV: &str = "/usr/local/lib/kubernetes-validate";
+const KUBERNETES_VALIDATE_BIN: &str = "/usr/local/bin/kubernetes-validate";
+
 pub fn all() -> Result<()> {
     let started = Instant::now();
     debian_packages()?;
@@ -73,6 +82,7 @@ pub fn all() -> Result<()> {
     rust_src(&sysroot)?;
     bpf_linker(&sysroot)?;
     bpffs()?;
+    kubernetes_validate()?;
     say(&format!("done in {:.1?}", started.elapsed()));
     Ok(())
 }
@@ -350,4 +360,49 @@ fn bpffs() -> Result<()> {
     }
     say(&format!("bpffs: mounting at {BPFFS}"));
     run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
+}
+
+/// Installs `kubernetes-validate` in a venv of its own (Debian's python
+/// refuses system-wide pip installs) and links it onto PATH.
+fn kubernetes_validate() -> Result<()> {
+    let pinned = KUBERNETES_VALIDATE.rsplit("==").next().unwrap_or_default();
+    if let Ok(version) = output(Command::new(KUBERNETES_VALIDATE_BIN).arg("--version"))
+        && version == pinned
+    {
+        say(&format!("kubernetes-validate: present ({version})"));
+        return Ok(());
+    }
+    say(&format!(
+        "kubernetes-validate: installing {KUBERNETES_VALIDATE} in {KUBERNETES_VALIDATE_VENV}"
+    ));
+    // Debian's interpreter, not whichever python3 comes first on PATH: the
+    // venv module is the Debian package installed above.
+    run(Command::new("/usr/bin/python3").args([
+        "-m",
+        "venv",
+        "--clear",
+        KUBERNETES_VALIDATE_VENV,
+    ]))?;
+    run(
+        Command::new(format!("{KUBERNETES_VALIDATE_VENV}/bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            KUBERNETES_VALIDATE,
+        ]),
+    )?;
+    let link = Path::new(KUBERNETES_VALIDATE_BIN);
+    if link.symlink_metadata().is_ok() {
+        fs::remove_file(link)
+            .with_context(|| format!("could not replace {KUBERNETES_VALIDATE_BIN}"))?;
+    }
+    std::os::unix::fs::symlink(
+        format!("{KUBERNETES_VALIDATE_VENV}/bin/kubernetes-validate"),
+        link,
+    )
+    .with_context(|| format!("could not link {KUBERNETES_VALIDATE_BIN}"))?;
+    let version = output(Command::new(KUBERNETES_VALIDATE_BIN).arg("--version"))
+        .context("kubernetes-validate was installed but does not run")?;
+    say(&format!("kubernetes-validate: installed {version}"));
+    Ok(())
 }

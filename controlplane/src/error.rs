@@ -175,6 +175,14 @@ impl ApiError {
         Self::new(403, "Forbidden", message).with_details(res, name)
     }
 
+    /// A 403 with its message and details given whole (the authorizer's
+    /// denials, which name the resource as the request did).
+    pub fn forbidden_with(message: impl Into<String>, details: Value) -> Self {
+        let mut e = Self::new(403, "Forbidden", message);
+        e.details = Some(details);
+        e
+    }
+
     pub fn unauthorized() -> Self {
         Self::new(401, "Unauthorized", "Unauthorized")
     }

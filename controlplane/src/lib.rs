@@ -3,6 +3,9 @@
 //! work against it) from an embedded SQLite store, and runs the controllers
 //! that feed the networking dataplane.
 //!
+//! Every request is authenticated (`auth`) and authorized as
+//! kube-apiserver's Node and RBAC authorizers do (`rbac`).
+//!
 //! This crate owns the API objects and their storage. It must not touch the
 //! host network or any BPF state: nodes act on what it stores through their
 //! own agents.
@@ -21,6 +24,7 @@ pub mod managed;
 pub mod object;
 pub mod patch;
 pub mod quantity;
+pub mod rbac;
 pub mod registry;
 pub mod resources;
 pub mod selector;

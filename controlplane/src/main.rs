@@ -67,7 +67,7 @@ struct Cli {
     etcd_prefix: String,
     /// Controllers to run: `*` for all, `name` to add, `-name` to remove
     /// (namespace, garbagecollector, endpointslice, nodeipam, lbipam, podgc,
-    /// scheduler, nodelifecycle).
+    /// scheduler, nodelifecycle, clusterrole-aggregation).
     #[arg(long, default_value = "*")]
     controllers: String,
     /// A node with a Lease that neither renews it nor posts its Ready
@@ -125,10 +125,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Write a kubeconfig for a user (e.g. `system:node:NAME`), creating its token.
+    /// Write a kubeconfig for a user (e.g. `system:node:NAME`), creating its
+    /// token. A user that already has a token keeps it and its groups.
     Kubeconfig {
         #[arg(long)]
         user: String,
+        /// A group the user is in (repeatable). Without any, a
+        /// `system:node:NAME` user is in `system:nodes` and any other user in
+        /// none (every authenticated user is also in `system:authenticated`).
+        #[arg(long = "group")]
+        groups: Vec<String>,
         /// Server URL written into the kubeconfig.
         #[arg(long, default_value = "https://127.0.0.1:6443")]
         server: String,
@@ -156,8 +162,14 @@ async fn serve() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Some(Command::Kubeconfig { user, server, out }) = &cli.command {
-        return server::node_kubeconfig(&cli.data_dir, server, user, out);
+    if let Some(Command::Kubeconfig {
+        user,
+        groups,
+        server,
+        out,
+    }) = &cli.command
+    {
+        return server::user_kubeconfig(&cli.data_dir, server, user, groups, out);
     }
     // As Go's runtime: the soft open-file limit up to the hard one.
     let open_files = match ferry_daemon::raise_nofile_limit() {

@@ -16,6 +16,33 @@ use crate::patch::{self, PatchType};
 use crate::resources::{self, NAMESPACES, Resource};
 use crate::store::{Entry, Mutation, Store};
 
+/// A check of the requester's right to store this object, run on the
+/// admitted object (with the stored one on update) inside the write, so no
+/// other write can come between the check and the commit: escalation
+/// prevention and NodeRestriction (`crate::rbac`).
+type GuardFn = dyn Fn(&Resource, &Value, Option<&Value>) -> Result<(), ApiError> + Send + Sync;
+
+#[derive(Clone)]
+pub struct WriteGuard(Arc<GuardFn>);
+
+impl WriteGuard {
+    pub fn new(
+        f: impl Fn(&Resource, &Value, Option<&Value>) -> Result<(), ApiError> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(f))
+    }
+
+    fn check(&self, res: &Resource, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+        (self.0)(res, obj, old)
+    }
+}
+
+impl std::fmt::Debug for WriteGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteGuard")
+    }
+}
+
 /// Options every write takes.
 #[derive(Debug, Clone, Default)]
 pub struct WriteOptions {
@@ -24,6 +51,9 @@ pub struct WriteOptions {
     pub field_manager: Option<String>,
     /// Server-side apply: take fields from other managers.
     pub force: bool,
+    /// The requester's right to store the result; None for the server's
+    /// own writes and for `system:masters`.
+    pub guard: Option<WriteGuard>,
 }
 
 impl WriteOptions {
@@ -602,6 +632,9 @@ impl Registry {
                 }
                 let mut admitted =
                     admission::admit(res, Op::Create, with_type_meta(res, candidate), None, ctx)?;
+                if let Some(guard) = &opts.guard {
+                    guard.check(res, &admitted, None)?;
+                }
                 managed::track_update(
                     res.kind,
                     &res.api_version(),
@@ -675,6 +708,9 @@ impl Registry {
     ) -> Result<Mutation, ApiError> {
         let merged = merge_update(res, sub, cur, with_type_meta(res, new));
         let mut admitted = admission::admit(res, Op::Update, merged, Some(cur), ctx)?;
+        if let Some(guard) = &opts.guard {
+            guard.check(res, &admitted, Some(cur))?;
+        }
         // Compared after defaulting, so a write that only spells out
         // defaults is not a new generation.
         if sub.is_none() && new_generation(res, cur, &admitted) {

@@ -55,6 +55,18 @@ impl Resource {
         format!("/{group}/{}", self.plural)
     }
 
+    /// Whether the kind is a review answered at once and never stored
+    /// (authorization.k8s.io): it serves `create` only.
+    pub fn is_review(&self) -> bool {
+        self.group == "authorization.k8s.io"
+    }
+
+    /// Whether upstream's schema for the kind is vendored (see
+    /// [`WITHOUT_VENDORED_SCHEMA`]).
+    pub fn has_vendored_schema(&self) -> bool {
+        !WITHOUT_VENDORED_SCHEMA.contains(&self.group)
+    }
+
     pub fn list_kind(&self) -> String {
         format!("{}List", self.kind)
     }
@@ -253,6 +265,87 @@ pub const CONTROLLERREVISIONS: Resource = Resource {
     subresources: &[],
 };
 
+pub const ROLES: Resource = Resource {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    plural: "roles",
+    singular: "role",
+    kind: "Role",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+};
+pub const CLUSTERROLES: Resource = Resource {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    plural: "clusterroles",
+    singular: "clusterrole",
+    kind: "ClusterRole",
+    namespaced: false,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+};
+pub const ROLEBINDINGS: Resource = Resource {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    plural: "rolebindings",
+    singular: "rolebinding",
+    kind: "RoleBinding",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+};
+pub const CLUSTERROLEBINDINGS: Resource = Resource {
+    group: "rbac.authorization.k8s.io",
+    version: "v1",
+    plural: "clusterrolebindings",
+    singular: "clusterrolebinding",
+    kind: "ClusterRoleBinding",
+    namespaced: false,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+};
+
+/// The authorization.k8s.io reviews: create-only, answered by the
+/// authorizer (`crate::rbac::review`) and never stored.
+pub const SELFSUBJECTACCESSREVIEWS: Resource = Resource {
+    group: "authorization.k8s.io",
+    version: "v1",
+    plural: "selfsubjectaccessreviews",
+    singular: "selfsubjectaccessreview",
+    kind: "SelfSubjectAccessReview",
+    namespaced: false,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+};
+pub const SELFSUBJECTRULESREVIEWS: Resource = Resource {
+    group: "authorization.k8s.io",
+    version: "v1",
+    plural: "selfsubjectrulesreviews",
+    singular: "selfsubjectrulesreview",
+    kind: "SelfSubjectRulesReview",
+    namespaced: false,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+};
+pub const SUBJECTACCESSREVIEWS: Resource = Resource {
+    group: "authorization.k8s.io",
+    version: "v1",
+    plural: "subjectaccessreviews",
+    singular: "subjectaccessreview",
+    kind: "SubjectAccessReview",
+    namespaced: false,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+};
+
 /// Every served kind, core group first, in discovery order.
 pub const RESOURCES: &[Resource] = &[
     NAMESPACES,
@@ -272,6 +365,13 @@ pub const RESOURCES: &[Resource] = &[
     ENDPOINTSLICES,
     NETWORKPOLICIES,
     LEASES,
+    CLUSTERROLEBINDINGS,
+    CLUSTERROLES,
+    ROLEBINDINGS,
+    ROLES,
+    SELFSUBJECTACCESSREVIEWS,
+    SELFSUBJECTRULESREVIEWS,
+    SUBJECTACCESSREVIEWS,
 ];
 
 /// Served API groups besides core, each with its one version.
@@ -280,7 +380,15 @@ pub const GROUPS: &[(&str, &str)] = &[
     ("discovery.k8s.io", "v1"),
     ("networking.k8s.io", "v1"),
     ("coordination.k8s.io", "v1"),
+    ("rbac.authorization.k8s.io", "v1"),
+    ("authorization.k8s.io", "v1"),
 ];
+
+/// Groups `cargo xtask gen-api` has not vendored upstream's OpenAPI schemas
+/// for yet: left out of the OpenAPI documents (kubectl then falls back to
+/// its built-in types for them) and of server-side field validation. Their
+/// protobuf messages are written out in `api/protobuf/rbac_schema.rs`.
+pub const WITHOUT_VENDORED_SCHEMA: &[&str] = &["rbac.authorization.k8s.io", "authorization.k8s.io"];
 
 /// Finds the kind served at `group/version/plural`.
 pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {

@@ -113,6 +113,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         tracing::error!(error = %e, "creating the system namespaces and the kubernetes service; retrying in the background");
     }
     tokio::spawn(reconcile_system_objects(registry.clone(), endpoint));
+    // The default roles, then the policy, all before the first request.
+    crate::rbac::bootstrap::run(&registry);
+    let authorizer = Arc::new(crate::rbac::Authorizer::new(&registry.store));
 
     let pki = Pki::new(&settings.data_dir);
     let mut sans: Vec<String> = vec![
@@ -161,6 +164,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         auth,
         advertise: addr.to_string(),
         node_proxy: crate::api::node_proxy::NodeProxy::new(kubelet_token),
+        authorizer,
     });
     let serve = tokio::spawn(api.serve(listener, tls, settings.connections.clone()));
     if matches!(settings.storage, Storage::Etcd { .. }) {
@@ -277,19 +281,30 @@ fn set_aside_quarantined(store: &mut Store, data_dir: &std::path::Path) -> anyho
     Ok(())
 }
 
-/// Writes a kubeconfig for `user` (a node: `system:node:NAME`), creating
-/// its token when missing.
-pub fn node_kubeconfig(
+/// Writes a kubeconfig for `user` in `groups`, creating its token when
+/// missing. Without groups, a node (`system:node:NAME`) is in
+/// `system:nodes`, anyone else in none.
+pub fn user_kubeconfig(
     data_dir: &std::path::Path,
     server: &str,
     user: &str,
+    groups: &[String],
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
     crate::auth::validate_user_name(user).context("invalid --user")?;
+    for g in groups {
+        crate::auth::validate_user_name(g)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("invalid --group {g:?}"))?;
+    }
+    let mut groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+    if groups.is_empty() && user.starts_with("system:node:") {
+        groups.push(crate::rbac::node::NODES_GROUP);
+    }
     crate::data_dir::prepare(data_dir).context("preparing the data dir")?;
     let auth = TokenAuth::open(data_dir).context("opening the token file")?;
     let token = auth
-        .token_for(user, &["system:nodes"])
+        .token_for(user, &groups)
         .context("creating the token")?;
     let ca = std::fs::read_to_string(Pki::new(data_dir).ca_cert)
         .context("reading the CA certificate; start the apiserver once first")?;

@@ -694,7 +694,9 @@ async fn discovery_documents(backend: Backend) {
             "apps",
             "discovery.k8s.io",
             "networking.k8s.io",
-            "coordination.k8s.io"
+            "coordination.k8s.io",
+            "rbac.authorization.k8s.io",
+            "authorization.k8s.io"
         ]
     );
     let legacy: serde_json::Value = client

@@ -483,8 +483,15 @@ async fn the_bearer_scheme_is_case_insensitive() {
 async fn health_endpoints_answer_as_kube_apiserver() {
     let s = ApiServer::start(&[]);
     let mut c = tls(&s, b"http/1.1").await;
+    // The checks under an endpoint are for who may monitor (the admin
+    // here); the endpoints themselves are public, as kube-apiserver's.
+    let token = admin_token(&s);
     let mut get = async |path: &str| {
-        request(&mut c, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")).await
+        request(
+            &mut c,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"),
+        )
+        .await
     };
     for endpoint in ["livez", "readyz", "healthz"] {
         assert_eq!(get(&format!("/{endpoint}")).await, (200, "ok".into()));
@@ -525,9 +532,16 @@ async fn readiness_follows_the_storage_backend() {
         return;
     };
     let mut s = ApiServer::start_on(backend, &[]);
+    let token = admin_token(&s);
     {
         let mut c = tls(&s, b"http/1.1").await;
-        let (code, _) = request(&mut c, "GET /readyz/etcd HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let (code, _) = request(
+            &mut c,
+            &format!(
+                "GET /readyz/etcd HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+            ),
+        )
+        .await;
         assert_eq!(code, 200);
     }
     s.kill_etcd();

@@ -305,7 +305,12 @@ fn join_ips(ips: &[IpAddr]) -> String {
 }
 
 /// The downward API's `fieldRef` paths.
-fn field(pod: &Pod, addrs: &PodAddresses, name: &str, path: &str) -> Result<String, EnvError> {
+pub(crate) fn field(
+    pod: &Pod,
+    addrs: &PodAddresses,
+    name: &str,
+    path: &str,
+) -> Result<String, EnvError> {
     let meta = &pod.metadata;
     let bracket = |prefix: &str| -> Option<String> {
         path.strip_prefix(prefix)?

@@ -4,14 +4,20 @@
 //! network namespaces (files under `--state-dir/netns`, wired by the CNI
 //! plugins of `--cni-conf-dir`), their processes, their cgroups (under
 //! `--cgroup-root`, `pod<uid>/<container>`), their mount and UTS
-//! namespaces, their logs and state under `--state-dir`, their status; its
-//! own Node object and its Lease `kube-node-lease/<node>`.
+//! namespaces, their logs, state and volumes (emptyDir, configMap, secret,
+//! downwardAPI, projected) under `--state-dir`, their status; the
+//! hostPath paths pods ask for, under `--host-root` or a `--host-path-map`
+//! target (made with the `...OrCreate` types, never removed); its own
+//! Node object and its Lease `kube-node-lease/<node>`.
 //!
 //! **What it must never touch:** other nodes' pods; routes between nodes
 //! and BPF programs and maps (ferry-agent's); the host's root namespaces
-//! (a pod's mounts happen only in the pod's own mount namespace, its
-//! hostname only in its own UTS namespace); the root cgroup or any cgroup
-//! outside `--cgroup-root`.
+//! (a pod's mounts, volumes included, happen only in the container's own
+//! mount namespace: the node's mount table never changes, and a missing
+//! mount point is made in a tmpfs of the container's, never on the node;
+//! its hostname only in its own UTS namespace); host paths outside
+//! `--host-root` and the maps (a symlink leading out is refused); the root
+//! cgroup or any cgroup outside `--cgroup-root`.
 //!
 //! Modules: [`registration`] (Node, Lease), [`supervisor`] (the pod watch
 //! and cleanup at start), [`pod`] (one pod's worker: lifecycle, probes,
@@ -23,7 +29,12 @@
 //! `exec` to), [`logs`] (CRI-format container logs, written and read),
 //! [`exec`] (a command in a running container) and [`channel`] (exec's
 //! WebSocket channel protocol), [`port_forward`] (`kubectl port-forward`:
-//! TCP into a pod's network namespace) over [`spdy`] (SPDY/3.1 framing).
+//! TCP into a pod's network namespace) over [`spdy`] (SPDY/3.1 framing);
+//! [`volumes`] (a pod's volumes: [`volumes::host_path`],
+//! [`volumes::sources`] (what configMap, secret, downwardAPI and projected
+//! volumes hold), [`volumes::atomic_writer`], [`volumes::subpath`] (paths
+//! that cannot leave their volume), [`volumes::mount`] and
+//! [`volumes::mount_points`] (what the container's process mounts)).
 
 pub mod cgroup;
 pub mod channel;
@@ -45,6 +56,7 @@ pub mod state;
 pub mod status;
 pub mod supervisor;
 pub mod time;
+pub mod volumes;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -61,4 +73,6 @@ pub struct Runtime {
     pub images: images::Catalogue,
     pub tools: process::Tools,
     pub events: events::Recorder,
+    /// Where hostPath volumes are (`--host-root`, `--host-path-map`).
+    pub host_paths: volumes::host_path::HostPaths,
 }

@@ -15,6 +15,7 @@ use ferry_node::process::{InitArgs, Tools};
 use ferry_node::registration::{self, NodeSettings, Registration};
 use ferry_node::sandbox::Network;
 use ferry_node::state::StateDir;
+use ferry_node::volumes::host_path::HostPaths;
 use ferry_node::{Runtime, supervisor};
 
 #[derive(Debug, Parser)]
@@ -22,7 +23,7 @@ use ferry_node::{Runtime, supervisor};
     name = "ferry-node",
     version,
     about = "Ferry's node runtime: runs the pods bound to this node as processes",
-    after_help = "Run it inside the node's network namespace:\n  nsenter --net=/var/run/netns/node-1 ferry-node --kubeconfig node-1.kubeconfig --node-name node-1 --node-ip 172.31.0.2 --cgroup-root /sys/fs/cgroup/ferry-node-1 --state-dir /var/lib/ferry-node/node-1"
+    after_help = "Run it inside the node's network namespace:\n  nsenter --net=/var/run/netns/node-1 ferry-node --kubeconfig node-1.kubeconfig --node-name node-1 --node-ip 172.31.0.2 --cgroup-root /sys/fs/cgroup/ferry-node-1 --state-dir /var/lib/ferry-node/node-1 --host-root /var/lib/ferry-node/node-1/host --host-path-map /sys/fs/bpf=/sys/fs/bpf/node-1"
 )]
 struct Cli {
     /// Kubeconfig to reach the API; in-cluster configuration when unset.
@@ -110,6 +111,25 @@ struct Cli {
     /// to the node API; without it the node API is off.
     #[arg(long, global = true, env = "FERRY_NODE_KUBELET_TOKEN_FILE")]
     kubelet_token_file: Option<PathBuf>,
+    /// Where pods' hostPath volumes are resolved: `/` (the default) is the
+    /// real file system, as on a real node; a node sharing its machine
+    /// with other nodes gets a private directory, e.g.
+    /// `--host-root /var/lib/ferry/node-1/host` (a hostPath `/opt/cni/bin`
+    /// is then `/var/lib/ferry/node-1/host/opt/cni/bin`).
+    #[arg(long, global = true, env = "FERRY_NODE_HOST_ROOT", default_value = "/")]
+    host_root: PathBuf,
+    /// A hostPath prefix resolved to a chosen real path instead of under
+    /// --host-root, as HOST_PATH=REAL_PATH; repeatable (comma-separated in
+    /// the env), the longest matching prefix wins. E.g.
+    /// `--host-path-map /sys/fs/bpf=/sys/fs/bpf/node-1`.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_NODE_HOST_PATH_MAP",
+        value_delimiter = ',',
+        value_parser = ferry_node::volumes::host_path::parse_map
+    )]
+    host_path_map: Vec<(PathBuf, PathBuf)>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -187,6 +207,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cgroup_root)
         .with_context(|| format!("creating {}", cgroup_root.display()))?;
     let state = StateDir::new(cli.state_dir.clone())?;
+    let host_paths =
+        HostPaths::new(cli.host_root.clone(), cli.host_path_map.clone()).context("--host-root")?;
+    if cli.host_root != std::path::Path::new("/") {
+        std::fs::create_dir_all(&cli.host_root)
+            .with_context(|| format!("creating {}", cli.host_root.display()))?;
+    }
     let tools = Tools::find()?;
     let exe_dir = tools.self_exe.parent().map(PathBuf::from);
     let extra = match &cli.images {
@@ -288,6 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         dns,
         images,
         tools,
+        host_paths,
     });
     if let Some((token, listeners)) = node_api {
         let api = Arc::new(ferry_node::kubelet_api::KubeletApi::new(

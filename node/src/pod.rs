@@ -30,6 +30,7 @@ use crate::process::{self, Launch};
 use crate::sandbox::Sandbox;
 use crate::status::{self, Summary, Transitions};
 use crate::time;
+use crate::volumes::{self, PodVolumes, SetUpContext};
 
 /// What the supervisor tells a worker.
 #[derive(Debug)]
@@ -234,6 +235,11 @@ struct Worker {
     /// Events already recorded, to say a repeated failure once.
     said: HashMap<(String, String), String>,
     exit_tx: mpsc::Sender<Exit>,
+    volumes: PodVolumes,
+    /// When the written volumes are brought up to date next.
+    volumes_refresh: Option<Instant>,
+    /// When a failed volume set-up is tried again, and the delay after.
+    volumes_retry: Option<(Instant, Duration)>,
 }
 
 impl Worker {
@@ -281,6 +287,8 @@ impl Worker {
                         "InvalidPodSpec".into(),
                         "container names must be unique DNS labels".into(),
                     ));
+                } else if let Err(e) = volumes::validate(spec) {
+                    rejected = Some((e.reason().into(), e.to_string()));
                 }
             }
         }
@@ -321,6 +329,9 @@ impl Worker {
             torn_down: false,
             said: HashMap::new(),
             exit_tx,
+            volumes: PodVolumes::default(),
+            volumes_refresh: None,
+            volumes_retry: None,
         }
     }
 
@@ -483,6 +494,9 @@ impl Worker {
         if !self.ensure_sandbox().await {
             return;
         }
+        if !self.ensure_volumes().await {
+            return;
+        }
         let now = Instant::now();
         // Init containers, in order: each must succeed before the next.
         let mut init_done = true;
@@ -526,15 +540,7 @@ impl Worker {
         let mut refs = References::default();
         let ns = self.namespace.as_str();
         let fetch = async {
-            for name in cms {
-                let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-                refs.config_maps
-                    .insert(name.clone(), api.get_opt(&name).await?);
-            }
-            for name in secrets {
-                let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-                refs.secrets.insert(name.clone(), api.get_opt(&name).await?);
-            }
+            fetch_objects(&client, ns, cms, secrets, &mut refs).await?;
             let links = self
                 .pod
                 .spec
@@ -556,6 +562,74 @@ impl Worker {
             .await
             .map_err(|_| anyhow::anyhow!("reading the container's references timed out"))??;
         Ok(refs)
+    }
+
+    /// Sets the volumes up (a failure holds every container, with a
+    /// `FailedMount` event, and is tried again with back-off) and brings
+    /// the written ones up to date every [`volumes::REFRESH`].
+    async fn ensure_volumes(&mut self) -> bool {
+        let ready = self.volumes.all_ready(&self.pod);
+        let now = Instant::now();
+        if ready && self.volumes_refresh.is_some_and(|at| now < at) {
+            return true;
+        }
+        if !ready
+            && let Some((at, _)) = self.volumes_retry
+            && now < at
+        {
+            return false;
+        }
+        let (cms, secrets) = volumes::sources::referenced(&self.pod);
+        let mut refs = References::default();
+        let fetched = tokio::time::timeout(
+            API_TIMEOUT,
+            fetch_objects(&self.rt.client, &self.namespace, cms, secrets, &mut refs),
+        )
+        .await;
+        let outcome = match fetched {
+            Ok(Ok(())) => {
+                let addrs = PodAddresses {
+                    pod_ips: self.pod_ips(),
+                    host_ips: self.rt.node_ips.clone(),
+                };
+                let cx = SetUpContext {
+                    state: &self.rt.state,
+                    host: &self.rt.host_paths,
+                    refs: &refs,
+                    addrs: &addrs,
+                };
+                self.volumes
+                    .set_up(&self.pod, &cx)
+                    .map_err(|e| e.to_string())
+            }
+            Ok(Err(e)) => Err(format!("reading the volumes' ConfigMaps and Secrets: {e}")),
+            Err(_) => Err("reading the volumes' ConfigMaps and Secrets timed out".into()),
+        };
+        match outcome {
+            Ok(()) => {
+                self.volumes_retry = None;
+                self.volumes_refresh = Some(now + volumes::REFRESH);
+                self.said.remove(&(String::new(), "FailedMount".to_owned()));
+                true
+            }
+            Err(msg) => {
+                tracing::warn!(pod = %self.key, error = %msg, "setting up volumes");
+                self.event_once("", Type::Warning, "FailedMount", &msg)
+                    .await;
+                if ready {
+                    // What the volumes hold stays; tried again next period.
+                    self.volumes_refresh = Some(now + volumes::REFRESH);
+                    return true;
+                }
+                let delay = self
+                    .volumes_retry
+                    .map_or(Duration::from_millis(500), |(_, d)| {
+                        (d * 2).min(Duration::from_secs(8))
+                    });
+                self.volumes_retry = Some((now + delay, delay));
+                false
+            }
+        }
     }
 
     fn set_waiting(&mut self, i: usize, reason: &str, message: &str) {
@@ -642,6 +716,30 @@ impl Worker {
                 return;
             }
         };
+        let plan = match self.volumes.mounts(&spec, |s| env.expand(s)) {
+            Ok(m) => m,
+            Err(e) => {
+                let msg = e.to_string();
+                self.set_waiting(i, "CreateContainerConfigError", &msg);
+                self.event_once(&name, Type::Warning, "Failed", &format!("Error: {msg}"))
+                    .await;
+                return;
+            }
+        };
+        if spec
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_propagation.as_deref() == Some("Bidirectional"))
+        {
+            self.event_once(
+                &name,
+                Type::Normal,
+                "MountPropagation",
+                "Bidirectional mount propagation is HostToContainer on ferry-node: mounts made in the container do not reach the node",
+            )
+            .await;
+        }
         let binds = match self.write_etc_files() {
             Ok(b) => b,
             Err(e) => {
@@ -649,6 +747,15 @@ impl Worker {
                 return;
             }
         };
+        // Where a container that covers `/` stages its new root.
+        let stage = self.rt.state.stage_dir(&self.uid, &name);
+        if !plan.shadows.is_empty()
+            && let Err(e) = std::fs::create_dir_all(&stage)
+        {
+            let msg = format!("creating {}: {e}", stage.display());
+            self.set_waiting(i, "CreateContainerError", &msg);
+            return;
+        }
         let cgroup_dir = cgroup::container_dir(&self.rt.cgroup_root, &self.uid, &name);
         if let Err(e) = cgroup::remove(&cgroup_dir)
             .await
@@ -674,6 +781,9 @@ impl Worker {
             netns: self.sandbox.as_ref().and_then(|s| s.netns.clone()),
             hostname: (!self.host_network()).then(|| hostname.clone()),
             binds,
+            stage: (!plan.shadows.is_empty()).then(|| stage.clone()),
+            mounts: plan.mounts,
+            shadows: plan.shadows,
             cgroup: cgroup_dir,
             workdir: spec.working_dir.clone(),
             log: self.rt.state.log_path(&self.uid, &name, restart_count),
@@ -1287,6 +1397,9 @@ impl Worker {
         if all && let Err(e) = self.rt.state.remove_pod(&self.uid) {
             tracing::warn!(pod = %self.key, error = %format!("{e:#}"), "removing the pod's state");
         }
+        if !all && let Err(e) = self.rt.state.remove_volumes(&self.uid) {
+            tracing::warn!(pod = %self.key, error = %format!("{e:#}"), "removing the pod's volumes");
+        }
     }
 }
 
@@ -1301,4 +1414,24 @@ fn strip_times(status: &Value) -> Value {
         }
     }
     s
+}
+
+/// Reads ConfigMaps and Secrets of `ns` into `refs` (`None`: absent).
+async fn fetch_objects(
+    client: &kube::Client,
+    ns: &str,
+    cms: Vec<String>,
+    secrets: Vec<String>,
+    refs: &mut References,
+) -> Result<(), kube::Error> {
+    for name in cms {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        refs.config_maps
+            .insert(name.clone(), api.get_opt(&name).await?);
+    }
+    for name in secrets {
+        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+        refs.secrets.insert(name.clone(), api.get_opt(&name).await?);
+    }
+    Ok(())
 }

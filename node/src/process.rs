@@ -9,8 +9,10 @@
 //! same process:
 //! 1. joins the container's cgroup (writes its pid to `cgroup.procs`);
 //! 2. enters the pod's network namespace (`setns`);
-//! 3. bind-mounts the pod's `resolv.conf` and `hosts` over `/etc/...`
-//!    (only in its own mount namespace);
+//! 3. bind-mounts the pod's `resolv.conf` and `hosts` over `/etc/...`,
+//!    then the container's volumes ([`crate::volumes::mount`]), only in
+//!    its own mount namespace (`--propagation slave` instead of `private`
+//!    when a volume mount asks for HostToContainer propagation);
 //! 4. sets the hostname (in its own UTS namespace);
 //! 5. changes to the working directory and execs the command.
 //!
@@ -28,6 +30,8 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use crate::logs;
+use crate::volumes::mount::{self, MountSpec, PointKind, Propagation};
+use crate::volumes::mount_points;
 
 /// What `container-init` is told (the hidden subcommand's flags).
 #[derive(Debug, Clone, Args)]
@@ -44,6 +48,17 @@ pub struct InitArgs {
     /// `SRC:DST` bind mounts, made in the container's mount namespace.
     #[arg(long = "bind")]
     pub binds: Vec<String>,
+    /// Volume mounts (JSON [`MountSpec`]), made after the binds, in order.
+    #[arg(long = "mount")]
+    pub mounts: Vec<String>,
+    /// Directories covered (tmpfs with the same entries) before anything
+    /// is mounted, to make missing mount points; shallowest first.
+    #[arg(long = "shadow")]
+    pub shadows: Vec<PathBuf>,
+    /// An empty directory of the pod's on which a new root is staged when
+    /// `/` is covered.
+    #[arg(long)]
+    pub stage: Option<PathBuf>,
     /// Working directory.
     #[arg(long)]
     pub workdir: Option<PathBuf>,
@@ -60,6 +75,9 @@ pub struct Launch {
     pub netns: Option<PathBuf>,
     pub hostname: Option<String>,
     pub binds: Vec<(PathBuf, PathBuf)>,
+    pub mounts: Vec<MountSpec>,
+    pub shadows: Vec<PathBuf>,
+    pub stage: Option<PathBuf>,
     pub cgroup: PathBuf,
     pub workdir: Option<String>,
     pub log: PathBuf,
@@ -107,7 +125,17 @@ pub fn spawn(tools: &Tools, launch: &Launch) -> anyhow::Result<tokio::process::C
         .with_context(|| format!("opening {}", launch.log.display()))?;
     let log2 = log.try_clone().context("duplicating the log file")?;
     let mut cmd = tokio::process::Command::new(&tools.unshare);
-    cmd.args(["--mount", "--propagation", "private"]);
+    // A HostToContainer mount needs the namespace's mounts to stay
+    // downstream of the node's; nothing ever propagates back either way.
+    let slave = launch
+        .mounts
+        .iter()
+        .any(|m| m.propagation == Propagation::Slave);
+    cmd.args([
+        "--mount",
+        "--propagation",
+        if slave { "slave" } else { "private" },
+    ]);
     if launch.hostname.is_some() {
         cmd.arg("--uts");
     }
@@ -125,6 +153,16 @@ pub fn spawn(tools: &Tools, launch: &Launch) -> anyhow::Result<tokio::process::C
     for (src, dst) in &launch.binds {
         cmd.arg("--bind")
             .arg(format!("{}:{}", src.display(), dst.display()));
+    }
+    for dir in &launch.shadows {
+        cmd.arg("--shadow").arg(dir);
+    }
+    if let Some(stage) = &launch.stage {
+        cmd.arg("--stage").arg(stage);
+    }
+    for m in &launch.mounts {
+        cmd.arg("--mount")
+            .arg(serde_json::to_string(m).context("encoding a mount")?);
     }
     if let Some(w) = launch.workdir.as_deref().filter(|w| !w.is_empty()) {
         cmd.arg("--workdir").arg(w);
@@ -156,6 +194,19 @@ pub fn spawn(tools: &Tools, launch: &Launch) -> anyhow::Result<tokio::process::C
 /// The hidden `container-init` mode: sets the process up as its container
 /// and execs the command. Returns only on failure.
 pub fn container_init(args: &InitArgs) -> anyhow::Result<Infallible> {
+    // Everything below mounts: never in the namespace of whoever started
+    // this (ferry-node starts it through `unshare --mount`).
+    let own = std::fs::read_link("/proc/self/ns/mnt").context("reading the mount namespace")?;
+    let parent = std::fs::read_link(format!(
+        "/proc/{}/ns/mnt",
+        std::os::unix::process::parent_id()
+    ))
+    .context("reading the parent's mount namespace")?;
+    if own == parent {
+        bail!(
+            "container-init must run in a mount namespace of its own (ferry-node starts it with `unshare --mount`)"
+        );
+    }
     let procs = args.cgroup.join("cgroup.procs");
     std::fs::write(&procs, std::process::id().to_string())
         .with_context(|| format!("joining cgroup {}", args.cgroup.display()))?;
@@ -167,12 +218,32 @@ pub fn container_init(args: &InitArgs) -> anyhow::Result<Infallible> {
         )
         .with_context(|| format!("entering network namespace {}", ns.display()))?;
     }
+    let mounts = args
+        .mounts
+        .iter()
+        .map(|m| serde_json::from_str::<MountSpec>(m).with_context(|| format!("bad --mount {m:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if !args.shadows.is_empty() {
+        let stage = args.stage.as_deref().context("--shadow needs --stage")?;
+        for dir in &args.shadows {
+            mount_points::shadow(dir, stage)?;
+        }
+        for m in &mounts {
+            if let Some(kind) = m.make_point {
+                mount_points::make_point(&m.target, kind == PointKind::Dir)
+                    .with_context(|| format!("making mount point {}", m.target.display()))?;
+            }
+        }
+    }
     for bind in &args.binds {
         let (src, dst) = bind
             .split_once(':')
             .with_context(|| format!("bad --bind {bind:?}: want SRC:DST"))?;
         rustix::mount::mount_bind(Path::new(src), Path::new(dst))
             .with_context(|| format!("bind-mounting {src} on {dst}"))?;
+    }
+    for m in &mounts {
+        mount::apply(m).with_context(|| format!("mounting {}", m.target.display()))?;
     }
     if let Some(h) = &args.hostname {
         rustix::system::sethostname(h.as_bytes())

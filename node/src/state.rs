@@ -5,10 +5,15 @@
 //! <state-dir>/pods/<uid>/_pod/sandbox.json        the sandbox record (CNI config, result, IPs)
 //! <state-dir>/pods/<uid>/_pod/resolv.conf         what the containers see at /etc/resolv.conf
 //! <state-dir>/pods/<uid>/_pod/hosts               ... and at /etc/hosts
+//! <state-dir>/pods/<uid>/_pod/root-<container>    where a container stages its root (stays empty on the node)
 //! <state-dir>/pods/<uid>/<container>/<restart>.log  stdout and stderr of each run
+//! <state-dir>/pods/<uid>/_volumes/<volume>          an emptyDir, or the files of a configMap,
+//!                                                   secret, downwardAPI or projected volume
 //! ```
 //!
-//! `_pod` cannot clash with a container name (a DNS label has no `_`).
+//! `_pod` and `_volumes` cannot clash with a container name (a DNS label
+//! has no `_`). Everything of a pod is under its directory, so removing it
+//! removes its volumes too.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,6 +24,7 @@ use crate::cgroup::safe;
 use crate::sandbox::Sandbox;
 
 const META: &str = "_pod";
+const VOLUMES: &str = "_volumes";
 
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -47,6 +53,17 @@ impl StateDir {
 
     pub fn meta_dir(&self, uid: &str) -> PathBuf {
         self.pod_dir(uid).join(META)
+    }
+
+    /// The directory of volume `name` (emptyDir, or written files).
+    pub fn volume_dir(&self, uid: &str, name: &str) -> PathBuf {
+        self.pod_dir(uid).join(VOLUMES).join(safe(name))
+    }
+
+    /// An empty directory on which `container`'s process may stage its
+    /// root ([`crate::volumes::mount_points`]).
+    pub fn stage_dir(&self, uid: &str, container: &str) -> PathBuf {
+        self.meta_dir(uid).join(format!("root-{}", safe(container)))
     }
 
     /// The log file of run `restart` of `container`.
@@ -80,6 +97,17 @@ impl StateDir {
         let path = self.meta_dir(uid).join(name);
         write_atomic(&path, text.as_bytes())?;
         Ok(path)
+    }
+
+    /// Removes the pod's volumes (emptyDirs, written files); a finished
+    /// pod keeps its logs until it is deleted, not its volumes.
+    pub fn remove_volumes(&self, uid: &str) -> anyhow::Result<()> {
+        let dir = self.pod_dir(uid).join(VOLUMES);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+        }
     }
 
     /// Removes everything of the pod (logs included).

@@ -3,288 +3,14 @@
 //! ferry-cni, writes their status, deletes them gracefully, and cleans up
 //! after itself across restarts. Root only.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+mod world;
 
-use ferry_testbed::{
-    AgentHooks, ControlPlane, Node, Process, World, binary, host_local_ranges, skip_if_not_root,
-};
-use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
 
-/// One node's ferry-node and everything it was given; cleans up on drop
-/// (also during a panic) what a crashed ferry-node could leave: processes
-/// in the pods' cgroups, the cgroups, the netns bind mounts.
-struct NodeRuntime {
-    process: Option<Process>,
-    argv: Vec<String>,
-    node: Node,
-    hooks: AgentHooks,
-    state_dir: PathBuf,
-    ipam_dir: PathBuf,
-}
-
-impl NodeRuntime {
-    fn start(cp: &ControlPlane, world: &World, i: usize) -> Self {
-        let node = world.node(i).clone();
-        let cni = binary("ferry-cni", "ferry-cni");
-        // The catalogue's web server and agnhost: found next to ferry-node.
-        binary("ferry-testbed", "ferry-netexec");
-        let conf_dir = node.state_dir.join("cni");
-        let state_dir = node.state_dir.join("ferry-node");
-        let ipam_dir = node.state_dir.join("ipam");
-        std::fs::create_dir_all(&conf_dir).expect("conf dir");
-        let conflist = json!({
-            "cniVersion": "1.1.0", "name": "ferry",
-            "plugins": [{
-                "type": "ferry-cni",
-                "dataDir": node.state_dir.join("ferry-cni"),
-                "ipam": {"type": "host-local", "ranges": host_local_ranges(&node), "dataDir": ipam_dir},
-            }],
-        });
-        std::fs::write(conf_dir.join("10-ferry.conflist"), conflist.to_string()).expect("conflist");
-        let hooks = AgentHooks::create(&format!("{}-node{i}", world.prefix())).expect("cgroup");
-        let argv: Vec<String> = vec![
-            env!("CARGO_BIN_EXE_ferry-node").into(),
-            "--kubeconfig".into(),
-            cp.kubeconfig.to_string_lossy().into_owned(),
-            "--node-name".into(),
-            node.name.clone(),
-            "--node-ip".into(),
-            node.ipv4.to_string(),
-            "--cni-conf-dir".into(),
-            conf_dir.to_string_lossy().into_owned(),
-            "--cni-bin-dir".into(),
-            cni.parent()
-                .expect("bin dir")
-                .to_string_lossy()
-                .into_owned(),
-            "--cgroup-root".into(),
-            hooks.cgroup.to_string_lossy().into_owned(),
-            "--state-dir".into(),
-            state_dir.to_string_lossy().into_owned(),
-            "--cluster-dns".into(),
-            "10.96.0.10".into(),
-            "--health-port".into(),
-            "0".into(),
-        ];
-        let mut me = NodeRuntime {
-            process: None,
-            argv,
-            node,
-            hooks,
-            state_dir,
-            ipam_dir,
-        };
-        me.restart();
-        me
-    }
-
-    /// Starts ferry-node (again) inside the node's namespace.
-    fn restart(&mut self) {
-        let mut p = self.node.netns.spawn(&self.argv).expect("start ferry-node");
-        p.wait_for_output("running pods bound to this node", Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("ferry-node did not come up: {e}\n{}", p.output()));
-        self.process = Some(p);
-    }
-
-    /// Kills ferry-node (SIGKILL: no chance to clean anything).
-    fn crash(&mut self) -> String {
-        let mut p = self.process.take().expect("running");
-        let _ = p.kill();
-        p.output()
-    }
-
-    fn output(&self) -> String {
-        self.process
-            .as_ref()
-            .map(Process::output)
-            .unwrap_or_default()
-    }
-
-    fn netns_dir(&self) -> PathBuf {
-        self.state_dir.join("netns")
-    }
-
-    fn pod_cgroup(&self, uid: &str) -> PathBuf {
-        self.hooks.cgroup.join(format!("pod{uid}"))
-    }
-
-    /// The output of a run, as `kubectl logs` shows it (the file holds
-    /// CRI records).
-    fn log(&self, uid: &str, container: &str, restart: u32) -> String {
-        let raw = std::fs::read(
-            self.state_dir
-                .join(format!("pods/{uid}/{container}/{restart}.log")),
-        )
-        .unwrap_or_default();
-        let mut out = Vec::new();
-        for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let rec = ferry_node::logs::parse(line);
-            out.extend_from_slice(rec.content);
-            if !rec.partial {
-                out.push(b'\n');
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-}
-
-impl Drop for NodeRuntime {
-    fn drop(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            let _ = p.kill();
-        }
-        // Processes first (cgroup.kill reaches every descendant), then the
-        // child cgroups deepest first, then the namespace files.
-        let _ = std::fs::write(self.hooks.cgroup.join("cgroup.kill"), "1");
-        std::thread::sleep(Duration::from_millis(100));
-        remove_child_cgroups(&self.hooks.cgroup);
-        if let Ok(entries) = std::fs::read_dir(self.netns_dir()) {
-            for e in entries.flatten() {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(e.path())
-                    .status();
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-}
-
-fn remove_child_cgroups(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_child_cgroups(&e.path());
-                for _ in 0..50 {
-                    if std::fs::remove_dir(e.path()).is_ok() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
-    }
-}
-
-/// A world of `n` nodes with the apiserver in its underlay. Fields drop in
-/// order: the nodes' runtimes, then the apiserver, then the world.
-struct Cluster {
-    nodes: Vec<NodeRuntime>,
-    cp: ControlPlane,
-    world: World,
-}
-
-impl Cluster {
-    fn new(n: usize) -> Self {
-        let world = World::builder().nodes(n).build().expect("world");
-        let cp = ControlPlane::start(&world);
-        let nodes = (0..n).map(|i| NodeRuntime::start(&cp, &world, i)).collect();
-        Cluster { nodes, cp, world }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        self.cp
-            .kubectl(args)
-            .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
-    }
-
-    fn get(&self, args: &[&str]) -> Option<Value> {
-        let mut all = vec!["get"];
-        all.extend_from_slice(args);
-        all.extend(["-o", "json"]);
-        let out = self.cp.kubectl(&all).ok()?;
-        serde_json::from_str(&out).ok()
-    }
-
-    fn pod(&self, name: &str) -> Option<Value> {
-        self.get(&["pod", name])
-    }
-
-    fn create_pod(&self, name: &str, node: usize, spec: Value) {
-        let mut spec = spec;
-        spec["nodeName"] = json!(self.world.node(node).name);
-        self.cp.apply(&json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "labels": {"test": name}},
-            "spec": spec,
-        }));
-    }
-
-    /// Waits (bounded) until the pod satisfies `f`; returns it.
-    fn wait_pod(&self, name: &str, secs: u64, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let pod = self.pod(name);
-            if let Some(p) = &pod
-                && f(p)
-            {
-                return p.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pod {name}: {what} not within {secs}s; pod: {:#}\nferry-node: {}",
-                pod.unwrap_or(Value::Null),
-                self.nodes
-                    .iter()
-                    .map(NodeRuntime::output)
-                    .collect::<Vec<_>>()
-                    .join("\n---\n")
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn events_for(&self, name: &str) -> Vec<Value> {
-        let sel = format!("involvedObject.name={name}");
-        self.get(&["events", "--field-selector", &sel])
-            .and_then(|v| v["items"].as_array().cloned())
-            .unwrap_or_default()
-    }
-}
-
-fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
-    obj["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-}
-
-fn cond_is(obj: &Value, kind: &str, status: &str) -> bool {
-    condition(obj, kind).is_some_and(|c| c["status"] == status)
-}
-
-fn uid(pod: &Value) -> String {
-    pod["metadata"]["uid"].as_str().expect("uid").to_owned()
-}
-
-fn pod_ip(pod: &Value) -> IpAddr {
-    pod["status"]["podIP"]
-        .as_str()
-        .expect("podIP")
-        .parse()
-        .expect("ip")
-}
-
-fn container_status<'a>(pod: &'a Value, name: &str) -> &'a Value {
-    pod["status"]["containerStatuses"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["name"] == name))
-        .unwrap_or(&Value::Null)
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within {secs}s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn busybox(command: &str) -> Value {
-    json!({"name": "main", "image": "busybox:1.36", "command": ["sh", "-c", command]})
-}
+use ferry_testbed::skip_if_not_root;
+use serde_json::json;
+use world::*;
 
 #[test]
 fn node_registers_and_runs_pods() {
@@ -635,15 +361,28 @@ fn restart_adopts_live_pods_and_cleans_leftovers() {
         0,
         json!({"containers": [{"name": "main", "image": "nginx"}]}),
     );
-    c.create_pod("doomed", 0, json!({"containers": [busybox("sleep 3600")]}));
+    let mut doomed = busybox("sleep 3600");
+    doomed["volumeMounts"] = json!([{"name": "scratch", "mountPath": c.world.state_dir()}]);
+    c.create_pod(
+        "doomed",
+        0,
+        json!({"containers": [doomed], "volumes": [{"name": "scratch", "emptyDir": {}}]}),
+    );
     c.create_pod(
         "done",
         0,
-        json!({"restartPolicy": "Never", "containers": [busybox("echo done")]}),
+        json!({"restartPolicy": "Never", "containers": [busybox("echo done")],
+            "volumes": [{"name": "scratch", "emptyDir": {}}]}),
     );
     let done = c.wait_pod("done", 30, "Succeeded", |p| {
         p["status"]["phase"] == "Succeeded"
     });
+    // A finished pod keeps its logs, not its volumes.
+    let done_dir = c.nodes[0].state_dir.join(format!("pods/{}", uid(&done)));
+    wait_until("the finished pod's volumes removed", 10, || {
+        !done_dir.join("_volumes").exists()
+    });
+    assert!(done_dir.join("main/0.log").exists(), "the log is kept");
     let keep = c.wait_pod("keep", 30, "Running", |p| p["status"]["phase"] == "Running");
     let doomed = c.wait_pod("doomed", 30, "Running", |p| {
         p["status"]["phase"] == "Running"
@@ -652,6 +391,10 @@ fn restart_adopts_live_pods_and_cleans_leftovers() {
     let (doomed_uid, doomed_ip) = (uid(&doomed), pod_ip(&doomed));
     let doomed_netns = c.nodes[0].netns_dir().join(format!("ferry-{doomed_uid}"));
     assert!(doomed_netns.exists());
+    let doomed_volume = c.nodes[0]
+        .state_dir
+        .join(format!("pods/{doomed_uid}/_volumes/scratch"));
+    assert!(doomed_volume.is_dir(), "the emptyDir exists");
 
     // ferry-node dies; the doomed pod is force-deleted while it is down.
     c.nodes[0].crash();
@@ -669,6 +412,7 @@ fn restart_adopts_live_pods_and_cleans_leftovers() {
     wait_until("the leftover cgroup removed", 10, || {
         !c.nodes[0].pod_cgroup(&doomed_uid).exists()
     });
+    assert!(!doomed_volume.exists(), "the leftover emptyDir removed");
     assert!(
         !ipam_net.join(doomed_ip.to_string()).exists(),
         "the doomed pod's address was released (CNI DEL)"

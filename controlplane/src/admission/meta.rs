@@ -43,6 +43,15 @@ pub fn check_name(kind: &str, name: &str) -> Option<&'static str> {
     match kind {
         "Service" => (!dns1035_label(name)).then_some(DNS1035_MSG),
         "Namespace" => (!dns1123_label(name)).then_some(LABEL_MSG),
+        // apimachinery's IsValidPathSegmentName, as kube-apiserver's
+        // ValidateRBACName: `system:node` is a valid role name.
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => match name {
+            "." => Some("may not be '.'"),
+            ".." => Some("may not be '..'"),
+            _ if name.contains('/') => Some("may not contain '/'"),
+            _ if name.contains('%') => Some("may not contain '%'"),
+            _ => None,
+        },
         _ => (!dns1123_subdomain(name)).then_some(SUBDOMAIN_MSG),
     }
 }

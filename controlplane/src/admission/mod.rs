@@ -6,6 +6,7 @@
 pub mod external_ips;
 pub mod meta;
 pub mod networking;
+pub mod rbac;
 pub mod service;
 pub mod workloads;
 
@@ -18,6 +19,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -84,6 +86,10 @@ pub fn normalize(res: &Resource, value: Value) -> Result<Value, ApiError> {
         "DaemonSet" => roundtrip::<DaemonSet>(res, value),
         "StatefulSet" => roundtrip::<StatefulSet>(res, value),
         "ControllerRevision" => roundtrip::<ControllerRevision>(res, value),
+        "Role" => roundtrip::<Role>(res, value),
+        "ClusterRole" => roundtrip::<ClusterRole>(res, value),
+        "RoleBinding" => roundtrip::<RoleBinding>(res, value),
+        "ClusterRoleBinding" => roundtrip::<ClusterRoleBinding>(res, value),
         _ => Ok(value),
     }
 }
@@ -119,6 +125,10 @@ pub fn admit(
         "StatefulSet" => workloads::stateful_set(obj, old, &mut causes),
         "ControllerRevision" => workloads::controller_revision(obj, &mut causes),
         "Secret" => workloads::secret(obj, old, &mut causes),
+        "Role" | "ClusterRole" => rbac::role(obj, res.namespaced, &mut causes),
+        "RoleBinding" | "ClusterRoleBinding" => {
+            rbac::binding(obj, res.namespaced, old, &mut causes)
+        }
         "NetworkPolicy" => {
             let mut np: NetworkPolicy = decode(res, obj)?;
             causes.extend(networking::admit_network_policy(&mut np));

@@ -40,6 +40,11 @@ const VERBS: &[&str] = &[
     "watch",
 ];
 
+/// The verbs of a kind's main resource: a review is create-only.
+fn verbs_of(r: &Resource) -> &'static [&'static str] {
+    if r.is_review() { &["create"] } else { VERBS }
+}
+
 fn sub_verbs(sub: &str) -> Vec<&'static str> {
     match sub {
         "finalize" => vec!["update"],
@@ -97,7 +102,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": VERBS,
+            "verbs": verbs_of(r),
             "shortNames": r.short_names,
             "categories": r.categories,
         }));
@@ -163,7 +168,7 @@ fn discovery_group(group: &str, version: &str) -> Value {
                 "responseKind": response_kind(r),
                 "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
                 "singularResource": r.singular,
-                "verbs": VERBS,
+                "verbs": verbs_of(r),
             });
             if !r.short_names.is_empty() {
                 d["shortNames"] = json!(r.short_names);

@@ -1,6 +1,6 @@
-//! The HTTPS front: TLS, bearer-token authentication, routing of Kubernetes
-//! REST paths to the registry's verbs, and the JSON/Table/watch framing of
-//! responses.
+//! The HTTPS front: TLS, bearer-token authentication, authorization of
+//! every request (`crate::rbac`), routing of Kubernetes REST paths to the
+//! registry's verbs, and the JSON/Table/watch framing of responses.
 
 pub mod conn;
 pub mod discovery;
@@ -27,9 +27,10 @@ use rand::Rng;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::auth::TokenAuth;
+use crate::auth::{TokenAuth, User};
 use crate::error::ApiError;
 use crate::patch::PatchType;
+use crate::rbac;
 use crate::registry::{DeleteOptions, Registry, WriteOptions};
 use crate::resources::{self, Resource};
 use crate::selector::{FieldSelector, LabelSelector};
@@ -51,6 +52,8 @@ pub struct Api {
     pub advertise: String,
     /// `pods/log`, `pods/exec` and `pods/portforward`, proxied to the nodes.
     pub node_proxy: node_proxy::NodeProxy,
+    /// Decides what each authenticated request may do.
+    pub authorizer: Arc<rbac::Authorizer>,
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -274,26 +277,48 @@ impl Api {
         resp
     }
 
-    fn authenticate(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
-        let token = req
-            .headers()
-            .get(AUTHORIZATION)
+    /// The user of a request: its bearer token's, with group
+    /// `system:authenticated`; without a token, `system:anonymous` where
+    /// `anonymous` allows it (the public health and version paths), else
+    /// 401. An unknown token is always 401.
+    fn authenticate(&self, req: &Request<Incoming>, anonymous: bool) -> Result<User, ApiError> {
+        let header = req.headers().get(AUTHORIZATION);
+        let token = header
             .and_then(|v| v.to_str().ok())
             .and_then(crate::auth::bearer_token);
         match token.and_then(|t| self.auth.authenticate(t)) {
-            Some(_) => {
+            Some(mut user) => {
                 // The connection is a real client's: the cap never evicts it.
                 if let Some(conn) = req.extensions().get::<conn::Conn>() {
                     conn.authenticated();
                 }
-                Ok(())
+                if !user.groups.iter().any(|g| g == rbac::AUTHENTICATED_GROUP) {
+                    user.groups.push(rbac::AUTHENTICATED_GROUP.into());
+                }
+                Ok(user)
             }
+            None if header.is_none() && anonymous => Ok(User {
+                name: rbac::ANONYMOUS_USER.into(),
+                groups: vec![rbac::UNAUTHENTICATED_GROUP.into()],
+            }),
             None => Err(ApiError::unauthorized()),
         }
     }
 
     async fn dispatch(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-        let route = route(req.uri().path()).ok_or_else(ApiError::path_not_found)?;
+        let route = route(req.uri().path());
+        let public = matches!(route, Some(Route::Version | Route::Health(..)));
+        let user = self.authenticate(&req, public)?;
+        // Authorized before routing, as kube-apiserver: a path that does
+        // not exist is 403 to whoever may not ask for it, 404 to others.
+        let attrs = rbac::Attributes::of_request(
+            user.clone(),
+            req.method().as_str(),
+            req.uri().path(),
+            req.uri().query(),
+        );
+        self.authorizer.authorize(&self.registry.store, &attrs)?;
+        let route = route.ok_or_else(ApiError::path_not_found)?;
         match route {
             Route::Version => return Ok(json_response(StatusCode::OK, &discovery::version())),
             Route::Health(endpoint, check) => {
@@ -301,7 +326,6 @@ impl Api {
             }
             _ => {}
         }
-        self.authenticate(&req)?;
         let accept = req
             .headers()
             .get(ACCEPT)
@@ -375,7 +399,7 @@ impl Api {
                     && !wants_table(&accept)
                     && !flag(&query(&req), "watch");
                 let res = target.res;
-                let resp = self.resource(req, target, &accept).await?;
+                let resp = self.resource(req, target, &accept, &user).await?;
                 Ok(if proto {
                     protobuf_response(res, resp).await
                 } else {
@@ -392,11 +416,14 @@ impl Api {
         req: Request<Incoming>,
         t: Target,
         accept: &str,
+        user: &User,
     ) -> Result<Response<Body>, ApiError> {
         // Unknown fields a write dropped, as kube-apiserver reports them
         // under fieldValidation=Warn (its default).
         let warnings = std::sync::Mutex::new(Vec::new());
-        let mut resp = self.resource_validated(req, t, accept, &warnings).await?;
+        let mut resp = self
+            .resource_validated(req, t, accept, &warnings, user)
+            .await?;
         for w in warnings.into_inner().unwrap_or_default() {
             let value = format!("299 - {}", serde_json::Value::String(w));
             if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
@@ -412,7 +439,11 @@ impl Api {
         t: Target,
         accept: &str,
         warnings: &std::sync::Mutex<Vec<String>>,
+        user: &User,
     ) -> Result<Response<Body>, ApiError> {
+        if t.res.is_review() {
+            return self.review(req, &t, user).await;
+        }
         // Proxied to the node before anything reads the request (an exec
         // upgrade takes the connection over).
         if let (Some(sub @ ("log" | "exec" | "portforward")), Some(ns), Some(name)) =
@@ -479,6 +510,7 @@ impl Api {
             // manager, as kube-apiserver does.
             field_manager: q.get("fieldManager").cloned().or(user_agent),
             force: flag(&q, "force"),
+            guard: self.authorizer.write_guard(user),
         };
         let registry = self.registry.clone();
         let res = t.res;
@@ -605,6 +637,36 @@ impl Api {
             }
             (m, _) => Err(ApiError::method_not_allowed(m.as_str())),
         }
+    }
+
+    /// POST of an authorization.k8s.io review: answered, never stored.
+    async fn review(
+        &self,
+        req: Request<Incoming>,
+        t: &Target,
+        user: &User,
+    ) -> Result<Response<Body>, ApiError> {
+        if req.method() != Method::POST || t.name.is_some() {
+            return Err(ApiError::method_not_allowed(req.method().as_str()));
+        }
+        let content_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = Limited::new(req.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| ApiError::too_large(format!("request body: {e}")))?
+            .to_bytes();
+        let review = match content_type.split(';').next().unwrap_or("").trim() {
+            "" | "application/json" => parse_json(&body)?,
+            protobuf::MEDIA_TYPE => protobuf::decode(t.res.kind, &body)?,
+            other => return Err(ApiError::unsupported_media_type(other)),
+        };
+        let answer = rbac::review::answer(&self.authorizer, t.res, user, &review)?;
+        Ok(json_response(StatusCode::CREATED, &answer))
     }
 
     /// POST of a v1 Binding: binds the pod (see [`crate::binding`]).

@@ -320,7 +320,10 @@ fn v3_document(group: &str, version: &str) -> Option<Value> {
 }
 
 fn served_group_versions() -> impl Iterator<Item = (&'static str, &'static str)> {
-    [("", "v1")].into_iter().chain(GROUPS.iter().copied())
+    [("", "v1")]
+        .into_iter()
+        .chain(GROUPS.iter().copied())
+        .filter(|(g, _)| !resources::WITHOUT_VENDORED_SCHEMA.contains(g))
 }
 
 /// FNV-1a, 64 bits: the `hash` kubectl caches a document under.
@@ -368,7 +371,10 @@ pub fn v3(group: &str, version: &str) -> Option<Bytes> {
 
 fn v2_document() -> Value {
     let mut paths = Map::new();
-    for r in resources::RESOURCES {
+    for r in resources::RESOURCES
+        .iter()
+        .filter(|r| r.has_vendored_schema())
+    {
         for (path, ops) in paths_of(r) {
             let mut item = Map::new();
             for op in ops {
@@ -819,7 +825,10 @@ mod tests {
     #[test]
     fn every_served_kind_and_its_list_has_its_upstream_schema() {
         assert!(definitions().len() > 200);
-        for r in resources::RESOURCES {
+        for r in resources::RESOURCES
+            .iter()
+            .filter(|r| r.has_vendored_schema())
+        {
             let d = definition_of(r.group, r.version, r.kind)
                 .unwrap_or_else(|| panic!("{} has no schema", r.kind));
             assert!(definitions()[d]["description"].is_string(), "{d}");

@@ -86,8 +86,44 @@ fn columns(kind: &str) -> &'static [(&'static str, u8)] {
             ("Endpoints", 0),
             ("Age", 0),
         ],
+        "Role" | "ClusterRole" => &[("Created At", 0)],
+        "RoleBinding" | "ClusterRoleBinding" => &[
+            ("Role", 0),
+            ("Age", 0),
+            ("Users", 1),
+            ("Groups", 1),
+            ("ServiceAccounts", 1),
+        ],
         _ => &[("Age", 0)],
     }
+}
+
+/// A binding's row after its name: `Kind/name` of its role, age, and its
+/// subjects by kind (service accounts as `namespace/name`).
+fn binding_cells(obj: &Value) -> Vec<Value> {
+    let role = format!("{}/{}", s(obj, "/roleRef/kind"), s(obj, "/roleRef/name"));
+    let subjects = arr(obj, "/subjects");
+    let of_kind = |kind: &str| -> String {
+        subjects
+            .iter()
+            .filter(|sub| sub.get("kind").and_then(Value::as_str) == Some(kind))
+            .map(|sub| {
+                let name = sub.get("name").and_then(Value::as_str).unwrap_or("");
+                match sub.get("namespace").and_then(Value::as_str) {
+                    Some(ns) if kind == "ServiceAccount" => format!("{ns}/{name}"),
+                    _ => name.to_string(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    vec![
+        json!(role),
+        json!(age(obj)),
+        json!(of_kind("User")),
+        json!(of_kind("Group")),
+        json!(of_kind("ServiceAccount")),
+    ]
 }
 
 fn column(name: &str, priority: u8, format: &str) -> Value {
@@ -693,6 +729,8 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Value> {
             json!(int(obj, "/revision")),
             json!(age(obj)),
         ],
+        "Role" | "ClusterRole" => vec![json!(s(obj, "/metadata/creationTimestamp"))],
+        "RoleBinding" | "ClusterRoleBinding" => binding_cells(obj),
         _ => vec![json!(age(obj))],
     });
     out

@@ -3,6 +3,7 @@
 //! turned off with `--controllers` (kube-controller-manager's syntax:
 //! `*,-nodeipam`).
 
+pub mod aggregation;
 pub mod claim;
 pub mod daemonset;
 pub mod deployment;
@@ -155,6 +156,7 @@ pub const ALL: &[&str] = &[
     "statefulset",
     "scheduler",
     "nodelifecycle",
+    "clusterrole-aggregation",
 ];
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -326,6 +328,7 @@ pub fn start(
             "statefulset" => Box::new(statefulset::StatefulSetController::default()),
             "scheduler" => Box::new(scheduler::Scheduler::default()),
             "nodelifecycle" => Box::new(nodelifecycle::NodeLifecycle::new(&reg.config)),
+            "clusterrole-aggregation" => Box::new(aggregation::ClusterRoleAggregation::default()),
             _ => continue,
         };
         tracing::info!(controller = name, "starting controller");
@@ -382,6 +385,7 @@ pub(crate) fn write_opts() -> WriteOptions {
         dry_run: false,
         field_manager: Some("ferry-controlplane".into()),
         force: false,
+        guard: None,
     }
 }
 

@@ -184,10 +184,16 @@ impl ApiServer {
     }
 
     pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.kubectl_as(&self.kubeconfig(), args, stdin)
+    }
+
+    /// kubectl as the user of `kubeconfig`, fed `stdin`; killed after
+    /// [`KUBECTL_TIMEOUT`].
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write;
         let mut child = Command::new(kubectl_path())
             .arg("--kubeconfig")
-            .arg(self.kubeconfig())
+            .arg(kubeconfig)
             .arg("--cache-dir")
             .arg(self.dir.path().join("kubectl-cache"))
             .args(args)
@@ -205,7 +211,25 @@ impl ApiServer {
                 .expect("write stdin");
         }
         drop(child.stdin.take());
-        child.wait_with_output().expect("kubectl output")
+        // Read both pipes while waiting: a large answer fills them.
+        let stdout = read_to_end(child.stdout.take());
+        let stderr = read_to_end(child.stderr.take());
+        let deadline = Instant::now() + KUBECTL_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for kubectl") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("kubectl {args:?} did not finish within {KUBECTL_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Output {
+            status,
+            stdout: stdout.join().expect("stdout reader"),
+            stderr: stderr.join().expect("stderr reader"),
+        }
     }
 
     /// kubectl that must succeed; returns stdout.
@@ -250,6 +274,22 @@ impl Drop for ApiServer {
         self.kill();
     }
 }
+
+/// All of `pipe`, read on a thread of its own.
+fn read_to_end<R: std::io::Read + Send + 'static>(
+    pipe: Option<R>,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut b = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut b);
+        }
+        b
+    })
+}
+
+/// How long one kubectl call may take.
+pub const KUBECTL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn kubectl_path() -> &'static Path {
     Path::new("/usr/bin/kubectl")

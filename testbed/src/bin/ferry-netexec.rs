@@ -25,13 +25,21 @@
 //! else the system's. Listeners are dual-stack when the namespace has
 //! IPv6. Once listening it prints `ferry-netexec: listening ...` on stdout.
 //! Plain std threads, one per connection: it serves tests, not traffic.
+//!
+//! SIGTERM, SIGINT or SIGQUIT end it gracefully, as nginx's image does
+//! (its stop signal is SIGQUIT): requests already read are answered (for
+//! at most [`DRAIN`]) before it exits, so a pod being replaced never cuts
+//! a reply in half.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, Signal};
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
@@ -122,8 +130,58 @@ const MAX_HEAD: usize = 16 * 1024;
 /// How long a client may take to send its request.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long requests in flight at a stop signal are given to finish.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// HTTP requests being handled now.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one request in [`IN_FLIGHT`] while it lives.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The signals that stop the server.
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
+        set.add(s);
+    }
+    set
+}
+
+/// Waits for a stop signal (blocked in every thread, see `main`), then for
+/// the requests in flight, at most [`DRAIN`].
+fn wait_for_stop() -> ExitCode {
+    match stop_signals().wait() {
+        Ok(signal) => eprintln!("ferry-netexec: {signal}, finishing requests in flight"),
+        Err(e) => return fail(&format!("waiting for a stop signal: {e}")),
+    }
+    let deadline = Instant::now() + DRAIN;
+    while IN_FLIGHT.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Blocked before any thread starts, so every thread inherits the mask
+    // and the signals wait for `wait_for_stop` instead of killing us.
+    if let Err(e) = stop_signals().thread_block() {
+        return fail(&format!("blocking the stop signals: {e}"));
+    }
     match args.command {
         None => netexec(args.netexec),
         Some(Cmd::Netexec(a)) => netexec(a),
@@ -134,9 +192,7 @@ fn main() -> ExitCode {
             port,
             hostname,
         }) => serve_hostname(http, udp, tcp, port, hostname),
-        Some(Cmd::Pause) => loop {
-            thread::sleep(Duration::from_secs(3600));
-        },
+        Some(Cmd::Pause) => wait_for_stop(),
         Some(Cmd::Web { ports, server }) => web(&ports, server),
     }
 }
@@ -196,7 +252,7 @@ impl Servers {
         Ok(())
     }
 
-    /// Announces what listens, then serves until every listener stops.
+    /// Announces what listens, then serves until a stop signal.
     fn run(self, hostname: &str) -> ExitCode {
         if self.threads.is_empty() {
             return fail("nothing to serve: every port is 0 or every protocol off");
@@ -206,10 +262,9 @@ impl Servers {
             self.bound.join(" ")
         );
         let _ = std::io::stdout().flush();
-        for t in self.threads {
-            let _ = t.join();
-        }
-        ExitCode::SUCCESS
+        // The listeners' threads never end by themselves; a stop signal
+        // ends the process.
+        wait_for_stop()
     }
 }
 
@@ -302,8 +357,10 @@ fn serve_http(listener: &TcpListener, mode: HttpMode, hostname: &Arc<str>) {
             continue;
         };
         let hostname = Arc::clone(hostname);
+        let in_flight = InFlight::start();
         thread::spawn(move || {
             let _ = handle_http(stream, mode, &hostname);
+            drop(in_flight);
         });
     }
 }

@@ -65,6 +65,7 @@ pub struct Written {
     pub manifest_digest: String,
     pub compressed_size: usize,
     pub layer_size: usize,
+    pub tar_size: usize,
     pub layout: PathBuf,
     pub archive: PathBuf,
 }
@@ -78,7 +79,15 @@ pub struct Source<'a> {
     pub epoch: u64,
 }
 
-pub fn run(args: Args) -> Result<()> {
+/// The image `args` asks for, built and written.
+struct Made {
+    reference: Reference,
+    epoch: u64,
+    binaries: PathBuf,
+    written: Written,
+}
+
+fn make(args: Args) -> Result<Made> {
     let version = env!("CARGO_PKG_VERSION");
     let name = args
         .name
@@ -102,15 +111,34 @@ pub fn run(args: Args) -> Result<()> {
             epoch,
         },
     )?;
-    let mib = |n: usize| n as f64 / f64::from(1 << 20);
+    Ok(Made {
+        reference,
+        epoch,
+        binaries,
+        written,
+    })
+}
+
+fn mib(n: usize) -> f64 {
+    n as f64 / f64::from(1 << 20)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let Made {
+        reference,
+        epoch,
+        written,
+        ..
+    } = make(args)?;
     println!("image {}", reference.full);
     println!("  manifest digest  sha256:{}", written.manifest_digest);
     println!(
-        "  compressed size  {} bytes ({:.2} MiB; goal <= {} MiB), layer {} bytes",
+        "  compressed size  {} bytes ({:.2} MiB; goal <= {} MiB), layer {} bytes, unpacked {} bytes",
         written.compressed_size,
         mib(written.compressed_size),
         SIZE_GOAL >> 20,
-        written.layer_size
+        written.layer_size,
+        written.tar_size
     );
     println!("  created          {}", oci::rfc3339(epoch));
     println!("  OCI layout       {}", written.layout.display());
@@ -122,6 +150,57 @@ pub fn run(args: Args) -> Result<()> {
             SIZE_GOAL >> 20
         );
     }
+    Ok(())
+}
+
+/// `cargo xtask bench image`: builds the image and writes its sizes, set
+/// against issue 14's goal and the published sizes of the images Ferry
+/// replaces, to `md`.
+pub fn bench(md: &Path) -> Result<()> {
+    let made = make(Args {
+        name: None,
+        out: None,
+        binaries: None,
+    })?;
+    let w = &made.written;
+    let ratio = |n: usize, of: f64| format!("x{:.3}", mib(n) / of);
+    let mut t = String::new();
+    t.push_str(&format!(
+        "# The image: {} (sha256:{})\n\n",
+        made.reference.full, w.manifest_digest
+    ));
+    t.push_str("| | size | against the goal (20 MiB compressed) |\n|---|---:|---:|\n");
+    t.push_str(&format!(
+        "| compressed (gzip, what a node pulls) | {:.2} MiB | {} |\n",
+        mib(w.compressed_size),
+        ratio(w.compressed_size, mib(SIZE_GOAL))
+    ));
+    t.push_str(&format!(
+        "| unpacked (the layer's tar) | {:.2} MiB | |\n",
+        mib(w.tar_size)
+    ));
+    for (_, bin) in BINARIES {
+        let path = made.binaries.join(bin);
+        let len = fs::metadata(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        t.push_str(&format!(
+            "| {bin} (static, stripped) | {:.2} MiB | |\n",
+            mib(usize::try_from(len).unwrap_or(usize::MAX))
+        ));
+    }
+    // Published, not measured here: this machine reaches no image registry.
+    t.push_str(&format!(
+        "\nPublished compressed sizes of what it replaces (not measured here: no registry is reachable): \
+         k3d's k3s image about 263 MB (Ferry {}), as issue 14 states.\n",
+        ratio(w.compressed_size, 263.0 * 1e6 / f64::from(1 << 20))
+    ));
+    if let Some(dir) = md.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(md, &t).with_context(|| format!("writing {}", md.display()))?;
+    print!("{t}");
+    println!("\nwritten to {}", md.display());
     Ok(())
 }
 
@@ -216,6 +295,7 @@ pub fn package(binaries: &Path, out: &Path, source: &Source<'_>) -> Result<Writt
     Ok(Written {
         compressed_size: image.compressed_size(),
         layer_size: image.layer_size,
+        tar_size: image.tar_size,
         manifest_digest: image.manifest_digest,
         layout,
         archive,

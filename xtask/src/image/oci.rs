@@ -55,7 +55,10 @@ pub struct Image {
     /// `(hex sha256, bytes)`: the layer, the config and the manifest.
     pub blobs: Vec<(String, Vec<u8>)>,
     pub manifest_digest: String,
+    /// The gzip-compressed layer's size.
     pub layer_size: usize,
+    /// The layer's size unpacked (its tar).
+    pub tar_size: usize,
     pub index: Vec<u8>,
     /// Docker's `manifest.json`, only in the tarball.
     pub docker_manifest: Vec<u8>,
@@ -84,6 +87,7 @@ impl Image {
         )?;
         let diff_id = sha256(&layer_tar);
         let layer = gzip(&layer_tar)?;
+        let tar_size = layer_tar.len();
         drop(layer_tar);
         let layer_digest = sha256(&layer);
 
@@ -145,6 +149,7 @@ impl Image {
 
         Ok(Self {
             layer_size: layer.len(),
+            tar_size,
             blobs: vec![
                 (layer_digest, layer),
                 (config_digest, config),

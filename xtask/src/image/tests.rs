@@ -225,6 +225,7 @@ fn every_digest_size_and_diff_id_recomputes_from_the_archive() -> Result<()> {
 
     // diff_id: the digest of the uncompressed layer.
     let tar = gunzip(layer)?;
+    assert_eq!(written.tar_size, tar.len());
     assert_eq!(
         config["rootfs"],
         serde_json::json!({"type": "layers", "diff_ids": [format!("sha256:{}", sha256(&tar))]})

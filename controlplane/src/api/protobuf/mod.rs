@@ -16,6 +16,7 @@
 //! 415 naming the message and the field, and a JSON field without a protobuf
 //! counterpart makes the encoder fail (the caller then answers in JSON).
 
+mod rbac_schema;
 #[rustfmt::skip]
 mod schema;
 
@@ -119,7 +120,7 @@ impl Message {
 /// The message of a served kind (or its list) by group and kind, and of the
 /// `scale` subresource's Scale.
 pub fn message(group: &str, kind: &str) -> Option<&'static Message> {
-    schema::root(group, kind)
+    schema::root(group, kind).or_else(|| rbac_schema::root(group, kind))
 }
 
 fn malformed(why: &str) -> ApiError {

@@ -168,7 +168,8 @@ fn every_field_of_rich_objects_of_every_served_kind_survives_a_round_trip() {
     let objects = rich_objects();
     let mut kinds: Vec<&str> = objects.iter().map(kind_of).collect();
     kinds.push("Pod");
-    for r in resources::RESOURCES {
+    // Reviews are never listed: they have no list kind.
+    for r in resources::RESOURCES.iter().filter(|r| !r.is_review()) {
         assert!(
             message(r.group, r.kind).is_some(),
             "{} has no message",

@@ -14,6 +14,8 @@ fn main() {
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let ebpf = manifest_dir.join("../ebpf");
     for dir in [
+        "Cargo.toml",
+        "Cargo.lock",
         "programs/src",
         "programs/Cargo.toml",
         "common/src",

@@ -32,6 +32,7 @@
 //! that `--host-access route` asks for), the root cgroup, and anything of
 //! another cluster.
 
+pub mod addons;
 mod cluster;
 pub mod components;
 pub mod forward;

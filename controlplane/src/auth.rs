@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -222,19 +221,7 @@ impl TokenAuth {
         let token = new_token();
         let uid = uuid::Uuid::new_v4();
         text.push_str(&format!("{token},{user},{uid},\"{}\"\n", groups.join(",")));
-        let staged = self.path.with_extension("csv.tmp");
-        // A file left by a crash keeps its mode when reopened: start anew.
-        let _ = fs::remove_file(&staged);
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&staged)
-            .map_err(io_err(&staged))?;
-        f.write_all(text.as_bytes()).map_err(io_err(&staged))?;
-        f.sync_all().map_err(io_err(&staged))?;
-        fs::rename(&staged, &self.path).map_err(io_err(&self.path))?;
+        crate::data_dir::write_private(&self.path, text.as_bytes()).map_err(io_err(&self.path))?;
         if let Some(dir) = self.path.parent()
             && let Ok(d) = fs::File::open(dir)
         {
@@ -292,18 +279,9 @@ current-context: {user}@ferry
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    // Written aside and renamed into place: a client reading the file while
-    // a restarted server rewrites it sees the old or the new one, never half.
-    let staged = path.with_extension("kubeconfig-tmp");
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&staged)
-        .map_err(io_err(&staged))?;
-    f.write_all(text.as_bytes()).map_err(io_err(&staged))?;
-    fs::rename(&staged, path).map_err(io_err(path))
+    // A client reading the file while a restarted server rewrites it sees
+    // the old or the new one, never half.
+    crate::data_dir::write_private(path, text.as_bytes()).map_err(io_err(path))
 }
 
 #[cfg(test)]

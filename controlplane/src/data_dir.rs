@@ -31,6 +31,27 @@ fn err(path: &Path) -> impl FnOnce(io::Error) -> DataDirError + '_ {
     }
 }
 
+/// Writes `contents` to `path` readable by its owner alone (0600): written
+/// aside, synced and renamed into place, so a reader (or a crash) sees the
+/// old file or the new one, never half of either.
+pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(".tmp");
+    let staged = PathBuf::from(staged);
+    // A file a crash left keeps its mode when reopened: start anew.
+    let _ = fs::remove_file(&staged);
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(FILE_MODE)
+        .open(&staged)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    fs::rename(&staged, path)
+}
+
 /// Creates `dir` (0700) or tightens an existing one: the dir and the dirs
 /// in it to 0700, its files to 0600. Symbolic links are left alone.
 pub fn prepare(dir: &Path) -> Result<(), DataDirError> {

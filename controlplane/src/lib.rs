@@ -3,8 +3,9 @@
 //! work against it) from an embedded SQLite store, and runs the controllers
 //! that feed the networking dataplane.
 //!
-//! Every request is authenticated (`auth`) and authorized as
-//! kube-apiserver's Node and RBAC authorizers do (`rbac`).
+//! Every request is authenticated (`auth`: the static token file;
+//! `serviceaccount`: ServiceAccount tokens, which it also issues) and
+//! authorized as kube-apiserver's Node and RBAC authorizers do (`rbac`).
 //!
 //! This crate owns the API objects and their storage. It must not touch the
 //! host network or any BPF state: nodes act on what it stores through their
@@ -29,6 +30,7 @@ pub mod registry;
 pub mod resources;
 pub mod selector;
 pub mod server;
+pub mod serviceaccount;
 pub mod storage;
 pub mod store;
 pub mod tls;

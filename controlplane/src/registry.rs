@@ -108,6 +108,9 @@ pub struct Registry {
     pub store: Store,
     pub config: ClusterConfig,
     allocs: Mutex<ServiceAllocators>,
+    /// Whether pods get the ServiceAccount admission (the server's;
+    /// off in [`Registry::in_memory`], which runs no controllers).
+    service_accounts: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Registry {
@@ -120,7 +123,12 @@ impl std::fmt::Debug for Registry {
 fn tracks_generation(res: &Resource) -> bool {
     matches!(
         res.kind,
-        "NetworkPolicy" | "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet"
+        "NetworkPolicy"
+            | "Deployment"
+            | "ReplicaSet"
+            | "DaemonSet"
+            | "StatefulSet"
+            | "PodDisruptionBudget"
     )
 }
 
@@ -345,6 +353,7 @@ impl Registry {
             store,
             config,
             allocs: Mutex::new(allocs),
+            service_accounts: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -365,6 +374,45 @@ impl Registry {
         let registry = Self::new(store, ClusterConfig::default())?;
         registry.bootstrap(None)?;
         Ok(registry)
+    }
+
+    /// Turns the ServiceAccount admission of pods on
+    /// ([`admission::serviceaccount`]).
+    pub fn enable_service_account_admission(&self) {
+        self.service_accounts
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The ServiceAccount a pod being created runs as; `default`, which
+    /// the `serviceaccount` controller makes right after its namespace, is
+    /// waited for a little (10 tries, 100-200 ms apart, as upstream).
+    fn pod_service_account(&self, ns: &str, pod: &Value) -> Result<Arc<Value>, ApiError> {
+        let account = admission::serviceaccount::account_of(pod);
+        let tries = if account == admission::serviceaccount::DEFAULT_SERVICE_ACCOUNT {
+            10
+        } else {
+            1
+        };
+        let pause = std::time::Duration::from_millis(rand::rng().random_range(100..200));
+        for i in 0..tries {
+            if i > 0 {
+                std::thread::sleep(pause);
+            }
+            if let Some(sa) = self.store.get(&resources::SERVICEACCOUNTS, ns, &account)? {
+                return Ok(sa);
+            }
+        }
+        Err(ApiError::forbidden(
+            &resources::PODS,
+            object::name(pod),
+            format!(
+                "{} is forbidden: error looking up service account {ns}/{account}: serviceaccount {account:?} not found",
+                match object::name(pod) {
+                    "" => "pods".to_owned(),
+                    n => format!("pods {n:?}"),
+                }
+            ),
+        ))
     }
 
     /// The allocators; after a panic in an earlier write, the lock is
@@ -605,6 +653,16 @@ impl Registry {
             && let Value::Object(m) = &mut obj
         {
             m.remove("status");
+        }
+        if res.kind == "Pod"
+            && self
+                .service_accounts
+                .load(std::sync::atomic::Ordering::Relaxed)
+            && !admission::serviceaccount::is_mirror(&obj)
+        {
+            let sa = self.pod_service_account(ns, &obj)?;
+            let volume = generated_name(admission::serviceaccount::VOLUME_PREFIX);
+            admission::serviceaccount::admit_pod(&mut obj, &sa, &volume);
         }
         let attempts = if generate.is_some() { 3 } else { 1 };
         let mut last_err = None;

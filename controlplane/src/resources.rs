@@ -56,12 +56,13 @@ impl Resource {
     }
 
     /// Whether the kind is a review answered at once and never stored
-    /// (authorization.k8s.io): it serves `create` only.
+    /// (authorization.k8s.io, authentication.k8s.io): it serves `create`
+    /// only.
     pub fn is_review(&self) -> bool {
-        self.group == "authorization.k8s.io"
+        matches!(self.group, "authorization.k8s.io" | "authentication.k8s.io")
     }
 
-    /// Whether upstream's schema for the kind is vendored (see
+    /// Whether the kind is in the OpenAPI documents (see
     /// [`WITHOUT_VENDORED_SCHEMA`]).
     pub fn has_vendored_schema(&self) -> bool {
         !WITHOUT_VENDORED_SCHEMA.contains(&self.group)
@@ -151,7 +152,8 @@ pub const SERVICEACCOUNTS: Resource = Resource {
     namespaced: true,
     short_names: &["sa"],
     categories: &[],
-    subresources: &[],
+    // `token`: TokenRequest (`crate::serviceaccount::request`).
+    subresources: &["token"],
 };
 pub const EVENTS: Resource = Resource {
     group: "",
@@ -346,7 +348,33 @@ pub const SUBJECTACCESSREVIEWS: Resource = Resource {
     subresources: &[],
 };
 
+/// TokenReview: create-only, answered by the authenticators
+/// (`crate::serviceaccount::review`) and never stored.
+pub const TOKENREVIEWS: Resource = Resource {
+    group: "authentication.k8s.io",
+    version: "v1",
+    plural: "tokenreviews",
+    singular: "tokenreview",
+    kind: "TokenReview",
+    namespaced: false,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+};
+
 /// Every served kind, core group first, in discovery order.
+pub const PODDISRUPTIONBUDGETS: Resource = Resource {
+    group: "policy",
+    version: "v1",
+    plural: "poddisruptionbudgets",
+    singular: "poddisruptionbudget",
+    kind: "PodDisruptionBudget",
+    namespaced: true,
+    short_names: &["pdb"],
+    categories: &[],
+    subresources: &["status"],
+};
+
 pub const RESOURCES: &[Resource] = &[
     NAMESPACES,
     NODES,
@@ -365,6 +393,7 @@ pub const RESOURCES: &[Resource] = &[
     ENDPOINTSLICES,
     NETWORKPOLICIES,
     LEASES,
+    PODDISRUPTIONBUDGETS,
     CLUSTERROLEBINDINGS,
     CLUSTERROLES,
     ROLEBINDINGS,
@@ -372,6 +401,7 @@ pub const RESOURCES: &[Resource] = &[
     SELFSUBJECTACCESSREVIEWS,
     SELFSUBJECTRULESREVIEWS,
     SUBJECTACCESSREVIEWS,
+    TOKENREVIEWS,
 ];
 
 /// Served API groups besides core, each with its one version.
@@ -380,15 +410,16 @@ pub const GROUPS: &[(&str, &str)] = &[
     ("discovery.k8s.io", "v1"),
     ("networking.k8s.io", "v1"),
     ("coordination.k8s.io", "v1"),
+    ("policy", "v1"),
     ("rbac.authorization.k8s.io", "v1"),
     ("authorization.k8s.io", "v1"),
+    ("authentication.k8s.io", "v1"),
 ];
 
-/// Groups `cargo xtask gen-api` has not vendored upstream's OpenAPI schemas
-/// for yet: left out of the OpenAPI documents (kubectl then falls back to
-/// its built-in types for them) and of server-side field validation. Their
-/// protobuf messages are written out in `api/protobuf/rbac_schema.rs`.
-pub const WITHOUT_VENDORED_SCHEMA: &[&str] = &["rbac.authorization.k8s.io", "authorization.k8s.io"];
+/// Groups left out of the OpenAPI documents: the access and token reviews,
+/// which are only ever created and answered (their schemas are vendored
+/// for protobuf like every other kind's).
+pub const WITHOUT_VENDORED_SCHEMA: &[&str] = &["authorization.k8s.io", "authentication.k8s.io"];
 
 /// Finds the kind served at `group/version/plural`.
 pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {

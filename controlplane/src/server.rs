@@ -130,6 +130,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     if !addr.ip().is_unspecified() {
         sans.push(addr.ip().to_string());
     }
+    // In-cluster clients dial the advertised address when they are told
+    // it instead of the ClusterIP (a dataplane's own agent does).
+    if let Some(ip) = settings.advertise_address
+        && !sans.contains(&ip.to_string())
+    {
+        sans.push(ip.to_string());
+    }
     for cidr in &settings.cluster.service_cidrs {
         let first = crate::alloc::IpAllocator::new(*cidr).nth(1);
         sans.push(first.to_string());
@@ -140,6 +147,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .server_config()
         .context("loading the serving certificate")?;
     let auth = Arc::new(TokenAuth::open(&settings.data_dir).context("opening the token file")?);
+    let tokens = Arc::new(
+        crate::serviceaccount::Tokens::open(&settings.data_dir.join("pki").join("sa.key"))
+            .context("preparing the service account token key")?,
+    );
+    let root_ca = std::fs::read_to_string(&pki.ca_cert).context("reading the CA certificate")?;
+    registry.enable_service_account_admission();
     // Before the kubeconfig is written: whoever waits for that (`ferry
     // up`) then finds the nodes' token too.
     let kubelet_token = match &settings.kubelet_token_file {
@@ -165,6 +178,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         advertise: addr.to_string(),
         node_proxy: crate::api::node_proxy::NodeProxy::new(kubelet_token),
         authorizer,
+        tokens,
     });
     let serve = tokio::spawn(api.serve(listener, tls, settings.connections.clone()));
     if matches!(settings.storage, Storage::Etcd { .. }) {
@@ -190,6 +204,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         &registry,
         &settings.controllers,
         &tokio::runtime::Handle::current(),
+        Some(&root_ca),
     )
     .context("starting controllers")?;
     tracing::info!(%url, "ferry-apiserver serving");

@@ -47,25 +47,10 @@ fn read(path: &Path) -> Result<String, TlsError> {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| TlsError::Io {
+    crate::data_dir::write_private(path, contents.as_bytes()).map_err(|source| TlsError::Io {
         path: path.into(),
         source,
-    };
-    // Keys are written 0600 and renamed into place so a crash never leaves
-    // half a key behind.
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 impl Pki {

@@ -276,8 +276,10 @@ async fn list_paging_and_selectors(backend: Backend) {
             _ => break,
         }
     }
+    // The 25 and the root-ca-cert-publisher's kube-root-ca.crt.
     assert_eq!(pages, 3);
-    assert_eq!(names.len(), 25);
+    assert_eq!(names.len(), 26);
+    assert!(names.iter().any(|n| n == "kube-root-ca.crt"));
     let even = cms
         .list(&ListParams::default().labels("tier=even"))
         .await
@@ -308,6 +310,22 @@ async fn watch_resumes_and_expired_versions_get_410(backend: Backend) {
     let api = ApiServer::start_on(backend, &["--watch-history", "10"]);
     let client = api.client().await;
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    // The controllers' first writes (each namespace's default
+    // ServiceAccount and kube-root-ca.crt) are done before the history
+    // of 10 is counted.
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), ns);
+        eventually(10, || {
+            let (cms, sas) = (cms.clone(), sas.clone());
+            async move {
+                cms.get_opt("kube-root-ca.crt").await.ok().flatten()?;
+                sas.get_opt("default").await.ok().flatten().map(drop)
+            }
+        })
+        .await;
+    }
     let first = cms
         .create(&PostParams::default(), &cm("w0", json!({})))
         .await
@@ -383,7 +401,8 @@ async fn watch_resumes_and_expired_versions_get_410(backend: Backend) {
     let handle = tokio::spawn(rf);
     eventually(10, || {
         let n = reader.state().len();
-        async move { (n == 24).then_some(()) }
+        // 24 and kube-root-ca.crt.
+        async move { (n == 25).then_some(()) }
     })
     .await;
     cms.delete("x0", &DeleteParams::default())
@@ -391,7 +410,7 @@ async fn watch_resumes_and_expired_versions_get_410(backend: Backend) {
         .expect("delete");
     eventually(10, || {
         let n = reader.state().len();
-        async move { (n == 23).then_some(()) }
+        async move { (n == 24).then_some(()) }
     })
     .await;
     handle.abort();
@@ -414,14 +433,14 @@ async fn streaming_list_watch_ends_initial_events_with_a_bookmark(backend: Backe
     .for_each(|_| async {});
     let handle = tokio::spawn(rf);
     reader.wait_until_ready().await.expect("initial events end");
-    // kube-root-ca.crt is not published: exactly the five.
-    assert_eq!(reader.state().len(), 5);
+    // The five and kube-root-ca.crt (root-ca-cert-publisher's).
+    assert_eq!(reader.state().len(), 6);
     cms.create(&PostParams::default(), &cm("s5", json!({})))
         .await
         .expect("create");
     eventually(10, || {
         let n = reader.state().len();
-        async move { (n == 6).then_some(()) }
+        async move { (n == 7).then_some(()) }
     })
     .await;
     handle.abort();
@@ -695,8 +714,10 @@ async fn discovery_documents(backend: Backend) {
             "discovery.k8s.io",
             "networking.k8s.io",
             "coordination.k8s.io",
+            "policy",
             "rbac.authorization.k8s.io",
-            "authorization.k8s.io"
+            "authorization.k8s.io",
+            "authentication.k8s.io"
         ]
     );
     let legacy: serde_json::Value = client
@@ -716,6 +737,7 @@ async fn discovery_documents(backend: Backend) {
         "pods/status",
         "namespaces/finalize",
         "endpoints",
+        "serviceaccounts/token",
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }

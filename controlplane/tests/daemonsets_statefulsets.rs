@@ -397,10 +397,16 @@ async fn statefulset_orders_pods_names_them_and_rolls_back_to_front() {
     let rev1 = s(&web0, "/metadata/labels/controller-revision-hash").to_string();
     assert!(rev1.starts_with("web-"), "{rev1}");
     assert_eq!(s(&web0, "/metadata/ownerReferences/0/kind"), "StatefulSet");
-    // The claim template becomes an emptyDir of its name, with a warning.
+    // The claim template becomes an emptyDir of its name, with a warning
+    // (beside the ServiceAccount token volume admission adds).
     assert_eq!(
-        web0["spec"]["volumes"],
-        json!([{"name": "www", "emptyDir": {}}])
+        web0["spec"]["volumes"][0],
+        json!({"name": "www", "emptyDir": {}})
+    );
+    assert!(
+        web0["spec"]["volumes"][1]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("kube-api-access-"))
     );
     let events = api.kubectl_ok(&[
         "get",

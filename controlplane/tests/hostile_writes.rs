@@ -112,14 +112,15 @@ async fn deep_objects_are_refused_and_everything_stays_readable(backend: Backend
     let (code, status) = json_patch(&client, "grow", &Value::Array(ops)).await;
     assert!(code == 422 || code == 400, "{code} {status}");
 
-    // Everything is still readable, by kubectl too, and deletable.
+    // Everything is still readable, by kubectl too, and deletable (the
+    // two and the published kube-root-ca.crt).
     assert_eq!(
         cms.list(&ListParams::default())
             .await
             .expect("list")
             .items
             .len(),
-        2
+        3
     );
     if common::have_kubectl() {
         api.kubectl_ok(&["get", "cm", "-A"]);

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use ferry_testbed::{binary, command_output, output_text as text};
+use ferry_testbed::{
+    ControlPlane, World, binary, command_output, output_text as text, skip_if_not_root,
+};
 use serde_json::Value;
 
 const KUBERNETES_VERSION: &str = "1.32.0";
@@ -153,6 +155,93 @@ fn kustomization_renders_every_manifest_validly() {
         Some(rendered.as_bytes()),
     );
     assert_valid("kubectl kustomize deploy/", &out);
+}
+
+/// The store's revision, as a list reports it.
+fn revision(cp: &ControlPlane) -> u64 {
+    let list: Value = serde_json::from_str(
+        &cp.kubectl(&["get", "--raw", "/api/v1/namespaces/kube-system/configmaps"])
+            .expect("list"),
+    )
+    .expect("json");
+    list["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("a list's resourceVersion")
+}
+
+/// `kubectl apply --dry-run=server -k deploy/` against ferry-apiserver:
+/// every object passes admission (RBAC kinds included) and is reported
+/// created, yet nothing is stored, the revision does not move and the
+/// DNS Service's address stays free, so the real apply that follows gets
+/// it.
+#[test]
+fn server_side_dry_run_stores_nothing_then_apply_installs_everything() {
+    if skip_if_not_root() || !on_path("kubectl") {
+        return;
+    }
+    let world = World::builder().nodes(1).build().expect("world");
+    let cp = ControlPlane::start(&world);
+    let deploy = deploy_dir().to_string_lossy().into_owned();
+    let before = revision(&cp);
+    let out = cp
+        .kubectl(&["apply", "--dry-run=server", "-k", &deploy])
+        .expect("server-side dry run");
+    let reported = out
+        .lines()
+        .filter(|l| l.ends_with("(server dry run)"))
+        .count();
+    assert_eq!(reported, objects().len(), "{out}");
+    assert_eq!(revision(&cp), before, "a dry run moved the store: {out}");
+    let missing = cp.kubectl(&["get", "-k", &deploy, "-o", "name"]);
+    assert!(
+        missing.as_ref().is_err_and(|e| e.contains("NotFound")),
+        "{missing:?}"
+    );
+
+    let out = cp.kubectl(&["apply", "-k", &deploy]).expect("apply");
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(" created")).count(),
+        objects().len(),
+        "{out}"
+    );
+    let ip = cp
+        .kubectl(&[
+            "-n",
+            "kube-system",
+            "get",
+            "svc",
+            "kube-dns",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .expect("kube-dns");
+    assert_eq!(
+        ip,
+        find(&objects(), "Service", "kube-dns")["spec"]["clusterIP"]
+    );
+    // The disruption controller counts the budget: ferry-dns's two pods,
+    // unscheduled in a cluster of no node, are expected and not healthy.
+    cp.eventually("the PodDisruptionBudget's status", 20, || {
+        cp.kubectl(&[
+            "-n",
+            "kube-system",
+            "get",
+            "pdb",
+            "ferry-dns",
+            "-o",
+            "jsonpath={.status.expectedPods}/{.status.currentHealthy}/{.status.disruptionsAllowed}",
+        ])
+        .is_ok_and(|s| s == "2/0/0")
+    });
+    let table = cp
+        .kubectl(&["-n", "kube-system", "get", "pdb"])
+        .expect("get pdb");
+    assert!(
+        table
+            .starts_with("NAME        MIN AVAILABLE   MAX UNAVAILABLE   ALLOWED DISRUPTIONS   AGE"),
+        "{table}"
+    );
 }
 
 /// Every image is the workspace version's, never pulled.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::{ControlPlane, binary, node_object};
 use ferry_dataplane::node_setup;
 use ferry_testbed::{
-    AgentHooks, Cni, World, command_output, output_text as text, skip_if_not_root, unique_prefix,
+    AgentHooks, Cni, World, command_output, output_text as text, skip_if_not_root,
 };
 use serde_json::{Value, json};
 
@@ -436,7 +436,10 @@ fn cgroup_auto_detection_takes_the_hierarchy_root() {
         return;
     }
     let root = node_setup::cgroup_root_here(None).expect("this machine's cgroup2 root");
-    let hooks = AgentHooks::create(&unique_prefix()).expect("a child cgroup");
+    // A claimed prefix: other tests' sweeps take an unclaimed one for a
+    // crashed run's leftovers and remove the cgroup under our feet.
+    let claimed = ferry_testbed::Claimed::new().expect("a prefix");
+    let hooks = AgentHooks::create(&claimed.prefix).expect("a child cgroup");
     let tmp = tempfile::tempdir().expect("tmp");
     let (own, host) = (tmp.path().join("own"), tmp.path().join("host"));
     std::fs::create_dir_all(&own).expect("own");

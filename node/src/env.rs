@@ -49,6 +49,9 @@ pub struct References {
     /// Services of the pod's namespace (for service links) and
     /// `default/kubernetes`.
     pub services: Vec<Service>,
+    /// The pod's ServiceAccount tokens, by what their projections ask
+    /// ([`crate::volumes::token`]).
+    pub tokens: BTreeMap<crate::volumes::token::TokenKey, String>,
 }
 
 /// What the downward API reads besides the pod itself.

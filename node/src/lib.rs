@@ -5,7 +5,8 @@
 //! plugins of `--cni-conf-dir`), their processes, their cgroups (under
 //! `--cgroup-root`, `pod<uid>/<container>`), their mount and UTS
 //! namespaces, their logs, state and volumes (emptyDir, configMap, secret,
-//! downwardAPI, projected) under `--state-dir`, their status; the
+//! downwardAPI, projected with ServiceAccount tokens it requests and
+//! renews) under `--state-dir`, their status; the
 //! hostPath paths pods ask for, under `--host-root` or a `--host-path-map`
 //! target (made with the `...OrCreate` types, never removed); its own
 //! Node object and its Lease `kube-node-lease/<node>`.
@@ -32,7 +33,8 @@
 //! TCP into a pod's network namespace) over [`spdy`] (SPDY/3.1 framing);
 //! [`volumes`] (a pod's volumes: [`volumes::host_path`],
 //! [`volumes::sources`] (what configMap, secret, downwardAPI and projected
-//! volumes hold), [`volumes::atomic_writer`], [`volumes::subpath`] (paths
+//! volumes hold), [`volumes::token`] (ServiceAccount tokens: TokenRequest
+//! and the kubelet's renewal rule), [`volumes::atomic_writer`], [`volumes::subpath`] (paths
 //! that cannot leave their volume), [`volumes::mount`] and
 //! [`volumes::mount_points`] (what the container's process mounts)).
 

@@ -240,6 +240,8 @@ struct Worker {
     volumes_refresh: Option<Instant>,
     /// When a failed volume set-up is tried again, and the delay after.
     volumes_retry: Option<(Instant, Duration)>,
+    /// The tokens of the pod's serviceAccountToken projections.
+    tokens: volumes::token::PodTokens,
 }
 
 impl Worker {
@@ -332,6 +334,7 @@ impl Worker {
             volumes: PodVolumes::default(),
             volumes_refresh: None,
             volumes_retry: None,
+            tokens: volumes::token::PodTokens::default(),
         }
     }
 
@@ -586,6 +589,26 @@ impl Worker {
             fetch_objects(&self.rt.client, &self.namespace, cms, secrets, &mut refs),
         )
         .await;
+        let fetched = match fetched {
+            Ok(Ok(())) => {
+                let now_unix = jiff::Timestamp::now().as_second();
+                match self
+                    .tokens
+                    .refresh(&self.rt.client, &self.pod, now_unix)
+                    .await
+                {
+                    Ok(tokens) => {
+                        refs.tokens = tokens;
+                        Ok(Ok(()))
+                    }
+                    Err(e) => Ok(Err(e.to_string())),
+                }
+            }
+            Ok(Err(e)) => Ok(Err(format!(
+                "reading the volumes' ConfigMaps and Secrets: {e}"
+            ))),
+            Err(e) => Err(e),
+        };
         let outcome = match fetched {
             Ok(Ok(())) => {
                 let addrs = PodAddresses {
@@ -602,7 +625,7 @@ impl Worker {
                     .set_up(&self.pod, &cx)
                     .map_err(|e| e.to_string())
             }
-            Ok(Err(e)) => Err(format!("reading the volumes' ConfigMaps and Secrets: {e}")),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err("reading the volumes' ConfigMaps and Secrets timed out".into()),
         };
         match outcome {

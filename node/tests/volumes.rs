@@ -1,8 +1,10 @@
 //! Pod volumes through a real ferry-node and ferry-apiserver: configMap,
 //! secret, downwardAPI, projected, emptyDir and hostPath volumes as a
 //! container sees them (read back from its log), updates, readOnly,
-//! subPath escapes, a missing ConfigMap holding the pod, the node's mount
-//! table untouched, cleanup on deletion. Root only.
+//! subPath escapes, a missing ConfigMap holding the pod, ServiceAccount
+//! tokens (a projection's and the one admission mounts, with the CA and
+//! the namespace) that the apiserver's TokenReview accepts, the node's
+//! mount table untouched, cleanup on deletion. Root only.
 
 mod world;
 
@@ -173,7 +175,7 @@ while true; do echo "now-a=$(cat $M/cfg/a.txt)"; sleep 1; done"#,
             "volumes": [{"name": "data", "emptyDir": {}}],
         }),
     );
-    // `..` in a subPath and a serviceAccountToken projection: rejected.
+    // `..` in a subPath: rejected.
     let mut dotdot = busybox("sleep 3600");
     dotdot["volumeMounts"] = json!([{"name": "data", "mountPath": p("x"), "subPath": "../x"}]);
     c.create_pod(
@@ -181,13 +183,27 @@ while true; do echo "now-a=$(cat $M/cfg/a.txt)"; sleep 1; done"#,
         0,
         json!({"containers": [dotdot], "volumes": [{"name": "data", "emptyDir": {}}]}),
     );
-    let mut token = busybox("sleep 3600");
+    // ServiceAccount tokens: one the pod asks for (audience vault, mode
+    // 0400) and the one admission mounted at the standard path, with the
+    // cluster CA and the namespace.
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let mut token = busybox(&format!(
+        r#"echo "vault=$(cat {x}/vault-token)"
+echo "vault-mode=$(stat -L -c %a {x}/vault-token)"
+echo "api=$(cat {sa}/token)"
+echo "api-mode=$(stat -L -c %a {sa}/token)"
+echo "ns=$(cat {sa}/namespace)"
+echo "ca=$(tr -d '\n-' < {sa}/ca.crt)"
+echo ---
+sleep 3600"#,
+        x = p("x").display()
+    ));
     token["volumeMounts"] = json!([mount("tok", &p("x"))]);
     c.create_pod(
         "token",
         0,
-        json!({"containers": [token], "volumes": [{"name": "tok", "projected": {"sources": [
-            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}]}}]}),
+        json!({"containers": [token], "volumes": [{"name": "tok", "projected": {"defaultMode": 0o400, "sources": [
+            {"serviceAccountToken": {"path": "vault-token", "audience": "vault", "expirationSeconds": 600}}]}}]}),
     );
     // A mount path under `/` that does not exist: the container gets a
     // new root (a tmpfs with the node's entries bound back), exec probes
@@ -302,17 +318,71 @@ while true; do echo "now-a=$(cat $M/cfg/a.txt)"; sleep 1; done"#,
     }
     assert_eq!(esc["status"]["phase"], "Pending");
 
-    for (name, reason) in [("dotdot", "InvalidVolume"), ("token", "UnsupportedVolume")] {
-        let pod = c.wait_pod(name, 20, "rejected", |p| p["status"]["phase"] == "Failed");
-        assert_eq!(pod["status"]["reason"], reason, "{pod:#}");
-    }
-    let token = c.pod("token").expect("token pod");
-    assert!(
-        token["status"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("serviceAccountToken") && m.contains("TokenRequest")),
-        "{token:#}"
+    let pod = c.wait_pod("dotdot", 20, "rejected", |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert_eq!(pod["status"]["reason"], "InvalidVolume", "{pod:#}");
+
+    // The tokens: the apiserver's TokenReview accepts each for its
+    // audience, bound to this pod; the CA is the cluster's.
+    let token = c.wait_pod("token", 40, "Running", |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let token_uid = uid(&token);
+    wait_until("the token pod's report", 15, || {
+        c.nodes[0].log(&token_uid, "main", 0).contains("---")
+    });
+    let log = c.nodes[0].log(&token_uid, "main", 0);
+    let v = values(&log);
+    assert_eq!(
+        v.get("vault-mode").map(String::as_str),
+        Some("400"),
+        "{log}"
     );
+    assert_eq!(v.get("api-mode").map(String::as_str), Some("644"), "{log}");
+    assert_eq!(v.get("ns").map(String::as_str), Some("default"), "{log}");
+    let ca = c.kubectl(&[
+        "get",
+        "configmap",
+        "kube-root-ca.crt",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    assert!(ca.contains("BEGIN CERTIFICATE"), "{ca}");
+    assert_eq!(
+        v.get("ca").map(String::as_str),
+        Some(ca.replace(['\n', '-'], "").as_str()),
+        "the CA without newlines and dashes (`---` ends the report)"
+    );
+    for (key, audience) in [("api", ""), ("vault", "vault")] {
+        let t = v.get(key).unwrap_or_else(|| panic!("{key} in {log}"));
+        let mut spec = json!({"token": t});
+        if !audience.is_empty() {
+            spec["audiences"] = json!([audience]);
+        }
+        let review =
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec});
+        let file = c.world.state_dir().join(format!("review-{key}.json"));
+        std::fs::write(&file, review.to_string()).expect("write review");
+        let answer: Value = serde_json::from_str(&c.kubectl(&[
+            "create",
+            "-o",
+            "json",
+            "-f",
+            &file.to_string_lossy(),
+        ]))
+        .expect("json");
+        let status = &answer["status"];
+        assert_eq!(status["authenticated"], true, "{key}: {answer:#}");
+        assert_eq!(
+            status["user"]["username"],
+            "system:serviceaccount:default:default"
+        );
+        assert_eq!(
+            status["user"]["extra"]["authentication.kubernetes.io/pod-uid"],
+            json!([token_uid])
+        );
+    }
 
     // The missing ConfigMap holds the pod, with an event naming it, until
     // it exists.

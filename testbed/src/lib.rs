@@ -60,7 +60,7 @@ pub use controlplane::{ControlPlane, binary, store_spoiled_copy};
 pub use error::{Error, Result};
 pub use hooks::{AgentHooks, BPFFS, cgroup2_root};
 pub use names::{
-    PREFIX_TAG, STATE_ROOT, SweepReport, prefix_of, sweep, unique_prefix, write_fake_owner,
+    Claimed, PREFIX_TAG, STATE_ROOT, SweepReport, prefix_of, sweep, unique_prefix, write_fake_owner,
 };
 pub use netns::{EXEC_TIMEOUT, NETNS_DIR, Netns, Process, list as list_netns};
 pub use world::{

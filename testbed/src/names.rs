@@ -95,6 +95,29 @@ pub(crate) fn claim_prefix() -> Result<(String, PathBuf)> {
     ))
 }
 
+/// A prefix claimed for this process (its state directory and owner
+/// marker), for tests that make prefixed things (an [`AgentHooks`](crate::AgentHooks)
+/// of their own) without a [`World`](crate::World): sweeps by other tests
+/// leave them alone while this lives. Dropping it removes the directory.
+#[derive(Debug)]
+pub struct Claimed {
+    pub prefix: String,
+    dir: PathBuf,
+}
+
+impl Claimed {
+    pub fn new() -> Result<Self> {
+        let (prefix, dir) = claim_prefix()?;
+        Ok(Self { prefix, dir })
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        let _ = remove_state_dir(&self.dir);
+    }
+}
+
 /// The owner marker: `<pid> <start time in clock ticks since boot>`.
 fn write_owner(dir: &Path) -> Result<()> {
     let pid = std::process::id();

@@ -53,10 +53,24 @@ const ROOTS: &[(&str, &[&str])] = &[
     ("k8s.io.api.discovery.v1", &["EndpointSlice"]),
     ("k8s.io.api.networking.v1", &["NetworkPolicy"]),
     ("k8s.io.api.coordination.v1", &["Lease"]),
+    (
+        "k8s.io.api.rbac.v1",
+        &["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"],
+    ),
+    ("k8s.io.api.policy.v1", &["PodDisruptionBudget"]),
 ];
 
-/// Messages served besides the kinds: the `scale` subresource's Scale.
-const EXTRA: &[&str] = &["k8s.io.api.autoscaling.v1.Scale"];
+/// Messages served besides the kinds: the `scale` subresource's Scale, the
+/// access reviews and the token kinds, which are created and answered but
+/// never stored (so have no lists).
+const EXTRA: &[&str] = &[
+    "k8s.io.api.autoscaling.v1.Scale",
+    "k8s.io.api.authorization.v1.SelfSubjectAccessReview",
+    "k8s.io.api.authorization.v1.SelfSubjectRulesReview",
+    "k8s.io.api.authorization.v1.SubjectAccessReview",
+    "k8s.io.api.authentication.v1.TokenRequest",
+    "k8s.io.api.authentication.v1.TokenReview",
+];
 
 /// Messages whose JSON form is not their fields (custom marshallers in Go).
 const SPECIAL: &[(&str, &str)] = &[
@@ -73,6 +87,10 @@ const SPECIAL: &[(&str, &str)] = &[
         "IntOrString",
     ),
     ("k8s.io.apimachinery.pkg.api.resource.Quantity", "Quantity"),
+    // `type ExtraValue []string`: a JSON array of strings, a message of
+    // one repeated field on the wire.
+    ("k8s.io.api.authentication.v1.ExtraValue", "StringList"),
+    ("k8s.io.api.authorization.v1.ExtraValue", "StringList"),
 ];
 
 #[derive(Debug, Clone)]
@@ -299,6 +317,10 @@ pub fn generate(inputs: &Inputs, root: &Path) -> Result<()> {
         "networking/v1",
         "coordination/v1",
         "autoscaling/v1",
+        "rbac/v1",
+        "policy/v1",
+        "authorization/v1",
+        "authentication/v1",
     ];
     for g in api_groups {
         let dir = inputs.k8s_api.join(g);
@@ -365,7 +387,7 @@ pub fn generate(inputs: &Inputs, root: &Path) -> Result<()> {
     )?;
     out.push_str("use super::{Label, Message, Presence, Ty, f};\n\n");
     out.push_str(
-        "/// The message of a served kind (or its list, or `Scale`) by API group and kind.\n\
+        "/// The message of a served kind (or its list, `Scale`, a review or a token kind) by API group and kind.\n\
          pub fn root(group: &str, kind: &str) -> Option<&'static Message> {\n    Some(match (group, kind) {\n",
     );
     for r in &roots {
@@ -373,7 +395,8 @@ pub fn generate(inputs: &Inputs, root: &Path) -> Result<()> {
         let n = parts.len();
         let group = match (parts[2], parts[n - 3]) {
             ("api", "core") => String::new(),
-            ("api", g @ ("apps" | "autoscaling")) => g.to_string(),
+            ("api", g @ ("apps" | "autoscaling" | "policy")) => g.to_string(),
+            ("api", "rbac") => "rbac.authorization.k8s.io".to_owned(),
             ("api", g) => format!("{g}.k8s.io"),
             _ => bail!("root {r} outside k8s.io/api"),
         };

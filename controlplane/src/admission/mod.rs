@@ -3,11 +3,13 @@
 //! and ports. Everything here is pure computation on the object; the
 //! registry decides when it runs and commits the result.
 
+pub mod disruption;
 pub mod external_ips;
 pub mod meta;
 pub mod networking;
 pub mod rbac;
 pub mod service;
+pub mod serviceaccount;
 pub mod workloads;
 
 use k8s_openapi::api::apps::v1::{
@@ -19,6 +21,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -90,6 +93,7 @@ pub fn normalize(res: &Resource, value: Value) -> Result<Value, ApiError> {
         "ClusterRole" => roundtrip::<ClusterRole>(res, value),
         "RoleBinding" => roundtrip::<RoleBinding>(res, value),
         "ClusterRoleBinding" => roundtrip::<ClusterRoleBinding>(res, value),
+        "PodDisruptionBudget" => roundtrip::<PodDisruptionBudget>(res, value),
         _ => Ok(value),
     }
 }
@@ -129,6 +133,7 @@ pub fn admit(
         "RoleBinding" | "ClusterRoleBinding" => {
             rbac::binding(obj, res.namespaced, old, &mut causes)
         }
+        "PodDisruptionBudget" => disruption::budget(obj, &mut causes),
         "NetworkPolicy" => {
             let mut np: NetworkPolicy = decode(res, obj)?;
             causes.extend(networking::admit_network_policy(&mut np));
@@ -171,16 +176,15 @@ fn pod(op: Op, mut obj: Value, causes: &mut Vec<Cause>) -> Value {
     if !obj.get("spec").is_some_and(Value::is_object) {
         obj["spec"] = json!({});
     }
-    let spec = &mut obj["spec"];
     // Set on pods only (SetDefaults_Pod, the ServiceAccount admission), not
-    // on the templates of workloads.
-    for (field, default) in [
-        ("serviceAccountName", json!("default")),
-        ("enableServiceLinks", json!(true)),
-    ] {
-        if spec.get(field).is_none() {
-            spec[field] = default;
-        }
+    // on the templates of workloads; `serviceAccount` mirrors the name, as
+    // the v1 conversion writes it.
+    let account = serviceaccount::account_of(&obj);
+    let spec = &mut obj["spec"];
+    spec["serviceAccountName"] = json!(account);
+    spec["serviceAccount"] = json!(account);
+    if spec.get("enableServiceLinks").is_none() {
+        spec["enableServiceLinks"] = json!(true);
     }
     workloads::pod_spec(spec, "spec", causes);
     if op == Op::Create && obj.pointer("/status/phase").is_none() {

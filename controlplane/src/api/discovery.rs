@@ -50,6 +50,7 @@ fn sub_verbs(sub: &str) -> Vec<&'static str> {
         "finalize" => vec!["update"],
         "log" => vec!["get"],
         "exec" | "portforward" => vec!["create", "get"],
+        "token" => vec!["create"],
         _ => vec!["get", "patch", "update"],
     }
 }
@@ -126,6 +127,11 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             if *sub == "portforward" {
                 entry["kind"] = json!("PodPortForwardOptions");
             }
+            if *sub == "token" {
+                entry["group"] = json!("authentication.k8s.io");
+                entry["version"] = json!("v1");
+                entry["kind"] = json!("TokenRequest");
+            }
             out.push(entry);
         }
     }
@@ -155,6 +161,8 @@ fn sub_response_kind(r: &Resource, sub: &str) -> Value {
         json!({"group": "", "version": "v1", "kind": "PodExecOptions"})
     } else if sub == "portforward" {
         json!({"group": "", "version": "v1", "kind": "PodPortForwardOptions"})
+    } else if sub == "token" {
+        json!({"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"})
     } else {
         response_kind(r)
     }

@@ -54,6 +54,8 @@ pub struct Api {
     pub node_proxy: node_proxy::NodeProxy,
     /// Decides what each authenticated request may do.
     pub authorizer: Arc<rbac::Authorizer>,
+    /// ServiceAccount tokens: issued (TokenRequest) and accepted.
+    pub tokens: Arc<crate::serviceaccount::Tokens>,
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -102,6 +104,10 @@ enum Route {
     Object(Target),
     /// `pods/{name}/binding` (name given) or the legacy `bindings`, in a namespace.
     Binding(String, Option<String>),
+    /// `/openid/v1/jwks`: the ServiceAccount token key.
+    Jwks,
+    /// `/.well-known/openid-configuration`.
+    OpenIdConfiguration,
 }
 
 /// A resource path: the kind, and optionally namespace, name, subresource.
@@ -121,6 +127,8 @@ fn route(path: &str) -> Option<Route> {
         .collect();
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Some(Route::Version),
+        ["openid", "v1", "jwks"] => return Some(Route::Jwks),
+        [".well-known", "openid-configuration"] => return Some(Route::OpenIdConfiguration),
         [endpoint @ ("healthz" | "livez" | "readyz"), check @ ..] => {
             let endpoint = match *endpoint {
                 "healthz" => "healthz",
@@ -286,7 +294,22 @@ impl Api {
         let token = header
             .and_then(|v| v.to_str().ok())
             .and_then(crate::auth::bearer_token);
-        match token.and_then(|t| self.auth.authenticate(t)) {
+        let user = token.and_then(|t| {
+            self.auth.authenticate(t).or_else(|| {
+                if !crate::serviceaccount::looks_like_jwt(t) {
+                    return None;
+                }
+                match self.tokens.authenticate(&self.registry.store, t, &[]) {
+                    Ok(id) => Some(id.user),
+                    Err(e) => {
+                        // Never the token itself: only why it failed.
+                        tracing::info!(reason = %e, "refused a service account token");
+                        None
+                    }
+                }
+            })
+        });
+        match user {
             Some(mut user) => {
                 // The connection is a real client's: the cap never evicts it.
                 if let Some(conn) = req.extensions().get::<conn::Conn>() {
@@ -407,6 +430,22 @@ impl Api {
                 })
             }
             Route::Binding(ns, pod) => self.binding(req, ns, pod).await,
+            Route::Jwks => {
+                get_only(req.method())?;
+                let mut r = json_response(StatusCode::OK, &self.tokens.signer().jwks());
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/jwk-set+json"),
+                );
+                Ok(r)
+            }
+            Route::OpenIdConfiguration => {
+                get_only(req.method())?;
+                Ok(json_response(
+                    StatusCode::OK,
+                    &self.tokens.openid_configuration(),
+                ))
+            }
             Route::Version | Route::Health(..) => Err(ApiError::path_not_found()),
         }
     }
@@ -443,6 +482,12 @@ impl Api {
     ) -> Result<Response<Body>, ApiError> {
         if t.res.is_review() {
             return self.review(req, &t, user).await;
+        }
+        if let (Some("token"), Some(ns), Some(name)) =
+            (t.sub.as_deref(), t.namespace.as_deref(), t.name.as_deref())
+            && *t.res == resources::SERVICEACCOUNTS
+        {
+            return self.token_request(req, ns, name, user).await;
         }
         // Proxied to the node before anything reads the request (an exec
         // upgrade takes the connection over).
@@ -649,23 +694,41 @@ impl Api {
         if req.method() != Method::POST || t.name.is_some() {
             return Err(ApiError::method_not_allowed(req.method().as_str()));
         }
-        let content_type = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let body = Limited::new(req.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| ApiError::too_large(format!("request body: {e}")))?
-            .to_bytes();
-        let review = match content_type.split(';').next().unwrap_or("").trim() {
-            "" | "application/json" => parse_json(&body)?,
-            protobuf::MEDIA_TYPE => protobuf::decode(t.res.kind, &body)?,
-            other => return Err(ApiError::unsupported_media_type(other)),
+        let review = read_answered(req, t.res.kind).await?;
+        let answer = if t.res.kind == "TokenReview" {
+            crate::serviceaccount::review::answer(
+                &self.registry.store,
+                &self.auth,
+                &self.tokens,
+                &review,
+            )
+        } else {
+            rbac::review::answer(&self.authorizer, t.res, user, &review)?
         };
-        let answer = rbac::review::answer(&self.authorizer, t.res, user, &review)?;
+        Ok(json_response(StatusCode::CREATED, &answer))
+    }
+
+    /// POST of a TokenRequest to `serviceaccounts/NAME/token`: a new token
+    /// (see [`crate::serviceaccount::request`]).
+    async fn token_request(
+        &self,
+        req: Request<Incoming>,
+        ns: &str,
+        name: &str,
+        user: &User,
+    ) -> Result<Response<Body>, ApiError> {
+        if req.method() != Method::POST {
+            return Err(ApiError::method_not_allowed(req.method().as_str()));
+        }
+        let request = read_answered(req, "TokenRequest").await?;
+        let answer = crate::serviceaccount::request::create(
+            &self.registry.store,
+            &self.tokens,
+            user,
+            ns,
+            name,
+            &request,
+        )?;
         Ok(json_response(StatusCode::CREATED, &answer))
     }
 
@@ -971,6 +1034,27 @@ async fn protobuf_response(res: &'static Resource, resp: Response<Body>) -> Resp
             tracing::debug!(kind = res.kind, %error, "served as JSON");
             Response::from_parts(parts, full(bytes))
         }
+    }
+}
+
+/// The body of a request that is answered, not stored (a review, a
+/// TokenRequest): JSON or protobuf of `kind`, at most [`MAX_BODY`].
+async fn read_answered(req: Request<Incoming>, kind: &str) -> Result<Value, ApiError> {
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| ApiError::too_large(format!("request body: {e}")))?
+        .to_bytes();
+    match content_type.split(';').next().unwrap_or("").trim() {
+        "" | "application/json" => parse_json(&body),
+        protobuf::MEDIA_TYPE => protobuf::decode(kind, &body),
+        other => Err(ApiError::unsupported_media_type(other)),
     }
 }
 

@@ -46,6 +46,12 @@ fn columns(kind: &str) -> &'static [(&'static str, u8)] {
         "ServiceAccount" => &[("Secrets", 0), ("Age", 0)],
         "ConfigMap" => &[("Data", 0), ("Age", 0)],
         "NetworkPolicy" => &[("Pod-Selector", 0), ("Age", 0)],
+        "PodDisruptionBudget" => &[
+            ("Min Available", 0),
+            ("Max Unavailable", 0),
+            ("Allowed Disruptions", 0),
+            ("Age", 0),
+        ],
         "Lease" => &[("Holder", 0), ("Age", 0)],
         "Secret" => &[("Type", 0), ("Data", 0), ("Age", 0)],
         "Deployment" => &[
@@ -714,6 +720,23 @@ pub fn cells(kind: &str, obj: &Value) -> Vec<Value> {
             json!(age(obj)),
         ],
         "Lease" => vec![json!(s(obj, "/spec/holderIdentity")), json!(age(obj))],
+        "PodDisruptionBudget" => {
+            let or_na = |p: &str| match obj.pointer(p) {
+                Some(Value::String(v)) => v.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => "N/A".to_owned(),
+            };
+            vec![
+                json!(or_na("/spec/minAvailable")),
+                json!(or_na("/spec/maxUnavailable")),
+                json!(
+                    obj.pointer("/status/disruptionsAllowed")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+                ),
+                json!(age(obj)),
+            ]
+        }
         "Secret" => vec![
             json!(s(obj, "/type")),
             json!(

@@ -7,6 +7,7 @@ pub mod aggregation;
 pub mod claim;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub(crate) mod events;
 pub mod gc;
@@ -20,6 +21,7 @@ pub mod podgc;
 pub(crate) mod queue;
 pub mod replicaset;
 pub mod scheduler;
+pub mod serviceaccounts;
 pub mod statefulset;
 pub(crate) mod status;
 
@@ -157,6 +159,9 @@ pub const ALL: &[&str] = &[
     "scheduler",
     "nodelifecycle",
     "clusterrole-aggregation",
+    "disruption",
+    "serviceaccount",
+    "root-ca-cert-publisher",
 ];
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -310,6 +315,7 @@ pub fn start(
     reg: &Arc<Registry>,
     enabled: &BTreeSet<&'static str>,
     rt: &tokio::runtime::Handle,
+    root_ca: Option<&str>,
 ) -> std::io::Result<()> {
     let mut changes = reg.store.subscribe();
     let mut last = reg.store.revision();
@@ -329,6 +335,12 @@ pub fn start(
             "scheduler" => Box::new(scheduler::Scheduler::default()),
             "nodelifecycle" => Box::new(nodelifecycle::NodeLifecycle::new(&reg.config)),
             "clusterrole-aggregation" => Box::new(aggregation::ClusterRoleAggregation::default()),
+            "disruption" => Box::new(disruption::DisruptionController::default()),
+            "serviceaccount" => Box::new(serviceaccounts::ServiceAccounts::default()),
+            "root-ca-cert-publisher" => match root_ca {
+                Some(ca) => Box::new(serviceaccounts::RootCaPublisher::new(ca.to_owned())),
+                None => continue,
+            },
             _ => continue,
         };
         tracing::info!(controller = name, "starting controller");

@@ -271,6 +271,20 @@ fn system_roles() -> Vec<Value> {
                 ),
             ],
         ),
+        // The OIDC discovery of ServiceAccount tokens, for every
+        // ServiceAccount (upstream binds it so since 1.20).
+        role(
+            "system:service-account-issuer-discovery",
+            vec![url_rule(
+                &["get"],
+                &[
+                    "/.well-known/openid-configuration",
+                    "/.well-known/openid-configuration/",
+                    "/openid/v1/jwks",
+                    "/openid/v1/jwks/",
+                ],
+            )],
+        ),
         role(
             "system:public-info-viewer",
             vec![url_rule(
@@ -370,6 +384,10 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             ],
         ),
         binding("system:monitoring", vec![group("system:monitoring")]),
+        binding(
+            "system:service-account-issuer-discovery",
+            vec![group(crate::serviceaccount::ALL_GROUP)],
+        ),
         binding("system:node", vec![]),
         binding(
             "system:node-proxier",

@@ -208,6 +208,11 @@ impl Authorizer {
     /// Authorizes one request after catching up with `store`: Ok, or
     /// kube-apiserver's 403.
     pub fn authorize(&self, store: &Store, attrs: &Attributes) -> Result<(), ApiError> {
+        // `system:masters` needs no policy: its requests (the admin's, and
+        // every component's in `ferry up`) never pay for catching up.
+        if is_master(&attrs.user) {
+            return Ok(());
+        }
         self.refresh(store);
         match self.decide(attrs, true) {
             (true, _) => Ok(()),

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `emptyDir` | `<state-dir>/pods/<uid>/_volumes/<name>` (0777), removed with the pod; `medium: Memory` is a plain directory too (a tmpfs would have to be mounted in the node's namespace to be shared by the pod's containers); `sizeLimit` is not enforced | read-write |
 //! | `hostPath` | the path under `--host-root`, or through a `--host-path-map` ([`host_path`]) | as asked |
-//! | `configMap`, `secret`, `downwardAPI`, `projected` | `<state-dir>/pods/<uid>/_volumes/<name>`, written by [`atomic_writer`] from [`sources`], refreshed every [`REFRESH`] | read-only (as the kubelet mounts them) |
+//! | `configMap`, `secret`, `downwardAPI`, `projected` | `<state-dir>/pods/<uid>/_volumes/<name>`, written by [`atomic_writer`] from [`sources`] (a projected `serviceAccountToken`: the token [`token`] holds), refreshed every [`REFRESH`] | read-only (as the kubelet mounts them) |
 //!
 //! [`validate`] refuses what cannot run (the pod is rejected); a volume
 //! that cannot be set up yet (a missing ConfigMap or Secret without
@@ -27,6 +27,7 @@ pub mod mount;
 pub mod mount_points;
 pub mod sources;
 pub mod subpath;
+pub mod token;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt as _;
@@ -162,12 +163,8 @@ pub fn validate(spec: &PodSpec) -> Result<(), SpecError> {
             item_paths.extend(d.items.iter().flatten().map(|i| i.path.as_str()));
         }
         for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
-            if src.service_account_token.is_some() {
-                return Err(SpecError::Unsupported(format!(
-                    "volume {:?}: {} is not supported by ferry-node yet",
-                    v.name,
-                    sources::UNSUPPORTED_TOKEN
-                )));
+            if let Some(t) = &src.service_account_token {
+                item_paths.push(t.path.as_str());
             }
             if src.cluster_trust_bundle.is_some() {
                 return Err(SpecError::Unsupported(format!(
@@ -672,10 +669,12 @@ mod tests {
                 {"name": "data", "mountPath": "/data"},
                 {"name": "cfg", "mountPath": "/data/cfg", "subPath": "x"}]}]}));
         assert_eq!(validate(&ok), Ok(()));
-        let token = err(json!({"volumes": [{"name": "t", "projected": {"sources": [
+        let token = spec(json!({"volumes": [{"name": "t", "projected": {"sources": [
             {"serviceAccountToken": {"path": "token"}}]}}], "containers": []}));
-        assert_eq!(token.reason(), "UnsupportedVolume");
-        assert!(token.to_string().contains("TokenRequest"), "{token}");
+        assert_eq!(validate(&token), Ok(()));
+        let escaping = err(json!({"volumes": [{"name": "t", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "../token"}}]}}], "containers": []}));
+        assert_eq!(escaping.reason(), "InvalidVolume");
         let pvc = err(
             json!({"volumes": [{"name": "p", "persistentVolumeClaim": {"claimName": "x"}}],
             "containers": []}),

@@ -4,9 +4,8 @@
 //! ([`crate::env::References`]); [`super::atomic_writer`] writes the result.
 //!
 //! A projected volume is the union of its sources' payloads; each kind of
-//! source is one arm of [`projection`], so a `serviceAccountToken` source
-//! (once the apiserver serves TokenRequest) is one more arm that takes
-//! the token the worker fetched.
+//! source is one arm of [`projection`]; a `serviceAccountToken` source
+//! takes the token the worker holds for it ([`super::token`]).
 
 use std::collections::BTreeMap;
 
@@ -45,6 +44,8 @@ pub enum SourceError {
     Field { path: String, what: String },
     #[error("{0} is not supported by ferry-node yet")]
     Unsupported(&'static str),
+    #[error("no service account token for the projection at {0:?} yet")]
+    TokenMissing(String),
     #[error("item {path:?}: {what}")]
     BadItem { path: String, what: String },
 }
@@ -310,18 +311,26 @@ pub fn projection(
     if let Some(d) = &source.downward_api {
         return downward_api(pod, addrs, d.items.as_deref().unwrap_or_default(), default);
     }
-    if source.service_account_token.is_some() {
-        return Err(SourceError::Unsupported(UNSUPPORTED_TOKEN));
+    if let Some(t) = &source.service_account_token {
+        let token = refs
+            .tokens
+            .get(&super::token::TokenKey::of(t))
+            .ok_or_else(|| SourceError::TokenMissing(t.path.clone()))?;
+        let mut out = Payload::new();
+        out.insert(
+            t.path.clone(),
+            FileProjection {
+                data: token.clone().into_bytes(),
+                mode: mode(None, default),
+            },
+        );
+        return Ok(out);
     }
     if source.cluster_trust_bundle.is_some() {
         return Err(SourceError::Unsupported("a clusterTrustBundle projection"));
     }
     Ok(Payload::new())
 }
-
-/// Why a serviceAccountToken projection is refused today.
-pub const UNSUPPORTED_TOKEN: &str =
-    "a serviceAccountToken projection (the apiserver has no TokenRequest endpoint yet)";
 
 /// The union of payloads (a later source's file replaces an earlier one,
 /// as the kubelet's projection), bounded in total.
@@ -472,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn projections_merge_and_tokens_are_refused() {
+    fn projections_merge_and_tokens_are_written() {
         let r = refs();
         let pod: Pod = from_json(json!({"metadata": {"name": "p"}, "spec": {"containers": []}}));
         let addrs = PodAddresses::default();
@@ -492,7 +501,18 @@ mod tests {
         let token: VolumeProjection = from_json(json!({"serviceAccountToken": {"path": "token"}}));
         assert_eq!(
             projection(&pod, &addrs, &r, &token, None),
-            Err(SourceError::Unsupported(UNSUPPORTED_TOKEN))
+            Err(SourceError::TokenMissing("token".into()))
         );
+        let mut r = r;
+        r.tokens.insert(
+            crate::volumes::token::TokenKey {
+                audience: String::new(),
+                expiration_secs: 3600,
+            },
+            "jwt".into(),
+        );
+        let files = projection(&pod, &addrs, &r, &token, Some(0o440)).expect("token");
+        assert_eq!(files["token"].data, b"jwt");
+        assert_eq!(files["token"].mode, 0o440);
     }
 }

@@ -16,7 +16,6 @@
 //! 415 naming the message and the field, and a JSON field without a protobuf
 //! counterpart makes the encoder fail (the caller then answers in JSON).
 
-mod rbac_schema;
 #[rustfmt::skip]
 mod schema;
 
@@ -56,6 +55,10 @@ pub enum Ty {
     Quantity,
     /// runtime.RawExtension, metav1.FieldsV1: JSON held as bytes.
     RawJson,
+    /// A named `[]string` (authentication's and authorization's
+    /// ExtraValue): a JSON array of strings; on the wire a message whose
+    /// field 1 repeats.
+    StringList,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +123,7 @@ impl Message {
 /// The message of a served kind (or its list) by group and kind, and of the
 /// `scale` subresource's Scale.
 pub fn message(group: &str, kind: &str) -> Option<&'static Message> {
-    schema::root(group, kind).or_else(|| rbac_schema::root(group, kind))
+    schema::root(group, kind)
 }
 
 fn malformed(why: &str) -> ApiError {
@@ -220,7 +223,7 @@ fn zero(ty: Ty, depth: usize) -> Result<Value, ApiError> {
         Ty::Bool => json!(false),
         Ty::Int32 | Ty::Int64 | Ty::IntOrString => json!(0),
         Ty::Double => json!(0.0),
-        Ty::Bytes | Ty::Time | Ty::MicroTime | Ty::RawJson => Value::Null,
+        Ty::Bytes | Ty::Time | Ty::MicroTime | Ty::RawJson | Ty::StringList => Value::Null,
         Ty::Quantity => json!("0"),
         Ty::Msg(m) => Value::Object(decode_message(m, &[], depth + 1)?),
     })
@@ -312,6 +315,17 @@ fn decode_value(ty: Ty, w: Wire<'_>, depth: usize) -> Result<Value, ApiError> {
                 }
             }
             json!(if s.is_empty() { "0".to_string() } else { s })
+        }
+        (Ty::StringList, Wire::Bytes(b)) => {
+            let mut rd = Reader { buf: b };
+            let mut items = Vec::new();
+            while let Some((num, w)) = rd.next()? {
+                match (num, w) {
+                    (1, Wire::Bytes(x)) => items.push(json!(utf8(x)?)),
+                    _ => return Err(malformed("string list")),
+                }
+            }
+            Value::Array(items)
         }
         (Ty::RawJson, Wire::Bytes(b)) => {
             let mut rd = Reader { buf: b };
@@ -499,6 +513,9 @@ fn message_for_kind(kind: &str) -> Option<&'static Message> {
     if kind == "Scale" {
         return message("autoscaling", kind);
     }
+    if kind == "TokenRequest" {
+        return message("authentication.k8s.io", kind);
+    }
     let res = resources::RESOURCES.iter().find(|r| r.kind == kind)?;
     message(res.group, kind)
 }
@@ -654,6 +671,17 @@ fn encode_value(
             };
             let mut inner = Vec::new();
             put_bytes(1, s.as_bytes(), &mut inner);
+            put_bytes(num, &inner, out);
+        }
+        Ty::StringList => {
+            let items = v
+                .as_array()
+                .ok_or_else(|| bad(path, "not a list of strings"))?;
+            let mut inner = Vec::new();
+            for item in items {
+                let s = item.as_str().ok_or_else(|| bad(path, "not a string"))?;
+                put_bytes(1, s.as_bytes(), &mut inner);
+            }
             put_bytes(num, &inner, out);
         }
         Ty::RawJson => {

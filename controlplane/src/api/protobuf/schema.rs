@@ -5,7 +5,7 @@
 
 use super::{Label, Message, Presence, Ty, f};
 
-/// The message of a served kind (or its list, or `Scale`) by API group and kind.
+/// The message of a served kind (or its list, `Scale`, a review or a token kind) by API group and kind.
 pub fn root(group: &str, kind: &str) -> Option<&'static Message> {
     Some(match (group, kind) {
         ("", "Namespace") => &core_v1_Namespace,
@@ -42,7 +42,22 @@ pub fn root(group: &str, kind: &str) -> Option<&'static Message> {
         ("networking.k8s.io", "NetworkPolicyList") => &networking_v1_NetworkPolicyList,
         ("coordination.k8s.io", "Lease") => &coordination_v1_Lease,
         ("coordination.k8s.io", "LeaseList") => &coordination_v1_LeaseList,
+        ("rbac.authorization.k8s.io", "Role") => &rbac_v1_Role,
+        ("rbac.authorization.k8s.io", "RoleList") => &rbac_v1_RoleList,
+        ("rbac.authorization.k8s.io", "ClusterRole") => &rbac_v1_ClusterRole,
+        ("rbac.authorization.k8s.io", "ClusterRoleList") => &rbac_v1_ClusterRoleList,
+        ("rbac.authorization.k8s.io", "RoleBinding") => &rbac_v1_RoleBinding,
+        ("rbac.authorization.k8s.io", "RoleBindingList") => &rbac_v1_RoleBindingList,
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => &rbac_v1_ClusterRoleBinding,
+        ("rbac.authorization.k8s.io", "ClusterRoleBindingList") => &rbac_v1_ClusterRoleBindingList,
+        ("policy", "PodDisruptionBudget") => &policy_v1_PodDisruptionBudget,
+        ("policy", "PodDisruptionBudgetList") => &policy_v1_PodDisruptionBudgetList,
         ("autoscaling", "Scale") => &autoscaling_v1_Scale,
+        ("authorization.k8s.io", "SelfSubjectAccessReview") => &authorization_v1_SelfSubjectAccessReview,
+        ("authorization.k8s.io", "SelfSubjectRulesReview") => &authorization_v1_SelfSubjectRulesReview,
+        ("authorization.k8s.io", "SubjectAccessReview") => &authorization_v1_SubjectAccessReview,
+        ("authentication.k8s.io", "TokenRequest") => &authentication_v1_TokenRequest,
+        ("authentication.k8s.io", "TokenReview") => &authentication_v1_TokenReview,
         _ => return None,
     })
 }
@@ -379,6 +394,232 @@ pub static apps_v1_StatefulSetUpdateStrategy: Message = Message {
     fields: &[
         f(1, "type", Ty::Str, Label::Single, Presence::OmitEmpty),
         f(2, "rollingUpdate", Ty::Msg(&apps_v1_RollingUpdateStatefulSetStrategy), Label::Single, Presence::Pointer),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authentication_v1_BoundObjectReference: Message = Message {
+    name: "k8s.io.api.authentication.v1.BoundObjectReference",
+    fields: &[
+        f(1, "kind", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(2, "apiVersion", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(3, "name", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(4, "uid", Ty::Str, Label::Single, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authentication_v1_TokenRequest: Message = Message {
+    name: "k8s.io.api.authentication.v1.TokenRequest",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ObjectMeta), Label::Single, Presence::Always),
+        f(2, "spec", Ty::Msg(&authentication_v1_TokenRequestSpec), Label::Single, Presence::Always),
+        f(3, "status", Ty::Msg(&authentication_v1_TokenRequestStatus), Label::Single, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authentication_v1_TokenRequestSpec: Message = Message {
+    name: "k8s.io.api.authentication.v1.TokenRequestSpec",
+    fields: &[
+        f(1, "audiences", Ty::Str, Label::Repeated, Presence::Always),
+        f(4, "expirationSeconds", Ty::Int64, Label::Single, Presence::Pointer),
+        f(3, "boundObjectRef", Ty::Msg(&authentication_v1_BoundObjectReference), Label::Single, Presence::Pointer),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authentication_v1_TokenRequestStatus: Message = Message {
+    name: "k8s.io.api.authentication.v1.TokenRequestStatus",
+    fields: &[
+        f(1, "token", Ty::Str, Label::Single, Presence::Always),
+        f(2, "expirationTimestamp", Ty::Time, Label::Single, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authentication_v1_TokenReview: Message = Message {
+    name: "k8s.io.api.authentication.v1.TokenReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ObjectMeta), Label::Single, Presence::Always),
+        f(2, "spec", Ty::Msg(&authentication_v1_TokenReviewSpec), Label::Single, Presence::Always),
+        f(3, "status", Ty::Msg(&authentication_v1_TokenReviewStatus), Label::Single, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authentication_v1_TokenReviewSpec: Message = Message {
+    name: "k8s.io.api.authentication.v1.TokenReviewSpec",
+    fields: &[
+        f(1, "token", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(2, "audiences", Ty::Str, Label::Repeated, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authentication_v1_TokenReviewStatus: Message = Message {
+    name: "k8s.io.api.authentication.v1.TokenReviewStatus",
+    fields: &[
+        f(1, "authenticated", Ty::Bool, Label::Single, Presence::OmitEmpty),
+        f(2, "user", Ty::Msg(&authentication_v1_UserInfo), Label::Single, Presence::Always),
+        f(4, "audiences", Ty::Str, Label::Repeated, Presence::OmitEmpty),
+        f(3, "error", Ty::Str, Label::Single, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authentication_v1_UserInfo: Message = Message {
+    name: "k8s.io.api.authentication.v1.UserInfo",
+    fields: &[
+        f(1, "username", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(2, "uid", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(3, "groups", Ty::Str, Label::Repeated, Presence::OmitEmpty),
+        f(4, "extra", Ty::StringList, Label::Map, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authorization_v1_FieldSelectorAttributes: Message = Message {
+    name: "k8s.io.api.authorization.v1.FieldSelectorAttributes",
+    fields: &[
+        f(1, "rawSelector", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(2, "requirements", Ty::Msg(&meta_v1_FieldSelectorRequirement), Label::Repeated, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authorization_v1_LabelSelectorAttributes: Message = Message {
+    name: "k8s.io.api.authorization.v1.LabelSelectorAttributes",
+    fields: &[
+        f(1, "rawSelector", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(2, "requirements", Ty::Msg(&meta_v1_LabelSelectorRequirement), Label::Repeated, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authorization_v1_NonResourceAttributes: Message = Message {
+    name: "k8s.io.api.authorization.v1.NonResourceAttributes",
+    fields: &[
+        f(1, "path", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(2, "verb", Ty::Str, Label::Single, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authorization_v1_NonResourceRule: Message = Message {
+    name: "k8s.io.api.authorization.v1.NonResourceRule",
+    fields: &[
+        f(1, "verbs", Ty::Str, Label::Repeated, Presence::Always),
+        f(2, "nonResourceURLs", Ty::Str, Label::Repeated, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authorization_v1_ResourceAttributes: Message = Message {
+    name: "k8s.io.api.authorization.v1.ResourceAttributes",
+    fields: &[
+        f(1, "namespace", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(2, "verb", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(3, "group", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(4, "version", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(5, "resource", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(6, "subresource", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(7, "name", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(8, "fieldSelector", Ty::Msg(&authorization_v1_FieldSelectorAttributes), Label::Single, Presence::Pointer),
+        f(9, "labelSelector", Ty::Msg(&authorization_v1_LabelSelectorAttributes), Label::Single, Presence::Pointer),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authorization_v1_ResourceRule: Message = Message {
+    name: "k8s.io.api.authorization.v1.ResourceRule",
+    fields: &[
+        f(1, "verbs", Ty::Str, Label::Repeated, Presence::Always),
+        f(2, "apiGroups", Ty::Str, Label::Repeated, Presence::OmitEmpty),
+        f(3, "resources", Ty::Str, Label::Repeated, Presence::OmitEmpty),
+        f(4, "resourceNames", Ty::Str, Label::Repeated, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authorization_v1_SelfSubjectAccessReview: Message = Message {
+    name: "k8s.io.api.authorization.v1.SelfSubjectAccessReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ObjectMeta), Label::Single, Presence::Always),
+        f(2, "spec", Ty::Msg(&authorization_v1_SelfSubjectAccessReviewSpec), Label::Single, Presence::Always),
+        f(3, "status", Ty::Msg(&authorization_v1_SubjectAccessReviewStatus), Label::Single, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authorization_v1_SelfSubjectAccessReviewSpec: Message = Message {
+    name: "k8s.io.api.authorization.v1.SelfSubjectAccessReviewSpec",
+    fields: &[
+        f(1, "resourceAttributes", Ty::Msg(&authorization_v1_ResourceAttributes), Label::Single, Presence::Pointer),
+        f(2, "nonResourceAttributes", Ty::Msg(&authorization_v1_NonResourceAttributes), Label::Single, Presence::Pointer),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authorization_v1_SelfSubjectRulesReview: Message = Message {
+    name: "k8s.io.api.authorization.v1.SelfSubjectRulesReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ObjectMeta), Label::Single, Presence::Always),
+        f(2, "spec", Ty::Msg(&authorization_v1_SelfSubjectRulesReviewSpec), Label::Single, Presence::Always),
+        f(3, "status", Ty::Msg(&authorization_v1_SubjectRulesReviewStatus), Label::Single, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authorization_v1_SelfSubjectRulesReviewSpec: Message = Message {
+    name: "k8s.io.api.authorization.v1.SelfSubjectRulesReviewSpec",
+    fields: &[
+        f(1, "namespace", Ty::Str, Label::Single, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authorization_v1_SubjectAccessReview: Message = Message {
+    name: "k8s.io.api.authorization.v1.SubjectAccessReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ObjectMeta), Label::Single, Presence::Always),
+        f(2, "spec", Ty::Msg(&authorization_v1_SubjectAccessReviewSpec), Label::Single, Presence::Always),
+        f(3, "status", Ty::Msg(&authorization_v1_SubjectAccessReviewStatus), Label::Single, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authorization_v1_SubjectAccessReviewSpec: Message = Message {
+    name: "k8s.io.api.authorization.v1.SubjectAccessReviewSpec",
+    fields: &[
+        f(1, "resourceAttributes", Ty::Msg(&authorization_v1_ResourceAttributes), Label::Single, Presence::Pointer),
+        f(2, "nonResourceAttributes", Ty::Msg(&authorization_v1_NonResourceAttributes), Label::Single, Presence::Pointer),
+        f(3, "user", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(4, "groups", Ty::Str, Label::Repeated, Presence::OmitEmpty),
+        f(5, "extra", Ty::StringList, Label::Map, Presence::OmitEmpty),
+        f(6, "uid", Ty::Str, Label::Single, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authorization_v1_SubjectAccessReviewStatus: Message = Message {
+    name: "k8s.io.api.authorization.v1.SubjectAccessReviewStatus",
+    fields: &[
+        f(1, "allowed", Ty::Bool, Label::Single, Presence::Always),
+        f(4, "denied", Ty::Bool, Label::Single, Presence::OmitEmpty),
+        f(2, "reason", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(3, "evaluationError", Ty::Str, Label::Single, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static authorization_v1_SubjectRulesReviewStatus: Message = Message {
+    name: "k8s.io.api.authorization.v1.SubjectRulesReviewStatus",
+    fields: &[
+        f(1, "resourceRules", Ty::Msg(&authorization_v1_ResourceRule), Label::Repeated, Presence::Always),
+        f(2, "nonResourceRules", Ty::Msg(&authorization_v1_NonResourceRule), Label::Repeated, Presence::Always),
+        f(3, "incomplete", Ty::Bool, Label::Single, Presence::Always),
+        f(4, "evaluationError", Ty::Str, Label::Single, Presence::OmitEmpty),
     ],
 };
 
@@ -2561,6 +2802,166 @@ pub static networking_v1_NetworkPolicySpec: Message = Message {
 };
 
 #[allow(non_upper_case_globals)]
+pub static policy_v1_PodDisruptionBudget: Message = Message {
+    name: "k8s.io.api.policy.v1.PodDisruptionBudget",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ObjectMeta), Label::Single, Presence::Always),
+        f(2, "spec", Ty::Msg(&policy_v1_PodDisruptionBudgetSpec), Label::Single, Presence::Always),
+        f(3, "status", Ty::Msg(&policy_v1_PodDisruptionBudgetStatus), Label::Single, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static policy_v1_PodDisruptionBudgetList: Message = Message {
+    name: "k8s.io.api.policy.v1.PodDisruptionBudgetList",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ListMeta), Label::Single, Presence::Always),
+        f(2, "items", Ty::Msg(&policy_v1_PodDisruptionBudget), Label::Repeated, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static policy_v1_PodDisruptionBudgetSpec: Message = Message {
+    name: "k8s.io.api.policy.v1.PodDisruptionBudgetSpec",
+    fields: &[
+        f(1, "minAvailable", Ty::IntOrString, Label::Single, Presence::Pointer),
+        f(2, "selector", Ty::Msg(&meta_v1_LabelSelector), Label::Single, Presence::Pointer),
+        f(3, "maxUnavailable", Ty::IntOrString, Label::Single, Presence::Pointer),
+        f(4, "unhealthyPodEvictionPolicy", Ty::Str, Label::Single, Presence::Pointer),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static policy_v1_PodDisruptionBudgetStatus: Message = Message {
+    name: "k8s.io.api.policy.v1.PodDisruptionBudgetStatus",
+    fields: &[
+        f(1, "observedGeneration", Ty::Int64, Label::Single, Presence::OmitEmpty),
+        f(2, "disruptedPods", Ty::Time, Label::Map, Presence::OmitEmpty),
+        f(3, "disruptionsAllowed", Ty::Int32, Label::Single, Presence::Always),
+        f(4, "currentHealthy", Ty::Int32, Label::Single, Presence::Always),
+        f(5, "desiredHealthy", Ty::Int32, Label::Single, Presence::Always),
+        f(6, "expectedPods", Ty::Int32, Label::Single, Presence::Always),
+        f(7, "conditions", Ty::Msg(&meta_v1_Condition), Label::Repeated, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static rbac_v1_AggregationRule: Message = Message {
+    name: "k8s.io.api.rbac.v1.AggregationRule",
+    fields: &[
+        f(1, "clusterRoleSelectors", Ty::Msg(&meta_v1_LabelSelector), Label::Repeated, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static rbac_v1_ClusterRole: Message = Message {
+    name: "k8s.io.api.rbac.v1.ClusterRole",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ObjectMeta), Label::Single, Presence::Always),
+        f(2, "rules", Ty::Msg(&rbac_v1_PolicyRule), Label::Repeated, Presence::Always),
+        f(3, "aggregationRule", Ty::Msg(&rbac_v1_AggregationRule), Label::Single, Presence::Pointer),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static rbac_v1_ClusterRoleBinding: Message = Message {
+    name: "k8s.io.api.rbac.v1.ClusterRoleBinding",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ObjectMeta), Label::Single, Presence::Always),
+        f(2, "subjects", Ty::Msg(&rbac_v1_Subject), Label::Repeated, Presence::OmitEmpty),
+        f(3, "roleRef", Ty::Msg(&rbac_v1_RoleRef), Label::Single, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static rbac_v1_ClusterRoleBindingList: Message = Message {
+    name: "k8s.io.api.rbac.v1.ClusterRoleBindingList",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ListMeta), Label::Single, Presence::Always),
+        f(2, "items", Ty::Msg(&rbac_v1_ClusterRoleBinding), Label::Repeated, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static rbac_v1_ClusterRoleList: Message = Message {
+    name: "k8s.io.api.rbac.v1.ClusterRoleList",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ListMeta), Label::Single, Presence::Always),
+        f(2, "items", Ty::Msg(&rbac_v1_ClusterRole), Label::Repeated, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static rbac_v1_PolicyRule: Message = Message {
+    name: "k8s.io.api.rbac.v1.PolicyRule",
+    fields: &[
+        f(1, "verbs", Ty::Str, Label::Repeated, Presence::Always),
+        f(2, "apiGroups", Ty::Str, Label::Repeated, Presence::OmitEmpty),
+        f(3, "resources", Ty::Str, Label::Repeated, Presence::OmitEmpty),
+        f(4, "resourceNames", Ty::Str, Label::Repeated, Presence::OmitEmpty),
+        f(5, "nonResourceURLs", Ty::Str, Label::Repeated, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static rbac_v1_Role: Message = Message {
+    name: "k8s.io.api.rbac.v1.Role",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ObjectMeta), Label::Single, Presence::Always),
+        f(2, "rules", Ty::Msg(&rbac_v1_PolicyRule), Label::Repeated, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static rbac_v1_RoleBinding: Message = Message {
+    name: "k8s.io.api.rbac.v1.RoleBinding",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ObjectMeta), Label::Single, Presence::Always),
+        f(2, "subjects", Ty::Msg(&rbac_v1_Subject), Label::Repeated, Presence::OmitEmpty),
+        f(3, "roleRef", Ty::Msg(&rbac_v1_RoleRef), Label::Single, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static rbac_v1_RoleBindingList: Message = Message {
+    name: "k8s.io.api.rbac.v1.RoleBindingList",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ListMeta), Label::Single, Presence::Always),
+        f(2, "items", Ty::Msg(&rbac_v1_RoleBinding), Label::Repeated, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static rbac_v1_RoleList: Message = Message {
+    name: "k8s.io.api.rbac.v1.RoleList",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&meta_v1_ListMeta), Label::Single, Presence::Always),
+        f(2, "items", Ty::Msg(&rbac_v1_Role), Label::Repeated, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static rbac_v1_RoleRef: Message = Message {
+    name: "k8s.io.api.rbac.v1.RoleRef",
+    fields: &[
+        f(1, "apiGroup", Ty::Str, Label::Single, Presence::Always),
+        f(2, "kind", Ty::Str, Label::Single, Presence::Always),
+        f(3, "name", Ty::Str, Label::Single, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static rbac_v1_Subject: Message = Message {
+    name: "k8s.io.api.rbac.v1.Subject",
+    fields: &[
+        f(1, "kind", Ty::Str, Label::Single, Presence::Always),
+        f(2, "apiGroup", Ty::Str, Label::Single, Presence::OmitEmpty),
+        f(3, "name", Ty::Str, Label::Single, Presence::Always),
+        f(4, "namespace", Ty::Str, Label::Single, Presence::OmitEmpty),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
 pub static meta_v1_Condition: Message = Message {
     name: "k8s.io.apimachinery.pkg.apis.meta.v1.Condition",
     fields: &[
@@ -2570,6 +2971,16 @@ pub static meta_v1_Condition: Message = Message {
         f(4, "lastTransitionTime", Ty::Time, Label::Single, Presence::Always),
         f(5, "reason", Ty::Str, Label::Single, Presence::Always),
         f(6, "message", Ty::Str, Label::Single, Presence::Always),
+    ],
+};
+
+#[allow(non_upper_case_globals)]
+pub static meta_v1_FieldSelectorRequirement: Message = Message {
+    name: "k8s.io.apimachinery.pkg.apis.meta.v1.FieldSelectorRequirement",
+    fields: &[
+        f(1, "key", Ty::Str, Label::Single, Presence::Always),
+        f(2, "operator", Ty::Str, Label::Single, Presence::Always),
+        f(3, "values", Ty::Str, Label::Repeated, Presence::OmitEmpty),
     ],
 };
 

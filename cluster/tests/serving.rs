@@ -83,7 +83,14 @@ fn rolling_update_under_traffic_loses_no_request_and_a_failing_probe_removes_a_p
         return;
     }
     let c = TestCluster::up(2);
-    apply(&c, &deployment("web", 3, "nginx:1.24"));
+    // As Kubernetes' docs advise for rollouts without errors: the old pod
+    // keeps serving while its endpoint leaves every node's Service maps,
+    // which starts at the same moment as its termination. Without it a
+    // connection can reach a listener that has just closed.
+    let mut web = deployment("web", 3, "nginx:1.24");
+    web["spec"]["template"]["spec"]["containers"][0]["lifecycle"] =
+        json!({"preStop": {"exec": {"command": ["sleep", "2"]}}});
+    apply(&c, &web);
     apply(&c, &node_port_service("web", 80));
     c.k(&["rollout", "status", "deploy/web", "--timeout=60s"]);
     let url = format!("http://localhost:{}/", node_port(&c, "web"));

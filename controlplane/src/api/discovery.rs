@@ -29,7 +29,8 @@ pub fn version() -> Value {
     })
 }
 
-const VERBS: &[&str] = &[
+/// The verbs of a stored kind, as discovery lists them.
+pub(crate) const VERBS: &[&str] = &[
     "create",
     "delete",
     "deletecollection",

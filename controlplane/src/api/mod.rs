@@ -509,17 +509,7 @@ impl Api {
             .and_then(|ua| ua.split('/').next())
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
-        let content_type = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let body = Limited::new(req.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| ApiError::too_large(format!("request body: {e}")))?
-            .to_bytes();
+        let (content_type, body) = read_body(req).await?;
         let ns = t.namespace.clone().unwrap_or_default();
         let validation =
             openapi::FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
@@ -743,11 +733,7 @@ impl Api {
             return Err(ApiError::method_not_allowed(req.method().as_str()));
         }
         let dry = dry_run(&query(&req))?;
-        let body = Limited::new(req.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| ApiError::too_large(format!("request body: {e}")))?
-            .to_bytes();
+        let (_, body) = read_body(req).await?;
         let binding = crate::binding::Binding::parse(&ns, pod.as_deref(), &parse_json(&body)?)?;
         let registry = self.registry.clone();
         blocking(move || crate::binding::bind(&registry, &ns, &binding, dry)).await?;
@@ -1037,9 +1023,9 @@ async fn protobuf_response(res: &'static Resource, resp: Response<Body>) -> Resp
     }
 }
 
-/// The body of a request that is answered, not stored (a review, a
-/// TokenRequest): JSON or protobuf of `kind`, at most [`MAX_BODY`].
-async fn read_answered(req: Request<Incoming>, kind: &str) -> Result<Value, ApiError> {
+/// A request's `Content-Type` (empty when absent) and its body, at most
+/// [`MAX_BODY`].
+async fn read_body(req: Request<Incoming>) -> Result<(String, Bytes), ApiError> {
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
@@ -1051,6 +1037,13 @@ async fn read_answered(req: Request<Incoming>, kind: &str) -> Result<Value, ApiE
         .await
         .map_err(|e| ApiError::too_large(format!("request body: {e}")))?
         .to_bytes();
+    Ok((content_type, body))
+}
+
+/// The body of a request that is answered, not stored (a review, a
+/// TokenRequest): JSON or protobuf of `kind`, at most [`MAX_BODY`].
+async fn read_answered(req: Request<Incoming>, kind: &str) -> Result<Value, ApiError> {
+    let (content_type, body) = read_body(req).await?;
     match content_type.split(';').next().unwrap_or("").trim() {
         "" | "application/json" => parse_json(&body),
         protobuf::MEDIA_TYPE => protobuf::decode(kind, &body),

@@ -45,16 +45,8 @@ pub fn cluster_roles() -> Vec<Value> {
 }
 
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
-const ALL_VERBS: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+/// Every verb of a stored kind (upstream's `admin`/`edit` spell them out).
+const ALL_VERBS: &[&str] = crate::api::discovery::VERBS;
 
 /// `admin`, `edit` and `view`, as upstream: aggregated (by the
 /// `clusterrole-aggregation` controller) from the

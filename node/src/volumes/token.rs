@@ -244,6 +244,22 @@ impl PodTokens {
 mod tests {
     use super::*;
 
+    /// A pod with one projected token (the API's audience, an hour) and
+    /// the key it is held under.
+    fn token_pod() -> (Pod, TokenKey) {
+        let pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "d", "uid": "u"},
+            "spec": {"containers": [], "volumes": [{"name": "t", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token"}}]}}]}
+        }))
+        .expect("pod");
+        let key = TokenKey {
+            audience: String::new(),
+            expiration_secs: 3600,
+        };
+        (pod, key)
+    }
+
     fn held(expires: i64, ttl: i64) -> Held {
         Held {
             token: "secret-token".into(),
@@ -272,16 +288,7 @@ mod tests {
         // Nothing listens on port 1: every request fails at once.
         let cfg = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
         let client = kube::Client::try_from(cfg).expect("client");
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p", "namespace": "d", "uid": "u"},
-            "spec": {"containers": [], "volumes": [{"name": "t", "projected": {"sources": [
-                {"serviceAccountToken": {"path": "token"}}]}}]}
-        }))
-        .expect("pod");
-        let key = TokenKey {
-            audience: String::new(),
-            expiration_secs: 3600,
-        };
+        let (pod, key) = token_pod();
         let mut tokens = PodTokens::default();
         // Nothing held and the request fails: the volume cannot be made.
         assert!(tokens.refresh(&client, &pod, 2000).await.is_err());
@@ -372,16 +379,7 @@ mod tests {
         let (url, count) = token_server(1000).await;
         let client =
             kube::Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client");
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p", "namespace": "d", "uid": "u"},
-            "spec": {"containers": [], "volumes": [{"name": "t", "projected": {"sources": [
-                {"serviceAccountToken": {"path": "token"}}]}}]}
-        }))
-        .expect("pod");
-        let key = TokenKey {
-            audience: String::new(),
-            expiration_secs: 3600,
-        };
+        let (pod, key) = token_pod();
         let mut tokens = PodTokens::default();
         let got = tokens.refresh(&client, &pod, 1000).await.expect("token");
         assert_eq!(got[&key], "tok-1");

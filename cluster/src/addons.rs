@@ -4,8 +4,8 @@
 //! RBAC and ConfigMaps), rendered for this cluster and applied with
 //! server-side apply. Rendering changes only what `deploy/`'s README says
 //! an operator sets: the apiserver's address, the nodes' uplink and routing
-//! mode, where each node's agent keeps its pins, and the cluster DNS
-//! Service's addresses.
+//! mode, where each node's agent keeps its pins and ferry-cni its state,
+//! and the cluster DNS Service's addresses.
 
 use std::net::IpAddr;
 
@@ -59,6 +59,10 @@ pub struct Render<'a> {
     /// Where each node's agent pins: `<bpffs_prefix>$(NODE_NAME)`, expanded
     /// by the node runtime from the pod's own `NODE_NAME`.
     pub bpffs_prefix: &'a str,
+    /// Where each node's ferry-cni keeps its state on the node:
+    /// `<cni_state_prefix>$(NODE_NAME)` (the plugin runs on the node, not in
+    /// a container, so this is a node path).
+    pub cni_state_prefix: &'a str,
     /// The cluster DNS Service's addresses, the primary family first.
     pub cluster_dns: &'a [IpAddr],
 }
@@ -99,6 +103,12 @@ pub fn render(r: &Render<'_>) -> Result<Vec<Value>> {
                 for list in ["initContainers", "containers"] {
                     for c in spec[list].as_array_mut().into_iter().flatten() {
                         set_env(c, "FERRY_AGENT_BPFFS_ROOT", &format!("{bpffs}/ferry"));
+                        if c["name"] == "install-cni"
+                            && let Some(command) = c["command"].as_array_mut()
+                        {
+                            command.push(json!("--cni-state-dir"));
+                            command.push(json!(format!("{}$(NODE_NAME)", r.cni_state_prefix)));
+                        }
                     }
                 }
             }
@@ -186,6 +196,7 @@ mod tests {
             apiserver: ("10.0.0.250".parse().expect("ip"), 6443),
             uplink: "ul0",
             bpffs_prefix: "/sys/fs/bpf/ft1-",
+            cni_state_prefix: "/var/lib/ft1/cni-",
             cluster_dns: dns,
         })
         .expect("render")
@@ -242,6 +253,20 @@ mod tests {
             assert!(names[..at].contains(&"NODE_NAME"), "{names:?}");
             assert_eq!(env[at]["value"], "/sys/fs/bpf/ft1-$(NODE_NAME)/ferry");
         }
+        let install = pod["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == "install-cni")
+            .expect("install-cni");
+        let command = install["command"].as_array().expect("command");
+        assert_eq!(
+            command[command.len() - 2..],
+            [
+                json!("--cni-state-dir"),
+                json!("/var/lib/ft1/cni-$(NODE_NAME)")
+            ]
+        );
         let svc = &find(&after, "Service", "kube-dns")["spec"];
         assert_eq!(svc["clusterIPs"], json!(["10.96.0.10"]));
         assert_eq!(svc["ipFamilyPolicy"], "SingleStack");

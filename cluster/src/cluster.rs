@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_dataplane::bpf::XdpPass;
-use ferry_dataplane::node_setup::{self, CniNetwork, PodRanges};
-use ferry_testbed::{AgentHooks, Netns, Process, UNDERLAY_BRIDGE, World};
-use k8s_openapi::api::core::v1::{Node, Service};
+use ferry_testbed::{AgentHooks, BPFFS, Netns, Process, UNDERLAY_BRIDGE, World};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Patch, PatchParams};
+use kube::api::ListParams;
 use kube::{Api, Client};
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +18,7 @@ use crate::components::{self, Binaries, NodeRuntime, Spec};
 use crate::forward::{Forwarder, Published};
 use crate::host_route::{HostRoute, HostRouteInfo};
 use crate::underlay::PodRoutes;
-use crate::{Error, Result};
+use crate::{Error, Result, addons, image};
 
 /// Address families of the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -154,6 +153,10 @@ pub struct NodeInfo {
     /// Its agent's pins (`ferry-agent inspect --bpffs-root <this>`).
     #[serde(default)]
     pub bpffs_root: PathBuf,
+    /// Its cgroup: the node's pods' (each under `pod<uid>/<container>`),
+    /// where its agent hooks sockets.
+    #[serde(default)]
+    pub cgroup: PathBuf,
 }
 
 /// One process of a running cluster.
@@ -311,7 +314,7 @@ pub struct Cluster {
     host_route: Option<HostRoute>,
     forwarder: Forwarder,
     pod_routes: PodRoutes,
-    /// The node runtimes, agents, DNS and apiserver, stopped in that order.
+    /// The node runtimes and the apiserver, stopped in that order.
     processes: Vec<Supervised>,
     runtime: tokio::runtime::Runtime,
     _xdp: Vec<XdpPass>,
@@ -339,8 +342,12 @@ struct NodePlan {
     kubelet_token: PathBuf,
     cluster_dns: Vec<IpAddr>,
     logs: PathBuf,
-    /// The user's image catalogue entries (`<data-dir>/images.yaml`).
-    images: PathBuf,
+    /// The image catalogues: the local Ferry image's, then the user's
+    /// (`<data-dir>/images.yaml`).
+    images: Vec<PathBuf>,
+    /// The nodes' resolv.conf for `dnsPolicy: Default` pods, ferry-dns's
+    /// among them (`<data-dir>/dns-upstreams.conf`).
+    resolv_conf: PathBuf,
 }
 
 /// One node's share of the cluster.
@@ -352,8 +359,9 @@ struct StartedNode {
 }
 
 impl NodePlan {
-    /// Starts node `node`'s runtime and agent, with their cgroup, pins
-    /// directory and CNI config.
+    /// Starts node `node`'s runtime, with its cgroup, pins directory and
+    /// host root; the DaemonSet of `deploy/` puts the agent and ferry-cni
+    /// on it.
     fn start(
         &self,
         underlay: &ferry_testbed::Netns,
@@ -371,20 +379,33 @@ impl NodePlan {
             .family
             .pick(IpAddr::V4(node.ipv4), IpAddr::V6(node.ipv6));
         let name = node_name(&self.cluster, node.index);
-        let hooks = AgentHooks::create(&format!("{}-n{}", self.prefix, node.index))?;
-        let cni_dir = node.state_dir.join("cni").join("net.d");
-        // ADD returns once the agent has attached to the pod's veth, so no
-        // container runs before NetworkPolicy guards it.
-        let network = CniNetwork {
-            ranges: PodRanges::FromApi {
-                kubeconfig: self.kubeconfig.clone(),
-                node_name: name.clone(),
-            },
-            state_dir: Some(node.state_dir.clone()),
-            wait_for_agent: Some(hooks.bpffs.clone()),
-        };
-        node_setup::write_conflist(&cni_dir, &network)
-            .map_err(|e| Error::Config(format!("node {name}'s CNI config: {e}")))?;
+        // The node's cgroup root (the hostPath `/sys/fs/cgroup` of its
+        // pods, the agent's among them) and its bpffs directory, where the
+        // agent pins under `ferry/` (`addons::Render::bpffs_prefix`).
+        let hooks = AgentHooks::create(&format!("{}-{name}", self.prefix))?;
+        // Every other hostPath of the node's pods (the CNI directories
+        // install-cni fills, the agent's `/run/ferry`) lands here.
+        let host_root = node.state_dir.join("host");
+        let (cni_bin, cni_conf) = components::cni_dirs(&host_root);
+        let mut host_path_map = vec![
+            ("/sys/fs/bpf".to_owned(), PathBuf::from("/sys/fs/bpf")),
+            ("/sys/fs/cgroup".to_owned(), hooks.cgroup.clone()),
+        ];
+        // The agent reads the kernel's modules where the machine has them;
+        // a machine without (a container, a kernel with everything built
+        // in) gets an empty directory, as a runtime makes a missing one.
+        let modules = Path::new("/lib/modules");
+        if modules.is_dir() {
+            host_path_map.push(("/lib/modules".to_owned(), modules.to_path_buf()));
+        }
+        let mut made = vec![cni_bin.clone(), cni_conf.clone()];
+        if !modules.is_dir() {
+            made.push(host_root.join("lib/modules"));
+        }
+        for dir in &made {
+            fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
         let runtime = Supervised::start(components::node_runtime(
             &node.netns,
             &self.bins,
@@ -393,38 +414,29 @@ impl NodePlan {
                 node_name: &name,
                 node_ips: &node_ips,
                 cluster_dns: &self.cluster_dns,
-                cni_conf_dir: &cni_dir,
                 cgroup_root: &hooks.cgroup,
                 kubelet_token: &self.kubelet_token,
                 state_dir: &node.state_dir.join("runtime"),
+                host_root: &host_root,
+                host_path_map: &host_path_map,
                 images: &self.images,
+                resolv_conf: &self.resolv_conf,
             },
             &self.logs.join(format!("{name}-node.log")),
         ))?;
-        let observe_socket = node.state_dir.join(components::OBSERVE_SOCKET);
-        let bpffs_root = hooks.bpffs.clone();
-        let agent = Supervised::start(components::agent(
-            &node.netns,
-            &self.bins,
-            &self.kubeconfig,
-            &components::AgentSetup {
-                node_name: &name,
-                uplink: &node.underlay_if,
-                hooks: &hooks,
-                observe_socket: &observe_socket,
-            },
-            &self.logs.join(format!("{name}-agent.log")),
-        ))?;
+        let bpffs_root = hooks.bpffs.join("ferry");
+        let cgroup = hooks.cgroup.clone();
         Ok(StartedNode {
             xdp,
             hooks,
-            processes: vec![runtime, agent],
+            processes: vec![runtime],
             info: NodeInfo {
                 name,
                 netns: node.netns.name().to_owned(),
                 ip: node_ips[0],
-                observe_socket,
+                observe_socket: host_root.join(components::OBSERVE_SOCKET),
                 bpffs_root,
+                cgroup,
             },
         })
     }
@@ -624,6 +636,28 @@ impl Cluster {
             IpAddr::V4(components::CLUSTER_DNS),
             IpAddr::V6(components::CLUSTER_DNS_V6),
         );
+        let upstreams = settings.data_dir.join("dns-upstreams.conf");
+        if !upstreams.exists() {
+            fs::write(
+                &upstreams,
+                "# The nodes' resolv.conf for `dnsPolicy: Default` pods: ferry-dns's\n\
+             # upstream resolvers. None: the cluster is cut off from the outside\n\
+             # and names outside its zone are refused at once. Add\n\
+             # `nameserver ADDR` lines that the nodes can reach to forward them.\n",
+            )
+            .map_err(|e| Error::io(format!("writing {}", upstreams.display()), e))?;
+        }
+        let image = image::prepare(&settings.data_dir, bins)?;
+        // Ferry's own components, from `deploy/`: created before the nodes
+        // register, so each node's agent starts as soon as it can.
+        let objects = addons::render(&addons::Render {
+            apiserver: (api_ip, components::API_PORT),
+            uplink: &first.underlay_if,
+            bpffs_prefix: &format!("{BPFFS}/{}-", world.prefix()),
+            cni_state_prefix: &format!("{}/cni-", world.state_dir().display()),
+            cluster_dns: &cluster_dns,
+        })?;
+        runtime.block_on(addons::apply(&client, &objects))?;
         let plan = NodePlan {
             cluster: settings.name.clone(),
             prefix: world.prefix().to_owned(),
@@ -633,7 +667,8 @@ impl Cluster {
             kubelet_token: api_dir.join(components::KUBELET_TOKEN_FILE),
             cluster_dns: cluster_dns.clone(),
             logs: logs.clone(),
-            images,
+            images: vec![image.catalogue, images],
+            resolv_conf: upstreams,
         };
         let mut xdp = Vec::new();
         for node in world.nodes() {
@@ -643,34 +678,7 @@ impl Cluster {
             processes.extend(started.processes);
             nodes.push(started.info);
         }
-        let dns_ips = family.pick(IpAddr::V4(first.ipv4), IpAddr::V6(first.ipv6));
-        let upstreams = settings.data_dir.join("dns-upstreams.conf");
-        if !upstreams.exists() {
-            fs::write(
-                &upstreams,
-                "# ferry-dns's upstream resolvers (resolv.conf format). None: the\n\
-             # cluster is cut off from the outside and names outside its zone\n\
-             # are refused at once. Add `nameserver ADDR` lines that the nodes\n\
-             # can reach to forward them.\n",
-            )
-            .map_err(|e| Error::io(format!("writing {}", upstreams.display()), e))?;
-        }
-        processes.push(Supervised::start(components::dns(
-            &first.netns,
-            bins,
-            &internal_kubeconfig,
-            &nodes[0].name,
-            &dns_ips,
-            &upstreams,
-            &logs.join("dns.log"),
-        ))?);
         processes.push(apiserver);
-        runtime.block_on(apply_dns_objects(
-            &client,
-            &cluster_dns,
-            &dns_ips,
-            &nodes[0].name,
-        ))?;
 
         let pod_routes = {
             let _guard = runtime.enter();
@@ -746,49 +754,83 @@ impl Cluster {
                 }
             },
         )?;
-        for (i, node) in self.world.nodes().iter().enumerate() {
-            let addr = SocketAddr::from((node.ipv4, components::AGENT_HEALTHZ_PORT));
-            wait_for(
-                &format!("ferry-agent on {}", self.nodes[i].name),
-                left(),
-                || {
-                    let got = node
-                        .netns
-                        .in_netns(|| {
-                            ferry_testbed::http_get_full(addr, "/healthz", Duration::from_secs(1))
-                        })
-                        .map_err(|e| e.to_string())?;
-                    match got {
-                        Ok((200, _)) => Ok(()),
-                        Ok((code, body)) => Err(format!("/healthz {code}: {body}")),
-                        Err(e) => Err(e.to_string()),
-                    }
-                },
-            )?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), "kube-system");
+        let agents: Vec<(Netns, Ipv4Addr, String)> = self
+            .world
+            .nodes()
+            .iter()
+            .zip(&self.nodes)
+            .map(|(n, info)| (n.netns.clone(), n.ipv4, info.name.clone()))
+            .collect();
+        for (netns, ipv4, name) in agents {
+            let addr = SocketAddr::from((ipv4, components::AGENT_HEALTHZ_PORT));
+            wait_for(&format!("ferry-agent on {name}"), left(), || {
+                self.tend();
+                let got = netns
+                    .in_netns(|| {
+                        ferry_testbed::http_get_full(addr, "/healthz", Duration::from_secs(1))
+                    })
+                    .map_err(|e| e.to_string())?;
+                match got {
+                    Ok((200, _)) => Ok(()),
+                    Ok((code, body)) => Err(format!("/healthz {code}: {body}")),
+                    Err(e) => Err(format!(
+                        "{e}; {}",
+                        self.runtime
+                            .block_on(pods_state(&pods, AGENT_PODS, Some(&name)))
+                    )),
+                }
+            })?;
         }
-        let first = self.world.node(0);
-        let dns = SocketAddr::new(self.nodes[0].ip, 53);
+        // The cluster DNS: a ready ferry-dns endpoint of the kube-dns
+        // Service answers for `kubernetes.default` (asked from the first
+        // node, which routes every pod CIDR).
+        let first = self.world.node(0).netns.clone();
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), "kube-system");
+        let v6 = self.nodes[0].ip.is_ipv6();
         let mut id = 0u16;
         wait_for("the cluster DNS", left(), || {
+            self.tend();
+            let listed = self
+                .runtime
+                .block_on(
+                    slices
+                        .list(&ListParams::default().labels("kubernetes.io/service-name=kube-dns")),
+                )
+                .map_err(|e| e.to_string())?;
+            let ready: Vec<IpAddr> = listed
+                .items
+                .iter()
+                .flat_map(|s| &s.endpoints)
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                .flat_map(|e| &e.addresses)
+                .filter_map(|a| a.parse::<IpAddr>().ok())
+                .filter(|ip| ip.is_ipv6() == v6)
+                .collect();
+            let Some(ip) = ready.first() else {
+                return Err(format!(
+                    "no ready kube-dns endpoint; {}",
+                    self.runtime.block_on(pods_state(&pods, DNS_PODS, None))
+                ));
+            };
             id = id.wrapping_add(1);
-            let query =
-                components::dns_query(id, "kubernetes.default.svc.cluster.local", dns.is_ipv6());
+            let dns = SocketAddr::new(*ip, 53);
+            let query = components::dns_query(id, "kubernetes.default.svc.cluster.local", v6);
             let answer = first
-                .netns
                 .in_netns(|| udp_exchange(dns, &query))
                 .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("asking {dns}: {e}"))?;
             if components::dns_answered(id, &answer) {
                 Ok(())
             } else {
-                Err(format!("no answer yet; dns log: {}", self.tail_of("dns")))
+                Err(format!("{dns} does not answer for kubernetes.default yet"))
             }
         })?;
         Ok(())
     }
 
-    /// Adds a node (the next index) and returns once it is Ready and its
-    /// agent healthy: a cluster growing, as a DaemonSet sees it.
+    /// Adds a node (the next index) and returns once it is Ready and the
+    /// DaemonSet's agent on it healthy: a cluster growing.
     pub fn add_node(&mut self) -> Result<NodeInfo> {
         let underlay = self.world.underlay().clone();
         let node = self.world.add_node()?.clone();
@@ -826,9 +868,11 @@ impl Cluster {
             .ok_or_else(|| Error::Config(format!("no component {name} on {node:?}")))
     }
 
-    /// Stops a component (`node` for the runtime of a node, `agent`,
-    /// `dns`, `apiserver` with no node) until [`start`](Self::start): what a
-    /// node failure or an operator looks like to the rest of the cluster.
+    /// Stops a component (`node` for the runtime of a node, `apiserver`
+    /// with no node) until [`start`](Self::start): what a node failure or
+    /// an operator looks like to the rest of the cluster. Ferry's own
+    /// agent and DNS are pods: delete them, or roll their DaemonSet and
+    /// Deployment, as on any cluster.
     pub fn stop(&mut self, name: &str, node: Option<&str>) -> Result<()> {
         let c = self.component(name, node)?;
         c.held = true;
@@ -900,6 +944,59 @@ impl Cluster {
     }
 }
 
+/// `deploy/`'s agent and DNS pods, by label.
+const AGENT_PODS: &str = "k8s-app=ferry-agent";
+const DNS_PODS: &str = "k8s-app=kube-dns";
+
+/// What the pods of `selector` (on `node`) are doing, for a wait's error:
+/// `ferry-agent-x7k2p Pending (ferry-agent: waiting, ContainerCreating: …)`.
+async fn pods_state(pods: &Api<Pod>, selector: &str, node: Option<&str>) -> String {
+    let mut params = ListParams::default().labels(selector);
+    let field;
+    if let Some(node) = node {
+        field = format!("spec.nodeName={node}");
+        params = params.fields(&field);
+    }
+    let list = match pods.list(&params).await {
+        Ok(l) => l,
+        Err(e) => return format!("listing pods {selector}: {e}"),
+    };
+    if list.items.is_empty() {
+        return format!("no pod {selector} yet");
+    }
+    let mut out = Vec::new();
+    for pod in &list.items {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let status = pod.status.as_ref();
+        let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+        let mut detail = Vec::new();
+        let init = status.and_then(|s| s.init_container_statuses.as_ref());
+        let main = status.and_then(|s| s.container_statuses.as_ref());
+        for c in init.into_iter().chain(main).flatten() {
+            let state = c.state.as_ref();
+            if let Some(w) = state.and_then(|s| s.waiting.as_ref()) {
+                detail.push(format!(
+                    "{}: waiting, {}: {}",
+                    c.name,
+                    w.reason.as_deref().unwrap_or_default(),
+                    w.message.as_deref().unwrap_or_default()
+                ));
+            } else if let Some(t) = state.and_then(|s| s.terminated.as_ref())
+                && t.exit_code != 0
+            {
+                detail.push(format!(
+                    "{}: exited {} {}",
+                    c.name,
+                    t.exit_code,
+                    t.message.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        out.push(format!("{name} {phase} ({})", detail.join("; ")));
+    }
+    out.join(", ")
+}
+
 fn node_ready(node: &Node) -> bool {
     node.status
         .as_ref()
@@ -915,33 +1012,6 @@ async fn client_for(kubeconfig: &Path) -> Result<Client> {
             .await
             .map_err(|e| Error::Config(format!("loading {}: {e}", kubeconfig.display())))?;
     Ok(Client::try_from(config)?)
-}
-
-async fn apply_dns_objects(
-    client: &Client,
-    cluster_ips: &[IpAddr],
-    dns_ips: &[IpAddr],
-    node: &str,
-) -> Result<()> {
-    let params = PatchParams::apply("ferry-up").force();
-    let services: Api<Service> = Api::namespaced(client.clone(), "kube-system");
-    services
-        .patch(
-            "kube-dns",
-            &params,
-            &Patch::Apply(components::kube_dns_service(cluster_ips)),
-        )
-        .await?;
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "kube-system");
-    for ip in dns_ips {
-        let slice = components::kube_dns_endpoints(*ip, node);
-        let name = slice["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        slices.patch(&name, &params, &Patch::Apply(slice)).await?;
-    }
-    Ok(())
 }
 
 /// Sends `query` to `to` over UDP and returns the answer (1 s timeout).

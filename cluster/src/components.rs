@@ -1,13 +1,14 @@
-//! The processes of a cluster and the files they are started with: where
-//! the binaries are, each component's command line, the nodes' CNI config,
-//! the host's kubeconfig, and the cluster DNS Service.
+//! The processes `ferry up` runs itself and what they are started with:
+//! where the binaries are, the apiserver's and each node runtime's command
+//! line, and the host's kubeconfig. Ferry's own node components (the agent,
+//! ferry-cni, ferry-dns) are not among them: the nodes run them from
+//! `deploy/` ([`crate::addons`]).
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use ferry_testbed::{AgentHooks, Netns, Process};
-use serde_json::{Value, json};
+use ferry_testbed::{Netns, Process};
 
 use crate::{Error, Result};
 
@@ -154,59 +155,14 @@ pub fn apiserver(
 }
 
 /// The name prefix of the pods' host-side veths, as ferry-cni names them
-/// (`ferry_cni::wiring::HOST_VETH_PREFIX`).
+/// (`ferry_cni::wiring::HOST_VETH_PREFIX`): `deploy/`'s
+/// `FERRY_AGENT_POD_DEVICES`.
 pub const POD_DEVICE_PREFIX: &str = "fer";
 
-/// The agent's flow event socket, in its node's state directory.
-pub const OBSERVE_SOCKET: &str = "observe.sock";
-
-/// What the agent of one node is started with.
-#[derive(Debug, Clone)]
-pub struct AgentSetup<'a> {
-    pub node_name: &'a str,
-    /// The node's link onto the underlay (`--devices`).
-    pub uplink: &'a str,
-    pub hooks: &'a AgentHooks,
-    /// Where it serves flow events ([`OBSERVE_SOCKET`] in the node's state
-    /// directory).
-    pub observe_socket: &'a Path,
-}
-
-/// ferry-agent in its node's namespace: routes, and the service proxy on
-/// the node's uplink (`--devices`) and for the processes of its cgroup
-/// (where the node runtime puts the pods); NetworkPolicy at the pods'
-/// devices (`--pod-devices`); flow events on its own socket.
-pub fn agent(
-    node: &Netns,
-    bins: &Binaries,
-    kubeconfig: &Path,
-    setup: &AgentSetup<'_>,
-    log: &Path,
-) -> Spec {
-    Spec {
-        name: "agent",
-        node: Some(setup.node_name.to_owned()),
-        netns: node.clone(),
-        log: log.to_owned(),
-        argv: vec![
-            bins.arg("ferry-agent"),
-            "--kubeconfig".into(),
-            s(kubeconfig),
-            "--node-name".into(),
-            setup.node_name.into(),
-            "--bpffs-root".into(),
-            s(&setup.hooks.bpffs),
-            "--cgroup-root".into(),
-            s(&setup.hooks.cgroup),
-            "--devices".into(),
-            setup.uplink.into(),
-            "--pod-devices".into(),
-            POD_DEVICE_PREFIX.into(),
-            "--observe-socket".into(),
-            s(setup.observe_socket),
-        ],
-    }
-}
+/// Where the agent serves flow events, under its node's host root
+/// (`deploy/`'s agent mounts the node's `/run/ferry`; the agent's default
+/// `--observe-socket`).
+pub const OBSERVE_SOCKET: &str = "run/ferry/observe.sock";
 
 /// What the node runtime of one node is started with.
 #[derive(Debug, Clone)]
@@ -217,17 +173,42 @@ pub struct NodeRuntime<'a> {
     pub node_ips: &'a [IpAddr],
     /// The cluster DNS addresses, the primary family first.
     pub cluster_dns: &'a [IpAddr],
-    pub cni_conf_dir: &'a Path,
     pub cgroup_root: &'a Path,
     /// The token the apiserver presents to the node's API.
     pub kubelet_token: &'a Path,
     pub state_dir: &'a Path,
-    /// More images (`--images`).
-    pub images: &'a Path,
+    /// The node's own file system for hostPath volumes (`--host-root`):
+    /// the CNI directories the DaemonSet installs into live there.
+    pub host_root: &'a Path,
+    /// hostPaths that are real paths instead (`--host-path-map`).
+    pub host_path_map: &'a [(String, PathBuf)],
+    /// The image catalogues (`--images`), later ones winning.
+    pub images: &'a [PathBuf],
+    /// The resolv.conf of `dnsPolicy: Default` pods (`--resolv-conf`).
+    pub resolv_conf: &'a Path,
+}
+
+/// The CNI directories under a node's host root, as `deploy/`'s
+/// `install-cni` fills them.
+pub fn cni_dirs(host_root: &Path) -> (PathBuf, PathBuf) {
+    (
+        host_root.join("opt/cni/bin"),
+        host_root.join("etc/cni/net.d"),
+    )
 }
 
 /// ferry-node in its node's namespace.
 pub fn node_runtime(node: &Netns, bins: &Binaries, rt: &NodeRuntime<'_>, log: &Path) -> Spec {
+    let (cni_bin, cni_conf) = cni_dirs(rt.host_root);
+    let mut more = Vec::new();
+    for (host, real) in rt.host_path_map {
+        more.push("--host-path-map".to_owned());
+        more.push(format!("{host}={}", real.display()));
+    }
+    for file in rt.images {
+        more.push("--images".to_owned());
+        more.push(s(file));
+    }
     Spec {
         name: "node",
         node: Some(rt.node_name.to_owned()),
@@ -242,9 +223,9 @@ pub fn node_runtime(node: &Netns, bins: &Binaries, rt: &NodeRuntime<'_>, log: &P
             "--node-ip".into(),
             join(rt.node_ips),
             "--cni-conf-dir".into(),
-            s(rt.cni_conf_dir),
+            s(&cni_conf),
             "--cni-bin-dir".into(),
-            s(bins.dir()),
+            s(&cni_bin),
             "--cgroup-root".into(),
             s(rt.cgroup_root),
             "--state-dir".into(),
@@ -255,46 +236,13 @@ pub fn node_runtime(node: &Netns, bins: &Binaries, rt: &NodeRuntime<'_>, log: &P
             CLUSTER_DOMAIN.into(),
             "--kubelet-token-file".into(),
             s(rt.kubelet_token),
-            "--images".into(),
-            s(rt.images),
-        ],
-    }
-}
-
-/// ferry-dns on a node's own address (`--listen ip:53`), behind the
-/// `kube-system/kube-dns` Service. `resolv_conf` names its upstreams: the
-/// cluster is cut off from the outside, so by default none, and names
-/// outside the zone are refused at once instead of timing out.
-pub fn dns(
-    node: &Netns,
-    bins: &Binaries,
-    kubeconfig: &Path,
-    node_name: &str,
-    ips: &[IpAddr],
-    resolv_conf: &Path,
-    log: &Path,
-) -> Spec {
-    let mut listen = Vec::new();
-    for ip in ips {
-        listen.push("--listen".to_owned());
-        listen.push(SocketAddr::new(*ip, 53).to_string());
-    }
-    Spec {
-        name: "dns",
-        node: Some(node_name.to_owned()),
-        netns: node.clone(),
-        log: log.to_owned(),
-        argv: vec![
-            bins.arg("ferry-dns"),
-            "--kubeconfig".into(),
-            s(kubeconfig),
-            "--metrics-listen".into(),
-            SocketAddr::new(ips[0], 9153).to_string(),
+            "--host-root".into(),
+            s(rt.host_root),
             "--resolv-conf".into(),
-            s(resolv_conf),
+            s(rt.resolv_conf),
         ]
         .into_iter()
-        .chain(listen)
+        .chain(more)
         .collect(),
     }
 }
@@ -326,69 +274,6 @@ pub fn rewrite_kubeconfig(from: &Path, to: &Path, server: &str) -> Result<()> {
     fs::write(&staged, out.join("\n") + "\n")
         .map_err(|e| Error::io(format!("writing {}", staged.display()), e))?;
     fs::rename(&staged, to).map_err(|e| Error::io(format!("writing {}", to.display()), e))
-}
-
-/// The `kube-system/kube-dns` Service at [`CLUSTER_DNS`], with the name,
-/// label and ports CoreDNS's manifests use.
-pub fn kube_dns_service(cluster_ips: &[IpAddr]) -> Value {
-    let families: Vec<&str> = cluster_ips
-        .iter()
-        .map(|ip| if ip.is_ipv4() { "IPv4" } else { "IPv6" })
-        .collect();
-    let policy = if cluster_ips.len() > 1 {
-        "RequireDualStack"
-    } else {
-        "SingleStack"
-    };
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": "kube-dns",
-            "namespace": "kube-system",
-            "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"},
-        },
-        "spec": {
-            "clusterIP": cluster_ips.first().map(ToString::to_string),
-            "clusterIPs": cluster_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "ipFamilies": families,
-            "ipFamilyPolicy": policy,
-            "ports": [
-                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
-                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
-                {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153},
-            ],
-        },
-    })
-}
-
-/// The EndpointSlice of [`kube_dns_service`] for `ip`'s family: ferry-dns
-/// on `ip`.
-pub fn kube_dns_endpoints(ip: IpAddr, node_name: &str) -> Value {
-    let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
-    json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": format!("kube-dns-ferry-{}", family.to_lowercase()),
-            "namespace": "kube-system",
-            "labels": {
-                "kubernetes.io/service-name": "kube-dns",
-                "endpointslice.kubernetes.io/managed-by": "ferry-up",
-            },
-        },
-        "addressType": family,
-        "endpoints": [{
-            "addresses": [ip.to_string()],
-            "conditions": {"ready": true, "serving": true, "terminating": false},
-            "nodeName": node_name,
-        }],
-        "ports": [
-            {"name": "dns", "port": 53, "protocol": "UDP"},
-            {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
-            {"name": "metrics", "port": 9153, "protocol": "TCP"},
-        ],
-    })
 }
 
 /// A DNS query for `name` (recursion desired) with id `id`: type A, or

@@ -5,12 +5,14 @@
 //! topology every integration test builds: an underlay bridge in a namespace
 //! of its own, N node namespaces on it) with the real components started in
 //! it: `ferry-apiserver` (and its controllers) in the underlay namespace, and
-//! on every node `ferry-agent` (routes and the eBPF service proxy, on a child
-//! cgroup and bpffs directory of the node's own) and `ferry-node` (the node
-//! runtime: pods as processes in network namespaces wired by `ferry-cni`);
-//! `ferry-dns` answers at the cluster DNS address. [`Cluster::up`] builds it
-//! and returns once it is usable; dropping the [`Cluster`] takes everything
-//! down again.
+//! on every node `ferry-node` (the node runtime: pods as processes in network
+//! namespaces, with a child cgroup, bpffs directory and host root of the
+//! node's own). Ferry's own components are installed as on any cluster
+//! ([`addons`]): `deploy/`'s DaemonSet runs `ferry-agent` (routes and the
+//! eBPF service proxy) on every node and installs `ferry-cni`, and its
+//! Deployment runs `ferry-dns` behind the cluster DNS address, all from the
+//! local image ([`image`]). [`Cluster::up`] builds it and returns once it is
+//! usable; dropping the [`Cluster`] takes everything down again.
 //!
 //! The host reaches the cluster through [`forward`]: the apiserver and every
 //! NodePort are published on the host's loopback by plain sockets, so
@@ -37,6 +39,7 @@ mod cluster;
 pub mod components;
 pub mod forward;
 pub mod host_route;
+pub mod image;
 pub mod state;
 pub mod underlay;
 

@@ -205,6 +205,7 @@ fn print_next_steps(info: &ferry_cluster::ClusterInfo) {
     println!();
     println!("  export KUBECONFIG={}", info.kubeconfig.display());
     println!("  kubectl get nodes -o wide");
+    println!("  kubectl -n kube-system get ds,deploy,pods -o wide   # Ferry itself, from deploy/");
     println!("  kubectl create deployment web --image=nginx --replicas=3");
     match &info.host_route {
         None => println!(

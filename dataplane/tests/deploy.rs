@@ -242,6 +242,154 @@ fn server_side_dry_run_stores_nothing_then_apply_installs_everything() {
             .starts_with("NAME        MIN AVAILABLE   MAX UNAVAILABLE   ALLOWED DISRUPTIONS   AGE"),
         "{table}"
     );
+    roles_grant_exactly_what_deploy_lists(&cp);
+}
+
+/// What `deploy/`'s bindings grant one ServiceAccount: (resource as
+/// kubectl names it, verb, namespaced to kube-system).
+fn granted(objects: &[Value], account: &str) -> Vec<(String, String, bool)> {
+    let mut out = Vec::new();
+    for binding in objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
+    {
+        let bound = binding["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["kind"] == "ServiceAccount" && s["name"] == account);
+        if !bound {
+            continue;
+        }
+        let role_ref = &binding["roleRef"];
+        let role = find(
+            objects,
+            role_ref["kind"].as_str().expect("roleRef kind"),
+            role_ref["name"].as_str().expect("roleRef name"),
+        );
+        let namespaced = binding["kind"] == "RoleBinding";
+        for rule in role["rules"].as_array().into_iter().flatten() {
+            for group in rule["apiGroups"].as_array().into_iter().flatten() {
+                let group = group.as_str().unwrap_or_default();
+                for resource in rule["resources"].as_array().into_iter().flatten() {
+                    let resource = resource.as_str().unwrap_or_default();
+                    let name = if group.is_empty() {
+                        resource.to_owned()
+                    } else {
+                        format!("{resource}.{group}")
+                    };
+                    for verb in rule["verbs"].as_array().into_iter().flatten() {
+                        out.push((
+                            name.clone(),
+                            verb.as_str().unwrap_or_default().to_owned(),
+                            namespaced,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Each component's ServiceAccount may do what `deploy/` grants it and
+/// nothing more (`kubectl auth can-i --list` with its own token), and a
+/// ServiceAccount with no role is refused every one of those verbs, a
+/// real list answered with kube-apiserver's 403.
+fn roles_grant_exactly_what_deploy_lists(cp: &ControlPlane) {
+    let objects = objects();
+    cp.kubectl(&["-n", "kube-system", "create", "serviceaccount", "nobody"])
+        .expect("create nobody");
+    let token = |sa: &str| {
+        cp.kubectl(&["-n", "kube-system", "create", "token", sa])
+            .unwrap_or_else(|e| panic!("a token for {sa}: {e}"))
+            .trim()
+            .to_owned()
+    };
+    let nobody = token("nobody");
+    // What every authenticated user may do (system:basic-user), beyond
+    // the components' roles.
+    let basic = [
+        "selfsubjectaccessreviews.authorization.k8s.io",
+        "selfsubjectrulesreviews.authorization.k8s.io",
+        "selfsubjectreviews.authentication.k8s.io",
+    ];
+    for account in ["ferry-agent", "ferry-dns"] {
+        let rules = granted(&objects, account);
+        assert!(rules.len() >= 4, "{account}: {rules:?}");
+        let own = token(account);
+        for (resource, verb, namespaced) in &rules {
+            let scope = if *namespaced { "-n" } else { "-A" };
+            let mut args = vec!["--token", &own, "auth", "can-i", verb, resource, scope];
+            if *namespaced {
+                args.push("kube-system");
+            }
+            assert_eq!(
+                cp.kubectl(&args).map(|s| s.trim().to_owned()),
+                Ok("yes".to_owned()),
+                "{account} may {verb} {resource}"
+            );
+            args[1] = &nobody;
+            let refused = cp.kubectl(&args);
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.trim_end().ends_with(": no")),
+                "nobody may not {verb} {resource}: {refused:?}"
+            );
+            if verb == "list" {
+                let got = cp.kubectl(&["--token", &nobody, "-n", "kube-system", "get", resource]);
+                let want = format!(
+                    "User \"system:serviceaccount:kube-system:nobody\" cannot list resource \"{}\"",
+                    resource.split('.').next().unwrap_or_default()
+                );
+                assert!(
+                    got.as_ref()
+                        .is_err_and(|e| e.contains("(Forbidden)") && e.contains(&want)),
+                    "nobody lists {resource}: {got:?}"
+                );
+            }
+        }
+        // Nothing more: every rule the account holds in kube-system is one
+        // of deploy/'s or every user's.
+        let list = cp
+            .kubectl(&[
+                "--token",
+                &own,
+                "auth",
+                "can-i",
+                "--list",
+                "-n",
+                "kube-system",
+            ])
+            .expect("can-i --list");
+        for (resource, _, _) in &rules {
+            assert!(
+                list.contains(resource.as_str()),
+                "{resource} not listed:\n{list}"
+            );
+        }
+        for line in list.lines().skip(1) {
+            let Some(resource) = line
+                .split_whitespace()
+                .next()
+                .filter(|r| !r.starts_with('['))
+            else {
+                continue;
+            };
+            let verbs = line
+                .rsplit_once('[')
+                .map(|(_, v)| v.trim_end().trim_end_matches(']'))
+                .unwrap_or_default();
+            for verb in verbs.split_whitespace() {
+                assert!(
+                    basic.contains(&resource)
+                        || rules.iter().any(|(r, v, _)| r == resource && v == verb),
+                    "{account} holds {verb} {resource}, which deploy/ does not grant:\n{list}"
+                );
+            }
+        }
+    }
 }
 
 /// Every image is the workspace version's, never pulled.
@@ -395,7 +543,7 @@ fn ferry_dns_takes_its_manifests_settings() {
     let deploy = find(&objects, "Deployment", "ferry-dns");
     let c = &deploy["spec"]["template"]["spec"]["containers"][0];
     assert!(
-        config.contains("metrics-listen = \"0.0.0.0:9153\""),
+        config.contains("metrics-listen = \"[::]:9153\""),
         "{config}"
     );
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/health");

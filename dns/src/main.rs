@@ -1,6 +1,7 @@
 //! `ferry-dns`: the cluster DNS server. Watches the API, answers the
 //! cluster zone, forwards the rest; see the crate docs of `ferry_dns`.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,16 +144,16 @@ async fn run(kubeconfig: Option<PathBuf>, settings: Settings) -> anyhow::Result<
     // `ferry_dns::tcp`).
     let mut server = hickory_server::Server::new(handler);
     for addr in &settings.listen {
-        let udp = tokio::net::UdpSocket::bind(addr)
+        let udp = bind_any(*addr, tokio::net::UdpSocket::bind)
             .await
             .with_context(|| format!("listening on udp {addr}"))?;
-        let tcp = tokio::net::TcpListener::bind(addr)
+        let tcp = bind_any(*addr, tokio::net::TcpListener::bind)
             .await
             .with_context(|| format!("listening on tcp {addr}"))?;
         server.register_socket(udp);
         tokio::spawn(tcp::serve(tcp, tcp_handler.clone(), tcp_limits));
     }
-    let http = tokio::net::TcpListener::bind(settings.metrics_listen)
+    let http = bind_any(settings.metrics_listen, tokio::net::TcpListener::bind)
         .await
         .with_context(|| format!("listening on {}", settings.metrics_listen))?;
     let ready_state = shared.clone();
@@ -193,4 +194,28 @@ async fn run(kubeconfig: Option<PathBuf>, settings: Settings) -> anyhow::Result<
         .await
         .context("shutting down")?;
     Ok(())
+}
+
+/// Binds `addr`. `[::]` takes both families (as CoreDNS's `:53`), and on a
+/// host without IPv6 falls back to `0.0.0.0` on the same port, so one
+/// config serves IPv4, IPv6 and dual-stack clusters.
+async fn bind_any<T, F, Fut>(addr: SocketAddr, bind: F) -> std::io::Result<T>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    /// EAFNOSUPPORT, EADDRNOTAVAIL: IPv6 is off in the kernel or the
+    /// namespace.
+    const NO_IPV6: [i32; 2] = [97, 99];
+    match bind(addr).await {
+        Err(e)
+            if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                && e.raw_os_error().is_some_and(|c| NO_IPV6.contains(&c)) =>
+        {
+            let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
+            warn!(%addr, fallback = %v4, error = %e, "no IPv6 here; listening on IPv4 only");
+            bind(v4).await
+        }
+        other => other,
+    }
 }

@@ -16,7 +16,8 @@
 //! (a pod's mounts, volumes included, happen only in the container's own
 //! mount namespace: the node's mount table never changes, and a missing
 //! mount point is made in a tmpfs of the container's, never on the node;
-//! its hostname only in its own UTS namespace); host paths outside
+//! an image root's files are overlays there too, the image root only
+//! read; its hostname only in its own UTS namespace); host paths outside
 //! `--host-root` and the maps (a symlink leading out is refused); the root
 //! cgroup or any cgroup outside `--cgroup-root`.
 //!
@@ -24,7 +25,8 @@
 //! and cleanup at start), [`pod`] (one pod's worker: lifecycle, probes,
 //! status), [`sandbox`] (netns + CNI), [`process`] (a container as a
 //! process; the hidden `container-init` mode), [`cgroup`], [`env`],
-//! [`etc_files`], [`images`] (the catalogue), [`probe`], [`status`],
+//! [`etc_files`], [`images`] (the catalogue), [`image_layer`] (an image
+//! root's files over the node's), [`probe`], [`status`],
 //! [`events`], [`state`] (the state directory's layout), [`time`];
 //! [`kubelet_api`] (the node API the apiserver proxies `kubectl logs` and
 //! `exec` to), [`logs`] (CRI-format container logs, written and read),
@@ -44,6 +46,7 @@ pub mod env;
 pub mod etc_files;
 pub mod events;
 pub mod exec;
+pub mod image_layer;
 pub mod images;
 pub mod kubelet_api;
 pub mod logs;

@@ -2,7 +2,7 @@
 //! (`ferry_node`) for what it owns and what it must never touch.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,9 +79,11 @@ struct Cli {
         default_value = "cluster.local"
     )]
     cluster_domain: String,
-    /// More images: a YAML or JSON map of image to command line.
+    /// More images: a YAML or JSON map of image to a command line or to
+    /// `{root: /abs/dir, command: [...]}`; repeatable, an image in a later
+    /// file replaces an earlier one's entry (the env names one file).
     #[arg(long, global = true, env = "FERRY_NODE_IMAGES")]
-    images: Option<PathBuf>,
+    images: Vec<PathBuf>,
     /// Pods this node takes (its `pods` capacity).
     #[arg(
         long,
@@ -130,6 +132,15 @@ struct Cli {
         value_parser = ferry_node::volumes::host_path::parse_map
     )]
     host_path_map: Vec<(PathBuf, PathBuf)>,
+    /// The resolv.conf whose nameservers and search list `dnsPolicy:
+    /// Default` pods get (kubelet's flag).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_NODE_RESOLV_CONF",
+        default_value = "/etc/resolv.conf"
+    )]
+    resolv_conf: PathBuf,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -215,17 +226,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let tools = Tools::find()?;
     let exe_dir = tools.self_exe.parent().map(PathBuf::from);
-    let extra = match &cli.images {
-        Some(path) => Catalogue::load_extra(path)?,
-        None => Default::default(),
-    };
+    let extra = Catalogue::load_files(&cli.images)?;
     let images = Catalogue::new(extra, exe_dir);
     let client = client(cli.kubeconfig.as_ref()).await?;
     let network = Network::new(cli.cni_conf_dir.clone(), cli.cni_bin_dir.clone());
     let dns = DnsSettings {
         cluster_dns: cli.cluster_dns.clone(),
         cluster_domain: cli.cluster_domain.clone(),
-        node_resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        node_resolv_conf: read_resolv_conf(&cli.resolv_conf)?,
     };
     // The node API's listeners and token, bound before the Node says
     // where it is.
@@ -335,4 +343,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         r = tokio::signal::ctrl_c() => r.context("waiting for a signal")?,
     }
     Ok(())
+}
+
+/// `--resolv-conf`'s text: bounded, and a file that is not there is an
+/// error naming the flag, save the default on a machine without one
+/// (pods then get no nameserver, as kubelet gives them).
+fn read_resolv_conf(path: &Path) -> anyhow::Result<String> {
+    const MAX: u64 = 64 << 10;
+    match std::fs::metadata(path) {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && path == Path::new("/etc/resolv.conf") =>
+        {
+            tracing::warn!(path = %path.display(), "no resolv.conf: dnsPolicy Default pods get no nameserver");
+            Ok(String::new())
+        }
+        Err(e) => Err(e).with_context(|| format!("--resolv-conf {}", path.display())),
+        Ok(m) if m.len() > MAX => {
+            anyhow::bail!("--resolv-conf {}: larger than {MAX} bytes", path.display())
+        }
+        Ok(_) => std::fs::read_to_string(path)
+            .with_context(|| format!("--resolv-conf {}: reading", path.display())),
+    }
 }

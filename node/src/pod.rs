@@ -24,6 +24,7 @@ use crate::cgroup;
 use crate::env::{self, PodAddresses, References};
 use crate::etc_files;
 use crate::events::Type;
+use crate::image_layer;
 use crate::images::ImageError;
 use crate::probe::{self, Change, Kind, ProbeState, Target};
 use crate::process::{self, Launch};
@@ -701,8 +702,27 @@ impl Worker {
                 return;
             }
         };
-        let argv = match self.rt.images.argv(&spec, |s| env.expand(s)) {
-            Ok(argv) => argv,
+        // The command line, and the image's files over the node's when its
+        // image has a root: either failing is the image's failure.
+        let launched = self.rt.images.argv(&spec, |s| env.expand(s)).and_then(|argv| {
+            let Some(root) = self.rt.images.root(&spec) else {
+                return Ok((argv, Vec::new()));
+            };
+            let overlays = image_layer::plan(root).map_err(|source| ImageError::Layer {
+                image: image.clone(),
+                source,
+            })?;
+            tracing::debug!(
+                pod = %self.key,
+                container = %name,
+                root = %root.display(),
+                overlays = ?overlays.iter().map(|o| o.target.display().to_string()).collect::<Vec<_>>(),
+                "image overlays"
+            );
+            Ok((argv, overlays))
+        });
+        let (argv, image_overlays) = match launched {
+            Ok(launched) => launched,
             Err(e) => {
                 let msg = e.to_string();
                 let failures = self.containers.get(i).map_or(0, |c| c.image_failures);
@@ -803,6 +823,7 @@ impl Worker {
             env: env.vars().to_vec(),
             netns: self.sandbox.as_ref().and_then(|s| s.netns.clone()),
             hostname: (!self.host_network()).then(|| hostname.clone()),
+            image_overlays,
             binds,
             stage: (!plan.shadows.is_empty()).then(|| stage.clone()),
             mounts: plan.mounts,

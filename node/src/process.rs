@@ -9,10 +9,15 @@
 //! same process:
 //! 1. joins the container's cgroup (writes its pid to `cgroup.procs`);
 //! 2. enters the pod's network namespace (`setns`);
-//! 3. bind-mounts the pod's `resolv.conf` and `hosts` over `/etc/...`,
-//!    then the container's volumes ([`crate::volumes::mount`]), only in
-//!    its own mount namespace (`--propagation slave` instead of `private`
-//!    when a volume mount asks for HostToContainer propagation);
+//! 3. takes the sources of its bind mounts and volumes as the node has
+//!    them (detached copies, [`crate::volumes::mount::take_source`]);
+//!    mounts its image's overlays first when its image has a root
+//!    ([`crate::image_layer`]), covers the directories above missing
+//!    mount points ([`crate::volumes::mount_points`]), then bind-mounts
+//!    the pod's `resolv.conf` and `hosts` over `/etc/...` and the
+//!    container's volumes ([`crate::volumes::mount`]), only in its own
+//!    mount namespace (`--propagation slave` instead of `private` when a
+//!    volume mount asks for HostToContainer propagation);
 //! 4. sets the hostname (in its own UTS namespace);
 //! 5. changes to the working directory and execs the command.
 //!
@@ -29,6 +34,7 @@ use std::process::Stdio;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
+use crate::image_layer::{self, Overlay};
 use crate::logs;
 use crate::volumes::mount::{self, MountSpec, PointKind, Propagation};
 use crate::volumes::mount_points;
@@ -45,6 +51,11 @@ pub struct InitArgs {
     /// The hostname to set (needs a UTS namespace of its own).
     #[arg(long)]
     pub hostname: Option<String>,
+    /// `IMAGE_DIR:TARGET`: a read-only overlayfs on TARGET with
+    /// `lowerdir=IMAGE_DIR:TARGET` (the image's files win), mounted before
+    /// anything else, in order; mounts below TARGET are hidden by it.
+    #[arg(long = "image-overlay")]
+    pub image_overlays: Vec<String>,
     /// `SRC:DST` bind mounts, made in the container's mount namespace.
     #[arg(long = "bind")]
     pub binds: Vec<String>,
@@ -74,6 +85,8 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     pub netns: Option<PathBuf>,
     pub hostname: Option<String>,
+    /// The image's files over the node's directories, mounted first.
+    pub image_overlays: Vec<Overlay>,
     pub binds: Vec<(PathBuf, PathBuf)>,
     pub mounts: Vec<MountSpec>,
     pub shadows: Vec<PathBuf>,
@@ -150,6 +163,9 @@ pub fn spawn(tools: &Tools, launch: &Launch) -> anyhow::Result<tokio::process::C
     if let Some(h) = &launch.hostname {
         cmd.arg("--hostname").arg(h);
     }
+    for o in &launch.image_overlays {
+        cmd.arg("--image-overlay").arg(o.to_arg());
+    }
     for (src, dst) in &launch.binds {
         cmd.arg("--bind")
             .arg(format!("{}:{}", src.display(), dst.display()));
@@ -223,6 +239,30 @@ pub fn container_init(args: &InitArgs) -> anyhow::Result<Infallible> {
         .iter()
         .map(|m| serde_json::from_str::<MountSpec>(m).with_context(|| format!("bad --mount {m:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let overlays = args
+        .image_overlays
+        .iter()
+        .map(|o| Overlay::parse_arg(o))
+        .collect::<Result<Vec<_>, _>>()?;
+    // What is bound in, as the node has it: nothing mounted below can
+    // change it (an overlay on a directory above a source would show it
+    // read-only and without its submounts).
+    let mut binds = Vec::with_capacity(args.binds.len());
+    for bind in &args.binds {
+        let (src, dst) = bind
+            .split_once(':')
+            .with_context(|| format!("bad --bind {bind:?}: want SRC:DST"))?;
+        let tree = mount::take(Path::new(src), false)
+            .with_context(|| format!("taking {src} to bind-mount on {dst}"))?;
+        binds.push((tree, src, dst));
+    }
+    let sources = mounts
+        .iter()
+        .map(|m| mount::take_source(m).with_context(|| format!("mounting {}", m.target.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for o in &overlays {
+        image_layer::mount(o)?;
+    }
     if !args.shadows.is_empty() {
         let stage = args.stage.as_deref().context("--shadow needs --stage")?;
         for dir in &args.shadows {
@@ -235,15 +275,12 @@ pub fn container_init(args: &InitArgs) -> anyhow::Result<Infallible> {
             }
         }
     }
-    for bind in &args.binds {
-        let (src, dst) = bind
-            .split_once(':')
-            .with_context(|| format!("bad --bind {bind:?}: want SRC:DST"))?;
-        rustix::mount::mount_bind(Path::new(src), Path::new(dst))
+    for (tree, src, dst) in &binds {
+        mount::attach(tree, Path::new(dst))
             .with_context(|| format!("bind-mounting {src} on {dst}"))?;
     }
-    for m in &mounts {
-        mount::apply(m).with_context(|| format!("mounting {}", m.target.display()))?;
+    for (m, source) in mounts.iter().zip(&sources) {
+        mount::apply(m, source).with_context(|| format!("mounting {}", m.target.display()))?;
     }
     if let Some(h) = &args.hostname {
         rustix::system::sethostname(h.as_bytes())

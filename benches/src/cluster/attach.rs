@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use ferry_cluster::Cluster;
 use ferry_dataplane::bpf::{POD_TC_EGRESS, POD_TC_INGRESS};
-use ferry_testbed::{Netns, Process};
+use ferry_testbed::Netns;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
@@ -44,7 +44,7 @@ use rustix::net::{AddressFamily, SocketType, netdevice};
 use serde_json::json;
 
 use super::pods::{Watches, watch};
-use super::startup::{self, component_pids};
+use super::startup;
 use super::{Settings, check_stop};
 use crate::process::cpu_times;
 use crate::stats::{Samples, Summary};
@@ -62,9 +62,6 @@ const VETH_POLL: Duration = Duration::from_micros(100);
 const POD_POLL: Duration = Duration::from_micros(250);
 /// How long one pod may take to be Ready.
 const POD_WITHIN: Duration = Duration::from_secs(30);
-/// The line the agent logs once its programs are loaded and the
-/// `--pod-devices` task is running.
-const AGENT_READY: &str = "service load balancing attached";
 const NS: &str = "attach";
 
 /// The bench's veths, timed.
@@ -140,7 +137,7 @@ fn run_on(
         .context("the cluster has no nodes")?;
     let netns = cluster.world().node(0).netns.clone();
     let prefix = cluster.world().prefix().to_owned();
-    let agent = AgentSwap::start(cluster, &node, &netns)?;
+    let agent = Agent::find(cluster)?;
     say(&format!(
         "attach: node {node}'s agent with --pod-devices {POD_PREFIX}; {} veths",
         s.attach_veths
@@ -181,7 +178,6 @@ fn run_on(
             Err(e) => (None, Some(format!("{e:#}"))),
         }
     };
-    agent.restore(cluster);
     Ok(Attach {
         node,
         veths,
@@ -190,80 +186,30 @@ fn run_on(
     })
 }
 
-/// Node 0's agent, replaced by one with `--pod-devices`; the original is
-/// started again by [`restore`](Self::restore).
-struct AgentSwap {
-    node: String,
-    process: Option<Process>,
+/// Node 0's agent: the DaemonSet's pod, which takes the pods' devices
+/// (`FERRY_AGENT_POD_DEVICES` in `deploy/`).
+struct Agent {
     pid: u32,
     links_dir: PathBuf,
-    /// Whether the cluster's agent was replaced (and must come back).
-    swapped: bool,
 }
 
-impl AgentSwap {
-    fn start(cluster: &mut Cluster, node: &str, netns: &Netns) -> Result<Self> {
-        let pid = component_pids(cluster)
-            .into_iter()
-            .find(|(name, _)| name == "agent")
-            .map(|(_, pid)| pid)
-            .context("node 0's agent is not running")?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .context("reading the agent's command line")?;
-        let mut argv: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if !argv.first().is_some_and(|a| a.ends_with("ferry-agent")) {
-            bail!("pid {pid} is not ferry-agent: {argv:?}");
-        }
-        let bpffs = argv
-            .iter()
-            .position(|a| a == "--bpffs-root")
-            .and_then(|i| argv.get(i + 1))
-            .map(PathBuf::from)
-            .context("the agent has no --bpffs-root")?;
-        let mut swap = Self {
-            node: node.to_owned(),
-            process: None,
+impl Agent {
+    fn find(cluster: &Cluster) -> Result<Self> {
+        let node = cluster
+            .nodes()
+            .first()
+            .context("the cluster has no nodes")?;
+        let pid = startup::agent_pid(cluster, &node.name)
+            .with_context(|| format!("{}'s agent is not running", node.name))?;
+        Ok(Self {
             pid,
             // `ferry_dataplane::bpf::Layout::links_dir`.
             links_dir: ferry_dataplane::bpf::Layout {
-                bpffs_root: bpffs,
+                bpffs_root: node.bpffs_root.clone(),
                 cgroup_root: PathBuf::new(),
             }
             .links_dir(),
-            swapped: false,
-        };
-        if argv.iter().any(|a| a == "--pod-devices") {
-            // `ferry up`'s own agent already takes pods' devices.
-            return Ok(swap);
-        }
-        argv.extend(["--pod-devices".into(), POD_PREFIX.into()]);
-        cluster
-            .stop("agent", Some(node))
-            .context("stopping node 0's agent")?;
-        swap.swapped = true;
-        let mut p = netns
-            .spawn(&argv)
-            .context("starting the agent with --pod-devices")?;
-        swap.pid = p.pid();
-        let ready = p.wait_for_output(AGENT_READY, Duration::from_secs(30));
-        swap.process = Some(p);
-        ready.context("the agent with --pod-devices did not start")?;
-        Ok(swap)
-    }
-
-    /// Stops the replacement and starts the cluster's own agent again.
-    fn restore(mut self, cluster: &mut Cluster) {
-        if !self.swapped {
-            return;
-        }
-        self.process.take();
-        if let Err(e) = cluster.start("agent", Some(&self.node)) {
-            eprintln!("cluster-bench: attach: restarting the agent: {e:#}");
-        }
+        })
     }
 }
 

@@ -289,14 +289,55 @@ fn pss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The cluster's components (by name) and their pids, as it reports them.
+/// The cluster's processes by name: its own as it reports them
+/// (`apiserver`, `node`), and Ferry's pods (`agent`, `dns`: `deploy/`'s,
+/// found among the node runtimes' descendants by the binary they run).
 pub fn component_pids(cluster: &Cluster) -> Vec<(String, u32)> {
-    cluster
+    let mut out: Vec<(String, u32)> = cluster
         .info()
         .components
         .into_iter()
         .filter_map(|c| c.pid.map(|pid| (c.name, pid)))
-        .collect()
+        .collect();
+    let parents = parents();
+    let runtimes: Vec<u32> = out
+        .iter()
+        .filter(|(n, _)| n == "node")
+        .map(|(_, p)| *p)
+        .collect();
+    for runtime in runtimes {
+        for pid in tree(runtime, &parents) {
+            if let Some(name) = ferry_pod(pid) {
+                out.push((name.to_owned(), pid));
+            }
+        }
+    }
+    out
+}
+
+/// `agent` or `dns` when `pid` runs the image's ferry-agent (not one of
+/// its short-lived subcommands) or ferry-dns.
+fn ferry_pod(pid: u32) -> Option<&'static str> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut args = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty());
+    match args.next()? {
+        b"/usr/bin/ferry-agent" if args.next().is_none() => Some("agent"),
+        b"/usr/bin/ferry-dns" => Some("dns"),
+        _ => None,
+    }
+}
+
+/// The pid of `node`'s agent (the DaemonSet's pod).
+pub fn agent_pid(cluster: &Cluster, node: &str) -> Option<u32> {
+    let runtime = cluster
+        .info()
+        .components
+        .into_iter()
+        .find(|c| c.name == "node" && c.node.as_deref() == Some(node))?
+        .pid?;
+    tree(runtime, &parents())
+        .into_iter()
+        .find(|p| ferry_pod(*p) == Some("agent"))
 }
 
 /// Reads every component's RSS and PSS (with its descendants) after the
@@ -313,9 +354,21 @@ pub fn memory(cluster: &Cluster, idle: Duration, stop: &AtomicBool) -> Result<Me
         idle,
         ..Default::default()
     };
-    for (name, pid) in component_pids(cluster) {
+    let pids = component_pids(cluster);
+    // Ferry's pods descend from their node's runtime: counted once, in
+    // their own rows.
+    let pods: std::collections::HashSet<u32> = pids
+        .iter()
+        .filter(|(n, _)| n == "agent" || n == "dns")
+        .flat_map(|(_, p)| tree(*p, &parents))
+        .collect();
+    for (name, pid) in pids {
+        let own = name == "agent" || name == "dns";
         let row = m.rows.entry(name).or_default();
         for p in tree(pid, &parents) {
+            if !own && pods.contains(&p) {
+                continue;
+            }
             // A process may exit between the listing and the read.
             if let Ok(rss) = Rss::of(p) {
                 row.processes += 1;

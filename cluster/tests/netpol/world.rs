@@ -188,8 +188,6 @@ pub fn build(c: &TestCluster) -> Vec<WorldPod> {
 
 /// The world's pods once every one runs, is ready and has its sandbox.
 fn find_pods(c: &TestCluster) -> Result<Vec<WorldPod>, String> {
-    let cgroup_root = ferry_testbed::cgroup2_root().map_err(|e| e.to_string())?;
-    let prefix = c.cluster.world().prefix().to_owned();
     let mut out = Vec::new();
     for ns in NAMESPACES {
         let pods = c.get_json(&["pods", "-n", ns]);
@@ -229,8 +227,8 @@ fn find_pods(c: &TestCluster) -> Result<Vec<WorldPod>, String> {
                 .and_then(|s| s.parse().ok())
                 .ok_or(format!("{svc_name}: no clusterIP"))?;
             // The node's runtime state: ferry up gives node i's runtime
-            // `<world node i state>/runtime` and its agent the cgroup
-            // `<cgroup2>/<prefix>-n<i>`, where ferry-node makes
+            // `<world node i state>/runtime`, and the node a cgroup
+            // (`NodeInfo::cgroup`) where ferry-node makes
             // `pod<uid>/<container>`.
             let info = c
                 .cluster
@@ -253,10 +251,7 @@ fn find_pods(c: &TestCluster) -> Result<Vec<WorldPod>, String> {
             if !netns.exists() {
                 return Err(format!("{}: no netns file", netns.display()));
             }
-            let cgroup = cgroup_root
-                .join(format!("{prefix}-n{}", wnode.index))
-                .join(format!("pod{uid}"))
-                .join(PROBE_CONTAINER);
+            let cgroup = info.cgroup.join(format!("pod{uid}")).join(PROBE_CONTAINER);
             if !cgroup.join("cgroup.procs").exists() {
                 return Err(format!("{}: no cgroup", cgroup.display()));
             }

@@ -270,7 +270,7 @@ pub enum MountPlanError {
         what: String,
     },
     #[error(
-        "mount path {path:?} of volumeMount {volume:?} does not exist: ferry-node makes mount points only inside an emptyDir or outside every volume (never under /proc)"
+        "mount path {path:?} of volumeMount {volume:?} does not exist: ferry-node makes mount points only inside an emptyDir or hostPath volume or outside every volume (never under /proc)"
     )]
     NoMountPoint { volume: String, path: String },
     #[error("volume {0:?} is not set up")]
@@ -397,9 +397,13 @@ impl PodVolumes {
                 .filter(|(t, _, _)| target.starts_with(t) && *t != target)
                 .max_by_key(|(t, _, _)| t.components().count());
             let (point, may_make) = match above {
+                // In an emptyDir, or in a hostPath as a container runtime
+                // makes it (in the node's directory the volume is: a
+                // hostPath is the node's by definition); never in what
+                // ferry-node writes.
                 Some((t, seen, k)) => (
                     seen.join(target.strip_prefix(t).unwrap_or(&target)),
-                    *k == Kind::EmptyDir,
+                    matches!(k, Kind::EmptyDir | Kind::HostPath),
                 ),
                 None => (target.clone(), false),
             };
@@ -429,8 +433,8 @@ impl PodVolumes {
                         path: m.mount_path.clone(),
                     });
                 }
-                // Inside the emptyDir, never through a symlink a container
-                // planted there.
+                // Inside the emptyDir or hostPath, never through a symlink
+                // a container planted there.
                 if let Some((t, base, _)) = above {
                     let rel = target.strip_prefix(t).unwrap_or(&target);
                     make_inside(base, rel, kind_of_point)
@@ -639,6 +643,22 @@ mod tests {
             )
             .expect_err("inside a configMap");
         assert!(matches!(e, MountPlanError::NoMountPoint { .. }), "{e}");
+        // Inside a hostPath it is made in the node's directory, as a
+        // container runtime makes it (the DaemonSet's `/run/ferry` holding
+        // `/run/ferry/cgroupv2`).
+        let host = top.join("host");
+        std::fs::create_dir_all(&host).expect("dir");
+        vols.ready
+            .insert("state".into(), (Kind::HostPath, host.clone()));
+        vols.mounts(
+            &container(json!([
+                {"name": "state", "mountPath": at},
+                {"name": "cfg", "mountPath": at.join("cgroupv2")},
+            ])),
+            str::to_owned,
+        )
+        .expect("inside a hostPath");
+        assert!(host.join("cgroupv2").is_dir());
         // subPathExpr is expanded; an escaping subPath is refused.
         std::fs::create_dir_all(empty.join("web")).expect("dir");
         let plan = vols

@@ -7,8 +7,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -16,8 +18,8 @@ use kube::core::ObjectMeta;
 
 use crate::measure::{Watcher, check_count, collect, load_of, timed_writes};
 use crate::objects::{self, BULK_NAMESPACE, Clock, WATCH_NAMESPACE};
-use crate::process::{CpuMeter, Rss, ServerProcess, free_ports};
-use crate::report::{Fanout, Lists, Load};
+use crate::process::{CpuMeter, CpuUse, Rss, ServerProcess, free_ports};
+use crate::report::{Auth, AuthRow, Fanout, Lists, Load};
 use crate::stats::Samples;
 use crate::{BenchError, Result, Workload, bounded, run_bounded};
 
@@ -378,6 +380,131 @@ impl Ferry {
         fanout.write_latency = write_latency.summary();
         fanout.rss_with_watches = rss_with_watches;
         Ok(fanout)
+    }
+}
+
+/// GETs timed per identity in the authentication phase (in two blocks,
+/// the identities taking turns).
+pub const AUTH_GETS: usize = 2000;
+
+impl Ferry {
+    /// What authenticating and authorizing one request costs: the same GET
+    /// of one bulk Service, [`AUTH_GETS`] times for each identity, taking
+    /// turns in blocks: the admin (`system:masters`, which skips RBAC), a
+    /// ServiceAccount token whose RoleBinding allows it (signature, claims,
+    /// ServiceAccount lookup, RBAC), and a ServiceAccount token with no
+    /// role (answered 403).
+    pub async fn auth(&self, w: &Workload, admin: &kube::Client) -> Result<Auth> {
+        bounded("ferry: authentication", w.phase_timeout, async {
+            let ns = BULK_NAMESPACE;
+            let services: Api<Service> = Api::namespaced(admin.clone(), ns);
+            let target = services
+                .list_metadata(&ListParams::default().limit(1))
+                .await?
+                .items
+                .into_iter()
+                .next()
+                .and_then(|s| s.metadata.name)
+                .ok_or_else(|| BenchError::Check("no bulk Service to get".into()))?;
+            let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+            let pp = PostParams::default();
+            for name in ["bench-reader", "bench-nobody"] {
+                accounts
+                    .create(
+                        &pp,
+                        &ServiceAccount {
+                            metadata: ObjectMeta {
+                                name: Some(name.into()),
+                                ..Default::default()
+                            },
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+            }
+            let role: Role = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "bench-reader"},
+                "rules": [{"apiGroups": [""], "resources": ["services"], "verbs": ["get"]}],
+            }))?;
+            Api::<Role>::namespaced(admin.clone(), ns)
+                .create(&pp, &role)
+                .await?;
+            let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "bench-reader"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "bench-reader"},
+                "subjects": [{"kind": "ServiceAccount", "name": "bench-reader", "namespace": ns}],
+            }))?;
+            Api::<RoleBinding>::namespaced(admin.clone(), ns)
+                .create(&pp, &binding)
+                .await?;
+            let mut identities = vec![(
+                "admin (system:masters: no RBAC)".to_owned(),
+                admin.clone(),
+                true,
+            )];
+            for (name, who, allowed) in [
+                ("bench-reader", "ServiceAccount token, RoleBinding allows", true),
+                ("bench-nobody", "ServiceAccount token, no role: 403", false),
+            ] {
+                let token = accounts
+                    .create_token_request(name, &pp, &TokenRequest::default())
+                    .await?
+                    .status
+                    .map(|s| s.token)
+                    .ok_or_else(|| BenchError::Check(format!("no token for {name}")))?;
+                let kc = Kubeconfig::read_from(&self.kubeconfig)?;
+                let mut config =
+                    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                        .await?;
+                config.auth_info = kube::config::AuthInfo {
+                    token: Some(token.into()),
+                    ..Default::default()
+                };
+                identities.push((who.to_owned(), kube::Client::try_from(config)?, allowed));
+            }
+            let mut rows: Vec<(Samples, CpuUse)> = identities
+                .iter()
+                .map(|_| (Samples::with_capacity(AUTH_GETS), CpuUse::default()))
+                .collect();
+            let block = AUTH_GETS / 2;
+            for _ in 0..2 {
+                for ((_, client, allowed), (samples, cpu)) in identities.iter().zip(&mut rows) {
+                    let api: Api<Service> = Api::namespaced(client.clone(), ns);
+                    // One untimed GET opens the connection.
+                    let _ = api.get_metadata(&target).await;
+                    let meter = CpuMeter::start(self.pid())?;
+                    for _ in 0..block {
+                        let t0 = Instant::now();
+                        let got = api.get_metadata(&target).await;
+                        samples.push(t0.elapsed());
+                        match (got, *allowed) {
+                            (Ok(_), true) => {}
+                            (Err(kube::Error::Api(e)), false) if e.code == 403 => {}
+                            (other, _) => {
+                                return Err(BenchError::Check(format!(
+                                    "GET {target}: unexpected {:?}",
+                                    other.map(drop)
+                                )));
+                            }
+                        }
+                    }
+                    *cpu += meter.stop()?;
+                }
+            }
+            Ok(Auth {
+                rows: identities
+                    .into_iter()
+                    .zip(rows)
+                    .map(|((who, _, _), (samples, cpu))| AuthRow {
+                        who,
+                        count: samples.len(),
+                        latency: samples.summary(),
+                        cpu,
+                    })
+                    .collect(),
+            })
+        })
+        .await
     }
 }
 

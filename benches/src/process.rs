@@ -112,6 +112,13 @@ pub struct CpuUse {
     pub harness: Duration,
 }
 
+impl std::ops::AddAssign for CpuUse {
+    fn add_assign(&mut self, other: Self) {
+        self.server += other.server;
+        self.harness += other.harness;
+    }
+}
+
 impl CpuMeter {
     pub fn start(pid: u32) -> Result<Self> {
         Ok(Self {

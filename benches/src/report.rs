@@ -61,6 +61,20 @@ pub struct Fanout {
     pub cpu: CpuUse,
 }
 
+/// The same GET as different identities (ferry only).
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    pub rows: Vec<AuthRow>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuthRow {
+    pub who: String,
+    pub count: usize,
+    pub latency: Summary,
+    pub cpu: CpuUse,
+}
+
 /// Everything measured against one server.
 #[derive(Debug, Clone, Default)]
 pub struct ServerRun {
@@ -81,6 +95,7 @@ pub struct ServerRun {
     /// the server made meanwhile (ferry's controllers).
     pub settle: Option<(Duration, u64)>,
     pub rss_settled: Option<Rss>,
+    pub auth: Option<Auth>,
 }
 
 /// Facts about the run printed above the table.
@@ -482,6 +497,32 @@ pub fn markdown(
             n = w.services,
             settle = secs(settle),
         );
+    }
+    if let Some(auth) = &ferry.auth {
+        let _ = writeln!(
+            t.out,
+            "\nWho asks: the same GET of one Service, {} times per identity (the identities \
+             taking turns in blocks, sequential, connection kept open). The admin is \
+             `system:masters`, which skips RBAC; a ServiceAccount token is verified (ES256 \
+             signature, claims, its ServiceAccount looked up) and authorized by RBAC each time.\n",
+            auth.rows.first().map_or(0, |r| r.count)
+        );
+        let _ = writeln!(
+            t.out,
+            "| identity | GET p50 / p99 | CPU per GET, server / harness | p50 / p99 vs admin |"
+        );
+        let _ = writeln!(t.out, "| --- | ---: | ---: | ---: |");
+        let base = auth.rows.first().map(|r| r.latency).unwrap_or_default();
+        for r in &auth.rows {
+            let _ = writeln!(
+                t.out,
+                "| {} | {} | {} | {} |",
+                r.who,
+                p50_p99(&r.latency),
+                cpu_cell(r.cpu, r.count),
+                pair_ratio(&r.latency, &base)
+            );
+        }
     }
     for r in std::iter::once(ferry).chain(etcd) {
         if let Some(err) = &r.fanout.first_error {

@@ -394,12 +394,11 @@ impl NodePlan {
         // The agent reads the kernel's modules where the machine has them;
         // a machine without (a container, a kernel with everything built
         // in) gets an empty directory, as a runtime makes a missing one.
+        let mut made = vec![cni_bin, cni_conf];
         let modules = Path::new("/lib/modules");
         if modules.is_dir() {
             host_path_map.push(("/lib/modules".to_owned(), modules.to_path_buf()));
-        }
-        let mut made = vec![cni_bin.clone(), cni_conf.clone()];
-        if !modules.is_dir() {
+        } else {
             made.push(host_root.join("lib/modules"));
         }
         for dir in &made {

@@ -4,17 +4,9 @@
 
 mod common;
 
-use common::TestCluster;
+use common::{TestCluster, pod_serving};
 use ferry_testbed::skip_if_not_root;
 use serde_json::{Value, json};
-
-fn apply(c: &TestCluster, obj: &Value) {
-    let name = obj["metadata"]["name"].as_str().unwrap_or("obj");
-    let kind = obj["kind"].as_str().unwrap_or("obj");
-    let file = c.data_dir.join(format!("{kind}-{name}.json"));
-    std::fs::write(&file, obj.to_string()).expect("write manifest");
-    c.k(&["apply", "-f", &file.to_string_lossy()]);
-}
 
 /// Node names of the DaemonSet's Running, Ready pods.
 fn daemon_nodes(c: &TestCluster) -> Vec<String> {
@@ -26,14 +18,7 @@ fn daemon_nodes(c: &TestCluster) -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| p["status"]["phase"] == "Running")
-        .filter(|p| {
-            p["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+        .filter(|p| pod_serving(p))
         .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_owned))
         .collect();
     nodes.sort();
@@ -46,24 +31,21 @@ fn a_daemon_set_follows_a_new_node_and_stateful_pods_resolve_by_name() {
         return;
     }
     let mut c = TestCluster::up(2);
-    apply(
-        &c,
-        &json!({
-            "apiVersion": "apps/v1", "kind": "DaemonSet",
-            "metadata": {"name": "probe"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "probe"}},
-                "template": {
-                    "metadata": {"labels": {"app": "probe"}},
-                    "spec": {"containers": [{
-                        "name": "netexec",
-                        "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
-                        "args": ["netexec", "--http-port=8080"],
-                    }]},
-                },
+    c.apply(&json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "probe"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "probe"}},
+            "template": {
+                "metadata": {"labels": {"app": "probe"}},
+                "spec": {"containers": [{
+                    "name": "netexec",
+                    "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
+                    "args": ["netexec", "--http-port=8080"],
+                }]},
             },
-        }),
-    );
+        },
+    }));
     let mut want: Vec<String> = c.cluster.nodes().iter().map(|n| n.name.clone()).collect();
     want.sort();
     c.eventually("a probe pod Ready on every node", 60, || {
@@ -80,17 +62,13 @@ fn a_daemon_set_follows_a_new_node_and_stateful_pods_resolve_by_name() {
 
     // A StatefulSet behind a headless Service: web-0, web-1 in order, each
     // resolvable as <pod>.<service>.<namespace>.svc.cluster.local.
-    apply(
-        &c,
-        &json!({
+    c.apply(&json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "nginx"},
             "spec": {"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 80, "name": "web"}]},
         }),
     );
-    apply(
-        &c,
-        &json!({
+    c.apply(&json!({
             "apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": {"name": "web"},
             "spec": {
@@ -107,9 +85,7 @@ fn a_daemon_set_follows_a_new_node_and_stateful_pods_resolve_by_name() {
     c.k(&["rollout", "status", "sts/web", "--timeout=90s"]);
     let ip0 = c.k(&["get", "pod", "web-0", "-o", "jsonpath={.status.podIP}"]);
     assert!(ip0.starts_with("10.244."), "{ip0}");
-    apply(
-        &c,
-        &json!({
+    c.apply(&json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "resolver"},
             "spec": {"restartPolicy": "Never", "containers": [{

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::TestCluster;
+use common::{TestCluster, pod_serving};
 use ferry_testbed::skip_if_not_root;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// A TCP echo server (the host's python3: a process container with a
 /// `command` runs it).
@@ -63,13 +63,6 @@ while True:
     time.sleep(0.1)
 "#;
 
-fn apply(c: &TestCluster, obj: &Value) {
-    let name = obj["metadata"]["name"].as_str().unwrap_or("obj");
-    let file = c.data_dir.join(format!("{name}.json"));
-    std::fs::write(&file, obj.to_string()).expect("write manifest");
-    c.k(&["apply", "-f", &file.to_string_lossy()]);
-}
-
 /// The agent pods: name to node.
 fn agent_pods(c: &TestCluster) -> Vec<(String, String)> {
     let pods = c.get_json(&["pods", "-n", "kube-system", "-l", "k8s-app=ferry-agent"]);
@@ -77,14 +70,7 @@ fn agent_pods(c: &TestCluster) -> Vec<(String, String)> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter(|p| {
-            p["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+        .filter(|p| pod_serving(p))
         .map(|p| {
             (
                 p["metadata"]["name"]
@@ -161,38 +147,32 @@ fn the_daemonset_runs_ferry_everywhere_and_a_rollout_keeps_connections() {
 
     // An echo server on the last node, behind a NodePort Service; a client
     // pod on the first node holding a connection to its ClusterIP.
-    apply(
-        &c,
-        &json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "echo"},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": "echo"}},
-                "template": {
-                    "metadata": {"labels": {"app": "echo"}},
-                    "spec": {
-                        "nodeSelector": {"kubernetes.io/hostname": nodes[2]},
-                        "containers": [{
-                            "name": "echo", "image": "python:3",
-                            "command": ["python3", "-c", ECHO_SERVER],
-                            "ports": [{"containerPort": 7000}],
-                            "readinessProbe": {"tcpSocket": {"port": 7000}, "periodSeconds": 1},
-                        }],
-                    },
+    c.apply(&json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "echo"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "echo"}},
+            "template": {
+                "metadata": {"labels": {"app": "echo"}},
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/hostname": nodes[2]},
+                    "containers": [{
+                        "name": "echo", "image": "python:3",
+                        "command": ["python3", "-c", ECHO_SERVER],
+                        "ports": [{"containerPort": 7000}],
+                        "readinessProbe": {"tcpSocket": {"port": 7000}, "periodSeconds": 1},
+                    }],
                 },
             },
-        }),
-    );
-    apply(
-        &c,
-        &json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "echo"},
-            "spec": {"type": "NodePort", "selector": {"app": "echo"},
-                     "ports": [{"port": 7000, "targetPort": 7000}]},
-        }),
-    );
+        },
+    }));
+    c.apply(&json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "echo"},
+        "spec": {"type": "NodePort", "selector": {"app": "echo"},
+                 "ports": [{"port": 7000, "targetPort": 7000}]},
+    }));
     c.k(&["rollout", "status", "deploy/echo", "--timeout=60s"]);
     let svc = c.get_json(&["svc", "echo"]);
     let cluster_ip = svc["spec"]["clusterIP"]
@@ -202,21 +182,18 @@ fn the_daemonset_runs_ferry_everywhere_and_a_rollout_keeps_connections() {
     let node_port = svc["spec"]["ports"][0]["nodePort"]
         .as_u64()
         .expect("nodePort");
-    apply(
-        &c,
-        &json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "holder"},
-            "spec": {
-                "nodeName": nodes[0],
-                "restartPolicy": "Never",
-                "containers": [{
-                    "name": "holder", "image": "python:3",
-                    "command": ["python3", "-c", ECHO_CLIENT, &cluster_ip, "7000"],
-                }],
-            },
-        }),
-    );
+    c.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "holder"},
+        "spec": {
+            "nodeName": nodes[0],
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "holder", "image": "python:3",
+                "command": ["python3", "-c", ECHO_CLIENT, &cluster_ip, "7000"],
+            }],
+        },
+    }));
     let echoed = |c: &TestCluster| -> u32 {
         c.kubectl(&["logs", "holder"])
             .unwrap_or_default()
@@ -299,6 +276,10 @@ fn the_daemonset_runs_ferry_everywhere_and_a_rollout_keeps_connections() {
         ok as usize + failed.len()
     );
     assert!(ok >= 20, "only {ok} exchanges during the rollout");
+    println!(
+        "rollout restart ds/ferry-agent: 3 agents replaced in {rolled_in:.1?}; {ok} echoes, \
+         on the held connection and on new ones, none failed"
+    );
     c.eventually("the in-cluster client still echoing", 30, || {
         echoed(&c) >= echoed_before + 20
     });
@@ -326,7 +307,7 @@ fn the_daemonset_runs_ferry_everywhere_and_a_rollout_keeps_connections() {
                 }],
             },
         });
-        apply(&c, &pod);
+        c.apply(&pod);
         c.eventually("the resolver done", 60, || {
             c.get_json(&["pod", "resolver"])["status"]["phase"] == "Succeeded"
         });

@@ -13,13 +13,6 @@ use common::{TestCluster, curl};
 use ferry_testbed::skip_if_not_root;
 use serde_json::{Value, json};
 
-fn apply(c: &TestCluster, obj: &Value) {
-    let name = obj["metadata"]["name"].as_str().unwrap_or("obj");
-    let file = c.data_dir.join(format!("{name}.json"));
-    std::fs::write(&file, obj.to_string()).expect("write manifest");
-    c.k(&["apply", "-f", &file.to_string_lossy()]);
-}
-
 fn deployment(name: &str, replicas: u32, image: &str) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -90,8 +83,8 @@ fn rolling_update_under_traffic_loses_no_request_and_a_failing_probe_removes_a_p
     let mut web = deployment("web", 3, "nginx:1.24");
     web["spec"]["template"]["spec"]["containers"][0]["lifecycle"] =
         json!({"preStop": {"exec": {"command": ["sleep", "2"]}}});
-    apply(&c, &web);
-    apply(&c, &node_port_service("web", 80));
+    c.apply(&web);
+    c.apply(&node_port_service("web", 80));
     c.k(&["rollout", "status", "deploy/web", "--timeout=60s"]);
     let url = format!("http://localhost:{}/", node_port(&c, "web"));
     c.eventually("the NodePort answers on localhost", 30, || {
@@ -186,22 +179,19 @@ fn rolling_update_under_traffic_loses_no_request_and_a_failing_probe_removes_a_p
     // container shares.
     let marker = c.data_dir.join("probe-ready");
     std::fs::write(&marker, "").expect("marker");
-    apply(
-        &c,
-        &json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "probed", "labels": {"app": "probed"}},
-            "spec": {"containers": [{
-                "name": "web", "image": "nginx",
-                "ports": [{"containerPort": 80}],
-                "readinessProbe": {
-                    "exec": {"command": ["test", "-e", marker.to_string_lossy()]},
-                    "periodSeconds": 1, "failureThreshold": 1,
-                },
-            }]},
-        }),
-    );
-    apply(&c, &node_port_service("probed", 80));
+    c.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "probed", "labels": {"app": "probed"}},
+        "spec": {"containers": [{
+            "name": "web", "image": "nginx",
+            "ports": [{"containerPort": 80}],
+            "readinessProbe": {
+                "exec": {"command": ["test", "-e", marker.to_string_lossy()]},
+                "periodSeconds": 1, "failureThreshold": 1,
+            },
+        }]},
+    }));
+    c.apply(&node_port_service("probed", 80));
     c.eventually("the probed pod ready in its Service", 30, || {
         ready_endpoints(&c, "probed").len() == 1
     });
@@ -227,8 +217,8 @@ fn bad_input_gets_clear_statuses_and_a_lost_node_goes_not_ready() {
         return;
     }
     let mut c = TestCluster::up_with(2, &["--node-monitor-grace-period", "15s"]);
-    apply(&c, &deployment("web", 2, "nginx"));
-    apply(&c, &node_port_service("web", 80));
+    c.apply(&deployment("web", 2, "nginx"));
+    c.apply(&node_port_service("web", 80));
     c.k(&["rollout", "status", "deploy/web", "--timeout=60s"]);
     let url = format!("http://localhost:{}/", node_port(&c, "web"));
     c.eventually("the NodePort answers on localhost", 30, || {
@@ -236,23 +226,16 @@ fn bad_input_gets_clear_statuses_and_a_lost_node_goes_not_ready() {
     });
 
     let pod = |name: &str, spec: Value| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec});
-    apply(
-        &c,
-        &pod(
-            "unknown-image",
-            json!({"containers": [{"name": "c", "image": "registry.example/nothing:1"}]}),
-        ),
-    );
-    apply(
-        &c,
-        &pod(
+    c.apply(&pod(
+        "unknown-image",
+        json!({"containers": [{"name": "c", "image": "registry.example/nothing:1"}]}),
+    ));
+    c.apply(&pod(
             "nowhere",
             json!({"nodeSelector": {"disktype": "none"}, "containers": [{"name": "c", "image": "nginx"}]}),
         ),
     );
-    apply(
-        &c,
-        &pod(
+    c.apply(&pod(
             "crasher",
             json!({"containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c", "echo bye; exit 3"]}]}),
         ),
@@ -346,16 +329,13 @@ fn a_load_balancer_gets_an_address_and_answers_on_localhost() {
         return;
     }
     let c = TestCluster::up(2);
-    apply(&c, &deployment("lb", 2, "nginx"));
-    apply(
-        &c,
-        &json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "lb"},
-            "spec": {"type": "LoadBalancer", "selector": {"app": "lb"},
-                     "ports": [{"port": 18080, "targetPort": 80}]},
-        }),
-    );
+    c.apply(&deployment("lb", 2, "nginx"));
+    c.apply(&json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "lb"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "lb"},
+                 "ports": [{"port": 18080, "targetPort": 80}]},
+    }));
     c.k(&["rollout", "status", "deploy/lb", "--timeout=60s"]);
     c.eventually("an ingress IP", 30, || {
         c.get_json(&["svc", "lb"])["status"]["loadBalancer"]["ingress"][0]["ip"]

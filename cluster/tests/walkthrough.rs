@@ -21,15 +21,7 @@ fn running_pods(c: &TestCluster) -> Vec<String> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter(|p| p["status"]["phase"] == "Running")
-        .filter(|p| {
-            p["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+        .filter(|p| common::pod_serving(p))
         .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
         .collect()
 }

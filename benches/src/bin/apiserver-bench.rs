@@ -227,6 +227,13 @@ async fn run_ferry(
         run.services.wall, run.slices.wall
     ));
     run.lists = ferry.lists(w, &client).await.context("ferry: lists")?;
+    say("ferry: the same GET as the admin and as ServiceAccounts");
+    run.auth = Some(
+        ferry
+            .auth(w, &client)
+            .await
+            .context("ferry: authentication")?,
+    );
     say(&format!("ferry: watch fan-out, {} watches", w.watchers));
     run.fanout = ferry
         .fanout(w, &client, clock)

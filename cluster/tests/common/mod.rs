@@ -99,6 +99,15 @@ impl TestCluster {
             .unwrap_or(serde_json::Value::Null)
     }
 
+    /// `kubectl apply -f` of one object (written to the data directory).
+    pub fn apply(&self, obj: &serde_json::Value) {
+        let name = obj["metadata"]["name"].as_str().unwrap_or("obj");
+        let kind = obj["kind"].as_str().unwrap_or("obj");
+        let file = self.data_dir.join(format!("{kind}-{name}.json"));
+        std::fs::write(&file, obj.to_string()).expect("write manifest");
+        self.k(&["apply", "-f", &file.to_string_lossy()]);
+    }
+
     /// `kubectl ...` that must succeed.
     pub fn k(&self, args: &[&str]) -> String {
         self.kubectl(args)
@@ -156,4 +165,15 @@ pub fn curl(url: &str) -> Result<String, String> {
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
+}
+
+/// Whether a pod (as kubectl's JSON) is Running, Ready and not going away.
+pub fn pod_serving(p: &serde_json::Value) -> bool {
+    p["metadata"]["deletionTimestamp"].is_null()
+        && p["status"]["phase"] == "Running"
+        && p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }

@@ -113,19 +113,28 @@ fn the_daemonset_runs_ferry_everywhere_and_a_rollout_keeps_connections() {
 
     // kubectl's view: the DaemonSet on every node, ferry-dns's two
     // replicas, every pod of theirs Running with its node.
-    let out = c.k(&["-n", "kube-system", "get", "ds,deploy,pods", "-o", "wide"]);
-    let ds = out
-        .lines()
-        .find(|l| l.starts_with("daemonset.apps/ferry-agent"))
-        .unwrap_or_else(|| panic!("no DaemonSet row:\n{out}"));
-    let cols: Vec<&str> = ds.split_whitespace().collect();
-    assert_eq!(&cols[1..6], ["3", "3", "3", "3", "3"], "{out}");
-    assert!(ds.contains("localhost/ferry:"), "{out}");
-    c.eventually("ferry-dns 2/2", 60, || {
-        let d = c.get_json(&["deploy", "-n", "kube-system", "ferry-dns"]);
-        d["status"]["readyReplicas"] == 2
+    // `ferry up` returns once every agent answers and DNS resolves; the
+    // pods' Ready conditions and the controllers' status follow.
+    let ds_row = |out: &str| -> Option<Vec<String>> {
+        out.lines()
+            .find(|l| l.starts_with("daemonset.apps/ferry-agent"))
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+    };
+    c.eventually("the DaemonSet 3/3 ready, ferry-dns 2/2", 60, || {
+        let out = c.kubectl(&["-n", "kube-system", "get", "ds,deploy", "-o", "wide"]);
+        out.is_ok_and(|out| {
+            ds_row(&out).is_some_and(|cols| cols[1..6] == ["3", "3", "3", "3", "3"])
+                && out
+                    .lines()
+                    .any(|l| l.starts_with("deployment.apps/ferry-dns") && l.contains("2/2"))
+        })
     });
     let out = c.k(&["-n", "kube-system", "get", "ds,deploy,pods", "-o", "wide"]);
+    let ds = ds_row(&out).unwrap_or_else(|| panic!("no DaemonSet row:\n{out}"));
+    assert!(
+        ds.iter().any(|w| w.starts_with("localhost/ferry:")),
+        "{out}"
+    );
     assert!(
         out.lines()
             .any(|l| l.starts_with("deployment.apps/ferry-dns") && l.contains("2/2")),

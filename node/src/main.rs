@@ -288,15 +288,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(registration::LEASE_RENEW);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease = tokio::time::interval(registration::LEASE_RENEW);
+        lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status = tokio::time::interval(registration::STATUS_CHECK);
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            if let Err(e) = registration.renew_lease().await {
-                tracing::warn!(error = %format!("{e:#}"), "renewing the Lease");
-            }
-            if let Err(e) = registration.post_status(false).await {
-                tracing::warn!(error = %format!("{e:#}"), "posting the Node's status");
+            tokio::select! {
+                _ = lease.tick() => {
+                    if let Err(e) = registration.renew_lease().await {
+                        tracing::warn!(error = %format!("{e:#}"), "renewing the Lease");
+                    }
+                }
+                _ = status.tick() => {
+                    if let Err(e) = registration.post_status(false).await {
+                        tracing::warn!(error = %format!("{e:#}"), "posting the Node's status");
+                    }
+                }
             }
         }
     });

@@ -22,8 +22,10 @@ use crate::time;
 pub const LEASE_RENEW: Duration = Duration::from_secs(10);
 /// The Lease's duration.
 pub const LEASE_DURATION_SECONDS: i32 = 40;
-/// How often the node's status is checked for changes.
-pub const STATUS_CHECK: Duration = Duration::from_secs(10);
+/// How often the node's status is checked for changes (posted only when
+/// it changed): the network config that install-cni writes makes the
+/// node Ready within this, and pods waiting for a Ready node follow.
+pub const STATUS_CHECK: Duration = Duration::from_secs(1);
 /// The longest time between two status posts (upstream's
 /// nodeStatusReportFrequency).
 pub const REPORT_EVERY: Duration = Duration::from_secs(300);

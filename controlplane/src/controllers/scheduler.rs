@@ -710,8 +710,14 @@ pub struct Scheduler {
     /// Pending pods that fit nowhere, and when each is tried again.
     waiting: HashMap<Key, Waiting>,
     due: BTreeSet<(Instant, Key)>,
-    /// Something changed that may let waiting pods fit.
+    /// A pod left a node: room that may let any waiting pod fit.
     moved: bool,
+    /// Nodes whose spec changed since the last reconcile: a waiting pod is
+    /// tried again only if one of them now takes it (as kube-scheduler's
+    /// queueing hints requeue a pod only for an event that can make it
+    /// schedulable), so a node's start-up updates do not pile attempts,
+    /// and back-off, onto pods waiting for it to be Ready.
+    touched: HashSet<String>,
 }
 
 impl Scheduler {
@@ -806,8 +812,22 @@ impl Scheduler {
         let info = self.nodes.entry(name.to_string()).or_default();
         if info.spec.as_ref() != Some(&spec) {
             info.spec = Some(spec);
-            self.moved = true;
+            self.touched.insert(name.to_string());
         }
+    }
+
+    /// Whether waiting pod `key` fits one of `nodes` now.
+    fn fits_one_of(&self, key: &Key, nodes: &HashSet<String>) -> bool {
+        let Some(pod) = self.pending.get(key) else {
+            return false;
+        };
+        nodes.iter().any(|name| {
+            self.nodes.get(name).is_some_and(|node| {
+                node.spec
+                    .as_ref()
+                    .is_some_and(|spec| fits(pod, name, spec, node).is_ok())
+            })
+        })
     }
 
     fn node_deleted(&mut self, name: &str) {
@@ -962,10 +982,13 @@ impl Controller for Scheduler {
 
     fn reconcile(&mut self, reg: &Registry) {
         let now = Instant::now();
-        if std::mem::take(&mut self.moved) {
+        let moved = std::mem::take(&mut self.moved);
+        let touched = std::mem::take(&mut self.touched);
+        if moved || !touched.is_empty() {
             let sooner: Vec<(Key, Instant)> = self
                 .waiting
                 .iter()
+                .filter(|(k, _)| moved || self.fits_one_of(k, &touched))
                 .map(|(k, w)| (k.clone(), w, (w.last + backoff(w.attempts)).max(now)))
                 .filter(|(_, w, retry)| *retry < w.due)
                 .map(|(k, _, retry)| (k, retry))
@@ -1238,5 +1261,58 @@ mod tests {
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         sched.reconcile(&reg);
         assert_eq!(s(&get(waiting), "/spec/nodeName"), "n1");
+    }
+
+    /// A pod waiting for a node to be Ready is not tried again for each of
+    /// the node's start-up updates (which would pile up its back-off), and
+    /// is tried once the node takes it.
+    #[test]
+    fn a_node_that_turns_ready_takes_its_waiting_pod_at_once() {
+        let reg = Registry::in_memory().expect("registry");
+        let opts = WriteOptions::default();
+        let not_ready = |labels: Value| {
+            node(
+                "n1",
+                "4",
+                "10",
+                json!({"metadata": {"name": "n1", "labels": labels},
+                    "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "10"},
+                        "conditions": [{"type": "Ready", "status": "False"}]}}),
+            )
+        };
+        reg.create(&NODES, "", not_ready(json!({"a": "1"})), &opts)
+            .expect("node");
+        let p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dns"},
+            "spec": {"containers": [{"name": "c", "image": "x"}]}});
+        reg.create(&PODS, "default", p, &opts).expect("pod");
+        let mut sched = Scheduler::default();
+        sched.resync(&reg);
+        sched.reconcile(&reg);
+        let key: Key = ("default".into(), "dns".into());
+        assert_eq!(sched.waiting.get(&key).map(|w| w.attempts), Some(1));
+        // Start-up updates that leave the node not Ready: no new attempt.
+        for i in 2..6 {
+            sched.node_changed("n1", &not_ready(json!({"a": i.to_string()})));
+            sched.reconcile(&reg);
+        }
+        let w = sched.waiting.get(&key).copied().expect("waiting");
+        assert!(
+            w.due > w.last + PERIODIC_RETRY / 2,
+            "retried for updates that could not help"
+        );
+        assert_eq!(w.attempts, 1);
+        // Ready: tried after the first back-off, not the periodic retry.
+        sched.node_changed("n1", &node("n1", "4", "10", json!({})));
+        sched.reconcile(&reg);
+        let due = sched.next_wakeup().expect("due");
+        assert!(due <= w.last + INITIAL_BACKOFF, "{due:?} vs {:?}", w.last);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        sched.reconcile(&reg);
+        let bound = reg
+            .store
+            .get(&PODS, "default", "dns")
+            .expect("get")
+            .expect("pod");
+        assert_eq!(s(&bound, "/spec/nodeName"), "n1");
     }
 }

@@ -78,7 +78,7 @@ pub fn markdown(s: &Settings, info: &RunInfo, r: &Results) -> String {
         o,
         "One run of `cluster-bench`{} on this machine: {} cores, {} RAM, Linux {}, git {}, {:.1} s wall. \
          Every cluster is built by `ferry_cluster::Cluster::up`, as `ferry up` builds it (testbed \
-         world, ferry-apiserver, per node ferry-agent + ferry-node, ferry-dns), its data in a fresh \
+         world, ferry-apiserver and per node ferry-node; the agent DaemonSet and ferry-dns Deployment from `deploy/`), its data in a fresh \
          temporary directory, and dropped before the next. Components, kube clients and probes share \
          the cores.\n",
         if s.quick { " --quick" } else { "" },

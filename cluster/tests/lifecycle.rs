@@ -158,6 +158,66 @@ fn two_clusters_side_by_side_then_down_leaves_nothing() {
     kubectl(&kc, &["get", "nodes"]).expect("the second cluster still answers");
     assert!(!leftovers(&prefixes[1]).is_empty());
 
+    // `ferry up` again resumes the first from its data: what it stored is
+    // there, and Ferry's own pods (bound to its nodes, from deploy/) run
+    // again, the DaemonSet rolled to the new world's pins.
+    let kc0 = PathBuf::from(infos[0]["kubeconfig"].as_str().expect("kubeconfig"));
+    let before = kubectl(
+        &kc0,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "ds",
+            "ferry-agent",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+    );
+    assert!(
+        before.is_err(),
+        "the stopped cluster still answers: {before:?}"
+    );
+    let (ok, out) = ferry(&[
+        "up",
+        "--name",
+        &names[0],
+        "--data-dir",
+        &dirs[0].to_string_lossy(),
+        "--api-port",
+        "0",
+        "--timeout",
+        "90",
+    ]);
+    assert!(ok, "ferry up again: {out}");
+    let kc0 = PathBuf::from(info(&names[0])["kubeconfig"].as_str().expect("kubeconfig"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ds = kubectl(
+            &kc0,
+            &[
+                "-n",
+                "kube-system",
+                "get",
+                "ds/ferry-agent",
+                "deploy/ferry-dns",
+                "-o",
+                "jsonpath={.items[0].status.numberReady}/{.items[0].status.updatedNumberScheduled} {.items[1].status.readyReplicas}",
+            ],
+        );
+        if ds.as_deref() == Ok("1/1 2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Ferry's pods not back within 60 s: {ds:?}\n{:?}",
+            kubectl(&kc0, &["get", "pods", "-A", "-o", "wide"])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let (ok, out) = ferry(&["down", "--name", &names[0]]);
+    assert!(ok, "{out}");
+
     let (ok, out) = ferry(&["down", "--purge", "--name", &names[1]]);
     assert!(ok, "{out}");
     assert!(!dirs[1].exists(), "--purge removes the data");

@@ -12,6 +12,11 @@ use ferry_controlplane::limits::{self, Limits};
 use ferry_controlplane::server::{self, Settings, Storage};
 use ferry_controlplane::store::History;
 
+// jemalloc, with settings that hand memory back: each controller runs on a
+// thread of its own, and glibc's malloc kept an arena for each (with a few
+// workloads and watches: 12.4 MiB of heap instead of 17.4).
+ferry_daemon::jemalloc!();
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ferry-apiserver",

@@ -18,13 +18,17 @@
 //! - `watch` (cargo feature `watch`): [`Decoded`](watch::Decoded), a wrapper
 //!   that lets kube-rs's watcher keep going past an object it cannot decode,
 //!   and the counter of such objects.
+//! - `allocator` (cargo feature `jemalloc`): [`jemalloc!`], which makes
+//!   jemalloc, with settings that hand memory back, a daemon's allocator.
 //!
 //! It must not touch anything a daemon owns: no routes, no BPF state, no
 //! writes to the API, no process-wide state other than the open-file limit
-//! when asked. Everything here is plain tokio and hyper (kube only behind
-//! `watch`), so any server, the apiserver's TLS listener included, can reuse
-//! the accept back-off and the cap.
+//! and the allocator when asked. Everything here is plain tokio and hyper
+//! (kube only behind `watch`), so any server, the apiserver's TLS listener
+//! included, can reuse the accept back-off and the cap.
 
+#[cfg(feature = "jemalloc")]
+pub mod allocator;
 pub mod http;
 pub mod listen;
 pub mod logging;

@@ -541,22 +541,9 @@ async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
     Client::try_from(config).context("building the API client")
 }
 
-/// jemalloc rather than glibc's malloc: glibc keeps an arena per thread
-/// and hands little back, and the agent's memory is mostly many small
-/// objects made at once by the first sync (issue 13: RSS 94 MiB with
-/// glibc, under 64 with these settings).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's settings, read before `main` from this symbol (the crate
-/// prefixes jemalloc's names with `_rjem_`): one arena for every thread
-/// (the agent's threads are few and rarely allocate at once), freed pages
-/// handed back to the kernel a second after they go unused, by jemalloc's
-/// own thread, rather than kept for reuse.
-#[allow(unsafe_code, non_upper_case_globals)]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-static malloc_conf: &[u8; 70] =
-    b"narenas:1,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+// jemalloc, with settings that hand memory back (issue 13: RSS 94 MiB with
+// glibc's malloc, under 64 MiB with jemalloc).
+ferry_daemon::jemalloc!();
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

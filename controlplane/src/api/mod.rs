@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod discovery;
+pub mod field_validation;
 mod health;
 pub mod node_proxy;
 pub mod openapi;
@@ -512,7 +513,7 @@ impl Api {
         let (content_type, body) = read_body(req).await?;
         let ns = t.namespace.clone().unwrap_or_default();
         let validation =
-            openapi::FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
+            field_validation::FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
         // Fields the kind lacks: refused (Strict) or reported (Warn); a
         // protobuf body cannot hold any (its decoder refuses them).
         let check_fields = |v: &Value, patch: bool| -> Result<(), ApiError> {

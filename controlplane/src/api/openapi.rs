@@ -15,8 +15,9 @@
 //! - `/openapi/v2`: the same operations and all the definitions, as JSON or,
 //!   as kubectl asks for it, gnostic's OpenAPI v2 protobuf (kubectl's
 //!   client-side validation of `kind: List` items uses it).
-//! - [`unknown_fields`]: the fields of an object its kind's schema does not
-//!   have, for `fieldValidation=Strict|Warn`.
+//!
+//! Server-side field validation reads the same file, in its own compact
+//! form (`field_validation`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::OnceLock;
@@ -35,7 +36,7 @@ use crate::resources::{self, GROUPS, Resource};
 pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 const V2_PROTOBUF_DEPRECATED: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
 
-static DEFINITIONS_JSON: &str = include_str!("../../openapi/definitions.json");
+pub(super) static DEFINITIONS_JSON: &str = include_str!("../../openapi/definitions.json");
 
 type Schemas = Map<String, Value>;
 
@@ -701,123 +702,6 @@ mod gnostic {
     }
 }
 
-/// How a write treats fields its kind does not have (`fieldValidation`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FieldValidation {
-    /// Drop them silently.
-    Ignore,
-    /// Drop them with a `Warning` header each (kube-apiserver's default).
-    Warn,
-    /// Refuse the write (400).
-    Strict,
-}
-
-impl FieldValidation {
-    pub fn parse(v: Option<&str>) -> Result<Self, ApiError> {
-        match v {
-            None | Some("") | Some("Warn") => Ok(Self::Warn),
-            Some("Ignore") => Ok(Self::Ignore),
-            Some("Strict") => Ok(Self::Strict),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "fieldValidation parameter unsupported: {other:?}; valid values are Ignore, Warn, Strict"
-            ))),
-        }
-    }
-
-    /// Checks `obj` (an object, or a patch when `patch` is set: its `$`
-    /// directives are not fields) against the kind's schema: Strict refuses
-    /// unknown fields, Warn returns a warning for each.
-    pub fn check(self, res: &Resource, obj: &Value, patch: bool) -> Result<Vec<String>, ApiError> {
-        if self == Self::Ignore {
-            return Ok(Vec::new());
-        }
-        let unknown = unknown_fields(res, obj, patch);
-        if unknown.is_empty() {
-            return Ok(Vec::new());
-        }
-        let list: Vec<String> = unknown
-            .iter()
-            .map(|f| format!("unknown field \"{f}\""))
-            .collect();
-        match self {
-            Self::Strict => Err(ApiError::bad_request(format!(
-                "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {}",
-                list.join(", "),
-                kind = res.kind,
-                v = res.version,
-            ))),
-            _ => Ok(list),
-        }
-    }
-}
-
-/// The paths (`spec.foo`, `spec.containers[0].bar`) of the fields of `obj`
-/// that its kind's schema does not have, in document order.
-pub fn unknown_fields(res: &Resource, obj: &Value, patch: bool) -> Vec<String> {
-    let Some(name) = definition_of(res.group, res.version, res.kind) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let schema = json!({"$ref": format!("#/definitions/{name}")});
-    walk(&schema, obj, "", patch, 0, &mut out);
-    out
-}
-
-fn resolve(schema: &Value) -> &Value {
-    let mut s = schema;
-    for _ in 0..8 {
-        match s
-            .get("$ref")
-            .and_then(Value::as_str)
-            .and_then(|r| r.rsplit('/').next())
-            .and_then(|n| definitions().get(n))
-        {
-            Some(d) => s = d,
-            None => break,
-        }
-    }
-    s
-}
-
-fn walk(schema: &Value, v: &Value, path: &str, patch: bool, depth: usize, out: &mut Vec<String>) {
-    if depth > 128 {
-        return;
-    }
-    let schema = resolve(schema);
-    let join = |k: &str| {
-        if path.is_empty() {
-            k.to_string()
-        } else {
-            format!("{path}.{k}")
-        }
-    };
-    match v {
-        Value::Object(m) => {
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                for (k, val) in m {
-                    match props.get(k) {
-                        Some(s) => walk(s, val, &join(k), patch, depth + 1, out),
-                        None if patch && k.starts_with('$') => {}
-                        None => out.push(join(k)),
-                    }
-                }
-            } else if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
-                for (k, val) in m {
-                    walk(ap, val, &join(k), patch, depth + 1, out);
-                }
-            }
-        }
-        Value::Array(a) => {
-            if let Some(items) = schema.get("items") {
-                for (i, item) in a.iter().enumerate() {
-                    walk(items, item, &format!("{path}[{i}]"), patch, depth + 1, out);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -901,53 +785,5 @@ mod tests {
         assert_eq!(doc["swagger"], "2.0");
         // A keyword the encoder does not know is an error, never dropped.
         assert!(gnostic::schema(&json!({"type": "object", "oneOf": []})).is_err());
-    }
-
-    #[test]
-    fn unknown_fields_are_found_where_kube_finds_them() {
-        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "labels": {"a": "b"}, "bogus": 1},
-            "spec": {"foo": 1, "selector": {"matchLabels": {"a": "b"}},
-                "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i", "imagePull": "x",
-                    "resources": {"limits": {"cpu": "1"}}, "ports": [{"containerPort": 80, "hostPortt": 1}]}]}}}});
-        assert_eq!(
-            unknown_fields(&resources::DEPLOYMENTS, &d, false),
-            [
-                "metadata.bogus",
-                "spec.foo",
-                "spec.template.spec.containers[0].imagePull",
-                "spec.template.spec.containers[0].ports[0].hostPortt",
-            ]
-        );
-        // Free-form parts (a ControllerRevision's data) take anything.
-        let cr = json!({"apiVersion": "apps/v1", "kind": "ControllerRevision", "metadata": {"name": "x"}, "revision": 1, "data": {"any": {"thing": 1}}});
-        assert!(unknown_fields(&resources::CONTROLLERREVISIONS, &cr, false).is_empty());
-        // A strategic merge patch's directives are not fields.
-        let p = json!({"spec": {"template": {"spec": {"$setElementOrder/containers": [{"name": "c"}], "containers": [{"name": "c", "$patch": "delete"}]}}}});
-        assert!(unknown_fields(&resources::DEPLOYMENTS, &p, true).is_empty());
-        assert_eq!(unknown_fields(&resources::DEPLOYMENTS, &p, false).len(), 2);
-
-        let err = FieldValidation::Strict
-            .check(
-                &resources::DEPLOYMENTS,
-                &json!({"spec": {"foo": 1, "bar": 2}}),
-                false,
-            )
-            .expect_err("strict");
-        assert_eq!(err.code, 400);
-        assert_eq!(
-            err.message,
-            "Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: unknown field \"spec.bar\", unknown field \"spec.foo\""
-        );
-        let warnings = FieldValidation::Warn
-            .check(&resources::DEPLOYMENTS, &json!({"spec": {"foo": 1}}), false)
-            .expect("warn");
-        assert_eq!(warnings, ["unknown field \"spec.foo\""]);
-        assert!(
-            FieldValidation::Ignore
-                .check(&resources::DEPLOYMENTS, &json!({"spec": {"foo": 1}}), false)
-                .expect("ignore")
-                .is_empty()
-        );
-        assert!(FieldValidation::parse(Some("strict")).is_err());
     }
 }

@@ -82,6 +82,22 @@ fn info(name: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(&path).expect("cluster.json")).expect("json")
 }
 
+/// `ferry up` of cluster `name` with its data in `dir`, on any free API
+/// port.
+fn up(name: &str, dir: &Path) -> (bool, String) {
+    ferry(&[
+        "up",
+        "--name",
+        name,
+        "--data-dir",
+        &dir.to_string_lossy(),
+        "--api-port",
+        "0",
+        "--timeout",
+        "90",
+    ])
+}
+
 #[test]
 fn two_clusters_side_by_side_then_down_leaves_nothing() {
     if skip_if_not_root() {
@@ -94,17 +110,7 @@ fn two_clusters_side_by_side_then_down_leaves_nothing() {
         .collect();
     let _downs: Vec<Down> = names.iter().map(|n| Down { name: n.clone() }).collect();
     for (name, dir) in names.iter().zip(&dirs) {
-        let (ok, out) = ferry(&[
-            "up",
-            "--name",
-            name,
-            "--data-dir",
-            &dir.to_string_lossy(),
-            "--api-port",
-            "0",
-            "--timeout",
-            "90",
-        ]);
+        let (ok, out) = up(name, dir);
         assert!(ok, "ferry up --name {name}: {out}");
         assert!(out.contains(&format!("Cluster {name:?} is up")), "{out}");
         assert!(out.contains("Kubeconfig: "), "{out}");
@@ -178,17 +184,7 @@ fn two_clusters_side_by_side_then_down_leaves_nothing() {
         before.is_err(),
         "the stopped cluster still answers: {before:?}"
     );
-    let (ok, out) = ferry(&[
-        "up",
-        "--name",
-        &names[0],
-        "--data-dir",
-        &dirs[0].to_string_lossy(),
-        "--api-port",
-        "0",
-        "--timeout",
-        "90",
-    ]);
+    let (ok, out) = up(&names[0], &dirs[0]);
     assert!(ok, "ferry up again: {out}");
     let kc0 = PathBuf::from(info(&names[0])["kubeconfig"].as_str().expect("kubeconfig"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

@@ -11,6 +11,7 @@
 //! client asks for `/openapi`, as kubectl does.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 use serde::Deserialize;
@@ -87,7 +88,7 @@ pub fn unknown_fields(res: &Resource, obj: &Value, patch: bool) -> Vec<String> {
         return Vec::new();
     };
     let mut out = Vec::new();
-    schemas.walk(root, obj, "", patch, 0, &mut out);
+    schemas.walk(root, obj, &mut String::new(), patch, 0, &mut out);
     out
 }
 
@@ -192,17 +193,10 @@ impl Schemas {
         self.nodes.len() - 1
     }
 
+    /// The node of a schema's own keywords. A definition that is only a
+    /// reference has none in upstream's file (the field-for-field test
+    /// below would find one); inline references go through [`Self::add`].
     fn node_of(&mut self, raw: &Raw, index: &HashMap<&str, usize>) -> Node {
-        if let Some(i) = reference(raw, index) {
-            // A definition that is only a reference (none in upstream's
-            // file) reads as its target's fields, one level deep.
-            return match &self.nodes[i] {
-                Node::Fields(f) => Node::Fields(f.clone()),
-                Node::Map(m) => Node::Map(*m),
-                Node::List(l) => Node::List(*l),
-                Node::Any => Node::Any,
-            };
-        }
         if let Some(props) = &raw.properties {
             let fields = props
                 .iter()
@@ -219,11 +213,14 @@ impl Schemas {
         Node::Any
     }
 
+    /// Walks `v` against `node`, `path` being where `v` is; `path` is one
+    /// buffer extended and cut back per field, copied only for an unknown
+    /// field.
     fn walk(
         &self,
         node: usize,
         v: &Value,
-        path: &str,
+        path: &mut String,
         patch: bool,
         depth: usize,
         out: &mut Vec<String>,
@@ -231,31 +228,37 @@ impl Schemas {
         if depth > MAX_DEPTH {
             return;
         }
-        let join = |k: &str| {
-            if path.is_empty() {
-                k.to_string()
-            } else {
-                format!("{path}.{k}")
+        let at = path.len();
+        let enter = |path: &mut String, k: &str| {
+            if !path.is_empty() {
+                path.push('.');
             }
+            path.push_str(k);
         };
         match (self.nodes.get(node), v) {
             (Some(Node::Fields(fields)), Value::Object(m)) => {
                 for (k, val) in m {
+                    enter(path, k);
                     match fields.binary_search_by(|(name, _)| (**name).cmp(k.as_str())) {
-                        Ok(at) => self.walk(fields[at].1, val, &join(k), patch, depth + 1, out),
+                        Ok(i) => self.walk(fields[i].1, val, path, patch, depth + 1, out),
                         Err(_) if patch && k.starts_with('$') => {}
-                        Err(_) => out.push(join(k)),
+                        Err(_) => out.push(path.clone()),
                     }
+                    path.truncate(at);
                 }
             }
             (Some(Node::Map(values)), Value::Object(m)) => {
                 for (k, val) in m {
-                    self.walk(*values, val, &join(k), patch, depth + 1, out);
+                    enter(path, k);
+                    self.walk(*values, val, path, patch, depth + 1, out);
+                    path.truncate(at);
                 }
             }
             (Some(Node::List(items)), Value::Array(a)) => {
                 for (i, item) in a.iter().enumerate() {
-                    self.walk(*items, item, &format!("{path}[{i}]"), patch, depth + 1, out);
+                    let _ = write!(path, "[{i}]");
+                    self.walk(*items, item, path, patch, depth + 1, out);
+                    path.truncate(at);
                 }
             }
             _ => {}
